@@ -1,0 +1,22 @@
+# Build options (STYLE.md §10).
+option(DNPO_BUILD_TESTS "dnpo: build the test suite" ON)
+option(DNPO_BUILD_BENCHMARKS "dnpo: build the benchmarks" ON)
+option(DNPO_WITH_CUDA "dnpo: build the CUDA/NCCL path (needs a CUDA LibTorch)" OFF)
+option(DNPO_PCH "dnpo: precompile LibTorch headers" ON)
+option(DNPO_CCACHE "dnpo: compile through ccache" ON)
+option(DNPO_WERROR "dnpo: treat warnings as errors" OFF)
+option(DNPO_SANITIZE_ADDRESS "dnpo: AddressSanitizer" OFF)
+option(DNPO_SANITIZE_UNDEFINED "dnpo: UndefinedBehaviorSanitizer" OFF)
+option(DNPO_SANITIZE_THREAD "dnpo: ThreadSanitizer" OFF)
+
+if(DNPO_CCACHE)
+  find_program(DNPO_CCACHE_PROGRAM ccache)
+  if(DNPO_CCACHE_PROGRAM)
+    set(CMAKE_CXX_COMPILER_LAUNCHER ${DNPO_CCACHE_PROGRAM})
+  endif()
+endif()
+
+find_program(DNPO_LLD ld.lld)
+if(DNPO_LLD)
+  add_link_options(-fuse-ld=lld)
+endif()

@@ -1,0 +1,31 @@
+# Test helpers (STYLE.md §9). Labels: unit, golden, mpi, integration, fault, gpu, slow.
+find_package(GTest REQUIRED)
+include(GoogleTest)
+
+# dnpo_add_test(NAME SRCS a.cpp... DEPS lib... LABELS unit...)
+function(dnpo_add_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  target_compile_definitions(${name} PRIVATE
+    DNPO_SOURCE_DIR="${PROJECT_SOURCE_DIR}" DNPO_BINARY_DIR="${PROJECT_BINARY_DIR}")
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+  dnpo_target_warnings(${name})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  gtest_discover_tests(${name}
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    DISCOVERY_TIMEOUT 60)
+endfunction()
+
+# dnpo_add_script_test(NAME COMMAND cmd... LABELS ...): a test that runs a command (CLI, python).
+function(dnpo_add_script_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "COMMAND;LABELS" ${ARGN})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 600)
+  endif()
+  add_test(NAME ${name} COMMAND ${ARG_COMMAND})
+  set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    ENVIRONMENT "DNPO_BIN=${PROJECT_BINARY_DIR}/bin;DNPO_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()

@@ -1,0 +1,19 @@
+// dnpo's own environment variables, each declared once here with what it does.
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace dnpo::env {
+
+/// DNPO_LOG_LEVEL: trace|debug|info|warn|error (default info).
+inline constexpr const char* kLogLevel = "DNPO_LOG_LEVEL";
+/// DNPO_NUM_THREADS: intra-op threads per rank (overrides run.threads).
+inline constexpr const char* kNumThreads = "DNPO_NUM_THREADS";
+/// DNPO_PROGRESS: 1 forces progress lines even when stderr is not a terminal, 0 disables the bar.
+inline constexpr const char* kProgress = "DNPO_PROGRESS";
+
+/// The value of a variable, or nullopt when it is unset or empty.
+std::optional<std::string> get(const char* name);
+
+}  // namespace dnpo::env

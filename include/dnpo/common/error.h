@@ -1,0 +1,74 @@
+// Typed exceptions and the DNPO_CHECK family: every error says what failed, where, and on which rank.
+// No torch, no MPI here; the rank is registered once by dist init (or stays -1 in single-process tools).
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace dnpo {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+class DataError : public Error {
+ public:
+  using Error::Error;
+};
+class DistError : public Error {
+ public:
+  using Error::Error;
+};
+class CheckpointError : public Error {
+ public:
+  using Error::Error;
+};
+class JudgeError : public Error {
+ public:
+  using Error::Error;
+};
+class InternalError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// The rank printed in error messages and log lines; -1 until dist init sets it.
+void set_error_rank(int rank);
+int error_rank();
+
+namespace detail {
+/// "<msg> (file:line) [rank r]"
+std::string decorate_error(const std::string& msg, const char* file, int line);
+
+template <typename... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream out;
+  (out << ... << args);
+  return out.str();
+}
+}  // namespace detail
+}  // namespace dnpo
+
+/// User/input/environment errors. The message is built only on failure.
+#define DNPO_CHECK_WITH(ErrorType, cond, ...)                                         \
+  do {                                                                                \
+    if (!(cond)) {                                                                    \
+      throw ErrorType(::dnpo::detail::decorate_error(::dnpo::detail::concat(__VA_ARGS__), \
+                                                     __FILE__, __LINE__));            \
+    }                                                                                 \
+  } while (false)
+
+#define DNPO_CHECK(cond, ...) DNPO_CHECK_WITH(::dnpo::Error, cond, __VA_ARGS__)
+
+/// Throw unconditionally with a typed error.
+#define DNPO_FAIL(ErrorType, ...) DNPO_CHECK_WITH(ErrorType, false, __VA_ARGS__)
+
+/// A bug in dnpo itself.
+#define DNPO_INTERNAL_ASSERT(cond, ...)                                                       \
+  DNPO_CHECK_WITH(::dnpo::InternalError, cond, "internal error (please report): " #cond " ", \
+                  ##__VA_ARGS__)

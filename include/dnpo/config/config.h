@@ -1,0 +1,149 @@
+// One plain struct per TOML table ([run], [model], ... ), with defaults and units.
+// Every module takes only the structs it needs; only src/config/ knows TOML.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dnpo::config {
+
+/// [run] — where a job writes and how it runs.
+struct RunSection {
+  std::string name = "demo";            ///< run name; the run directory is out_dir/name
+  std::string out_dir = "checkpoints";  ///< parent of run directories
+  std::uint64_t seed = 1234;            ///< root of every counter-based random draw
+  int threads = 0;                      ///< intra-op threads per rank; 0 = all cores / ranks per node
+  std::string device = "cpu";           ///< "cpu" | "cuda"
+  std::string log_level = "info";       ///< trace|debug|info|warn|error
+  int log_every = 10;                   ///< steps between progress lines (>= 1)
+};
+
+/// [model] — a Llama/Mistral-style decoder; field names as in HF config.json.
+struct ModelConfig {
+  std::string init_from;  ///< HF directory (config.json + model.safetensors); "" = random init
+  int vocab_size = 260;
+  int hidden_size = 128;
+  int intermediate_size = 352;
+  int num_hidden_layers = 4;
+  int num_attention_heads = 4;
+  int num_key_value_heads = 4;  ///< < heads: grouped-query attention
+  double rms_norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  int max_position_embeddings = 256;
+  bool tie_word_embeddings = true;
+  double initializer_range = 0.02;  ///< std of the random init
+};
+
+/// [tokenizer]
+struct TokenizerConfig {
+  std::string kind = "byte";  ///< "byte" | "sentencepiece"
+  std::string path;           ///< tokenizer.model for sentencepiece
+};
+
+/// [chat] — one template for training and generation. "{prompt}" is the user's text; "{eos}"
+/// inserts the EOS token (Zephyr writes "</s>" there). The response is the answer then EOS.
+struct ChatConfig {
+  std::string prompt_template = "<|user|>\n{prompt}{eos}\n<|assistant|>\n";
+  bool add_bos = true;
+};
+
+/// [data] — JSONL inputs (DESIGN.md "Data formats").
+struct DataConfig {
+  std::string train_file;  ///< SFT: {"id","prompt","answer"} or {"messages":[...]}
+  std::string eval_file;   ///< held-out prompts (+ "task"/"truth" on the demo world)
+  std::string pairs_file;  ///< preference pairs {"id","prompt","chosen","rejected"}
+  int max_length = 1024;   ///< prompt + response tokens; longer samples are truncated (counted)
+  int max_prompt_length = 512;
+};
+
+/// [demo] — the synthetic task world (data/demo_world).
+struct DemoConfig {
+  std::uint64_t seed = 7;
+  int train_size = 20000;
+  int eval_size = 500;
+  double noise_rate = 0.3;  ///< share of "human" answers made plausibly wrong
+  std::vector<std::string> tasks = {"add", "reverse", "sort"};
+  int add_digits = 3;
+  int string_length = 6;  ///< letters for reverse, digits for sort (upper bound)
+};
+
+/// [train] — optimisation loop of sft and preference training.
+struct TrainConfig {
+  std::string loss = "sft";  ///< "sft" | "spin" | "npo"
+  int batch_size = 64;       ///< global batch (samples or pairs per optimizer step)
+  int micro_batch_size = 64; ///< per rank per forward; batch = micro × world × grad_accum
+  int epochs = 1;
+  int max_steps = 0;         ///< 0 = epochs decide
+  std::string optimizer = "adamw";  ///< "adamw" | "rmsprop" (paper)
+  double lr = 1e-3;
+  double min_lr_ratio = 0.0;  ///< linear decay ends at lr × this
+  double warmup_ratio = 0.1;  ///< share of steps with linear warm-up
+  std::string lr_schedule = "linear";  ///< "linear" | "constant"
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double eps = 1e-8;
+  double rmsprop_alpha = 0.99;
+  double grad_clip = 1.0;  ///< global grad-norm clip; 0 = off
+  std::string dtype = "fp32";  ///< compute dtype: "fp32" | "bf16"
+  std::uint64_t iteration = 0; ///< self-play iteration (keys the random draws)
+};
+
+/// [loss]
+struct LossConfig {
+  double beta = 0.1;  ///< β of the sigmoid preference loss (the paper's λ)
+};
+
+/// [npo] — noise preference optimisation (ALGORITHM.md §3).
+struct NpoConfig {
+  std::string head = "ln_gelu_linear";  ///< "ln_gelu_linear" (authors' runs) | "linear" (paper)
+  double scale = 1.0;                   ///< c in s = c·exp(f(h))
+  std::string penalty = "mean";         ///< "mean" (authors) | "mean_sq" (paper)
+  double alpha = 1.0;                   ///< penalty weight
+  std::string penalty_positions = "response";  ///< "response" | "all"
+  double max_sigma = 0.0;               ///< clamp s <= max_sigma; 0 = off
+  bool fixed_noise = false;             ///< ablation: s ≡ fixed_sigma, no head
+  double fixed_sigma = 0.5;
+  bool fresh_head_each_iteration = true;
+  double head_init_std = 0.02;
+  int chunk_positions = 256;  ///< noisy log-softmax rows per chunk (bounds peak memory)
+};
+
+/// [dsl] — dynamic sample labeling.
+struct DslConfig {
+  double threshold = 0.0;  ///< generated is positive when s' − s >= threshold
+};
+
+/// [sample] — generation.
+struct SampleConfig {
+  double temperature = 1.0;  ///< 0 = greedy
+  double top_p = 1.0;
+  int top_k = 0;  ///< 0 = off
+  int max_new_tokens = 32;
+  int batch_size = 64;
+};
+
+/// [eval]
+struct EvalConfig {
+  int max_prompts = 0;      ///< 0 = the whole eval file
+  bool greedy_too = true;   ///< also report greedy accuracy next to sampled
+};
+
+/// The whole resolved configuration of a job.
+struct RunConfig {
+  RunSection run;
+  ModelConfig model;
+  TokenizerConfig tokenizer;
+  ChatConfig chat;
+  DataConfig data;
+  DemoConfig demo;
+  TrainConfig train;
+  LossConfig loss;
+  NpoConfig npo;
+  DslConfig dsl;
+  SampleConfig sample;
+  EvalConfig eval;
+};
+
+}  // namespace dnpo::config

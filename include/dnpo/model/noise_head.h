@@ -1,0 +1,38 @@
+// The NPO noise head: s = c · exp(f_φ(h)), the std of the Gaussian noise added to the reference's
+// logits of the negative sample (ALGORITHM.md §3). f is "linear" (W h + b, the paper) or
+// "ln_gelu_linear" (LayerNorm → GELU → Linear without bias, the authors' runs).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "dnpo/config/config.h"
+#include "dnpo/model/llama.h"
+
+namespace dnpo::model {
+
+class NoiseHead {
+ public:
+  /// Fresh random head (counter-based init from seed): weights normal(0, npo.head_init_std),
+  /// biases zero, LayerNorm weight one — so s starts near c.
+  NoiseHead(const config::NpoConfig& cfg, std::int64_t hidden, std::int64_t vocab, std::uint64_t seed);
+  /// From named tensors: "norm.weight", "norm.bias", "proj.weight" | "proj.weight", "proj.bias".
+  NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors);
+
+  /// h (N, C) → s (N, V), clamped at npo.max_sigma when that is > 0. Differentiable in φ.
+  at::Tensor sigma(const at::Tensor& h) const;
+
+  const NamedTensors& named_parameters() const {
+    return named_;
+  }
+  std::vector<at::Tensor> parameters() const;
+  void set_requires_grad(bool requires_grad);
+
+ private:
+  config::NpoConfig cfg_;
+  NamedTensors named_;
+  at::Tensor norm_weight_, norm_bias_, proj_weight_, proj_bias_;
+};
+
+}  // namespace dnpo::model

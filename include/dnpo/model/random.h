@@ -1,0 +1,18 @@
+// Tensors filled from counter-based draws (common/counter_rng.h): the same key gives the same
+// values on every rank and for any chunking of the rows.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace dnpo::model {
+
+/// (rows.size(), cols) fp32 standard normals; row i uses key row_keys[i], column j is draw j.
+at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys, std::int64_t cols);
+
+/// A tensor of the given shape with normal(0, std) draws keyed on `key` (element index = draw).
+at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key);
+
+}  // namespace dnpo::model

@@ -1,0 +1,31 @@
+// The stages a user runs (dnpo_dist subcommands): sft, train, eval, and `run`, the whole job.
+// Each stage reads a resolved RunConfig, writes into the run directory <run.out_dir>/<run.name>:
+// resolved_config.toml, metrics.jsonl, and an HF model directory per training stage.
+#pragma once
+
+#include <string>
+
+#include "dnpo/config/config.h"
+
+namespace dnpo::train {
+
+struct StageOptions {
+  std::string init_model;   ///< HF directory to start from (overrides model.init_from)
+  std::string samples_out;  ///< eval: JSONL of generated answers
+  std::string output_dir;   ///< where the trained model goes; "" = <run_dir>/<stage>
+};
+
+/// The run directory, created with resolved_config.toml written into it.
+std::string prepare_run_dir(const config::RunConfig& cfg);
+
+/// Writes the demo world's train/eval JSONL (data.train_file / data.eval_file) if missing.
+void ensure_demo_data(const config::RunConfig& cfg);
+
+void run_sft(const config::RunConfig& cfg, const StageOptions& options);
+void run_train(const config::RunConfig& cfg, const StageOptions& options);
+/// Returns the sampled exact accuracy (for scripts); logs the full report.
+double run_eval(const config::RunConfig& cfg, const StageOptions& options);
+/// The whole job. Now: demo data → SFT → held-out eval; the selfplay issue adds the iterations.
+void run_job(const config::RunConfig& cfg);
+
+}  // namespace dnpo::train

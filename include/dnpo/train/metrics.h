@@ -1,0 +1,42 @@
+// Run directory outputs: metrics.jsonl (rank 0) and the progress display on stderr
+// (a bar on a terminal, periodic log lines otherwise).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dnpo::train {
+
+/// One flat JSON object per line: {"kind": ..., "step": ..., "<metric>": value, ...}.
+class MetricsWriter {
+ public:
+  MetricsWriter() = default;
+  explicit MetricsWriter(const std::string& path);  ///< appends; "" = disabled
+  void write(const std::string& kind,
+             std::int64_t step,
+             const std::vector<std::pair<std::string, double>>& values);
+
+ private:
+  std::ofstream out_;
+};
+
+/// Progress of a long loop: a bar redrawn in place on a terminal, a log line every
+/// `every` steps (and at the end) otherwise. Only rank 0 should own one.
+class Progress {
+ public:
+  Progress(std::string label, std::int64_t total, int every);
+  void update(std::int64_t done, const std::string& status);
+  void finish();
+
+ private:
+  std::string label_;
+  std::int64_t total_;
+  int every_;
+  bool tty_;
+};
+
+}  // namespace dnpo::train

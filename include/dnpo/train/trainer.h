@@ -1,0 +1,64 @@
+// The training loops: SFT on prompt/answer records and preference training (SPIN or NPO) on
+// chosen/rejected pairs, single process for now (the fsdp issue shards it). See trainer.cpp.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "dnpo/config/config.h"
+#include "dnpo/data/chat_template.h"
+#include "dnpo/data/jsonl.h"
+#include "dnpo/data/tokenizer.h"
+#include "dnpo/model/llama.h"
+#include "dnpo/model/noise_head.h"
+#include "dnpo/train/metrics.h"
+
+namespace dnpo::train {
+
+/// What a finished loop reports (per-step values are in metrics.jsonl).
+struct TrainSummary {
+  std::int64_t steps = 0;
+  double first_loss = 0;       ///< mean loss of the first 10% of steps (model loss for NPO)
+  double last_loss = 0;        ///< mean loss of the last 10% of steps
+  double mean_step_ms = 0;
+  double tokens_per_second = 0;
+  std::int64_t truncated = 0;  ///< samples cut to data.max_length
+  std::int64_t skipped_identical = 0;  ///< pairs whose chosen and rejected texts are equal
+};
+
+class Trainer {
+ public:
+  /// policy is trained in place; metrics may be a disabled writer.
+  Trainer(const config::RunConfig& cfg,
+          model::LlamaModel& policy,
+          const data::Tokenizer& tokenizer,
+          MetricsWriter& metrics);
+
+  /// Supervised fine-tuning: token-mean cross-entropy over answer tokens.
+  TrainSummary train_sft(const std::vector<data::PromptRecord>& records);
+
+  /// Preference training with train.loss "spin" or "npo"; the reference is a frozen copy of the
+  /// policy as it is when this is called, and (for NPO) a fresh noise head is created.
+  TrainSummary train_preference(const std::vector<data::PairRecord>& pairs);
+
+  /// The noise head of the last NPO run (null before one, or under npo.fixed_noise).
+  const model::NoiseHead* noise_head() const {
+    return noise_head_.get();
+  }
+
+ private:
+  const config::RunConfig& cfg_;
+  model::LlamaModel& policy_;
+  const data::Tokenizer& tokenizer_;
+  data::ChatTemplate chat_;
+  MetricsWriter& metrics_;
+  std::unique_ptr<model::NoiseHead> noise_head_;
+};
+
+/// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).
+std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::uint64_t iteration,
+                                      std::int64_t epoch);
+
+}  // namespace dnpo::train

@@ -1,0 +1,27 @@
+// spdlog set-up: one stderr sink, pattern with a single-letter level and the rank.
+#include "dnpo/common/log.h"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <atomic>
+
+namespace dnpo::log {
+namespace {
+std::atomic<int> g_rank{0};
+}  // namespace
+
+void init(int rank, const std::string& level) {
+  g_rank = rank;
+  auto logger = spdlog::stderr_color_mt("dnpo");
+  spdlog::drop("dnpo");
+  logger = spdlog::stderr_color_mt("dnpo");
+  logger->set_pattern("%H:%M:%S.%e %L r" + std::to_string(rank) + " %v");
+  logger->set_level(spdlog::level::from_str(level));
+  spdlog::set_default_logger(logger);
+}
+
+int rank() {
+  return g_rank;
+}
+
+}  // namespace dnpo::log

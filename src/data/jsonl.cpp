@@ -1,0 +1,320 @@
+// JSONL readers and writers for prompt/SFT records and preference pairs. Every malformed line is
+// reported as "<path>:<line>: <what>; expected <schema>"; nothing is silently dropped.
+#include "dnpo/data/jsonl.h"
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+
+#include <nlohmann/json.hpp>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::data {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr const char* kPromptSchema =
+    R"({"id": str|int, "prompt": str, "answer": str[, "task": str, "truth": str]} or )"
+    R"({"prompt_id": str|int, "messages": [{"role": "user"|"assistant", "content": str}, ...]})";
+constexpr const char* kPairSchema =
+    R"({"id": str|int, "prompt": str, "chosen": str|messages, "rejected": str|messages)"
+    R"([, "score_chosen": number, "score_rejected": number]})";
+
+/// Where a record came from, for error messages.
+struct LineContext {
+  const std::string& path;
+  int line;
+  const char* schema;
+};
+
+[[noreturn]] void fail(const LineContext& ctx, const std::string& what) {
+  DNPO_FAIL(DataError, ctx.path, ":", ctx.line, ": ", what, "; expected ", ctx.schema);
+}
+
+std::string error_text(int err) {
+  return std::error_code(err, std::generic_category()).message();
+}
+
+/// Calls parse(object, ctx) for every non-blank line of `path`; collects the results.
+template <typename Record, typename Parse>
+std::vector<Record> read_jsonl(const std::string& path, const char* schema, Parse parse) {
+  std::error_code ec;
+  DNPO_CHECK_WITH(DataError,
+                  !std::filesystem::is_directory(path, ec),
+                  "cannot read JSONL file '",
+                  path,
+                  "': it is a directory; expected a file with one JSON object per line");
+  std::ifstream in(path);
+  DNPO_CHECK_WITH(
+      DataError, in.is_open(), "cannot open JSONL file '", path, "': ", error_text(errno));
+  std::vector<Record> records;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line_no == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) {
+      line.erase(0, 3);  // UTF-8 byte order mark
+    }
+    if (line.find_first_not_of(" \t\r\n") == std::string::npos) {
+      continue;
+    }
+    const LineContext ctx{path, line_no, schema};
+    Json object;
+    try {
+      object = Json::parse(line);
+    } catch (const Json::parse_error& e) {
+      fail(ctx, std::string("invalid JSON (") + e.what() + ")");
+    }
+    if (!object.is_object()) {
+      fail(ctx, std::string("expected a JSON object, got ") + object.type_name());
+    }
+    records.push_back(parse(object, ctx));
+  }
+  DNPO_CHECK_WITH(DataError,
+                  !in.bad(),
+                  "read error in '",
+                  path,
+                  "' after line ",
+                  line_no,
+                  ": ",
+                  error_text(errno));
+  return records;
+}
+
+/// A required string field.
+std::string get_string(const Json& object, const char* key, const LineContext& ctx) {
+  const auto it = object.find(key);
+  if (it == object.end()) {
+    fail(ctx, std::string("missing field \"") + key + "\"");
+  }
+  if (!it->is_string()) {
+    fail(ctx, std::string("field \"") + key + "\" must be a string, got " + it->type_name());
+  }
+  return it->get<std::string>();
+}
+
+/// An optional string field ("" when absent or null).
+std::string get_optional_string(const Json& object, const char* key, const LineContext& ctx) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) {
+    return "";
+  }
+  if (!it->is_string()) {
+    fail(ctx, std::string("field \"") + key + "\" must be a string, got " + it->type_name());
+  }
+  return it->get<std::string>();
+}
+
+/// "id", else "prompt_id", else the line number. Strings and integers are accepted.
+std::string get_id(const Json& object, const LineContext& ctx) {
+  for (const char* key : {"id", "prompt_id"}) {
+    const auto it = object.find(key);
+    if (it == object.end() || it->is_null()) {
+      continue;
+    }
+    if (it->is_string()) {
+      return it->get<std::string>();
+    }
+    if (it->is_number_integer()) {
+      return it->dump();
+    }
+    fail(ctx,
+         std::string("field \"") + key + "\" must be a string or an integer, got " +
+             it->type_name());
+  }
+  return std::to_string(ctx.line);
+}
+
+std::optional<double> get_optional_number(const Json& object,
+                                          const char* key,
+                                          const LineContext& ctx) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) {
+    return std::nullopt;
+  }
+  if (!it->is_number()) {
+    fail(ctx, std::string("field \"") + key + "\" must be a number, got " + it->type_name());
+  }
+  return it->get<double>();
+}
+
+/// The first user turn and the first assistant turn after it, from an HF message list.
+struct Turns {
+  std::optional<std::string> user;
+  std::optional<std::string> assistant;
+};
+
+Turns parse_messages(const Json& messages, const char* key, const LineContext& ctx) {
+  if (!messages.is_array()) {
+    fail(ctx, std::string("field \"") + key + "\" must be an array, got " + messages.type_name());
+  }
+  Turns turns;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const Json& turn = messages[i];
+    const std::string where = std::string(key) + "[" + std::to_string(i) + "]";
+    if (!turn.is_object()) {
+      fail(ctx, where + " must be an object, got " + turn.type_name());
+    }
+    const std::string role = get_string(turn, "role", ctx);
+    const auto content = turn.find("content");
+    if (content == turn.end() || !content->is_string()) {
+      fail(ctx, where + ".content must be a string");
+    }
+    if (role == "user" && !turns.user) {
+      turns.user = content->get<std::string>();
+    } else if (role == "assistant" && turns.user && !turns.assistant) {
+      turns.assistant = content->get<std::string>();
+    }
+  }
+  return turns;
+}
+
+PromptRecord parse_prompt(const Json& object, const LineContext& ctx) {
+  PromptRecord record;
+  record.id = get_id(object, ctx);
+  if (object.contains("messages") && !object.contains("answer")) {
+    const Turns turns = parse_messages(object.at("messages"), "messages", ctx);
+    if (!turns.user) {
+      fail(ctx, "\"messages\" has no user turn");
+    }
+    if (!turns.assistant) {
+      fail(ctx, "\"messages\" has no assistant turn after the first user turn");
+    }
+    record.prompt = *turns.user;
+    record.answer = *turns.assistant;
+  } else {
+    record.prompt = get_string(object, "prompt", ctx);
+    record.answer = get_string(object, "answer", ctx);
+    record.task = get_optional_string(object, "task", ctx);
+    record.truth = get_optional_string(object, "truth", ctx);
+  }
+  if (record.prompt.empty()) {
+    fail(ctx, "empty prompt");
+  }
+  return record;
+}
+
+/// "chosen"/"rejected": a string, or a message list whose first assistant turn is the text.
+std::string get_response(const Json& object,
+                         const char* key,
+                         const LineContext& ctx,
+                         std::optional<std::string>* user_turn) {
+  const auto it = object.find(key);
+  if (it == object.end()) {
+    fail(ctx, std::string("missing field \"") + key + "\"");
+  }
+  if (it->is_string()) {
+    return it->get<std::string>();
+  }
+  if (it->is_array()) {
+    const Turns turns = parse_messages(*it, key, ctx);
+    if (!turns.assistant) {
+      fail(ctx, std::string("\"") + key + "\" has no assistant turn after a user turn");
+    }
+    if (user_turn != nullptr && !*user_turn) {
+      *user_turn = turns.user;
+    }
+    return *turns.assistant;
+  }
+  fail(ctx,
+       std::string("field \"") + key + "\" must be a string or a message list, got " +
+           it->type_name());
+}
+
+PairRecord parse_pair(const Json& object, const LineContext& ctx) {
+  PairRecord record;
+  record.id = get_id(object, ctx);
+  std::optional<std::string> user_turn;
+  record.chosen = get_response(object, "chosen", ctx, &user_turn);
+  record.rejected = get_response(object, "rejected", ctx, nullptr);
+  if (object.contains("prompt") || !user_turn) {
+    record.prompt = get_string(object, "prompt", ctx);
+  } else {
+    record.prompt = *user_turn;
+  }
+  if (record.prompt.empty()) {
+    fail(ctx, "empty prompt");
+  }
+  record.score_chosen = get_optional_number(object, "score_chosen", ctx);
+  record.score_rejected = get_optional_number(object, "score_rejected", ctx);
+  return record;
+}
+
+/// Writes one ordered JSON object per record; make(record) builds the object.
+template <typename Record, typename Make>
+void write_jsonl(const std::string& path, const std::vector<Record>& records, Make make) {
+  std::ofstream out(path, std::ios::out | std::ios::trunc);
+  DNPO_CHECK_WITH(DataError,
+                  out.is_open(),
+                  "cannot open '",
+                  path,
+                  "' for writing: ",
+                  error_text(errno),
+                  "; hint: does its directory exist?");
+  for (const Record& record : records) {
+    std::string line;
+    try {
+      line = make(record).dump();
+    } catch (const nlohmann::ordered_json::type_error& e) {
+      DNPO_FAIL(DataError,
+                "cannot write record id '",
+                record.id,
+                "' to '",
+                path,
+                "': ",
+                e.what(),
+                "; expected UTF-8 text");
+    }
+    out << line << '\n';
+  }
+  out.flush();
+  DNPO_CHECK_WITH(DataError, out.good(), "write error on '", path, "': ", error_text(errno));
+}
+
+}  // namespace
+
+std::vector<PromptRecord> read_prompts_jsonl(const std::string& path) {
+  return read_jsonl<PromptRecord>(path, kPromptSchema, parse_prompt);
+}
+
+std::vector<PairRecord> read_pairs_jsonl(const std::string& path) {
+  return read_jsonl<PairRecord>(path, kPairSchema, parse_pair);
+}
+
+void write_prompts_jsonl(const std::string& path, const std::vector<PromptRecord>& records) {
+  write_jsonl(path, records, [](const PromptRecord& r) {
+    nlohmann::ordered_json object;
+    object["id"] = r.id;
+    object["prompt"] = r.prompt;
+    object["answer"] = r.answer;
+    if (!r.task.empty()) {
+      object["task"] = r.task;
+    }
+    if (!r.truth.empty()) {
+      object["truth"] = r.truth;
+    }
+    return object;
+  });
+}
+
+void write_pairs_jsonl(const std::string& path, const std::vector<PairRecord>& records) {
+  write_jsonl(path, records, [](const PairRecord& r) {
+    nlohmann::ordered_json object;
+    object["id"] = r.id;
+    object["prompt"] = r.prompt;
+    object["chosen"] = r.chosen;
+    object["rejected"] = r.rejected;
+    if (r.score_chosen) {
+      object["score_chosen"] = *r.score_chosen;
+    }
+    if (r.score_rejected) {
+      object["score_rejected"] = *r.score_rejected;
+    }
+    return object;
+  });
+}
+
+}  // namespace dnpo::data

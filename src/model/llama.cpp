@@ -1,0 +1,346 @@
+// Llama decoder forward in HF conventions; see llama.h for the contract.
+#include "dnpo/model/llama.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <map>
+
+#include "dnpo/common/counter_rng.h"
+#include "dnpo/common/error.h"
+#include "dnpo/model/random.h"
+
+namespace dnpo::model {
+namespace {
+
+std::int64_t head_dim(const config::ModelConfig& cfg) {
+  return cfg.hidden_size / cfg.num_attention_heads;
+}
+
+// HF rotate_half: (x1, x2) → (−x2, x1) over the last dim split in halves.
+at::Tensor rotate_half(const at::Tensor& x) {
+  const auto half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+at::Tensor apply_rotary(const at::Tensor& x, const AttentionContext& ctx) {
+  return x * ctx.cos + rotate_half(x) * ctx.sin;
+}
+
+struct ParamSpec {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  bool is_norm;
+};
+
+std::vector<ParamSpec> parameter_specs(const config::ModelConfig& cfg) {
+  const std::int64_t c = cfg.hidden_size;
+  const std::int64_t hd = head_dim(cfg);
+  const std::int64_t q = cfg.num_attention_heads * hd;
+  const std::int64_t kv = cfg.num_key_value_heads * hd;
+  const std::int64_t inter = cfg.intermediate_size;
+  const std::int64_t v = cfg.vocab_size;
+  std::vector<ParamSpec> specs{{"model.embed_tokens.weight", {v, c}, false}};
+  for (int i = 0; i < cfg.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    specs.push_back({p + "input_layernorm.weight", {c}, true});
+    specs.push_back({p + "self_attn.q_proj.weight", {q, c}, false});
+    specs.push_back({p + "self_attn.k_proj.weight", {kv, c}, false});
+    specs.push_back({p + "self_attn.v_proj.weight", {kv, c}, false});
+    specs.push_back({p + "self_attn.o_proj.weight", {c, q}, false});
+    specs.push_back({p + "post_attention_layernorm.weight", {c}, true});
+    specs.push_back({p + "mlp.gate_proj.weight", {inter, c}, false});
+    specs.push_back({p + "mlp.up_proj.weight", {inter, c}, false});
+    specs.push_back({p + "mlp.down_proj.weight", {c, inter}, false});
+  }
+  specs.push_back({"model.norm.weight", {c}, true});
+  if (!cfg.tie_word_embeddings) {
+    specs.push_back({"lm_head.weight", {v, c}, false});
+  }
+  return specs;
+}
+
+LlamaWeights weights_from_map(const config::ModelConfig& cfg,
+                              std::map<std::string, at::Tensor>& by_name) {
+  LlamaWeights w;
+  w.embed_tokens = by_name.at("model.embed_tokens.weight");
+  for (int i = 0; i < cfg.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    BlockWeights b;
+    b.input_layernorm = by_name.at(p + "input_layernorm.weight");
+    b.q_proj = by_name.at(p + "self_attn.q_proj.weight");
+    b.k_proj = by_name.at(p + "self_attn.k_proj.weight");
+    b.v_proj = by_name.at(p + "self_attn.v_proj.weight");
+    b.o_proj = by_name.at(p + "self_attn.o_proj.weight");
+    b.post_attention_layernorm = by_name.at(p + "post_attention_layernorm.weight");
+    b.gate_proj = by_name.at(p + "mlp.gate_proj.weight");
+    b.up_proj = by_name.at(p + "mlp.up_proj.weight");
+    b.down_proj = by_name.at(p + "mlp.down_proj.weight");
+    w.layers.push_back(b);
+  }
+  w.norm = by_name.at("model.norm.weight");
+  w.lm_head = cfg.tie_word_embeddings ? w.embed_tokens : by_name.at("lm_head.weight");
+  return w;
+}
+
+void check_model_config(const config::ModelConfig& cfg) {
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.num_attention_heads > 0 && cfg.hidden_size % cfg.num_attention_heads == 0,
+                  "model.hidden_size (", cfg.hidden_size,
+                  ") must be divisible by model.num_attention_heads (", cfg.num_attention_heads,
+                  ")");
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.num_key_value_heads > 0 &&
+                      cfg.num_attention_heads % cfg.num_key_value_heads == 0,
+                  "model.num_attention_heads (", cfg.num_attention_heads,
+                  ") must be divisible by model.num_key_value_heads (", cfg.num_key_value_heads,
+                  ")");
+  DNPO_CHECK_WITH(ConfigError, head_dim(cfg) % 2 == 0, "head dim (hidden_size / heads = ",
+                  head_dim(cfg), ") must be even for rotary embeddings");
+}
+
+}  // namespace
+
+std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
+  std::vector<std::string> names;
+  for (const auto& spec : parameter_specs(cfg)) {
+    names.push_back(spec.name);
+  }
+  return names;
+}
+
+AttentionContext make_attention_context(const config::ModelConfig& cfg,
+                                        const at::Tensor& attention_mask,
+                                        std::int64_t past_length,
+                                        at::ScalarType dtype) {
+  const auto total = attention_mask.size(1);
+  const auto steps = total - past_length;
+  DNPO_CHECK(steps > 0, "attention_mask covers ", total, " positions but the cache already holds ",
+             past_length);
+  const auto device = attention_mask.device();
+  // positions: (B, T) — HF style, so left padding does not shift real tokens' positions.
+  auto positions = (attention_mask.cumsum(1) - 1).clamp_min(0).narrow(1, past_length, steps);
+  const auto hd = head_dim(cfg);
+  auto inv_freq = at::pow(cfg.rope_theta,
+                          at::arange(0, hd, 2, at::TensorOptions().dtype(at::kDouble)) /
+                              static_cast<double>(hd))
+                      .reciprocal()
+                      .to(at::kFloat)
+                      .to(device);
+  auto freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // (B, T, hd/2)
+  auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);              // (B, 1, T, hd)
+  AttentionContext ctx;
+  ctx.cos = emb.cos().to(dtype);
+  ctx.sin = emb.sin().to(dtype);
+  // allowed[b, q, k] = key k is real and k <= past + q
+  auto query_pos = at::arange(past_length, total, at::TensorOptions().dtype(at::kLong).device(device));
+  auto key_pos = at::arange(0, total, at::TensorOptions().dtype(at::kLong).device(device));
+  auto causal = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // (T, past+T)
+  auto allowed = causal.unsqueeze(0) & attention_mask.unsqueeze(1).to(at::kBool);
+  // A finite negative (not -inf) keeps fully masked rows (left pads) free of NaN.
+  ctx.bias = at::zeros(allowed.sizes(), at::TensorOptions().dtype(dtype).device(device))
+                 .masked_fill(allowed.logical_not(), -1e9)
+                 .unsqueeze(1)
+                 .unsqueeze(1);
+  return ctx;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  auto xf = x.to(at::kFloat);
+  auto normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor block_forward(const config::ModelConfig& cfg,
+                         const BlockWeights& w,
+                         const at::Tensor& x,
+                         const AttentionContext& ctx,
+                         KVCache* cache,
+                         std::size_t layer_index) {
+  const auto batch = x.size(0);
+  const auto steps = x.size(1);
+  const std::int64_t hd = head_dim(cfg);
+  const std::int64_t heads = cfg.num_attention_heads;
+  const std::int64_t kv_heads = cfg.num_key_value_heads;
+  const std::int64_t group = heads / kv_heads;
+
+  // --- attention ---
+  auto h = rms_norm(x, w.input_layernorm, cfg.rms_norm_eps);
+  auto q = at::linear(h, w.q_proj).view({batch, steps, heads, hd}).transpose(1, 2);
+  auto k = at::linear(h, w.k_proj).view({batch, steps, kv_heads, hd}).transpose(1, 2);
+  auto v = at::linear(h, w.v_proj).view({batch, steps, kv_heads, hd}).transpose(1, 2);
+  q = apply_rotary(q, ctx);  // (B, H, T, hd)
+  k = apply_rotary(k, ctx);  // (B, KV, T, hd)
+  if (cache != nullptr) {
+    const auto past = cache->length;
+    DNPO_CHECK(past + steps <= cache->capacity, "KV cache full: ", past, " + ", steps, " > ",
+               cache->capacity);
+    cache->keys[layer_index].narrow(2, past, steps).copy_(k);
+    cache->values[layer_index].narrow(2, past, steps).copy_(v);
+    k = cache->keys[layer_index].narrow(2, 0, past + steps);
+    v = cache->values[layer_index].narrow(2, 0, past + steps);
+  }
+  // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
+  auto qg = q.reshape({batch, kv_heads, group, steps, hd});
+  auto scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
+  scores = scores + ctx.bias;                                       // (B, KV, group, T, Tk)
+  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  auto attn = at::matmul(probs, v.unsqueeze(2));                    // (B, KV, group, T, hd)
+  attn = attn.reshape({batch, heads, steps, hd}).transpose(1, 2).reshape({batch, steps, heads * hd});
+  auto x1 = x + at::linear(attn, w.o_proj);
+
+  // --- SwiGLU MLP ---
+  auto h2 = rms_norm(x1, w.post_attention_layernorm, cfg.rms_norm_eps);
+  auto mlp = at::linear(at::silu(at::linear(h2, w.gate_proj)) * at::linear(h2, w.up_proj),
+                        w.down_proj);
+  return x1 + mlp;
+}
+
+LlamaModel::LlamaModel(const config::ModelConfig& cfg, std::uint64_t seed) : cfg_(cfg) {
+  check_model_config(cfg_);
+  std::map<std::string, at::Tensor> by_name;
+  std::uint64_t index = 0;
+  for (const auto& spec : parameter_specs(cfg_)) {
+    const auto key = draw_key(seed, 0, 0, index++, 0, RandomStream::kInit);
+    by_name[spec.name] = spec.is_norm ? at::ones(spec.shape, at::kFloat)
+                                      : counter_normal(spec.shape, cfg_.initializer_range, key);
+  }
+  weights_ = weights_from_map(cfg_, by_name);
+  bind_named();
+}
+
+LlamaModel::LlamaModel(const config::ModelConfig& cfg, const NamedTensors& tensors) : cfg_(cfg) {
+  check_model_config(cfg_);
+  std::map<std::string, at::Tensor> given(tensors.begin(), tensors.end());
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& spec : parameter_specs(cfg_)) {
+    auto it = given.find(spec.name);
+    DNPO_CHECK_WITH(DataError, it != given.end(), "model weights lack tensor '", spec.name,
+                    "'; hint: the weights do not match model config (layers=",
+                    cfg_.num_hidden_layers, ", tie_word_embeddings=", cfg_.tie_word_embeddings,
+                    ")");
+    DNPO_CHECK_WITH(DataError, it->second.sizes().vec() == spec.shape, "tensor '", spec.name,
+                    "' has shape ", it->second.sizes(), "; expected ", at::IntArrayRef(spec.shape),
+                    " from the model config");
+    by_name[spec.name] = it->second.to(at::kFloat).contiguous().clone();
+    given.erase(it);
+  }
+  given.erase("lm_head.weight");  // tied checkpoints sometimes still carry it
+  for (const auto& [name, tensor] : given) {
+    // Rotary caches of older exports are derived buffers, not parameters.
+    DNPO_CHECK_WITH(DataError, name.find("rotary_emb") != std::string::npos,
+                    "unexpected tensor '", name, "' in model weights");
+  }
+  weights_ = weights_from_map(cfg_, by_name);
+  bind_named();
+}
+
+void LlamaModel::bind_named() {
+  named_.clear();
+  named_.emplace_back("model.embed_tokens.weight", weights_.embed_tokens);
+  for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const auto& b = weights_.layers[i];
+    named_.emplace_back(p + "input_layernorm.weight", b.input_layernorm);
+    named_.emplace_back(p + "self_attn.q_proj.weight", b.q_proj);
+    named_.emplace_back(p + "self_attn.k_proj.weight", b.k_proj);
+    named_.emplace_back(p + "self_attn.v_proj.weight", b.v_proj);
+    named_.emplace_back(p + "self_attn.o_proj.weight", b.o_proj);
+    named_.emplace_back(p + "post_attention_layernorm.weight", b.post_attention_layernorm);
+    named_.emplace_back(p + "mlp.gate_proj.weight", b.gate_proj);
+    named_.emplace_back(p + "mlp.up_proj.weight", b.up_proj);
+    named_.emplace_back(p + "mlp.down_proj.weight", b.down_proj);
+  }
+  named_.emplace_back("model.norm.weight", weights_.norm);
+  if (!cfg_.tie_word_embeddings) {
+    named_.emplace_back("lm_head.weight", weights_.lm_head);
+  }
+}
+
+std::vector<at::Tensor> LlamaModel::parameters() const {
+  std::vector<at::Tensor> out;
+  out.reserve(named_.size());
+  for (const auto& [name, tensor] : named_) {
+    out.push_back(tensor);
+  }
+  return out;
+}
+
+std::int64_t LlamaModel::num_parameters() const {
+  std::int64_t total = 0;
+  for (const auto& [name, tensor] : named_) {
+    total += tensor.numel();
+  }
+  return total;
+}
+
+void LlamaModel::set_requires_grad(bool requires_grad) {
+  for (auto& [name, tensor] : named_) {
+    tensor.requires_grad_(requires_grad);
+  }
+}
+
+LlamaModel LlamaModel::clone() const {
+  NamedTensors copies;
+  for (const auto& [name, tensor] : named_) {
+    copies.emplace_back(name, tensor.detach());
+  }
+  return LlamaModel(cfg_, copies);  // the constructor clones
+}
+
+void LlamaModel::copy_from(const LlamaModel& other) {
+  DNPO_INTERNAL_ASSERT(other.named_.size() == named_.size());
+  at::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < named_.size(); ++i) {
+    named_[i].second.copy_(other.named_[i].second);
+  }
+}
+
+at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
+                                      const at::Tensor& attention_mask,
+                                      KVCache* cache) const {
+  DNPO_CHECK(input_ids.dim() == 2, "input_ids must be (B,T), got ", input_ids.sizes());
+  const std::int64_t past = cache != nullptr ? cache->length : 0;
+  DNPO_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == input_ids.size(0) &&
+                 attention_mask.size(1) == past + input_ids.size(1),
+             "attention_mask must be (B, past+T) = (", input_ids.size(0), ", ",
+             past + input_ids.size(1), "), got ", attention_mask.sizes());
+  const auto dtype = compute_dtype_;
+  auto cast = [dtype](const at::Tensor& w) { return w.scalar_type() == dtype ? w : w.to(dtype); };
+  auto x = at::embedding(cast(weights_.embed_tokens), input_ids);  // (B, T, C)
+  const auto ctx = make_attention_context(cfg_, attention_mask, past, dtype);
+  for (std::size_t i = 0; i < weights_.layers.size(); ++i) {
+    const auto& w = weights_.layers[i];
+    const BlockWeights wc{cast(w.input_layernorm), cast(w.q_proj),   cast(w.k_proj),
+                          cast(w.v_proj),          cast(w.o_proj),   cast(w.post_attention_layernorm),
+                          cast(w.gate_proj),       cast(w.up_proj),  cast(w.down_proj)};
+    x = block_forward(cfg_, wc, x, ctx, cache, i);
+  }
+  if (cache != nullptr) {
+    cache->length += input_ids.size(1);
+  }
+  return rms_norm(x, cast(weights_.norm), cfg_.rms_norm_eps);
+}
+
+at::Tensor LlamaModel::lm_head() const {
+  return weights_.lm_head.scalar_type() == compute_dtype_ ? weights_.lm_head
+                                                         : weights_.lm_head.to(compute_dtype_);
+}
+
+at::Tensor LlamaModel::logits(const at::Tensor& hidden) const {
+  return at::linear(hidden, lm_head());
+}
+
+KVCache LlamaModel::make_cache(std::int64_t batch, std::int64_t capacity) const {
+  KVCache cache;
+  cache.capacity = capacity;
+  const auto hd = head_dim(cfg_);
+  for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const auto options = weights_.embed_tokens.options().dtype(compute_dtype_).requires_grad(false);
+    cache.keys.push_back(at::zeros({batch, cfg_.num_key_value_heads, capacity, hd}, options));
+    cache.values.push_back(at::zeros({batch, cfg_.num_key_value_heads, capacity, hd}, options));
+  }
+  return cache;
+}
+
+}  // namespace dnpo::model

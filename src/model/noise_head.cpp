@@ -1,0 +1,84 @@
+// Noise head forward and init; see noise_head.h.
+#include "dnpo/model/noise_head.h"
+
+#include <ATen/ATen.h>
+
+#include <map>
+
+#include "dnpo/common/counter_rng.h"
+#include "dnpo/common/error.h"
+#include "dnpo/model/random.h"
+
+namespace dnpo::model {
+namespace {
+constexpr double kLayerNormEps = 1e-5;
+}  // namespace
+
+NoiseHead::NoiseHead(const config::NpoConfig& cfg,
+                     std::int64_t hidden,
+                     std::int64_t vocab,
+                     std::uint64_t seed)
+    : cfg_(cfg) {
+  const auto key = draw_key(seed, 0, 0, 0, 0, RandomStream::kInit);
+  proj_weight_ = counter_normal({vocab, hidden}, cfg.head_init_std, key);
+  if (cfg.head == "ln_gelu_linear") {
+    norm_weight_ = at::ones({hidden}, at::kFloat);
+    norm_bias_ = at::zeros({hidden}, at::kFloat);
+    named_ = {{"norm.weight", norm_weight_}, {"norm.bias", norm_bias_}, {"proj.weight", proj_weight_}};
+  } else {
+    DNPO_CHECK_WITH(ConfigError, cfg.head == "linear", "npo.head '", cfg.head,
+                    "' is unknown; expected \"ln_gelu_linear\" or \"linear\"");
+    proj_bias_ = at::zeros({vocab}, at::kFloat);
+    named_ = {{"proj.weight", proj_weight_}, {"proj.bias", proj_bias_}};
+  }
+}
+
+NoiseHead::NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors) : cfg_(cfg) {
+  std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
+  auto take = [&](const std::string& name) {
+    auto it = by_name.find(name);
+    DNPO_CHECK_WITH(DataError, it != by_name.end(), "noise head (", cfg.head, ") lacks tensor '",
+                    name, "'");
+    return it->second.to(at::kFloat).contiguous().clone();
+  };
+  proj_weight_ = take("proj.weight");
+  if (cfg.head == "ln_gelu_linear") {
+    norm_weight_ = take("norm.weight");
+    norm_bias_ = take("norm.bias");
+    named_ = {{"norm.weight", norm_weight_}, {"norm.bias", norm_bias_}, {"proj.weight", proj_weight_}};
+  } else {
+    proj_bias_ = take("proj.bias");
+    named_ = {{"proj.weight", proj_weight_}, {"proj.bias", proj_bias_}};
+  }
+}
+
+at::Tensor NoiseHead::sigma(const at::Tensor& h) const {
+  at::Tensor f;
+  if (cfg_.head == "ln_gelu_linear") {
+    auto normed = at::layer_norm(h, {h.size(-1)}, norm_weight_, norm_bias_, kLayerNormEps);
+    f = at::linear(at::gelu(normed), proj_weight_);
+  } else {
+    f = at::linear(h, proj_weight_, proj_bias_);
+  }
+  auto s = cfg_.scale * at::exp(f);  // s: (N, V) — used as a standard deviation
+  if (cfg_.max_sigma > 0) {
+    s = at::clamp_max(s, cfg_.max_sigma);
+  }
+  return s;
+}
+
+std::vector<at::Tensor> NoiseHead::parameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& [name, tensor] : named_) {
+    out.push_back(tensor);
+  }
+  return out;
+}
+
+void NoiseHead::set_requires_grad(bool requires_grad) {
+  for (auto& [name, tensor] : named_) {
+    tensor.requires_grad_(requires_grad);
+  }
+}
+
+}  // namespace dnpo::model

@@ -1,0 +1,107 @@
+// Batched KV-cache generation with counter-based sampling; see sampler.h.
+#include "dnpo/model/sampler.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "dnpo/common/counter_rng.h"
+#include "dnpo/common/error.h"
+#include "dnpo/model/batch.h"
+
+namespace dnpo::model {
+
+std::int64_t pick_token(const at::Tensor& logits, const config::SampleConfig& cfg, double u) {
+  if (cfg.temperature <= 0.0) {
+    return logits.argmax().item<std::int64_t>();
+  }
+  auto probs = at::softmax(logits.to(at::kDouble) / cfg.temperature, -1);
+  auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
+  const double* p = sorted.data_ptr<double>();
+  const std::int64_t vocab = sorted.numel();
+  std::int64_t keep = cfg.top_k > 0 ? std::min<std::int64_t>(cfg.top_k, vocab) : vocab;
+  if (cfg.top_p < 1.0) {
+    double cumulative = 0.0;
+    for (std::int64_t i = 0; i < keep; ++i) {
+      cumulative += p[i];
+      if (cumulative >= cfg.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  double total = 0.0;
+  for (std::int64_t i = 0; i < keep; ++i) {
+    total += p[i];
+  }
+  const double target = u * total;
+  double cumulative = 0.0;
+  std::int64_t chosen = keep - 1;
+  for (std::int64_t i = 0; i < keep; ++i) {
+    cumulative += p[i];
+    if (cumulative > target) {
+      chosen = i;
+      break;
+    }
+  }
+  return order[chosen].item<std::int64_t>();
+}
+
+std::vector<Generation> generate(const LlamaModel& model,
+                                 const std::vector<GenerationRequest>& requests,
+                                 const config::SampleConfig& cfg,
+                                 std::int64_t eos_id,
+                                 std::int64_t pad_id,
+                                 const SamplingKeys& keys) {
+  at::NoGradGuard no_grad;
+  std::vector<Generation> results(requests.size());
+  const auto batch_size = static_cast<std::size_t>(std::max(1, cfg.batch_size));
+  for (std::size_t begin = 0; begin < requests.size(); begin += batch_size) {
+    const std::size_t end = std::min(requests.size(), begin + batch_size);
+    std::vector<TokenSequence> prompts;
+    for (std::size_t i = begin; i < end; ++i) {
+      DNPO_CHECK(!requests[i].prompt.empty(), "generate: prompt ", requests[i].sample_id,
+                 " has no tokens");
+      prompts.push_back({requests[i].prompt, {}});
+    }
+    auto batch = pad_batch(prompts, pad_id, PadSide::kLeft);
+    const auto rows = static_cast<std::int64_t>(end - begin);
+    const auto prompt_len = batch.input_ids.size(1);
+    auto cache = model.make_cache(rows, prompt_len + cfg.max_new_tokens);
+    auto mask = batch.attention_mask;
+    auto hidden = model.forward_hidden(batch.input_ids, mask, &cache);
+    std::vector<bool> done(rows, false);
+    std::int64_t remaining = rows;
+    for (int step = 0; step < cfg.max_new_tokens && remaining > 0; ++step) {
+      // logits of the last position: (rows, V) fp32
+      auto logits = model.logits(hidden.select(1, hidden.size(1) - 1)).to(at::kFloat).contiguous();
+      auto next = at::full({rows, 1}, pad_id, at::kLong);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        if (done[r]) {
+          continue;
+        }
+        const auto& request = requests[begin + r];
+        const auto key = draw_key(keys.seed, keys.iteration, 0, request.sample_id,
+                                  static_cast<std::uint64_t>(step), RandomStream::kSampling);
+        const auto token = pick_token(logits[r], cfg, uniform01(key, 0));
+        auto& result = results[begin + r];
+        if (token == eos_id) {
+          result.finished = true;
+          done[r] = true;
+          --remaining;
+        } else {
+          result.tokens.push_back(token);
+        }
+        next[r][0] = token;
+      }
+      if (remaining == 0 || step + 1 == cfg.max_new_tokens) {
+        break;
+      }
+      mask = at::cat({mask, at::ones({rows, 1}, at::kLong)}, 1);
+      hidden = model.forward_hidden(next, mask, &cache);
+    }
+  }
+  return results;
+}
+
+}  // namespace dnpo::model

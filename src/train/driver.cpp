@@ -1,0 +1,179 @@
+// Stage drivers behind dnpo_dist's subcommands: load config-dependent parts, run, save, report.
+#include "dnpo/train/driver.h"
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "dnpo/common/error.h"
+#include "dnpo/common/log.h"
+#include "dnpo/config/loader.h"
+#include "dnpo/data/demo_world.h"
+#include "dnpo/data/jsonl.h"
+#include "dnpo/data/tokenizer.h"
+#include "dnpo/model/hf_io.h"
+#include "dnpo/train/evaluate.h"
+#include "dnpo/train/trainer.h"
+
+#ifndef DNPO_GIT_SHA
+#define DNPO_GIT_SHA "unknown"
+#endif
+
+namespace dnpo::train {
+namespace fs = std::filesystem;
+namespace {
+
+std::string run_dir(const config::RunConfig& cfg) {
+  return cfg.run.out_dir + "/" + cfg.run.name;
+}
+
+void set_threads(const config::RunConfig& cfg) {
+  int threads = cfg.run.threads;
+  if (threads <= 0) {
+    threads = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+  }
+  at::set_num_threads(threads);
+}
+
+model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::string& init) {
+  const std::string dir = init.empty() ? cfg.model.init_from : init;
+  if (dir.empty()) {
+    log::info_rank0("model: random init (seed {})", cfg.run.seed);
+    return model::LlamaModel(cfg.model, cfg.run.seed);
+  }
+  log::info_rank0("model: loading {}", dir);
+  auto model = model::load_hf_model(dir, cfg.model);
+  const auto& m = model.config();
+  DNPO_CHECK_WITH(ConfigError, m.vocab_size == cfg.model.vocab_size &&
+                                   m.hidden_size == cfg.model.hidden_size &&
+                                   m.num_hidden_layers == cfg.model.num_hidden_layers,
+                  "the model in '", dir, "' (vocab ", m.vocab_size, ", hidden ", m.hidden_size,
+                  ", layers ", m.num_hidden_layers, ") differs from [model] in the config (vocab ",
+                  cfg.model.vocab_size, ", hidden ", cfg.model.hidden_size, ", layers ",
+                  cfg.model.num_hidden_layers, "); hint: make [model] match the HF config.json");
+  return model;
+}
+
+void save_model(const config::RunConfig& cfg, const model::LlamaModel& model,
+                const std::string& dir) {
+  model::save_hf_model(dir, model);
+  if (cfg.tokenizer.kind == "sentencepiece" && !cfg.tokenizer.path.empty()) {
+    fs::copy_file(cfg.tokenizer.path, dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
+  }
+  log::info_rank0("saved model to {}", dir);
+}
+
+void write_summary(const std::string& path, const nlohmann::json& j) {
+  std::ofstream out(path);
+  DNPO_CHECK(out.good(), "cannot write '", path, "'");
+  out << j.dump(2) << "\n";
+}
+
+nlohmann::json summary_json(const TrainSummary& s) {
+  return {{"steps", s.steps},           {"first_loss", s.first_loss},
+          {"last_loss", s.last_loss},   {"mean_step_ms", s.mean_step_ms},
+          {"tokens_per_second", s.tokens_per_second}, {"truncated", s.truncated},
+          {"skipped_identical", s.skipped_identical}};
+}
+
+std::string output_dir(const config::RunConfig& cfg, const StageOptions& options,
+                       const std::string& stage) {
+  return options.output_dir.empty() ? run_dir(cfg) + "/" + stage : options.output_dir;
+}
+
+}  // namespace
+
+std::string prepare_run_dir(const config::RunConfig& cfg) {
+  const auto dir = run_dir(cfg);
+  fs::create_directories(dir);
+  std::ofstream out(dir + "/resolved_config.toml");
+  DNPO_CHECK(out.good(), "cannot write '", dir, "/resolved_config.toml'");
+  out << "# resolved configuration (dnpo " << DNPO_GIT_SHA << ")\n" << config::to_toml(cfg);
+  set_threads(cfg);
+  log::info_rank0("dnpo {} | run dir {} | {} threads", DNPO_GIT_SHA, dir, at::get_num_threads());
+  return dir;
+}
+
+void ensure_demo_data(const config::RunConfig& cfg) {
+  const auto& train_file = cfg.data.train_file;
+  const auto& eval_file = cfg.data.eval_file;
+  if (fs::exists(train_file) && fs::exists(eval_file)) {
+    return;
+  }
+  const auto dir = fs::path(train_file).parent_path().string();
+  DNPO_CHECK_WITH(ConfigError, fs::path(eval_file).parent_path().string() == dir,
+                  "data.train_file and data.eval_file must share a directory to generate the "
+                  "demo world there");
+  log::info_rank0("demo world: writing {} train / {} eval tasks to {}", cfg.demo.train_size,
+                  cfg.demo.eval_size, dir.empty() ? "." : dir);
+  data::write_demo_data(cfg.demo, dir.empty() ? "." : dir);
+}
+
+void run_sft(const config::RunConfig& cfg, const StageOptions& options) {
+  const auto dir = prepare_run_dir(cfg);
+  DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
+  const auto records = data::read_prompts_jsonl(cfg.data.train_file);
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  auto policy = load_or_init_model(cfg, options.init_model);
+  log::info_rank0("model: {} parameters", policy.num_parameters());
+  MetricsWriter metrics(dir + "/metrics.jsonl");
+  Trainer trainer(cfg, policy, *tokenizer, metrics);
+  const auto summary = trainer.train_sft(records);
+  log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step", summary.steps,
+                  summary.first_loss, summary.last_loss, summary.mean_step_ms);
+  const auto out = output_dir(cfg, options, "sft");
+  save_model(cfg, policy, out);
+  write_summary(out + "/summary.json", summary_json(summary));
+}
+
+void run_train(const config::RunConfig& cfg, const StageOptions& options) {
+  const auto dir = prepare_run_dir(cfg);
+  DNPO_CHECK_WITH(ConfigError, !cfg.data.pairs_file.empty(), "train needs data.pairs_file");
+  const auto pairs = data::read_pairs_jsonl(cfg.data.pairs_file);
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  auto policy = load_or_init_model(cfg, options.init_model);
+  MetricsWriter metrics(dir + "/metrics.jsonl");
+  Trainer trainer(cfg, policy, *tokenizer, metrics);
+  const auto summary = trainer.train_preference(pairs);
+  log::info_rank0("train ({}) done: {} steps, model loss {:.4f} → {:.4f}, {:.0f} ms/step",
+                  cfg.train.loss, summary.steps, summary.first_loss, summary.last_loss,
+                  summary.mean_step_ms);
+  const auto out = output_dir(cfg, options, "train");
+  save_model(cfg, policy, out);
+  write_summary(out + "/summary.json", summary_json(summary));
+}
+
+double run_eval(const config::RunConfig& cfg, const StageOptions& options) {
+  const auto dir = prepare_run_dir(cfg);
+  DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval needs data.eval_file");
+  const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  const auto model = load_or_init_model(cfg, options.init_model);
+  const auto report = evaluate(cfg, model, *tokenizer, records, options.samples_out);
+  log::info_rank0("eval on {} prompts ({} scorable)", report.prompts, report.scorable);
+  log::info_rank0("  sampled (T={}): {}", cfg.sample.temperature, format_scores(report.sampled));
+  nlohmann::json j = {{"prompts", report.prompts}, {"scorable", report.scorable},
+                      {"sampled_exact", report.sampled.exact},
+                      {"sampled_score", report.sampled.mean_score},
+                      {"sampled_exact_by_task", report.sampled.exact_by_task}};
+  if (report.has_greedy) {
+    log::info_rank0("  greedy:        {}", format_scores(report.greedy));
+    j["greedy_exact"] = report.greedy.exact;
+    j["greedy_score"] = report.greedy.mean_score;
+    j["greedy_exact_by_task"] = report.greedy.exact_by_task;
+  }
+  write_summary(dir + "/eval.json", j);
+  return report.sampled.exact;
+}
+
+void run_job(const config::RunConfig& cfg) {
+  ensure_demo_data(cfg);
+  const auto sft_dir = run_dir(cfg) + "/sft";
+  run_sft(cfg, {});
+  run_eval(cfg, {sft_dir, run_dir(cfg) + "/sft_samples.jsonl", ""});
+}
+
+}  // namespace dnpo::train

@@ -1,0 +1,64 @@
+// metrics.jsonl writer and stderr progress; see metrics.h.
+#include "dnpo/train/metrics.h"
+
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+#include "dnpo/common/env.h"
+#include "dnpo/common/error.h"
+#include "dnpo/common/log.h"
+
+namespace dnpo::train {
+
+MetricsWriter::MetricsWriter(const std::string& path) {
+  if (!path.empty()) {
+    out_.open(path, std::ios::app);
+    DNPO_CHECK(out_.good(), "cannot open metrics file '", path, "'");
+  }
+}
+
+void MetricsWriter::write(const std::string& kind,
+                          std::int64_t step,
+                          const std::vector<std::pair<std::string, double>>& values) {
+  if (!out_.is_open()) {
+    return;
+  }
+  nlohmann::json j = {{"kind", kind}, {"step", step}};
+  for (const auto& [key, value] : values) {
+    j[key] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+  }
+  out_ << j.dump() << "\n";
+  out_.flush();
+}
+
+Progress::Progress(std::string label, std::int64_t total, int every)
+    : label_(std::move(label)), total_(total), every_(every < 1 ? 1 : every) {
+  const auto forced = env::get(env::kProgress);
+  tty_ = forced ? *forced == "1" && isatty(STDERR_FILENO) != 0 : isatty(STDERR_FILENO) != 0;
+}
+
+void Progress::update(std::int64_t done, const std::string& status) {
+  if (tty_) {
+    constexpr int kWidth = 24;
+    const auto filled = total_ > 0 ? static_cast<int>(kWidth * done / total_) : 0;
+    std::string bar(filled, '#');
+    bar.resize(kWidth, '.');
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld | %s\033[K", label_.c_str(), bar.c_str(),
+                 static_cast<long long>(done), static_cast<long long>(total_), status.c_str());
+    std::fflush(stderr);
+  } else if (done % every_ == 0 || done == total_) {
+    log::info("{} {}/{} | {}", label_, done, total_, status);
+  }
+}
+
+void Progress::finish() {
+  if (tty_) {
+    std::fprintf(stderr, "\n");
+  }
+}
+
+}  // namespace dnpo::train

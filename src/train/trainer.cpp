@@ -1,0 +1,399 @@
+// The training loops. One optimizer step = one global batch, split into micro-batches whose
+// losses are normalised by global counts (pairs, tokens, penalty elements) and accumulated.
+// One NPO step, top to bottom: policy forward on [chosen; rejected] → sequence log-probs;
+// frozen reference forward → clean log-prob of y+ and hidden states of y−; noise head on those
+// hidden states → noisy log-probs with ε1 (s detached) and ε2 → total = ℓ(βm1) − ℓ(βm2) + αP;
+// backward; clip; optimizer step.
+#include "dnpo/train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "dnpo/common/counter_rng.h"
+#include "dnpo/common/error.h"
+#include "dnpo/common/log.h"
+#include "dnpo/common/timer.h"
+#include "dnpo/model/batch.h"
+#include "dnpo/train/dnpo_loss.h"
+#include "dnpo/train/lr_schedule.h"
+
+namespace dnpo::train {
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::TrainConfig& cfg,
+                                                        const std::vector<at::Tensor>& params) {
+  if (cfg.optimizer == "rmsprop") {
+    return std::make_unique<torch::optim::RMSprop>(
+        params, torch::optim::RMSpropOptions(cfg.lr)
+                    .alpha(cfg.rmsprop_alpha)
+                    .eps(cfg.eps)
+                    .weight_decay(cfg.weight_decay));
+  }
+  DNPO_CHECK_WITH(ConfigError, cfg.optimizer == "adamw", "train.optimizer '", cfg.optimizer,
+                  "' is unknown; expected \"adamw\" or \"rmsprop\"");
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(cfg.lr)
+                  .betas({cfg.adam_beta1, cfg.adam_beta2})
+                  .eps(cfg.eps)
+                  .weight_decay(cfg.weight_decay));
+}
+
+void set_lr(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) {
+    group.options().set_lr(lr);
+  }
+}
+
+// Global grad-norm clipping over every trained parameter; returns the norm before clipping.
+double clip_gradients(const std::vector<at::Tensor>& params, double max_norm) {
+  std::vector<at::Tensor> with_grad;
+  for (const auto& p : params) {
+    if (p.grad().defined()) {
+      with_grad.push_back(p);
+    }
+  }
+  if (max_norm > 0) {
+    return torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
+  }
+  double sq = 0;
+  for (const auto& p : with_grad) {
+    sq += p.grad().pow(2).sum().item<double>();
+  }
+  return std::sqrt(sq);
+}
+
+std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
+  const std::int64_t per_epoch = (samples + cfg.batch_size - 1) / cfg.batch_size;
+  return cfg.max_steps > 0 ? cfg.max_steps : per_epoch * cfg.epochs;
+}
+
+// Indices of the samples of global step `step` (epochs wrap; the last batch may be short).
+std::vector<std::int64_t> step_samples(const config::RunConfig& cfg, std::int64_t samples,
+                                       std::int64_t step) {
+  const std::int64_t per_epoch = (samples + cfg.train.batch_size - 1) / cfg.train.batch_size;
+  const std::int64_t epoch = step / per_epoch;
+  const std::int64_t begin = (step % per_epoch) * cfg.train.batch_size;
+  const std::int64_t end = std::min(samples, begin + cfg.train.batch_size);
+  const auto order = epoch_order(samples, cfg.run.seed, cfg.train.iteration, epoch);
+  return {order.begin() + begin, order.begin() + end};
+}
+
+std::vector<std::vector<std::int64_t>> split_micro(const std::vector<std::int64_t>& ids, int micro) {
+  std::vector<std::vector<std::int64_t>> out;
+  for (std::size_t i = 0; i < ids.size(); i += static_cast<std::size_t>(micro)) {
+    out.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(i),
+                     ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + micro)));
+  }
+  return out;
+}
+
+double mean_of(const std::vector<double>& v, bool head) {
+  if (v.empty()) {
+    return 0;
+  }
+  const auto n = std::max<std::size_t>(1, v.size() / 10);
+  const auto begin = head ? v.begin() : v.end() - static_cast<std::ptrdiff_t>(n);
+  return std::accumulate(begin, begin + static_cast<std::ptrdiff_t>(n), 0.0) / static_cast<double>(n);
+}
+
+std::string format_status(double loss, double margin, double lr, double ms, double tok_s) {
+  return fmt::format("loss {:.4f} | margin {:+.2f} | lr {:.1e} | {:.0f} ms | {:.1f}k tok/s", loss,
+                     margin, lr, ms, tok_s / 1e3);
+}
+
+at::ScalarType compute_dtype(const config::TrainConfig& cfg) {
+  return cfg.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+}
+
+}  // namespace
+
+std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::uint64_t iteration,
+                                      std::int64_t epoch) {
+  std::vector<std::pair<std::uint64_t, std::int64_t>> keyed(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    keyed[i] = {draw_key(seed, iteration, epoch, i, 0, RandomStream::kShuffle), i};
+  }
+  std::sort(keyed.begin(), keyed.end());
+  std::vector<std::int64_t> order(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    order[i] = keyed[i].second;
+  }
+  return order;
+}
+
+Trainer::Trainer(const config::RunConfig& cfg,
+                 model::LlamaModel& policy,
+                 const data::Tokenizer& tokenizer,
+                 MetricsWriter& metrics)
+    : cfg_(cfg), policy_(policy), tokenizer_(tokenizer), chat_(cfg.chat, tokenizer), metrics_(metrics) {
+  DNPO_CHECK_WITH(ConfigError, tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer has ",
+                  tokenizer.vocab_size(), " ids but model.vocab_size is ", cfg.model.vocab_size,
+                  "; hint: raise model.vocab_size or use the model's own tokenizer");
+}
+
+TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) {
+  DNPO_CHECK_WITH(DataError, !records.empty(), "sft: the training data has no records");
+  TrainSummary summary;
+  // --- tokenize once ---
+  std::vector<model::TokenSequence> sequences;
+  sequences.reserve(records.size());
+  for (const auto& r : records) {
+    model::TokenSequence seq{chat_.encode_prompt(r.prompt), chat_.encode_response(r.answer)};
+    summary.truncated += model::truncate_sequence(seq, cfg_.data.max_length,
+                                                  cfg_.data.max_prompt_length) ? 1 : 0;
+    sequences.push_back(std::move(seq));
+  }
+  policy_.set_requires_grad(true);
+  policy_.set_compute_dtype(compute_dtype(cfg_.train));
+  auto optimizer = make_optimizer(cfg_.train, policy_.parameters());
+  const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(sequences.size()));
+  log::info_rank0("sft: {} samples, {} steps of {} ({} truncated)", sequences.size(), steps,
+                  cfg_.train.batch_size, summary.truncated);
+  Progress progress("sft", steps, cfg_.run.log_every);
+  std::vector<double> losses;
+  Timer total_timer;
+  std::int64_t total_tokens = 0;
+
+  for (std::int64_t step = 0; step < steps; ++step) {
+    Timer step_timer;
+    const double lr = lr_at(cfg_.train, step, steps);
+    set_lr(*optimizer, lr);
+    // --- micro-batches, normalised by the global count of answer tokens ---
+    std::vector<model::TokenBatch> micro;
+    double global_tokens = 0;
+    for (const auto& ids : split_micro(step_samples(cfg_, sequences.size(), step),
+                                       cfg_.train.micro_batch_size)) {
+      std::vector<model::TokenSequence> seqs;
+      for (const auto i : ids) {
+        seqs.push_back(sequences[i]);
+      }
+      micro.push_back(model::pad_batch(seqs, tokenizer_.pad_id()));
+      global_tokens += static_cast<double>(micro.back().num_response_tokens);
+    }
+    double loss_value = 0;
+    std::int64_t step_tokens = 0;
+    for (const auto& batch : micro) {
+      auto hidden = policy_.forward_hidden(batch.input_ids, batch.attention_mask);
+      auto loss = sft_loss(hidden, policy_.lm_head(), batch.input_ids, batch.loss_mask, global_tokens);
+      loss.backward();
+      loss_value += loss.item<double>();
+      step_tokens += batch.attention_mask.sum().item<std::int64_t>();
+    }
+    // --- clip and step ---
+    const double grad_norm = clip_gradients(policy_.parameters(), cfg_.train.grad_clip);
+    optimizer->step();
+    optimizer->zero_grad();
+
+    const double ms = step_timer.millis();
+    total_tokens += step_tokens;
+    losses.push_back(loss_value);
+    const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
+    metrics_.write("sft", step + 1, {{"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm},
+                                     {"step_ms", ms}, {"tokens_per_s", tok_s}});
+    progress.update(step + 1, format_status(loss_value, 0, lr, ms, tok_s));
+  }
+  progress.finish();
+  summary.steps = steps;
+  summary.first_loss = mean_of(losses, true);
+  summary.last_loss = mean_of(losses, false);
+  summary.mean_step_ms = total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
+  summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
+  return summary;
+}
+
+TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pairs_in) {
+  const auto& loss_kind = cfg_.train.loss;
+  DNPO_CHECK_WITH(ConfigError, loss_kind == "spin" || loss_kind == "npo", "train.loss is '",
+                  loss_kind, "'; preference training needs \"spin\" or \"npo\"");
+  TrainSummary summary;
+  // --- tokenize; pairs with identical texts carry no signal: skip and count them ---
+  struct TokenPair {
+    model::TokenSequence chosen, rejected;
+    std::int64_t index;  // global pair index: keys the noise draws
+  };
+  std::vector<TokenPair> pairs;
+  for (std::size_t i = 0; i < pairs_in.size(); ++i) {
+    const auto& p = pairs_in[i];
+    if (p.chosen == p.rejected) {
+      ++summary.skipped_identical;
+      continue;
+    }
+    const auto prompt = chat_.encode_prompt(p.prompt);
+    TokenPair tp{{prompt, chat_.encode_response(p.chosen)},
+                 {prompt, chat_.encode_response(p.rejected)},
+                 static_cast<std::int64_t>(i)};
+    const bool cut_c = model::truncate_sequence(tp.chosen, cfg_.data.max_length, cfg_.data.max_prompt_length);
+    const bool cut_r = model::truncate_sequence(tp.rejected, cfg_.data.max_length, cfg_.data.max_prompt_length);
+    summary.truncated += (cut_c || cut_r) ? 1 : 0;
+    pairs.push_back(std::move(tp));
+  }
+  DNPO_CHECK_WITH(DataError, !pairs.empty(), "train: no usable pairs (", pairs_in.size(),
+                  " given, ", summary.skipped_identical, " with identical chosen and rejected)");
+
+  // --- models: the policy trains; the reference is a frozen copy; a fresh noise head ---
+  const bool npo = loss_kind == "npo";
+  const auto dtype = compute_dtype(cfg_.train);
+  policy_.set_requires_grad(true);
+  policy_.set_compute_dtype(dtype);
+  model::LlamaModel reference = policy_.clone();
+  reference.set_requires_grad(false);
+  reference.set_compute_dtype(dtype);
+  std::vector<at::Tensor> trained = policy_.parameters();
+  noise_head_.reset();
+  if (npo && !cfg_.npo.fixed_noise) {
+    const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
+    noise_head_ = std::make_unique<model::NoiseHead>(cfg_.npo, cfg_.model.hidden_size,
+                                                     cfg_.model.vocab_size, head_seed);
+    noise_head_->set_requires_grad(true);
+    for (const auto& p : noise_head_->parameters()) {
+      trained.push_back(p);
+    }
+  }
+  auto optimizer = make_optimizer(cfg_.train, trained);
+  const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(pairs.size()));
+  log::info_rank0("train ({}): {} pairs ({} identical skipped, {} truncated), {} steps of {}",
+                  loss_kind, pairs.size(), summary.skipped_identical, summary.truncated, steps,
+                  cfg_.train.batch_size);
+  Progress progress("train", steps, cfg_.run.log_every);
+  std::vector<double> losses;
+  Timer total_timer;
+  std::int64_t total_tokens = 0;
+  const double beta = cfg_.loss.beta;
+
+  for (std::int64_t step = 0; step < steps; ++step) {
+    Timer step_timer;
+    const double lr = lr_at(cfg_.train, step, steps);
+    set_lr(*optimizer, lr);
+    // --- micro-batches: chosen and rejected padded together, one concatenated forward ---
+    struct Micro {
+      model::TokenBatch batch;  // rows [0, m) chosen, [m, 2m) rejected
+      std::vector<std::int64_t> pair_index;
+    };
+    std::vector<Micro> micro;
+    const auto step_ids = step_samples(cfg_, static_cast<std::int64_t>(pairs.size()), step);
+    const double global_pairs = static_cast<double>(step_ids.size());
+    double global_penalty_elements = 0;
+    for (const auto& ids : split_micro(step_ids, cfg_.train.micro_batch_size)) {
+      std::vector<model::TokenSequence> seqs;
+      Micro m;
+      for (const auto i : ids) {
+        seqs.push_back(pairs[i].chosen);
+        m.pair_index.push_back(pairs[i].index);
+      }
+      for (const auto i : ids) {
+        seqs.push_back(pairs[i].rejected);
+      }
+      m.batch = model::pad_batch(seqs, tokenizer_.pad_id());
+      const auto rows = static_cast<std::int64_t>(ids.size());
+      global_penalty_elements += static_cast<double>(
+          penalty_rows(cfg_.npo, m.batch.loss_mask.narrow(0, rows, rows)) * cfg_.model.vocab_size);
+      micro.push_back(std::move(m));
+    }
+
+    double loss_value = 0, model_loss = 0, noise_loss = 0, penalty = 0, margin_sum = 0;
+    double correct = 0, chosen_sum = 0, rejected_sum = 0, sum_s = 0;
+    std::int64_t num_s = 0, step_tokens = 0;
+    for (const auto& m : micro) {
+      const auto rows = static_cast<std::int64_t>(m.pair_index.size());
+      const auto& b = m.batch;
+      // policy: log π_θ(y+), log π_θ(y−)
+      auto hidden = policy_.forward_hidden(b.input_ids, b.attention_mask);
+      auto logps = sequence_logprobs(hidden, policy_.lm_head(), b.input_ids, b.loss_mask);
+      auto policy_chosen = logps.narrow(0, 0, rows);
+      auto policy_rejected = logps.narrow(0, rows, rows);
+      // frozen reference: clean log-probs and the negatives' hidden states
+      at::Tensor ref_hidden, ref_logps;
+      {
+        at::NoGradGuard no_grad;
+        ref_hidden = reference.forward_hidden(b.input_ids, b.attention_mask);
+        ref_logps = sequence_logprobs(ref_hidden, reference.lm_head(), b.input_ids, b.loss_mask);
+      }
+      auto ref_chosen = ref_logps.narrow(0, 0, rows);
+      auto ref_rejected = ref_logps.narrow(0, rows, rows);
+
+      at::Tensor loss, margins;
+      if (!npo) {
+        loss = spin_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta).sum() /
+               global_pairs;
+        margins = ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)).detach();
+        model_loss += loss.item<double>();
+      } else {
+        NpoInputs in;
+        in.policy_chosen = policy_chosen;
+        in.policy_rejected = policy_rejected;
+        in.ref_chosen = ref_chosen;
+        in.ref_hidden = ref_hidden.narrow(0, rows, rows);
+        in.ref_lm_head = reference.lm_head();
+        in.rejected_ids = b.input_ids.narrow(0, rows, rows);
+        in.rejected_loss_mask = b.loss_mask.narrow(0, rows, rows);
+        // ε keys: (seed, iteration, step, global pair index, position, stream) — per row
+        const auto rr = response_rows(in.rejected_ids, in.rejected_loss_mask);
+        const auto* sample = rr.sample.data_ptr<std::int64_t>();
+        const auto* position = rr.position.data_ptr<std::int64_t>();
+        for (std::int64_t j = 0; j < rr.sample.numel(); ++j) {
+          const auto pair = static_cast<std::uint64_t>(m.pair_index[sample[j]]);
+          const auto pos = static_cast<std::uint64_t>(position[j]);
+          in.draws.row_keys1.push_back(draw_key(cfg_.run.seed, cfg_.train.iteration, step, pair,
+                                                pos, RandomStream::kNoiseEps1));
+          in.draws.row_keys2.push_back(draw_key(cfg_.run.seed, cfg_.train.iteration, step, pair,
+                                                pos, RandomStream::kNoiseEps2));
+        }
+        in.global_pairs = global_pairs;
+        in.global_penalty_elements = global_penalty_elements;
+        auto terms = npo_loss(in, noise_head_.get(), cfg_.npo, beta);
+        loss = terms.total;
+        margins = terms.margins;
+        model_loss += terms.model_loss.item<double>();
+        noise_loss += terms.noise_loss.item<double>();
+        penalty += terms.penalty.item<double>();
+        sum_s += terms.sum_s;
+        num_s += terms.num_s;
+      }
+      loss.backward();
+      loss_value += loss.item<double>();
+      margin_sum += margins.sum().item<double>();
+      correct += (margins > 0).sum().item<double>();
+      chosen_sum += policy_chosen.detach().sum().item<double>();
+      rejected_sum += policy_rejected.detach().sum().item<double>();
+      step_tokens += b.attention_mask.sum().item<std::int64_t>();
+    }
+    const double grad_norm = clip_gradients(trained, cfg_.train.grad_clip);
+    optimizer->step();
+    optimizer->zero_grad();
+
+    const double ms = step_timer.millis();
+    total_tokens += step_tokens;
+    losses.push_back(model_loss);
+    const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
+    const double margin = margin_sum / global_pairs;
+    std::vector<std::pair<std::string, double>> values = {
+        {"loss", loss_value},
+        {"model_loss", model_loss},
+        {"margin", margin},
+        {"reward_accuracy", correct / global_pairs},
+        {"logp_chosen", chosen_sum / global_pairs},
+        {"logp_rejected", rejected_sum / global_pairs},
+        {"lr", lr},
+        {"grad_norm", grad_norm},
+        {"step_ms", ms},
+        {"tokens_per_s", tok_s}};
+    if (npo) {
+      values.insert(values.end(), {{"noise_loss", noise_loss},
+                                   {"penalty", penalty},
+                                   {"mean_s", num_s > 0 ? sum_s / static_cast<double>(num_s) : 0.0}});
+    }
+    metrics_.write(loss_kind, step + 1, values);
+    progress.update(step + 1, format_status(loss_value, margin, lr, ms, tok_s));
+  }
+  progress.finish();
+  summary.steps = steps;
+  summary.first_loss = mean_of(losses, true);
+  summary.last_loss = mean_of(losses, false);
+  summary.mean_step_ms = total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
+  summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
+  return summary;
+}
+
+}  // namespace dnpo::train

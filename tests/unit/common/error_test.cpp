@@ -1,0 +1,31 @@
+// DNPO_CHECK builds typed errors with file:line and the registered rank.
+#include <gtest/gtest.h>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo {
+namespace {
+
+TEST(Error, CheckThrowsTypedErrorWithLocationAndRank) {
+  set_error_rank(3);
+  try {
+    DNPO_CHECK_WITH(ConfigError, 1 + 1 == 3, "bad value for 'train.lr': ", 5, "; expected > 0");
+    FAIL() << "DNPO_CHECK did not throw";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("bad value for 'train.lr': 5; expected > 0"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("error_test.cpp:"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("[rank 3]"), std::string::npos) << msg;
+  }
+  set_error_rank(-1);
+}
+
+TEST(Error, PassingCheckDoesNotEvaluateMessage) {
+  int evaluated = 0;
+  auto count = [&] { return ++evaluated; };
+  DNPO_CHECK(true, "never built ", count());
+  EXPECT_EQ(evaluated, 0);
+}
+
+}  // namespace
+}  // namespace dnpo

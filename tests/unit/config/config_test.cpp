@@ -1,0 +1,466 @@
+// The config loader: defaults, file parsing, error messages with key and position, --set
+// overrides, the to_toml round trip, validate() and configs/demo.toml.
+#include "dnpo/config/config.h"
+
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "dnpo/common/error.h"
+#include "dnpo/config/loader.h"
+
+namespace dnpo::config {
+namespace {
+
+std::string write_temp_file(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name;
+  std::ofstream out(path);
+  out << text;
+  return path;
+}
+
+/// The ConfigError message `f` throws ("" and a test failure if it throws none).
+std::string config_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a ConfigError";
+  return "";
+}
+
+#define EXPECT_CONTAINS(text, part)                          \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) \
+      << "missing: " << (part) << "\nin: " << (text)
+
+/// Every field set to a value that differs from its default.
+RunConfig all_non_default() {
+  RunConfig c;
+  c.run = {"x y", "out/dir", 99, 3, "cuda", "debug", 5};
+  c.model = {"hf/dir", 300, 64, 96, 2, 8, 2, 1e-6, 500000.0, 512, false, 0.01};
+  c.tokenizer = {"sentencepiece", "tok \"quoted\".model"};
+  c.chat = {"U: {prompt}\n\tA:\\", false};
+  c.data = {"a.jsonl", "b.jsonl", "c.jsonl", 100, 50};
+  c.demo = {8, 100, 10, 0.25, {"sort", "add"}, 4, 5};
+  c.train.loss = "npo";
+  c.train.batch_size = 32;
+  c.train.micro_batch_size = 8;
+  c.train.epochs = 3;
+  c.train.max_steps = 77;
+  c.train.optimizer = "rmsprop";
+  c.train.lr = 0.1 + 0.2;  // not the double nearest 0.3: checks exact round trip
+  c.train.min_lr_ratio = 0.1;
+  c.train.warmup_ratio = 0.05;
+  c.train.lr_schedule = "constant";
+  c.train.weight_decay = 0.01;
+  c.train.adam_beta1 = 0.8;
+  c.train.adam_beta2 = 0.95;
+  c.train.eps = 1e-6;
+  c.train.rmsprop_alpha = 0.9;
+  c.train.grad_clip = 0.0;
+  c.train.dtype = "bf16";
+  c.train.iteration = 2;
+  c.loss.beta = 0.5;
+  c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, 0.1, 64};
+  c.dsl.threshold = -0.5;
+  c.sample = {0.7, 0.9, 40, 16, 8};
+  c.eval = {100, false};
+  return c;
+}
+
+void expect_equal(const RunConfig& a, const RunConfig& b) {
+  EXPECT_EQ(a.run.name, b.run.name);
+  EXPECT_EQ(a.run.out_dir, b.run.out_dir);
+  EXPECT_EQ(a.run.seed, b.run.seed);
+  EXPECT_EQ(a.run.threads, b.run.threads);
+  EXPECT_EQ(a.run.device, b.run.device);
+  EXPECT_EQ(a.run.log_level, b.run.log_level);
+  EXPECT_EQ(a.run.log_every, b.run.log_every);
+  EXPECT_EQ(a.model.init_from, b.model.init_from);
+  EXPECT_EQ(a.model.vocab_size, b.model.vocab_size);
+  EXPECT_EQ(a.model.hidden_size, b.model.hidden_size);
+  EXPECT_EQ(a.model.intermediate_size, b.model.intermediate_size);
+  EXPECT_EQ(a.model.num_hidden_layers, b.model.num_hidden_layers);
+  EXPECT_EQ(a.model.num_attention_heads, b.model.num_attention_heads);
+  EXPECT_EQ(a.model.num_key_value_heads, b.model.num_key_value_heads);
+  EXPECT_EQ(a.model.rms_norm_eps, b.model.rms_norm_eps);
+  EXPECT_EQ(a.model.rope_theta, b.model.rope_theta);
+  EXPECT_EQ(a.model.max_position_embeddings, b.model.max_position_embeddings);
+  EXPECT_EQ(a.model.tie_word_embeddings, b.model.tie_word_embeddings);
+  EXPECT_EQ(a.model.initializer_range, b.model.initializer_range);
+  EXPECT_EQ(a.tokenizer.kind, b.tokenizer.kind);
+  EXPECT_EQ(a.tokenizer.path, b.tokenizer.path);
+  EXPECT_EQ(a.chat.prompt_template, b.chat.prompt_template);
+  EXPECT_EQ(a.chat.add_bos, b.chat.add_bos);
+  EXPECT_EQ(a.data.train_file, b.data.train_file);
+  EXPECT_EQ(a.data.eval_file, b.data.eval_file);
+  EXPECT_EQ(a.data.pairs_file, b.data.pairs_file);
+  EXPECT_EQ(a.data.max_length, b.data.max_length);
+  EXPECT_EQ(a.data.max_prompt_length, b.data.max_prompt_length);
+  EXPECT_EQ(a.demo.seed, b.demo.seed);
+  EXPECT_EQ(a.demo.train_size, b.demo.train_size);
+  EXPECT_EQ(a.demo.eval_size, b.demo.eval_size);
+  EXPECT_EQ(a.demo.noise_rate, b.demo.noise_rate);
+  EXPECT_EQ(a.demo.tasks, b.demo.tasks);
+  EXPECT_EQ(a.demo.add_digits, b.demo.add_digits);
+  EXPECT_EQ(a.demo.string_length, b.demo.string_length);
+  EXPECT_EQ(a.train.loss, b.train.loss);
+  EXPECT_EQ(a.train.batch_size, b.train.batch_size);
+  EXPECT_EQ(a.train.micro_batch_size, b.train.micro_batch_size);
+  EXPECT_EQ(a.train.epochs, b.train.epochs);
+  EXPECT_EQ(a.train.max_steps, b.train.max_steps);
+  EXPECT_EQ(a.train.optimizer, b.train.optimizer);
+  EXPECT_EQ(a.train.lr, b.train.lr);
+  EXPECT_EQ(a.train.min_lr_ratio, b.train.min_lr_ratio);
+  EXPECT_EQ(a.train.warmup_ratio, b.train.warmup_ratio);
+  EXPECT_EQ(a.train.lr_schedule, b.train.lr_schedule);
+  EXPECT_EQ(a.train.weight_decay, b.train.weight_decay);
+  EXPECT_EQ(a.train.adam_beta1, b.train.adam_beta1);
+  EXPECT_EQ(a.train.adam_beta2, b.train.adam_beta2);
+  EXPECT_EQ(a.train.eps, b.train.eps);
+  EXPECT_EQ(a.train.rmsprop_alpha, b.train.rmsprop_alpha);
+  EXPECT_EQ(a.train.grad_clip, b.train.grad_clip);
+  EXPECT_EQ(a.train.dtype, b.train.dtype);
+  EXPECT_EQ(a.train.iteration, b.train.iteration);
+  EXPECT_EQ(a.loss.beta, b.loss.beta);
+  EXPECT_EQ(a.npo.head, b.npo.head);
+  EXPECT_EQ(a.npo.scale, b.npo.scale);
+  EXPECT_EQ(a.npo.penalty, b.npo.penalty);
+  EXPECT_EQ(a.npo.alpha, b.npo.alpha);
+  EXPECT_EQ(a.npo.penalty_positions, b.npo.penalty_positions);
+  EXPECT_EQ(a.npo.max_sigma, b.npo.max_sigma);
+  EXPECT_EQ(a.npo.fixed_noise, b.npo.fixed_noise);
+  EXPECT_EQ(a.npo.fixed_sigma, b.npo.fixed_sigma);
+  EXPECT_EQ(a.npo.fresh_head_each_iteration, b.npo.fresh_head_each_iteration);
+  EXPECT_EQ(a.npo.head_init_std, b.npo.head_init_std);
+  EXPECT_EQ(a.npo.chunk_positions, b.npo.chunk_positions);
+  EXPECT_EQ(a.dsl.threshold, b.dsl.threshold);
+  EXPECT_EQ(a.sample.temperature, b.sample.temperature);
+  EXPECT_EQ(a.sample.top_p, b.sample.top_p);
+  EXPECT_EQ(a.sample.top_k, b.sample.top_k);
+  EXPECT_EQ(a.sample.max_new_tokens, b.sample.max_new_tokens);
+  EXPECT_EQ(a.sample.batch_size, b.sample.batch_size);
+  EXPECT_EQ(a.eval.max_prompts, b.eval.max_prompts);
+  EXPECT_EQ(a.eval.greedy_too, b.eval.greedy_too);
+}
+
+// --- parsing ---
+
+TEST(ConfigLoader, EmptyPathGivesDefaults) {
+  const RunConfig loaded = load_config("");
+  expect_equal(loaded, RunConfig{});
+  EXPECT_EQ(to_toml(loaded), to_toml(RunConfig{}));
+}
+
+TEST(ConfigLoader, ParsesFullFile) {
+  const std::string path = write_temp_file("full.toml", R"(
+[run]
+name = "r1"
+seed = 42
+[model]
+hidden_size = 64
+rms_norm_eps = 1e-6
+tie_word_embeddings = false
+[demo]
+tasks = ["add"]
+noise_rate = 0
+[train]
+loss = "npo"
+lr = 1          # an integer is accepted for a float
+iteration = 3
+[npo]
+penalty = "mean_sq"
+[sample]
+top_p = 0.9
+)");
+  const RunConfig c = load_config(path);
+  EXPECT_EQ(c.run.name, "r1");
+  EXPECT_EQ(c.run.seed, 42U);
+  EXPECT_EQ(c.run.out_dir, "checkpoints");  // not in the file: default
+  EXPECT_EQ(c.model.hidden_size, 64);
+  EXPECT_EQ(c.model.rms_norm_eps, 1e-6);
+  EXPECT_FALSE(c.model.tie_word_embeddings);
+  EXPECT_EQ(c.demo.tasks, std::vector<std::string>{"add"});
+  EXPECT_EQ(c.demo.noise_rate, 0.0);
+  EXPECT_EQ(c.train.loss, "npo");
+  EXPECT_EQ(c.train.lr, 1.0);
+  EXPECT_EQ(c.train.iteration, 3U);
+  EXPECT_EQ(c.npo.penalty, "mean_sq");
+  EXPECT_EQ(c.sample.top_p, 0.9);
+}
+
+TEST(ConfigLoader, UnknownKeyNamesKeyAndLine) {
+  const std::string path = write_temp_file("unknown_key.toml", "[train]\nlr = 1e-3\nlrr = 2\n");
+  const std::string msg = config_error([&] { load_config(path); });
+  EXPECT_CONTAINS(msg, path + ":3:1: unknown config key 'train.lrr'");
+  EXPECT_CONTAINS(msg, "did you mean 'train.lr'?");
+}
+
+TEST(ConfigLoader, UnknownKeyWithoutCloseMatchListsTableKeys) {
+  const std::string msg = config_error([] { parse_config("[loss]\ngamma = 1\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "t.toml:2:1: unknown config key 'loss.gamma'");
+  EXPECT_CONTAINS(msg, "the keys of [loss] are beta");
+}
+
+TEST(ConfigLoader, KeyInWrongTableSuggestsItsTable) {
+  const std::string msg = config_error([] { parse_config("[train]\nbeta = 0.2\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "unknown config key 'train.beta'");
+  EXPECT_CONTAINS(msg, "did you mean 'loss.beta'?");
+}
+
+TEST(ConfigLoader, UnknownTableNamesTable) {
+  const std::string msg = config_error([] { parse_config("[trian]\nlr = 1.0\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "t.toml:1:2: unknown config key 'trian'");
+  EXPECT_CONTAINS(msg, "did you mean 'train'?");
+}
+
+TEST(ConfigLoader, WrongTypeNamesKeyAndLine) {
+  const std::string msg =
+      config_error([] { parse_config("[train]\n\nbatch_size = \"8\"\n", "t.toml"); });
+  EXPECT_CONTAINS(msg,
+                  "t.toml:3:14: config key 'train.batch_size': expected an integer >= 1, got "
+                  "string \"8\"");
+}
+
+TEST(ConfigLoader, FloatIsNotAcceptedForInteger) {
+  const std::string msg = config_error([] { parse_config("[sample]\ntop_k = 4.0\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "t.toml:2:9: config key 'sample.top_k'");
+  EXPECT_CONTAINS(msg, "got float 4.0");
+}
+
+TEST(ConfigLoader, TableGivenAsValueIsRejected) {
+  const std::string msg = config_error([] { parse_config("train = 5\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "config key 'train': expected a table, got integer 5");
+}
+
+TEST(ConfigLoader, BadValueNamesKey) {
+  const std::string msg = config_error([] { parse_config("[train]\nlr = -1\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "t.toml:2:6: config key 'train.lr': expected a float > 0, got -1");
+}
+
+TEST(ConfigLoader, BadChoiceListsChoices) {
+  const std::string msg = config_error([] { parse_config("[train]\nloss = \"dpo\"\n", "t.toml"); });
+  EXPECT_CONTAINS(msg,
+                  "config key 'train.loss': expected one of \"sft\", \"spin\", \"npo\", got "
+                  "\"dpo\"");
+}
+
+TEST(ConfigLoader, BadRangesAreRejected) {
+  EXPECT_CONTAINS(config_error([] { parse_config("[sample]\ntop_p = 0\n", "t"); }),
+                  "'sample.top_p': expected a float in (0, 1], got 0");
+  EXPECT_CONTAINS(config_error([] { parse_config("[demo]\nnoise_rate = 1.5\n", "t"); }),
+                  "'demo.noise_rate': expected a float in [0, 1], got 1.5");
+  EXPECT_CONTAINS(config_error([] { parse_config("[model]\nhidden_size = 0\n", "t"); }),
+                  "'model.hidden_size': expected an integer >= 1, got 0");
+  EXPECT_CONTAINS(config_error([] { parse_config("[loss]\nbeta = nan\n", "t"); }),
+                  "'loss.beta': expected a float > 0, got nan");
+  EXPECT_CONTAINS(config_error([] { parse_config("[run]\nseed = -1\n", "t"); }),
+                  "'run.seed': expected a non-negative integer, got -1");
+  EXPECT_CONTAINS(config_error([] { parse_config("[run]\nthreads = 3000000000\n", "t"); }),
+                  "'run.threads'");
+  EXPECT_CONTAINS(config_error([] { parse_config("[chat]\nprompt_template = \"x\"\n", "t"); }),
+                  "'chat.prompt_template': expected a non-empty string containing \"{prompt}\"");
+}
+
+TEST(ConfigLoader, BadArrayElementNamesIndex) {
+  const std::string msg =
+      config_error([] { parse_config("[demo]\ntasks = [\"add\", \"mul\"]\n", "t.toml"); });
+  EXPECT_CONTAINS(msg,
+                  "t.toml:2:17: config key 'demo.tasks[1]': expected one of \"add\", "
+                  "\"reverse\", \"sort\", got \"mul\"");
+  EXPECT_CONTAINS(config_error([] { parse_config("[demo]\ntasks = []\n", "t.toml"); }),
+                  "'demo.tasks': expected a non-empty array of strings");
+}
+
+TEST(ConfigLoader, InvalidTomlNamesPosition) {
+  const std::string msg = config_error([] { parse_config("[train]\nlr = = 1\n", "t.toml"); });
+  EXPECT_CONTAINS(msg, "t.toml:2:");
+  EXPECT_CONTAINS(msg, "invalid TOML");
+}
+
+TEST(ConfigLoader, MissingFileNamesPath) {
+  const std::string path = ::testing::TempDir() + "no_such_config.toml";
+  const std::string msg = config_error([&] { load_config(path); });
+  EXPECT_CONTAINS(msg, "cannot read config file '" + path + "': no such file");
+}
+
+// --- overrides ---
+
+TEST(ConfigLoader, OverrideWinsAndIsTypeChecked) {
+  const std::string path =
+      write_temp_file("override.toml", "[train]\nlr = 1e-3\n[run]\nname = \"file\"\n");
+  const RunConfig c = load_config(path,
+                                  {"train.lr=1e-4",
+                                   "run.name=foo",
+                                   "demo.tasks=[\"add\",\"sort\"]",
+                                   "npo.fixed_noise=true",
+                                   " sample.top_k = 5 ",
+                                   "model.init_from=",
+                                   "chat.prompt_template=Q: {prompt} A:"});
+  EXPECT_EQ(c.train.lr, 1e-4);
+  EXPECT_EQ(c.run.name, "foo");
+  EXPECT_EQ(c.demo.tasks, (std::vector<std::string>{"add", "sort"}));
+  EXPECT_TRUE(c.npo.fixed_noise);
+  EXPECT_EQ(c.sample.top_k, 5);
+  EXPECT_EQ(c.model.init_from, "");
+  EXPECT_EQ(c.chat.prompt_template, "Q: {prompt} A:");
+
+  const std::string msg = config_error([&] { load_config(path, {"train.lr=abc"}); });
+  EXPECT_CONTAINS(msg,
+                  "--set train.lr=abc: config key 'train.lr': expected a float > 0, got string "
+                  "\"abc\"");
+  EXPECT_CONTAINS(config_error([&] { load_config(path, {"train.batch_size=2.5"}); }),
+                  "--set train.batch_size=2.5: config key 'train.batch_size'");
+}
+
+TEST(ConfigLoader, LaterOverrideWinsAndTablesMerge) {
+  const RunConfig c =
+      parse_config("[train]\nlr = -5\nepochs = 2\n",
+                   "t.toml",
+                   {"train.lr=1", "train={lr=0.5, batch_size=8}", "run.name=\"a\""});
+  EXPECT_EQ(c.train.lr, 0.5);  // the override also replaced the file's bad value
+  EXPECT_EQ(c.train.batch_size, 8);
+  EXPECT_EQ(c.train.epochs, 2);  // kept from the file
+  EXPECT_EQ(c.run.name, "a");
+}
+
+TEST(ConfigLoader, OverridesApplyToDefaults) {
+  const RunConfig c = load_config("", {"train.epochs=4"});
+  EXPECT_EQ(c.train.epochs, 4);
+  EXPECT_EQ(c.train.lr, RunConfig{}.train.lr);
+}
+
+TEST(ConfigLoader, BadOverrideNamesOverride) {
+  EXPECT_CONTAINS(config_error([] { load_config("", {"train.lrr=1"}); }),
+                  "--set train.lrr=1: unknown config key 'train.lrr'");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"trian.lr=1"}); }),
+                  "--set trian.lr=1: unknown config key 'trian'");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"run.name=123"}); }),
+                  "got integer 123; hint: quote the string past the shell: --set "
+                  "'run.name=\"123\"'");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"train.lr"}); }),
+                  "--set train.lr: expected KEY=VALUE");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"=3"}); }), "--set =3: expected KEY=VALUE");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"train lr=3"}); }),
+                  "--set train lr=3: invalid key 'train lr'");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"train.lr.x=3"}); }),
+                  "--set train.lr.x=3: config key 'train.lr': expected a float > 0, got a table");
+}
+
+// --- to_toml ---
+
+TEST(ConfigLoader, ToTomlRoundTripsEveryField) {
+  const RunConfig original = all_non_default();
+  const std::string text = to_toml(original);
+  const RunConfig back = parse_config(text, "resolved.toml");
+  expect_equal(back, original);
+  EXPECT_EQ(to_toml(back), text);
+  EXPECT_CONTAINS(text, "\n[train]\nloss = \"npo\"\n");
+  EXPECT_CONTAINS(text, "lr = 0.30000000000000004\n");
+}
+
+TEST(ConfigLoader, ToTomlRoundTripsDefaults) {
+  const std::string text = to_toml(RunConfig{});
+  expect_equal(parse_config(text, "resolved.toml"), RunConfig{});
+  EXPECT_CONTAINS(text, "rope_theta = 10000.0\n");
+  EXPECT_CONTAINS(text, "eps = 1e-08\n");
+}
+
+TEST(ConfigLoader, ToTomlRejectsSeedBeyondTomlIntegers) {
+  RunConfig c;
+  c.run.seed = ~std::uint64_t{0};
+  EXPECT_CONTAINS(config_error([&] { to_toml(c); }), "config key 'run.seed'");
+}
+
+// --- validate ---
+
+TEST(ConfigValidate, DefaultsAreValid) {
+  EXPECT_NO_THROW(validate(RunConfig{}));
+}
+
+TEST(ConfigValidate, BatchRuleNamesEveryFactor) {
+  RunConfig c;
+  c.train.batch_size = 64;
+  c.train.micro_batch_size = 48;
+  const std::string msg = config_error([&] { validate(c, 2); });
+  EXPECT_CONTAINS(msg, "train.batch_size (64)");
+  EXPECT_CONTAINS(msg, "train.micro_batch_size (48)");
+  EXPECT_CONTAINS(msg, "world_size (2)");
+  EXPECT_CONTAINS(msg, "grad_accum");
+  EXPECT_CONTAINS(msg, "hint: set train.batch_size to 96");
+  EXPECT_CONTAINS(msg, "train.micro_batch_size to 32 (grad_accum 1)");
+  EXPECT_CONTAINS(config_error([&] { grad_accum_steps(c.train, 2); }), "world_size (2)");
+
+  c.train.batch_size = 128;
+  c.train.micro_batch_size = 16;
+  EXPECT_NO_THROW(validate(c, 2));
+  EXPECT_EQ(grad_accum_steps(c.train, 2), 4);
+  EXPECT_EQ(grad_accum_steps(c.train, 8), 1);
+  EXPECT_CONTAINS(config_error([&] { grad_accum_steps(c.train, 16); }), "world_size (16)");
+}
+
+TEST(ConfigValidate, ListsEveryProblem) {
+  RunConfig c;
+  c.model.hidden_size = 130;        // not divisible by 4 heads
+  c.model.num_key_value_heads = 3;  // 4 % 3 != 0
+  c.data.max_prompt_length = c.data.max_length;
+  c.tokenizer.kind = "sentencepiece";
+  c.demo.tasks = {"add", "add"};
+  const std::string msg = config_error([&] { validate(c); });
+  EXPECT_CONTAINS(msg, "5 problems");
+  EXPECT_CONTAINS(msg,
+                  "model.hidden_size (130) must be divisible by model.num_attention_heads (4)");
+  EXPECT_CONTAINS(
+      msg, "model.num_attention_heads (4) must be divisible by model.num_key_value_heads (3)");
+  EXPECT_CONTAINS(msg, "data.max_prompt_length (1024) must be < data.max_length (1024)");
+  EXPECT_CONTAINS(msg, "tokenizer.path");
+  EXPECT_CONTAINS(msg, "demo.tasks lists \"add\" twice");
+}
+
+TEST(ConfigValidate, OddHeadDimIsRejected) {
+  RunConfig c;
+  c.model.hidden_size = 20;  // head_dim 5
+  EXPECT_CONTAINS(config_error([&] { validate(c); }), "= 5 must be even");
+}
+
+TEST(ConfigValidate, RepeatsSingleKeyRulesForConfigsBuiltInCode) {
+  RunConfig c;
+  c.train.lr = -1;
+  c.train.loss = "dpo";
+  c.demo.tasks = {"add", "mul"};
+  const std::string msg = config_error([&] { validate(c); });
+  EXPECT_CONTAINS(msg, "config key 'train.lr': expected a float > 0, got -1.0");
+  EXPECT_CONTAINS(msg, "config key 'train.loss': expected one of \"sft\", \"spin\", \"npo\"");
+  EXPECT_CONTAINS(msg, "config key 'demo.tasks[1]'");
+}
+
+// --- configs/demo.toml ---
+
+TEST(ConfigDemo, DemoTomlValidatesAndMatchesDefaults) {
+  const RunConfig c = load_config(std::string(DNPO_SOURCE_DIR) + "/configs/demo.toml");
+  EXPECT_NO_THROW(validate(c));
+  RunConfig expected;
+  expected.run.name = "demo";
+  expected.data.train_file = "checkpoints/demo/data/train.jsonl";
+  expected.data.eval_file = "checkpoints/demo/data/eval.jsonl";
+  expected.data.max_length = 64;
+  expected.data.max_prompt_length = 48;
+  expected.chat.prompt_template = "<|user|>{prompt}<|assistant|>";
+  expected.train.batch_size = 128;
+  expected.train.micro_batch_size = 128;
+  expected.train.epochs = 12;
+  expected.train.lr = 2e-3;
+  expected.train.optimizer = "adamw";
+  expected.train.weight_decay = 0.0;
+  expected.sample.max_new_tokens = 12;
+  expected.sample.temperature = 1.0;
+  expect_equal(c, expected);
+  EXPECT_EQ(to_toml(c), to_toml(expected));
+}
+
+}  // namespace
+}  // namespace dnpo::config
