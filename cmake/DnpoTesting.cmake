@@ -2,9 +2,11 @@
 find_package(GTest REQUIRED)
 include(GoogleTest)
 
-# dnpo_add_test(NAME SRCS a.cpp... DEPS lib... LABELS unit...)
+# dnpo_add_test(NAME SRCS a.cpp... DEPS lib... LABELS unit... [FIXTURES fixture...] [TIMEOUT s])
+# FIXTURES: CTest fixtures every discovered test requires (FIXTURES_REQUIRED), e.g. the golden
+# data a setup test writes.
 function(dnpo_add_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SRCS;DEPS;LABELS;FIXTURES" ${ARGN})
   add_executable(${name} ${ARG_SRCS})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
   target_compile_definitions(${name} PRIVATE
@@ -14,8 +16,12 @@ function(dnpo_add_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
+  set(fixture_properties)
+  if(ARG_FIXTURES)
+    set(fixture_properties FIXTURES_REQUIRED "${ARG_FIXTURES}")
+  endif()
   gtest_discover_tests(${name}
-    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT} ${fixture_properties}
     DISCOVERY_TIMEOUT 60)
 endfunction()
 

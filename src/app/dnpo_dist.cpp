@@ -12,6 +12,7 @@
 #include "dnpo/config/loader.h"
 #include "dnpo/data/demo_world.h"
 #include "dnpo/train/driver.h"
+#include "blas_setup.h"
 
 namespace {
 
@@ -39,6 +40,7 @@ dnpo::config::RunConfig resolve(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const auto blas = dnpo::app::ensure_fast_blas(argc, argv);
   dnpo::log::init(0, dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
   CLI::App app{"dnpo_dist — DNPO self-improvement trainer (SFT, SPIN, NPO/DNPO)"};
   app.require_subcommand(0, 1);
@@ -75,6 +77,7 @@ int main(int argc, char** argv) {
     }
     const auto cfg = resolve(o);
     dnpo::log::init(0, cfg.run.log_level);
+    dnpo::log::info_rank0("{}", blas);
     if (*sft) {
       dnpo::train::run_sft(cfg, o.stage);
     } else if (*train) {

@@ -12,9 +12,8 @@ std::atomic<int> g_rank{0};
 
 void init(int rank, const std::string& level) {
   g_rank = rank;
+  spdlog::drop("dnpo");  // init runs again once the rank is known
   auto logger = spdlog::stderr_color_mt("dnpo");
-  spdlog::drop("dnpo");
-  logger = spdlog::stderr_color_mt("dnpo");
   logger->set_pattern("%H:%M:%S.%e %L r" + std::to_string(rank) + " %v");
   logger->set_level(spdlog::level::from_str(level));
   spdlog::set_default_logger(logger);

@@ -22,7 +22,7 @@ namespace dnpo::config {
 namespace {
 
 using schema::Rule;
-using schema::TypeNoun;
+using schema::type_noun;
 
 /// Overrides are parsed with the source name "--set <text>", so their nodes say where they came
 /// from after being merged into the file's table.
@@ -36,13 +36,18 @@ bool is_override(const toml::source_region& source) {
 
 /// "<file>:<line>:<col>: " for file values, "--set a.b=v: " for overrides, "" when unknown.
 std::string location(const toml::source_region& source) {
-  if (!source.path) {
-    return "";
-  }
-  if (is_override(source) || source.begin.line == 0) {
+  if (is_override(source) || (source.path && source.begin.line == 0)) {
     return *source.path + ": ";
   }
-  return detail::concat(*source.path, ":", source.begin.line, ":", source.begin.column, ": ");
+  if (source.begin.line == 0) {
+    return "";
+  }
+  return detail::concat(source.path ? *source.path : std::string("<toml>"),
+                        ":",
+                        source.begin.line,
+                        ":",
+                        source.begin.column,
+                        ": ");
 }
 
 /// The key's own position, unless an override replaced its value (then the override).
@@ -79,7 +84,7 @@ std::string describe_node(const toml::node& node, bool with_type) {
 
 /// A shell drops the quotes of `--set run.name="123"`, so "123" arrives as an integer.
 std::string quote_hint(const toml::node& node, std::string_view noun) {
-  if (!is_override(node.source()) || node.is_string() || noun != TypeNoun<std::string>::kValue) {
+  if (!is_override(node.source()) || node.is_string() || noun != type_noun<std::string>()) {
     return "";
   }
   const std::string text = node.source().path->substr(kOverridePrefix.size());
@@ -114,7 +119,7 @@ std::string quote_hint(const toml::node& node, std::string_view noun) {
 void read_value(const std::string& path, const toml::node& node, const Rule& rule, bool& out) {
   const auto* v = node.as_boolean();
   if (v == nullptr) {
-    fail_value(path, node, TypeNoun<bool>::kValue, rule, true);
+    fail_value(path, node, type_noun<bool>(), rule, true);
   }
   out = v->get();
 }
@@ -122,14 +127,14 @@ void read_value(const std::string& path, const toml::node& node, const Rule& rul
 void read_value(const std::string& path, const toml::node& node, const Rule& rule, int& out) {
   const auto* v = node.as_integer();
   if (v == nullptr) {
-    fail_value(path, node, TypeNoun<int>::kValue, rule, true);
+    fail_value(path, node, type_noun<int>(), rule, true);
   }
   const std::int64_t x = v->get();
   if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max()) {
-    fail_value(path, node, TypeNoun<int>::kValue, rule, false, " (outside the 32-bit range)");
+    fail_value(path, node, type_noun<int>(), rule, false, " (outside the 32-bit range)");
   }
   if (!schema::admits(rule, static_cast<double>(x))) {
-    fail_value(path, node, TypeNoun<int>::kValue, rule, false);
+    fail_value(path, node, type_noun<int>(), rule, false);
   }
   out = static_cast<int>(x);
 }
@@ -140,10 +145,10 @@ void read_value(const std::string& path,
                 std::uint64_t& out) {
   const auto* v = node.as_integer();
   if (v == nullptr) {
-    fail_value(path, node, TypeNoun<std::uint64_t>::kValue, rule, true);
+    fail_value(path, node, type_noun<std::uint64_t>(), rule, true);
   }
   if (v->get() < 0 || !schema::admits(rule, static_cast<double>(v->get()))) {
-    fail_value(path, node, TypeNoun<std::uint64_t>::kValue, rule, false);
+    fail_value(path, node, type_noun<std::uint64_t>(), rule, false);
   }
   out = static_cast<std::uint64_t>(v->get());
 }
@@ -155,13 +160,13 @@ void read_value(const std::string& path, const toml::node& node, const Rule& rul
   } else if (const auto* i = node.as_integer()) {
     x = static_cast<double>(i->get());
   } else {
-    fail_value(path, node, TypeNoun<double>::kValue, rule, true);
+    fail_value(path, node, type_noun<double>(), rule, true);
   }
   if (!std::isfinite(x)) {
-    fail_value(path, node, TypeNoun<double>::kValue, rule, false, " (must be finite)");
+    fail_value(path, node, type_noun<double>(), rule, false, " (must be finite)");
   }
   if (!schema::admits(rule, x)) {
-    fail_value(path, node, TypeNoun<double>::kValue, rule, false);
+    fail_value(path, node, type_noun<double>(), rule, false);
   }
   out = x;
 }
@@ -172,10 +177,10 @@ void read_value(const std::string& path,
                 std::string& out) {
   const auto* v = node.as_string();
   if (v == nullptr) {
-    fail_value(path, node, TypeNoun<std::string>::kValue, rule, true);
+    fail_value(path, node, type_noun<std::string>(), rule, true);
   }
   if (!schema::admits(rule, v->get())) {
-    fail_value(path, node, TypeNoun<std::string>::kValue, rule, false);
+    fail_value(path, node, type_noun<std::string>(), rule, false);
   }
   out = v->get();
 }
@@ -184,7 +189,7 @@ void read_value(const std::string& path,
                 const toml::node& node,
                 const Rule& rule,
                 std::vector<std::string>& out) {
-  constexpr std::string_view kNoun = TypeNoun<std::vector<std::string>>::kValue;
+  constexpr std::string_view kNoun = type_noun<std::vector<std::string>>();
   const auto* array = node.as_array();
   if (array == nullptr) {
     fail_value(path, node, kNoun, rule, true);
@@ -340,17 +345,16 @@ toml::table parse_override(const std::string& text) {
   const std::string source = std::string(kOverridePrefix) + text;
   const auto equals = text.find('=');
   DNPO_CHECK_WITH(ConfigError,
-                  equals != std::string::npos && !trim(text.substr(0, equals)).empty(),
+                  equals != std::string::npos && !trim(text.substr(0, equals)).empty() &&
+                      text.find_first_of("\r\n") == std::string::npos,
                   source,
-                  ": expected KEY=VALUE, e.g. --set train.lr=1e-4");
+                  ": expected KEY=VALUE on one line, e.g. --set train.lr=1e-4");
   const std::string key = trim(text.substr(0, equals));
   const std::string value = trim(text.substr(equals + 1));
-  if (value.find_first_of("\r\n") == std::string::npos) {
-    try {
-      return toml::parse(key + " = " + value, std::string_view(source));
-    } catch (const toml::parse_error&) {
-      // not a TOML value: taken as a bare string below
-    }
+  try {
+    return toml::parse(key + " = " + value, std::string_view(source));
+  } catch (const toml::parse_error&) {
+    // not a TOML value: taken as a bare string below
   }
   try {
     return toml::parse(key + " = " + schema::format_toml(value), std::string_view(source));

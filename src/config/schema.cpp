@@ -17,7 +17,7 @@ namespace {
 std::string shortest(double value) {
   std::array<char, 64> buf{};
   const auto result = std::to_chars(buf.data(), buf.data() + buf.size(), value);
-  DNPO_INTERNAL_ASSERT(result.ec == std::errc{}, "to_chars failed for ", value);
+  DNPO_INTERNAL_ASSERT(result.ec == std::errc{});
   return {buf.data(), result.ptr};
 }
 
@@ -48,6 +48,59 @@ std::string range_text(const Rule& rule) {
 
 }  // namespace
 
+Rule at_least(double lo) {
+  Rule r;
+  r.min = lo;
+  return r;
+}
+
+Rule positive() {
+  Rule r = at_least(0);
+  r.min_open = true;
+  return r;
+}
+
+Rule non_negative() {
+  return at_least(0);
+}
+
+Rule closed(double lo, double hi) {
+  Rule r;
+  r.min = lo;
+  r.max = hi;
+  return r;
+}
+
+Rule closed_open(double lo, double hi) {
+  Rule r = closed(lo, hi);
+  r.max_open = true;
+  return r;
+}
+
+Rule open_closed(double lo, double hi) {
+  Rule r = closed(lo, hi);
+  r.min_open = true;
+  return r;
+}
+
+Rule one_of(std::initializer_list<std::string_view> choices) {
+  Rule r = non_empty();
+  r.choices = choices;
+  return r;
+}
+
+Rule non_empty() {
+  Rule r;
+  r.non_empty = true;
+  return r;
+}
+
+Rule containing(std::string_view text) {
+  Rule r = non_empty();
+  r.contains = text;
+  return r;
+}
+
 bool admits(const Rule& rule, double value) {
   if (std::isnan(value)) {
     return false;
@@ -76,7 +129,7 @@ bool admits(const Rule& rule, std::string_view value) {
 }
 
 std::string expectation(std::string_view noun, const Rule& rule) {
-  if (noun == TypeNoun<std::string>::kValue && !rule.choices.empty()) {
+  if (noun == type_noun<std::string>() && !rule.choices.empty()) {
     return "one of " + join_choices(rule.choices);
   }
   std::string out;

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -28,47 +29,16 @@ struct Rule {
   std::string_view contains;  ///< strings must contain this text ("" = no condition)
 };
 
-inline Rule any() {
-  return {};
-}
-inline Rule at_least(double lo) {
-  Rule r;
-  r.min = lo;
-  return r;
-}
-inline Rule positive() {
-  Rule r = at_least(0);
-  r.min_open = true;
-  return r;
-}
-inline Rule non_negative() {
-  return at_least(0);
-}
-/// [lo, hi]; `lo_open` / `hi_open` exclude the bound: (lo, hi], [lo, hi).
-inline Rule in_range(double lo, double hi, bool lo_open = false, bool hi_open = false) {
-  Rule r;
-  r.min = lo;
-  r.max = hi;
-  r.min_open = lo_open;
-  r.max_open = hi_open;
-  return r;
-}
-inline Rule one_of(std::initializer_list<std::string_view> choices) {
-  Rule r;
-  r.choices = choices;
-  r.non_empty = true;
-  return r;
-}
-inline Rule non_empty() {
-  Rule r;
-  r.non_empty = true;
-  return r;
-}
-inline Rule containing(std::string_view text) {
-  Rule r = non_empty();
-  r.contains = text;
-  return r;
-}
+// Rule builders, as used in tables() below.
+Rule at_least(double lo);                                      ///< >= lo
+Rule positive();                                               ///< > 0
+Rule non_negative();                                           ///< >= 0
+Rule closed(double lo, double hi);                             ///< [lo, hi]
+Rule closed_open(double lo, double hi);                        ///< [lo, hi)
+Rule open_closed(double lo, double hi);                        ///< (lo, hi]
+Rule one_of(std::initializer_list<std::string_view> choices);  ///< also non-empty
+Rule non_empty();
+Rule containing(std::string_view text);  ///< a non-empty string containing `text`
 
 /// True when `value` lies in the rule's range (NaN never does).
 bool admits(const Rule& rule, double value);
@@ -79,33 +49,24 @@ bool admits(const Rule& rule, std::string_view value);
 /// strings, each one of ..." — `noun` is the type without article ("float", "array of strings").
 std::string expectation(std::string_view noun, const Rule& rule);
 
-/// The TOML noun of each C++ field type, as used in messages.
+/// The TOML noun of each C++ field type, as messages use it ("integer", "array of strings").
 template <typename T>
-struct TypeNoun;
-template <>
-struct TypeNoun<std::string> {
-  static constexpr std::string_view kValue = "string";
-};
-template <>
-struct TypeNoun<int> {
-  static constexpr std::string_view kValue = "integer";
-};
-template <>
-struct TypeNoun<std::uint64_t> {
-  static constexpr std::string_view kValue = "non-negative integer";
-};
-template <>
-struct TypeNoun<double> {
-  static constexpr std::string_view kValue = "float";
-};
-template <>
-struct TypeNoun<bool> {
-  static constexpr std::string_view kValue = "boolean";
-};
-template <>
-struct TypeNoun<std::vector<std::string>> {
-  static constexpr std::string_view kValue = "array of strings";
-};
+constexpr std::string_view type_noun() {
+  if constexpr (std::is_same_v<T, bool>) {
+    return "boolean";
+  } else if constexpr (std::is_same_v<T, int>) {
+    return "integer";
+  } else if constexpr (std::is_same_v<T, std::uint64_t>) {
+    return "non-negative integer";
+  } else if constexpr (std::is_same_v<T, double>) {
+    return "float";
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return "string";
+  } else {
+    static_assert(std::is_same_v<T, std::vector<std::string>>, "no TOML type for this field");
+    return "array of strings";
+  }
+}
 
 // --- TOML text of plain values (to_toml and error messages) ---
 std::string format_toml(const std::string& value);  ///< basic string, escaped: "a\"b"
@@ -193,9 +154,9 @@ inline const auto& tables() {
             key("seed", &DemoConfig::seed),
             key("train_size", &DemoConfig::train_size, at_least(1)),
             key("eval_size", &DemoConfig::eval_size, at_least(1)),
-            key("noise_rate", &DemoConfig::noise_rate, in_range(0, 1)),
+            key("noise_rate", &DemoConfig::noise_rate, closed(0, 1)),
             key("tasks", &DemoConfig::tasks, one_of({"add", "reverse", "sort"})),
-            key("add_digits", &DemoConfig::add_digits, in_range(1, 18)),
+            key("add_digits", &DemoConfig::add_digits, closed(1, 18)),
             key("string_length", &DemoConfig::string_length, at_least(1))),
       table("train",
             &RunConfig::train,
@@ -206,14 +167,14 @@ inline const auto& tables() {
             key("max_steps", &TrainConfig::max_steps, non_negative()),
             key("optimizer", &TrainConfig::optimizer, one_of({"adamw", "rmsprop"})),
             key("lr", &TrainConfig::lr, positive()),
-            key("min_lr_ratio", &TrainConfig::min_lr_ratio, in_range(0, 1)),
-            key("warmup_ratio", &TrainConfig::warmup_ratio, in_range(0, 1)),
+            key("min_lr_ratio", &TrainConfig::min_lr_ratio, closed(0, 1)),
+            key("warmup_ratio", &TrainConfig::warmup_ratio, closed(0, 1)),
             key("lr_schedule", &TrainConfig::lr_schedule, one_of({"linear", "constant"})),
             key("weight_decay", &TrainConfig::weight_decay, non_negative()),
-            key("adam_beta1", &TrainConfig::adam_beta1, in_range(0, 1, false, true)),
-            key("adam_beta2", &TrainConfig::adam_beta2, in_range(0, 1, false, true)),
+            key("adam_beta1", &TrainConfig::adam_beta1, closed_open(0, 1)),
+            key("adam_beta2", &TrainConfig::adam_beta2, closed_open(0, 1)),
             key("eps", &TrainConfig::eps, positive()),
-            key("rmsprop_alpha", &TrainConfig::rmsprop_alpha, in_range(0, 1, false, true)),
+            key("rmsprop_alpha", &TrainConfig::rmsprop_alpha, closed_open(0, 1)),
             key("grad_clip", &TrainConfig::grad_clip, non_negative()),
             key("dtype", &TrainConfig::dtype, one_of({"fp32", "bf16"})),
             key("iteration", &TrainConfig::iteration)),
@@ -235,7 +196,7 @@ inline const auto& tables() {
       table("sample",
             &RunConfig::sample,
             key("temperature", &SampleConfig::temperature, non_negative()),
-            key("top_p", &SampleConfig::top_p, in_range(0, 1, true, false)),
+            key("top_p", &SampleConfig::top_p, open_closed(0, 1)),
             key("top_k", &SampleConfig::top_k, non_negative()),
             key("max_new_tokens", &SampleConfig::max_new_tokens, at_least(1)),
             key("batch_size", &SampleConfig::batch_size, at_least(1))),

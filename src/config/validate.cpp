@@ -16,7 +16,7 @@ namespace dnpo::config {
 namespace {
 
 using schema::Rule;
-using schema::TypeNoun;
+using schema::type_noun;
 using Problems = std::vector<std::string>;
 
 // --- single-key rules, on struct values ---
@@ -28,7 +28,7 @@ void check_number(const std::string& path, T value, const Rule& rule, Problems& 
     problems.push_back(detail::concat("config key '",
                                       path,
                                       "': expected ",
-                                      schema::expectation(TypeNoun<T>::kValue, rule),
+                                      schema::expectation(type_noun<T>(), rule),
                                       ", got ",
                                       schema::format_toml(value)));
   }
@@ -62,7 +62,7 @@ void check_value(const std::string& path,
     problems.push_back(detail::concat("config key '",
                                       path,
                                       "': expected ",
-                                      schema::expectation(TypeNoun<std::string>::kValue, rule),
+                                      schema::expectation(type_noun<std::string>(), rule),
                                       ", got ",
                                       schema::format_toml(value)));
   }
@@ -77,7 +77,7 @@ void check_value(const std::string& path,
         detail::concat("config key '",
                        path,
                        "': expected ",
-                       schema::expectation(TypeNoun<std::vector<std::string>>::kValue, rule),
+                       schema::expectation(type_noun<std::vector<std::string>>(), rule),
                        ", got []"));
   }
   Rule element_rule;

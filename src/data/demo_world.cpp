@@ -161,7 +161,7 @@ std::string draw_prompt(const std::string& task, const config::DemoConfig& cfg, 
     }
     return "rev " + text;
   }
-  DNPO_INTERNAL_ASSERT(task == "sort", "unknown demo task ", task);
+  DNPO_INTERNAL_ASSERT(task == "sort");
   const int length =
       cfg.string_length >= 2 ? 2 + static_cast<int>(rng.below(cfg.string_length - 1)) : 1;
   std::string digits;
@@ -208,7 +208,7 @@ std::string corrupt(const std::string& truth, const std::string& task, Rng& rng)
       }
     }
   }
-  DNPO_INTERNAL_ASSERT(!steps.empty(), "no corruption of demo answer '", truth, "'");
+  DNPO_INTERNAL_ASSERT(!steps.empty());
   return steps[rng.below(steps.size())];
 }
 

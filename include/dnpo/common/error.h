@@ -68,7 +68,7 @@ std::string concat(const Args&... args) {
 /// Throw unconditionally with a typed error.
 #define DNPO_FAIL(ErrorType, ...) DNPO_CHECK_WITH(ErrorType, false, __VA_ARGS__)
 
-/// A bug in dnpo itself.
-#define DNPO_INTERNAL_ASSERT(cond, ...)                                                       \
-  DNPO_CHECK_WITH(::dnpo::InternalError, cond, "internal error (please report): " #cond " ", \
-                  ##__VA_ARGS__)
+/// A bug in dnpo itself (the condition is the message).
+#define DNPO_INTERNAL_ASSERT(...)                                                  \
+  DNPO_CHECK_WITH(::dnpo::InternalError, (__VA_ARGS__),                            \
+                  "internal error (please report): assertion failed: " #__VA_ARGS__)

@@ -16,7 +16,7 @@ namespace dnpo::config {
 namespace {
 
 std::string write_temp_file(const std::string& name, const std::string& text) {
-  const std::string path = ::testing::TempDir() + name;
+  std::string path = ::testing::TempDir() + name;
   std::ofstream out(path);
   out << text;
   return path;
@@ -282,6 +282,11 @@ TEST(ConfigLoader, InvalidTomlNamesPosition) {
   EXPECT_CONTAINS(msg, "invalid TOML");
 }
 
+TEST(ConfigLoader, UnnamedSourceStillGivesLineAndColumn) {
+  EXPECT_CONTAINS(config_error([] { parse_config("[train]\nlr = 0\n", ""); }),
+                  "<toml>:2:6: config key 'train.lr'");
+}
+
 TEST(ConfigLoader, MissingFileNamesPath) {
   const std::string path = ::testing::TempDir() + "no_such_config.toml";
   const std::string msg = config_error([&] { load_config(path); });
@@ -296,7 +301,7 @@ TEST(ConfigLoader, OverrideWinsAndIsTypeChecked) {
   const RunConfig c = load_config(path,
                                   {"train.lr=1e-4",
                                    "run.name=foo",
-                                   "demo.tasks=[\"add\",\"sort\"]",
+                                   R"(demo.tasks=["add","sort"])",
                                    "npo.fixed_noise=true",
                                    " sample.top_k = 5 ",
                                    "model.init_from=",

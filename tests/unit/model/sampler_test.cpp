@@ -1,0 +1,247 @@
+// Generation: greedy follows the argmax path of full forwards, results do not depend on batch
+// composition (counter-based draws per sample id), EOS ends a sample, pick_token's filters.
+#include "dnpo/model/sampler.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace dnpo::model {
+namespace {
+
+using Ids = std::vector<std::int64_t>;
+constexpr std::int64_t kPad = 0;
+constexpr std::int64_t kNoEos = -1;  // never generated: samples run to max_new_tokens
+
+config::ModelConfig tiny_config() {
+  config::ModelConfig cfg;
+  cfg.vocab_size = 50;
+  cfg.hidden_size = 32;
+  cfg.intermediate_size = 64;
+  cfg.num_hidden_layers = 2;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.max_position_embeddings = 64;
+  cfg.tie_word_embeddings = false;
+  cfg.initializer_range = 0.2;
+  return cfg;
+}
+
+const std::vector<Ids>& prompts() {
+  static const std::vector<Ids> p{{1, 5, 9, 13}, {1, 22}, {1, 40, 41, 42, 43, 44, 45}, {1, 7, 7}};
+  return p;
+}
+
+std::vector<GenerationRequest> requests_for(const std::vector<std::size_t>& which) {
+  std::vector<GenerationRequest> out;
+  for (const auto i : which) {
+    out.push_back({prompts()[i], static_cast<std::uint64_t>(100 + i)});
+  }
+  return out;
+}
+
+// Greedy decoding with one full (uncached, unpadded) forward per token.
+Generation greedy_reference(const LlamaModel& model, Ids prompt, int max_new, std::int64_t eos) {
+  at::NoGradGuard no_grad;
+  Generation out;
+  for (int step = 0; step < max_new; ++step) {
+    const auto n = static_cast<std::int64_t>(prompt.size());
+    auto ids = at::tensor(prompt, at::kLong).unsqueeze(0);
+    auto hidden = model.forward_hidden(ids, at::ones({1, n}, at::kLong));
+    const auto token = model.logits(hidden[0][n - 1]).argmax().item<std::int64_t>();
+    if (token == eos) {
+      out.finished = true;
+      break;
+    }
+    out.tokens.push_back(token);
+    prompt.push_back(token);
+  }
+  return out;
+}
+
+config::SampleConfig greedy_config(int batch_size, int max_new = 8) {
+  config::SampleConfig cfg;
+  cfg.temperature = 0.0;
+  cfg.max_new_tokens = max_new;
+  cfg.batch_size = batch_size;
+  return cfg;
+}
+
+TEST(Sampler, GreedyFollowsTheArgmaxPath) {
+  const LlamaModel model(tiny_config(), 3);
+  const auto results =
+      generate(model, requests_for({0, 1, 2, 3}), greedy_config(4), kNoEos, kPad, {1, 0});
+  ASSERT_EQ(results.size(), 4U);
+  for (std::size_t i = 0; i < 4; ++i) {
+    const auto expected = greedy_reference(model, prompts()[i], 8, kNoEos);
+    EXPECT_EQ(results[i].tokens, expected.tokens) << "prompt " << i;
+    EXPECT_FALSE(results[i].finished);
+    EXPECT_EQ(results[i].tokens.size(), 8U);
+  }
+}
+
+TEST(Sampler, GreedyIsTheSameInBatchesOfOneAndFour) {
+  const LlamaModel model(tiny_config(), 4);
+  // EOS = a token that prompt 0's greedy path reaches after a few steps, so rows of one batch
+  // finish at different steps.
+  const auto path = greedy_reference(model, prompts()[0], 8, kNoEos).tokens;
+  std::size_t k = 2;
+  while (k < path.size() && std::find(path.begin(), path.begin() + k, path[k]) != path.begin() + k) {
+    ++k;
+  }
+  ASSERT_LT(k, path.size()) << "greedy path repeats a token at every position";
+  const auto eos = path[k];
+  const auto batched = generate(model, requests_for({0, 1, 2, 3}), greedy_config(4), eos, kPad, {});
+  const auto single = generate(model, requests_for({0, 1, 2, 3}), greedy_config(1), eos, kPad, {});
+  ASSERT_EQ(batched.size(), 4U);
+  ASSERT_EQ(single.size(), 4U);
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(batched[i].tokens, single[i].tokens) << "prompt " << i;
+    EXPECT_EQ(batched[i].finished, single[i].finished) << "prompt " << i;
+    const auto expected = greedy_reference(model, prompts()[i], 8, eos);
+    EXPECT_EQ(batched[i].tokens, expected.tokens) << "prompt " << i;
+    EXPECT_EQ(batched[i].finished, expected.finished) << "prompt " << i;
+  }
+  // Prompt 0 stops at EOS after k tokens; EOS itself is not in the tokens.
+  EXPECT_TRUE(batched[0].finished);
+  EXPECT_EQ(batched[0].tokens, Ids(path.begin(), path.begin() + static_cast<std::ptrdiff_t>(k)));
+}
+
+TEST(Sampler, SamplingDependsOnSeedAndSampleIdNotOnBatch) {
+  const LlamaModel model(tiny_config(), 5);
+  config::SampleConfig cfg;
+  cfg.temperature = 1.0;
+  cfg.max_new_tokens = 10;
+  cfg.batch_size = 4;
+  const SamplingKeys keys{1234, 2};
+  const auto all = generate(model, requests_for({0, 1, 2, 3}), cfg, kNoEos, kPad, keys);
+  cfg.batch_size = 2;
+  const auto reordered = generate(model, requests_for({3, 2}), cfg, kNoEos, kPad, keys);
+  cfg.batch_size = 1;
+  const auto alone = generate(model, requests_for({2}), cfg, kNoEos, kPad, keys);
+  EXPECT_EQ(alone[0].tokens, all[2].tokens);
+  EXPECT_EQ(reordered[1].tokens, all[2].tokens);
+  EXPECT_EQ(reordered[0].tokens, all[3].tokens);
+  EXPECT_EQ(all[2].tokens.size(), 10U);
+  // Another seed, iteration or sample id gives another sample.
+  const auto other_seed = generate(model, requests_for({2}), cfg, kNoEos, kPad, {1235, 2});
+  EXPECT_NE(other_seed[0].tokens, all[2].tokens);
+  const auto other_iteration = generate(model, requests_for({2}), cfg, kNoEos, kPad, {1234, 3});
+  EXPECT_NE(other_iteration[0].tokens, all[2].tokens);
+  auto renamed = requests_for({2});
+  renamed[0].sample_id = 7;
+  EXPECT_NE(generate(model, renamed, cfg, kNoEos, kPad, keys)[0].tokens, all[2].tokens);
+  // The same prompt under two sample ids in one batch gets two different samples.
+  auto twins = requests_for({2, 2});
+  twins[1].sample_id = 7;
+  cfg.batch_size = 2;
+  const auto twin_results = generate(model, twins, cfg, kNoEos, kPad, keys);
+  EXPECT_EQ(twin_results[0].tokens, all[2].tokens);
+  EXPECT_NE(twin_results[1].tokens, all[2].tokens);
+}
+
+// A model whose residual stream carries a large constant in dimension 0 that no layer writes to,
+// and whose lm_head row for EOS reads that dimension: EOS has by far the largest logit.
+LlamaModel eos_loving_model(std::int64_t eos) {
+  const LlamaModel base(tiny_config(), 6);
+  NamedTensors tensors;
+  for (const auto& [name, tensor] : base.named_parameters()) {
+    auto t = tensor.detach().clone();
+    if (name == "model.embed_tokens.weight") {
+      t.select(1, 0).fill_(30.0);
+    } else if (name.find("o_proj") != std::string::npos ||
+               name.find("down_proj") != std::string::npos) {
+      t.select(0, 0).zero_();
+    } else if (name == "lm_head.weight") {
+      t[eos].zero_();
+      t[eos][0] = 20.0;
+    }
+    tensors.emplace_back(name, t);
+  }
+  return LlamaModel(tiny_config(), tensors);
+}
+
+TEST(Sampler, StopsAtEos) {
+  const std::int64_t eos = 2;
+  const auto model = eos_loving_model(eos);
+  config::SampleConfig cfg;
+  cfg.temperature = 1.0;
+  cfg.max_new_tokens = 6;
+  cfg.batch_size = 4;
+  const auto results = generate(model, requests_for({0, 1, 2, 3}), cfg, eos, kPad, {9, 0});
+  for (const auto& r : results) {
+    EXPECT_TRUE(r.finished);
+    EXPECT_TRUE(r.tokens.empty());
+  }
+  // The same model without that EOS id runs to max_new_tokens, emitting token 2 every time.
+  const auto unstopped = generate(model, requests_for({1}), cfg, kNoEos, kPad, {9, 0});
+  EXPECT_FALSE(unstopped[0].finished);
+  EXPECT_EQ(unstopped[0].tokens, Ids(6, eos));
+}
+
+TEST(Sampler, RejectsEmptyPrompt) {
+  const LlamaModel model(tiny_config(), 7);
+  EXPECT_ANY_THROW(generate(model, {{{}, 0}}, greedy_config(1), kNoEos, kPad, {}));
+}
+
+TEST(PickToken, FiltersReduceToArgmax) {
+  const auto logits = at::tensor({0.3, 2.0, -1.0, 1.9, 0.0}, at::kFloat);
+  config::SampleConfig cfg;
+  cfg.temperature = 0.0;
+  EXPECT_EQ(pick_token(logits, cfg, 0.99), 1);
+  cfg.temperature = 1.0;
+  cfg.top_k = 1;
+  for (const double u : {0.0, 0.3, 0.999}) {
+    EXPECT_EQ(pick_token(logits, cfg, u), 1) << "top_k=1, u=" << u;
+  }
+  cfg.top_k = 0;
+  cfg.top_p = 1e-6;
+  for (const double u : {0.0, 0.3, 0.999}) {
+    EXPECT_EQ(pick_token(logits, cfg, u), 1) << "top_p small, u=" << u;
+  }
+  // Unfiltered, a large u reaches beyond the argmax.
+  cfg.top_p = 1.0;
+  EXPECT_NE(pick_token(logits, cfg, 0.999), 1);
+}
+
+TEST(PickToken, InverseCdfOverSortedProbabilities) {
+  // p = (0.25, 0.75): sorted descending [1 (0.75), 0 (0.25)].
+  const auto logits = at::tensor({0.0F, static_cast<float>(std::log(3.0))}, at::kFloat);
+  config::SampleConfig cfg;
+  cfg.temperature = 1.0;
+  EXPECT_EQ(pick_token(logits, cfg, 0.0), 1);
+  EXPECT_EQ(pick_token(logits, cfg, 0.74), 1);
+  EXPECT_EQ(pick_token(logits, cfg, 0.76), 0);
+  EXPECT_EQ(pick_token(logits, cfg, 0.999), 0);
+  // Temperature 0.5 squares the odds: p = (0.1, 0.9).
+  cfg.temperature = 0.5;
+  EXPECT_EQ(pick_token(logits, cfg, 0.89), 1);
+  EXPECT_EQ(pick_token(logits, cfg, 0.91), 0);
+  // top_p = 0.7 keeps only the 0.75 token; top_p = 0.8 keeps both (renormalised).
+  cfg.temperature = 1.0;
+  cfg.top_p = 0.7;
+  EXPECT_EQ(pick_token(logits, cfg, 0.999), 1);
+  cfg.top_p = 0.8;
+  EXPECT_EQ(pick_token(logits, cfg, 0.999), 0);
+}
+
+TEST(PickToken, TopKRenormalisesOverTheKept) {
+  // p ∝ (4, 3, 2, 1): top_k = 2 keeps (4, 3) → u < 4/7 picks 0, else 1; never 2 or 3.
+  const auto logits = at::log(at::tensor({4.0, 3.0, 2.0, 1.0}, at::kFloat));
+  config::SampleConfig cfg;
+  cfg.temperature = 1.0;
+  cfg.top_k = 2;
+  EXPECT_EQ(pick_token(logits, cfg, 0.5), 0);
+  EXPECT_EQ(pick_token(logits, cfg, 0.6), 1);
+  EXPECT_EQ(pick_token(logits, cfg, 0.999), 1);
+  cfg.top_k = 0;
+  EXPECT_EQ(pick_token(logits, cfg, 0.999), 3);
+}
+
+}  // namespace
+}  // namespace dnpo::model
