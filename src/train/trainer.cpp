@@ -187,6 +187,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     optimizer->zero_grad();
 
     const double ms = step_timer.millis();
+    summary.step_ms.push_back(ms);
     total_tokens += step_tokens;
     losses.push_back(loss_value);
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
@@ -364,6 +365,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     optimizer->zero_grad();
 
     const double ms = step_timer.millis();
+    summary.step_ms.push_back(ms);
     total_tokens += step_tokens;
     losses.push_back(model_loss);
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);

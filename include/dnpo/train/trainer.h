@@ -23,6 +23,7 @@ struct TrainSummary {
   double first_loss = 0;       ///< mean loss of the first 10% of steps (model loss for NPO)
   double last_loss = 0;        ///< mean loss of the last 10% of steps
   double mean_step_ms = 0;
+  std::vector<double> step_ms;  ///< wall time of every optimizer step
   double tokens_per_second = 0;
   std::int64_t truncated = 0;  ///< samples cut to data.max_length
   std::int64_t skipped_identical = 0;  ///< pairs whose chosen and rejected texts are equal

@@ -1,11 +1,10 @@
 // pad_batch (left/right padding, masks, pad_to) and truncate_sequence.
 #include "dnpo/model/batch.h"
 
-#include <ATen/ATen.h>
-
 #include <cstdint>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include "dnpo/common/error.h"

@@ -3,13 +3,12 @@
 // counter-based init and normal rows are chunk invariant.
 #include "dnpo/model/llama.h"
 
-#include <ATen/ATen.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include "dnpo/common/counter_rng.h"
@@ -70,12 +69,12 @@ TEST(Llama, KvCacheMatchesFullForwardWithLeftPadding) {
   auto cache = model.make_cache(2, 10);
   const std::int64_t prefix = 4;
   std::vector<at::Tensor> pieces;
-  pieces.push_back(model.logits(model.forward_hidden(ids.narrow(1, 0, prefix),
-                                                     mask.narrow(1, 0, prefix), &cache)));
+  pieces.push_back(model.logits(
+      model.forward_hidden(ids.narrow(1, 0, prefix), mask.narrow(1, 0, prefix), &cache)));
   EXPECT_EQ(cache.length, prefix);
   for (std::int64_t t = prefix; t < 10; ++t) {
-    pieces.push_back(model.logits(
-        model.forward_hidden(ids.narrow(1, t, 1), mask.narrow(1, 0, t + 1), &cache)));
+    pieces.push_back(
+        model.logits(model.forward_hidden(ids.narrow(1, t, 1), mask.narrow(1, 0, t + 1), &cache)));
   }
   EXPECT_EQ(cache.length, 10);
   const auto cached = at::cat(pieces, 1);
@@ -227,9 +226,10 @@ TEST(Llama, ConstructorRejectsMissingTensor) {
   const LlamaModel model(tiny_config(), 41);
   auto tensors = detached(model);
   const std::string missing = "model.layers.1.mlp.up_proj.weight";
-  tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
-                               [&](const auto& nt) { return nt.first == missing; }),
-                tensors.end());
+  tensors.erase(
+      std::remove_if(
+          tensors.begin(), tensors.end(), [&](const auto& nt) { return nt.first == missing; }),
+      tensors.end());
   const auto message = data_error_message(tiny_config(), tensors);
   ASSERT_FALSE(message.empty()) << "missing tensor accepted";
   EXPECT_NE(message.find(missing), std::string::npos) << message;

@@ -2,16 +2,15 @@
 // path) and HF model directories (config.json + model.safetensors, tied and untied).
 #include "dnpo/model/safetensors.h"
 
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
-#include <unistd.h>
-
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "dnpo/common/error.h"
 #include "dnpo/model/hf_io.h"
@@ -70,7 +69,8 @@ TEST_F(Safetensors, RoundTripKeepsDtypesValuesOrderAndMetadata) {
   auto i64 = at::tensor({std::int64_t{-3}, std::int64_t{1} << 40, std::int64_t{7}}, at::kLong);
   auto transposed = at::arange(12, at::kFloat).reshape({3, 4}).t();  // non-contiguous
   // Names out of alphabetical order: the file keeps the written order.
-  write_safetensors(path, {{"zeta.f32", f32}, {"alpha.bf16", bf16}, {"mid.i64", i64}, {"t", transposed}},
+  write_safetensors(path,
+                    {{"zeta.f32", f32}, {"alpha.bf16", bf16}, {"mid.i64", i64}, {"t", transposed}},
                     {{"format", "pt"}, {"note", "unit test"}});
   EXPECT_FALSE(fs::exists(path + ".tmp"));
 
@@ -117,8 +117,8 @@ TEST_F(Safetensors, TruncatedFileGivesDataErrorNamingThePath) {
   const auto path = (dir_ / "cut.safetensors").string();
   write_safetensors(path, {{"a", at::ones({16, 16})}, {"b", at::zeros({8}, at::kLong)}});
   const auto full = fs::file_size(path);
-  for (const std::uintmax_t size : {full - 1, full - 100, std::uintmax_t{40}, std::uintmax_t{5},
-                                    std::uintmax_t{0}}) {
+  for (const std::uintmax_t size :
+       {full - 1, full - 100, std::uintmax_t{40}, std::uintmax_t{5}, std::uintmax_t{0}}) {
     fs::copy_file(path, path + ".cut", fs::copy_options::overwrite_existing);
     fs::resize_file(path + ".cut", size);
     const auto message = data_error(path + ".cut");
@@ -147,8 +147,7 @@ TEST_F(Safetensors, MissingFileAndBadHeaderGiveDataError) {
 TEST_F(Safetensors, ShapeAndOffsetsMismatchNamesTheTensor) {
   const auto path = (dir_ / "lie.safetensors").string();
   {
-    const std::string header =
-        R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})";
+    const std::string header = R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})";
     std::string padded = header;
     while (padded.size() % 8 != 0) {
       padded.push_back(' ');
@@ -223,7 +222,8 @@ TEST_F(HfIo, TiedRoundTripGivesIdenticalLogits) {
 TEST_F(HfIo, Bf16SaveRoundsTheWeights) {
   const LlamaModel model(tiny_config(false), 8);
   save_hf_model((dir_ / "bf16").string(), model, /*bf16=*/true);
-  for (const auto& [name, tensor] : read_safetensors((dir_ / "bf16" / "model.safetensors").string())) {
+  for (const auto& [name, tensor] :
+       read_safetensors((dir_ / "bf16" / "model.safetensors").string())) {
     EXPECT_EQ(tensor.scalar_type(), at::kBFloat16) << name;
   }
   const auto loaded = load_hf_model((dir_ / "bf16").string());
@@ -244,9 +244,9 @@ TEST_F(HfIo, ConfigDefaultsFollowHf) {
   base.tie_word_embeddings = true;
   base.init_from = "kept";
   const auto cfg = read_hf_config(dir_.string(), base);
-  EXPECT_EQ(cfg.num_key_value_heads, 4);      // absent → heads
-  EXPECT_FALSE(cfg.tie_word_embeddings);      // absent → HF's false, not base's
-  EXPECT_EQ(cfg.init_from, "kept");           // fields outside config.json keep base's values
+  EXPECT_EQ(cfg.num_key_value_heads, 4);  // absent → heads
+  EXPECT_FALSE(cfg.tie_word_embeddings);  // absent → HF's false, not base's
+  EXPECT_EQ(cfg.init_from, "kept");       // fields outside config.json keep base's values
   EXPECT_DOUBLE_EQ(cfg.rope_theta, base.rope_theta);
 }
 

@@ -2,13 +2,13 @@
 // composition (counter-based draws per sample id), EOS ends a sample, pick_token's filters.
 #include "dnpo/model/sampler.h"
 
-#include <ATen/ATen.h>
-
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 namespace dnpo::model {
@@ -91,7 +91,8 @@ TEST(Sampler, GreedyIsTheSameInBatchesOfOneAndFour) {
   // finish at different steps.
   const auto path = greedy_reference(model, prompts()[0], 8, kNoEos).tokens;
   std::size_t k = 2;
-  while (k < path.size() && std::find(path.begin(), path.begin() + k, path[k]) != path.begin() + k) {
+  while (k < path.size() &&
+         std::find(path.begin(), path.begin() + k, path[k]) != path.begin() + k) {
     ++k;
   }
   ASSERT_LT(k, path.size()) << "greedy path repeats a token at every position";
@@ -186,7 +187,8 @@ TEST(Sampler, StopsAtEos) {
 
 TEST(Sampler, RejectsEmptyPrompt) {
   const LlamaModel model(tiny_config(), 7);
-  EXPECT_ANY_THROW(generate(model, {{{}, 0}}, greedy_config(1), kNoEos, kPad, {}));
+  const std::vector<GenerationRequest> empty_prompt(1);
+  EXPECT_ANY_THROW(generate(model, empty_prompt, greedy_config(1), kNoEos, kPad, {}));
 }
 
 TEST(PickToken, FiltersReduceToArgmax) {
