@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -180,7 +181,8 @@ config::ModelConfig tiny_config(bool tied) {
 
 at::Tensor logits_of(const LlamaModel& model) {
   at::NoGradGuard no_grad;
-  const auto ids = at::tensor({std::int64_t{1}, 5, 9, 33, 2, 49, 17, 0}, at::kLong).reshape({2, 4});
+  const auto ids =
+      at::tensor(std::vector<std::int64_t>{1, 5, 9, 33, 2, 49, 17, 0}, at::kLong).reshape({2, 4});
   return model.logits(model.forward_hidden(ids, at::ones({2, 4}, at::kLong)));
 }
 

@@ -450,6 +450,39 @@ TEST(NpoLoss, RejectsInconsistentInputs) {
   EXPECT_THROW(npo_loss(in, &head, npo_config(2), 0.1), Error);
 }
 
+// --- noise head ----------------------------------------------------------------------------------
+
+TEST(NoiseHead, StartsAtTheScaleAndClampsAtMaxSigma) {
+  const auto h = model::counter_normal({3, kC}, 1.0, 401);
+  for (const char* kind : {"ln_gelu_linear", "linear"}) {
+    config::NpoConfig cfg;
+    cfg.head = kind;
+    cfg.scale = 0.7;
+    cfg.head_init_std = 0.0;  // f ≡ 0 → s ≡ c
+    const model::NoiseHead zero(cfg, kC, kV, 1);
+    const auto s = zero.sigma(h);
+    ASSERT_EQ(s.sizes(), at::IntArrayRef({3, kV})) << kind;
+    EXPECT_LT((s - 0.7).abs().max().item<double>(), 1e-6) << kind;
+    cfg.head_init_std = 0.5;
+    cfg.max_sigma = 0.9;
+    const model::NoiseHead clamped(cfg, kC, kV, 1);
+    const auto sc = clamped.sigma(h);
+    EXPECT_LE(sc.max().item<double>(), 0.9 + 1e-7) << kind;
+    EXPECT_GT(sc.min().item<double>(), 0.0) << kind;
+    EXPECT_GT((sc - sc.mean()).abs().max().item<double>(), 1e-3) << kind;
+    // Rebuilt from its named tensors, the head computes the same s.
+    const model::NoiseHead copy(cfg, clamped.named_parameters());
+    EXPECT_TRUE(at::equal(copy.sigma(h), sc)) << kind;
+  }
+  config::NpoConfig bad;
+  bad.head = "mlp";
+  EXPECT_THROW(model::NoiseHead(bad, kC, kV, 1), ConfigError);
+  config::NpoConfig linear;
+  linear.head = "linear";
+  EXPECT_THROW(model::NoiseHead(linear, model::NamedTensors{{"proj.weight", at::zeros({kV, kC})}}),
+               DataError);
+}
+
 // --- data order and learning rate ---------------------------------------------------------------
 
 TEST(EpochOrder, IsAPermutationThatChangesPerEpoch) {
