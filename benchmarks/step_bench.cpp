@@ -2,14 +2,15 @@
 // Prints one JSON line per metric: median step time and peak resident memory added by training.
 // Usage: dnpo_step_bench --loss spin|npo|sft [--vocab V --hidden C --layers L --batch B
 //                         --prompt-len P --response-len R --steps N --threads T]
-#include <CLI/CLI.hpp>
-#include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <iostream>
 
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include "dnpo/common/log.h"
 #include "dnpo/config/config.h"
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps);
   app.add_option("--threads", threads);
   CLI11_PARSE(app, argc, argv);
+  dnpo::log::init(0, "warn");  // stdout carries only the JSON results
   at::set_num_threads(threads);
 
   dnpo::config::RunConfig cfg;
@@ -79,27 +81,47 @@ int main(int argc, char** argv) {
   if (loss == "sft") {
     std::vector<dnpo::data::PromptRecord> records;
     for (int i = 0; i < batch; ++i) {
-      records.push_back({std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
+      records.push_back(
+          {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
     }
     summary = trainer.train_sft(records);
   } else {
     std::vector<dnpo::data::PairRecord> pairs;
     for (int i = 0; i < batch; ++i) {
-      pairs.push_back({std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1),
-                       text_of(response_len - 1, i + 2), std::nullopt, std::nullopt});
+      pairs.push_back({std::to_string(i),
+                       text_of(prompt_len, i),
+                       text_of(response_len - 1, i + 1),
+                       text_of(response_len - 1, i + 2),
+                       std::nullopt,
+                       std::nullopt});
     }
     summary = trainer.train_preference(pairs);
   }
   std::vector<double> timed(summary.step_ms.begin() + 2, summary.step_ms.end());
   std::sort(timed.begin(), timed.end());
   const double median = timed[timed.size() / 2];
-  const nlohmann::json config = {{"loss", loss}, {"vocab", vocab}, {"hidden", hidden},
-                                 {"layers", layers}, {"batch", batch}, {"prompt_len", prompt_len},
-                                 {"response_len", response_len}, {"threads", threads},
+  const nlohmann::json config = {{"loss", loss},
+                                 {"vocab", vocab},
+                                 {"hidden", hidden},
+                                 {"layers", layers},
+                                 {"batch", batch},
+                                 {"prompt_len", prompt_len},
+                                 {"response_len", response_len},
+                                 {"threads", threads},
                                  {"params", policy.num_parameters()}};
-  std::cout << nlohmann::json{{"name", "step." + loss}, {"config", config}, {"metric", "step_time_median"},
-                              {"value", median}, {"unit", "ms"}}.dump() << "\n";
-  std::cout << nlohmann::json{{"name", "step." + loss}, {"config", config}, {"metric", "peak_rss_added"},
-                              {"value", peak_rss_mib() - rss_before}, {"unit", "MiB"}}.dump() << "\n";
+  std::cout << nlohmann::json{{"name", "step." + loss},
+                              {"config", config},
+                              {"metric", "step_time_median"},
+                              {"value", median},
+                              {"unit", "ms"}}
+                   .dump()
+            << "\n";
+  std::cout << nlohmann::json{{"name", "step." + loss},
+                              {"config", config},
+                              {"metric", "peak_rss_added"},
+                              {"value", peak_rss_mib() - rss_before},
+                              {"unit", "MiB"}}
+                   .dump()
+            << "\n";
   return 0;
 }

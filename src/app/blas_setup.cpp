@@ -1,14 +1,14 @@
 // BLAS kernel check and one-time re-exec with OPENBLAS_CORETYPE; see blas_setup.h.
 #include "blas_setup.h"
 
-#include <dlfcn.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+
+#include <dlfcn.h>
+#include <unistd.h>
 
 namespace dnpo::app {
 namespace {
@@ -41,11 +41,13 @@ std::string ensure_fast_blas(int argc, char** argv) {
   }
   std::string core = corename_fn();
   std::string lower = core;
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) {
+    return static_cast<char>(std::tolower(c));
+  });
   const bool generic = lower == "prescott" || lower == "core2" || lower == "nehalem" ||
                        lower == "unknown" || lower == "katmai";
-  if (generic && std::getenv("OPENBLAS_CORETYPE") == nullptr && std::getenv(kReexecGuard) == nullptr) {
+  if (generic && std::getenv("OPENBLAS_CORETYPE") == nullptr &&
+      std::getenv(kReexecGuard) == nullptr) {
     const auto flags = cpu_flags();
     const char* target = nullptr;
     if (has_flag(flags, "avx512f") && has_flag(flags, "avx512bw") && has_flag(flags, "avx512vl")) {

@@ -1,18 +1,18 @@
 // dnpo_dist: the trainer's command line. Parses options (CLI11), resolves the config
 // (file → --set overrides → validate), runs a stage, and turns any error into one clear
 // message and a non-zero exit. A bare `dnpo_dist --config X` runs the whole job (`run`).
-#include <CLI/CLI.hpp>
-
 #include <exception>
 #include <iostream>
 
+#include <CLI/CLI.hpp>
+
+#include "blas_setup.h"
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
 #include "dnpo/config/loader.h"
 #include "dnpo/data/demo_world.h"
 #include "dnpo/train/driver.h"
-#include "blas_setup.h"
 
 namespace {
 
@@ -27,7 +27,8 @@ struct Options {
 
 void add_common(CLI::App* app, Options& o) {
   app->add_option("-c,--config", o.config_path, "TOML config file (default: built-in defaults)");
-  app->add_option("--set", o.overrides, "override a config key, e.g. --set train.lr=1e-4 (repeatable)")
+  app->add_option(
+         "--set", o.overrides, "override a config key, e.g. --set train.lr=1e-4 (repeatable)")
       ->type_name("KEY=VALUE");
 }
 
@@ -49,14 +50,16 @@ int main(int argc, char** argv) {
 
   auto* run = app.add_subcommand("run", "the whole job (default): demo data, SFT, held-out eval");
   add_common(run, o);
-  auto* sft = app.add_subcommand("sft", "supervised fine-tuning on prompt/answer JSONL (data.train_file)");
+  auto* sft =
+      app.add_subcommand("sft", "supervised fine-tuning on prompt/answer JSONL (data.train_file)");
   add_common(sft, o);
   sft->add_option("--init", o.stage.init_model, "HF model directory to start from");
   sft->add_option("--out", o.stage.output_dir, "where to write the model (default <run_dir>/sft)");
   auto* train = app.add_subcommand("train", "preference training on pairs JSONL (data.pairs_file)");
   add_common(train, o);
   train->add_option("--init", o.stage.init_model, "HF model directory to start from");
-  train->add_option("--out", o.stage.output_dir, "where to write the model (default <run_dir>/train)");
+  train->add_option(
+      "--out", o.stage.output_dir, "where to write the model (default <run_dir>/train)");
   train->add_option("--loss", o.loss, "spin | npo (sets train.loss)");
   train->add_option("--pairs", o.pairs, "pairs JSONL (sets data.pairs_file)");
   auto* eval = app.add_subcommand("eval", "held-out accuracy and verifier score of a model");

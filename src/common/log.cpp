@@ -1,9 +1,9 @@
 // spdlog set-up: one stderr sink, pattern with a single-letter level and the rank.
 #include "dnpo/common/log.h"
 
-#include <spdlog/sinks/stdout_color_sinks.h>
-
 #include <atomic>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
 
 namespace dnpo::log {
 namespace {

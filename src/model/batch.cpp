@@ -1,9 +1,9 @@
 // Padding and masks for token batches (see batch.h).
 #include "dnpo/model/batch.h"
 
-#include <ATen/ATen.h>
-
 #include <algorithm>
+
+#include <ATen/ATen.h>
 
 #include "dnpo/common/error.h"
 

@@ -1,11 +1,11 @@
 // HF config.json and model.safetensors read/write for LlamaModel.
 #include "dnpo/model/hf_io.h"
 
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 #include <fstream>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
 #include "dnpo/model/safetensors.h"
@@ -14,8 +14,8 @@ namespace dnpo::model {
 namespace {
 
 template <typename T>
-void read_field(const nlohmann::json& j, const std::string& path, const char* key, T& out,
-                bool required) {
+void read_field(
+    const nlohmann::json& j, const std::string& path, const char* key, T& out, bool required) {
   if (!j.contains(key)) {
     DNPO_CHECK_WITH(DataError, !required, path, ": missing field '", key, "'");
     return;
@@ -55,7 +55,11 @@ config::ModelConfig read_hf_config(const std::string& dir, const config::ModelCo
   read_field(j, path, "initializer_range", cfg.initializer_range, false);
   if (j.contains("hidden_act")) {
     const auto act = j.at("hidden_act").get<std::string>();
-    DNPO_CHECK_WITH(DataError, act == "silu", path, ": hidden_act '", act,
+    DNPO_CHECK_WITH(DataError,
+                    act == "silu",
+                    path,
+                    ": hidden_act '",
+                    act,
                     "' is not supported; expected 'silu'");
   }
   return cfg;

@@ -1,10 +1,10 @@
 // Llama decoder forward in HF conventions; see llama.h for the contract.
 #include "dnpo/model/llama.h"
 
-#include <ATen/ATen.h>
-
 #include <cmath>
 #include <map>
+
+#include <ATen/ATen.h>
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
@@ -86,17 +86,24 @@ LlamaWeights weights_from_map(const config::ModelConfig& cfg,
 void check_model_config(const config::ModelConfig& cfg) {
   DNPO_CHECK_WITH(ConfigError,
                   cfg.num_attention_heads > 0 && cfg.hidden_size % cfg.num_attention_heads == 0,
-                  "model.hidden_size (", cfg.hidden_size,
-                  ") must be divisible by model.num_attention_heads (", cfg.num_attention_heads,
+                  "model.hidden_size (",
+                  cfg.hidden_size,
+                  ") must be divisible by model.num_attention_heads (",
+                  cfg.num_attention_heads,
                   ")");
+  DNPO_CHECK_WITH(
+      ConfigError,
+      cfg.num_key_value_heads > 0 && cfg.num_attention_heads % cfg.num_key_value_heads == 0,
+      "model.num_attention_heads (",
+      cfg.num_attention_heads,
+      ") must be divisible by model.num_key_value_heads (",
+      cfg.num_key_value_heads,
+      ")");
   DNPO_CHECK_WITH(ConfigError,
-                  cfg.num_key_value_heads > 0 &&
-                      cfg.num_attention_heads % cfg.num_key_value_heads == 0,
-                  "model.num_attention_heads (", cfg.num_attention_heads,
-                  ") must be divisible by model.num_key_value_heads (", cfg.num_key_value_heads,
-                  ")");
-  DNPO_CHECK_WITH(ConfigError, head_dim(cfg) % 2 == 0, "head dim (hidden_size / heads = ",
-                  head_dim(cfg), ") must be even for rotary embeddings");
+                  head_dim(cfg) % 2 == 0,
+                  "head dim (hidden_size / heads = ",
+                  head_dim(cfg),
+                  ") must be even for rotary embeddings");
 }
 
 }  // namespace
@@ -115,7 +122,10 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
                                         at::ScalarType dtype) {
   const auto total = attention_mask.size(1);
   const auto steps = total - past_length;
-  DNPO_CHECK(steps > 0, "attention_mask covers ", total, " positions but the cache already holds ",
+  DNPO_CHECK(steps > 0,
+             "attention_mask covers ",
+             total,
+             " positions but the cache already holds ",
              past_length);
   const auto device = attention_mask.device();
   // positions: (B, T) — HF style, so left padding does not shift real tokens' positions.
@@ -128,12 +138,13 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
                       .to(at::kFloat)
                       .to(device);
   auto freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // (B, T, hd/2)
-  auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);              // (B, 1, T, hd)
+  auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);             // (B, 1, T, hd)
   AttentionContext ctx;
   ctx.cos = emb.cos().to(dtype);
   ctx.sin = emb.sin().to(dtype);
   // allowed[b, q, k] = key k is real and k <= past + q
-  auto query_pos = at::arange(past_length, total, at::TensorOptions().dtype(at::kLong).device(device));
+  auto query_pos =
+      at::arange(past_length, total, at::TensorOptions().dtype(at::kLong).device(device));
   auto key_pos = at::arange(0, total, at::TensorOptions().dtype(at::kLong).device(device));
   auto causal = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // (T, past+T)
   auto allowed = causal.unsqueeze(0) & attention_mask.unsqueeze(1).to(at::kBool);
@@ -173,7 +184,12 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   k = apply_rotary(k, ctx);  // (B, KV, T, hd)
   if (cache != nullptr) {
     const auto past = cache->length;
-    DNPO_CHECK(past + steps <= cache->capacity, "KV cache full: ", past, " + ", steps, " > ",
+    DNPO_CHECK(past + steps <= cache->capacity,
+               "KV cache full: ",
+               past,
+               " + ",
+               steps,
+               " > ",
                cache->capacity);
     cache->keys[layer_index].narrow(2, past, steps).copy_(k);
     cache->values[layer_index].narrow(2, past, steps).copy_(v);
@@ -182,17 +198,19 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   }
   // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
   auto qg = q.reshape({batch, kv_heads, group, steps, hd});
-  auto scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
-  scores = scores + ctx.bias;                                       // (B, KV, group, T, Tk)
+  auto scores =
+      at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
+  scores = scores + ctx.bias;  // (B, KV, group, T, Tk)
   auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  auto attn = at::matmul(probs, v.unsqueeze(2));                    // (B, KV, group, T, hd)
-  attn = attn.reshape({batch, heads, steps, hd}).transpose(1, 2).reshape({batch, steps, heads * hd});
+  auto attn = at::matmul(probs, v.unsqueeze(2));  // (B, KV, group, T, hd)
+  attn =
+      attn.reshape({batch, heads, steps, hd}).transpose(1, 2).reshape({batch, steps, heads * hd});
   auto x1 = x + at::linear(attn, w.o_proj);
 
   // --- SwiGLU MLP ---
   auto h2 = rms_norm(x1, w.post_attention_layernorm, cfg.rms_norm_eps);
-  auto mlp = at::linear(at::silu(at::linear(h2, w.gate_proj)) * at::linear(h2, w.up_proj),
-                        w.down_proj);
+  auto mlp =
+      at::linear(at::silu(at::linear(h2, w.gate_proj)) * at::linear(h2, w.up_proj), w.down_proj);
   return x1 + mlp;
 }
 
@@ -215,12 +233,23 @@ LlamaModel::LlamaModel(const config::ModelConfig& cfg, const NamedTensors& tenso
   std::map<std::string, at::Tensor> by_name;
   for (const auto& spec : parameter_specs(cfg_)) {
     auto it = given.find(spec.name);
-    DNPO_CHECK_WITH(DataError, it != given.end(), "model weights lack tensor '", spec.name,
+    DNPO_CHECK_WITH(DataError,
+                    it != given.end(),
+                    "model weights lack tensor '",
+                    spec.name,
                     "'; hint: the weights do not match model config (layers=",
-                    cfg_.num_hidden_layers, ", tie_word_embeddings=", cfg_.tie_word_embeddings,
+                    cfg_.num_hidden_layers,
+                    ", tie_word_embeddings=",
+                    cfg_.tie_word_embeddings,
                     ")");
-    DNPO_CHECK_WITH(DataError, it->second.sizes().vec() == spec.shape, "tensor '", spec.name,
-                    "' has shape ", it->second.sizes(), "; expected ", at::IntArrayRef(spec.shape),
+    DNPO_CHECK_WITH(DataError,
+                    it->second.sizes().vec() == spec.shape,
+                    "tensor '",
+                    spec.name,
+                    "' has shape ",
+                    it->second.sizes(),
+                    "; expected ",
+                    at::IntArrayRef(spec.shape),
                     " from the model config");
     by_name[spec.name] = it->second.to(at::kFloat).contiguous().clone();
     given.erase(it);
@@ -228,8 +257,11 @@ LlamaModel::LlamaModel(const config::ModelConfig& cfg, const NamedTensors& tenso
   given.erase("lm_head.weight");  // tied checkpoints sometimes still carry it
   for (const auto& [name, tensor] : given) {
     // Rotary caches of older exports are derived buffers, not parameters.
-    DNPO_CHECK_WITH(DataError, name.find("rotary_emb") != std::string::npos,
-                    "unexpected tensor '", name, "' in model weights");
+    DNPO_CHECK_WITH(DataError,
+                    name.find("rotary_emb") != std::string::npos,
+                    "unexpected tensor '",
+                    name,
+                    "' in model weights");
   }
   weights_ = weights_from_map(cfg_, by_name);
   bind_named();
@@ -303,17 +335,27 @@ at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
   const std::int64_t past = cache != nullptr ? cache->length : 0;
   DNPO_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == input_ids.size(0) &&
                  attention_mask.size(1) == past + input_ids.size(1),
-             "attention_mask must be (B, past+T) = (", input_ids.size(0), ", ",
-             past + input_ids.size(1), "), got ", attention_mask.sizes());
+             "attention_mask must be (B, past+T) = (",
+             input_ids.size(0),
+             ", ",
+             past + input_ids.size(1),
+             "), got ",
+             attention_mask.sizes());
   const auto dtype = compute_dtype_;
   auto cast = [dtype](const at::Tensor& w) { return w.scalar_type() == dtype ? w : w.to(dtype); };
   auto x = at::embedding(cast(weights_.embed_tokens), input_ids);  // (B, T, C)
   const auto ctx = make_attention_context(cfg_, attention_mask, past, dtype);
   for (std::size_t i = 0; i < weights_.layers.size(); ++i) {
     const auto& w = weights_.layers[i];
-    const BlockWeights wc{cast(w.input_layernorm), cast(w.q_proj),   cast(w.k_proj),
-                          cast(w.v_proj),          cast(w.o_proj),   cast(w.post_attention_layernorm),
-                          cast(w.gate_proj),       cast(w.up_proj),  cast(w.down_proj)};
+    const BlockWeights wc{cast(w.input_layernorm),
+                          cast(w.q_proj),
+                          cast(w.k_proj),
+                          cast(w.v_proj),
+                          cast(w.o_proj),
+                          cast(w.post_attention_layernorm),
+                          cast(w.gate_proj),
+                          cast(w.up_proj),
+                          cast(w.down_proj)};
     x = block_forward(cfg_, wc, x, ctx, cache, i);
   }
   if (cache != nullptr) {
@@ -324,7 +366,7 @@ at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
 
 at::Tensor LlamaModel::lm_head() const {
   return weights_.lm_head.scalar_type() == compute_dtype_ ? weights_.lm_head
-                                                         : weights_.lm_head.to(compute_dtype_);
+                                                          : weights_.lm_head.to(compute_dtype_);
 }
 
 at::Tensor LlamaModel::logits(const at::Tensor& hidden) const {

@@ -1,9 +1,9 @@
 // Noise head forward and init; see noise_head.h.
 #include "dnpo/model/noise_head.h"
 
-#include <ATen/ATen.h>
-
 #include <map>
+
+#include <ATen/ATen.h>
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
@@ -24,9 +24,13 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg,
   if (cfg.head == "ln_gelu_linear") {
     norm_weight_ = at::ones({hidden}, at::kFloat);
     norm_bias_ = at::zeros({hidden}, at::kFloat);
-    named_ = {{"norm.weight", norm_weight_}, {"norm.bias", norm_bias_}, {"proj.weight", proj_weight_}};
+    named_ = {
+        {"norm.weight", norm_weight_}, {"norm.bias", norm_bias_}, {"proj.weight", proj_weight_}};
   } else {
-    DNPO_CHECK_WITH(ConfigError, cfg.head == "linear", "npo.head '", cfg.head,
+    DNPO_CHECK_WITH(ConfigError,
+                    cfg.head == "linear",
+                    "npo.head '",
+                    cfg.head,
                     "' is unknown; expected \"ln_gelu_linear\" or \"linear\"");
     proj_bias_ = at::zeros({vocab}, at::kFloat);
     named_ = {{"proj.weight", proj_weight_}, {"proj.bias", proj_bias_}};
@@ -37,15 +41,16 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors) 
   std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
   auto take = [&](const std::string& name) {
     auto it = by_name.find(name);
-    DNPO_CHECK_WITH(DataError, it != by_name.end(), "noise head (", cfg.head, ") lacks tensor '",
-                    name, "'");
+    DNPO_CHECK_WITH(
+        DataError, it != by_name.end(), "noise head (", cfg.head, ") lacks tensor '", name, "'");
     return it->second.to(at::kFloat).contiguous().clone();
   };
   proj_weight_ = take("proj.weight");
   if (cfg.head == "ln_gelu_linear") {
     norm_weight_ = take("norm.weight");
     norm_bias_ = take("norm.bias");
-    named_ = {{"norm.weight", norm_weight_}, {"norm.bias", norm_bias_}, {"proj.weight", proj_weight_}};
+    named_ = {
+        {"norm.weight", norm_weight_}, {"norm.bias", norm_bias_}, {"proj.weight", proj_weight_}};
   } else {
     proj_bias_ = take("proj.bias");
     named_ = {{"proj.weight", proj_weight_}, {"proj.bias", proj_bias_}};
@@ -53,16 +58,24 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors) 
 }
 
 at::Tensor NoiseHead::sigma(const at::Tensor& h) const {
+  return sigma_of(cfg_, parameters(), h);
+}
+
+at::Tensor NoiseHead::sigma_of(const config::NpoConfig& cfg,
+                               const std::vector<at::Tensor>& params,
+                               const at::Tensor& h) {
   at::Tensor f;
-  if (cfg_.head == "ln_gelu_linear") {
-    auto normed = at::layer_norm(h, {h.size(-1)}, norm_weight_, norm_bias_, kLayerNormEps);
-    f = at::linear(at::gelu(normed), proj_weight_);
+  if (cfg.head == "ln_gelu_linear") {
+    DNPO_INTERNAL_ASSERT(params.size() == 3);  // norm.weight, norm.bias, proj.weight
+    auto normed = at::layer_norm(h, {h.size(-1)}, params[0], params[1], kLayerNormEps);
+    f = at::linear(at::gelu(normed), params[2]);
   } else {
-    f = at::linear(h, proj_weight_, proj_bias_);
+    DNPO_INTERNAL_ASSERT(params.size() == 2);  // proj.weight, proj.bias
+    f = at::linear(h, params[0], params[1]);
   }
-  auto s = cfg_.scale * at::exp(f);  // s: (N, V) — used as a standard deviation
-  if (cfg_.max_sigma > 0) {
-    s = at::clamp_max(s, cfg_.max_sigma);
+  auto s = cfg.scale * at::exp(f);  // s: (N, V) — used as a standard deviation
+  if (cfg.max_sigma > 0) {
+    s = at::clamp_max(s, cfg.max_sigma);
   }
   return s;
 }

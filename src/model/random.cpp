@@ -9,18 +9,23 @@
 namespace dnpo::model {
 
 at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys, std::int64_t cols) {
+  // Box–Muller pairs: the integer hashing fills (u1, u2); log/sqrt/cos/sin run vectorised in ATen.
   const auto rows = static_cast<std::int64_t>(row_keys.size());
-  auto out = at::empty({rows, cols}, at::kFloat);  // (N, V) fp32
-  float* data = out.data_ptr<float>();
-  at::parallel_for(0, rows * cols, 4096, [&](std::int64_t begin, std::int64_t end) {
+  const std::int64_t pairs = (cols + 1) / 2;
+  auto u1 = at::empty({rows, pairs}, at::kFloat);
+  auto u2 = at::empty({rows, pairs}, at::kFloat);
+  float* u1_data = u1.data_ptr<float>();
+  float* u2_data = u2.data_ptr<float>();
+  at::parallel_for(0, rows * pairs, 8192, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) {
-      const auto row = i / cols;
-      const auto col = i % cols;
-      data[i] = static_cast<float>(
-          standard_normal(row_keys[row], static_cast<std::uint64_t>(col)));
+      box_muller_uniforms(
+          row_keys[i / pairs], static_cast<std::uint64_t>(i % pairs), u1_data[i], u2_data[i]);
     }
   });
-  return out;
+  auto radius = at::sqrt(at::log(u1).mul_(-2.0F));  // (N, pairs)
+  auto theta = u2.mul_(6.2831853F);
+  auto normals = at::stack({radius * at::cos(theta), radius.mul_(at::sin(theta))}, -1);
+  return normals.view({rows, 2 * pairs}).narrow(1, 0, cols).contiguous();  // (N, V) fp32
 }
 
 at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key) {

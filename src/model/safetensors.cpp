@@ -1,13 +1,13 @@
 // safetensors reader/writer; see safetensors.h. Header JSON via nlohmann-json.
 #include "dnpo/model/safetensors.h"
 
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
 
@@ -18,11 +18,18 @@ struct DtypeName {
   const char* name;
   at::ScalarType type;
 };
-constexpr DtypeName kDtypes[] = {{"F32", at::kFloat}, {"F16", at::kHalf},  {"BF16", at::kBFloat16},
-                                 {"F64", at::kDouble}, {"I64", at::kLong}, {"I32", at::kInt},
-                                 {"U8", at::kByte},    {"BOOL", at::kBool}, {"I8", at::kChar}};
+constexpr DtypeName kDtypes[] = {{"F32", at::kFloat},
+                                 {"F16", at::kHalf},
+                                 {"BF16", at::kBFloat16},
+                                 {"F64", at::kDouble},
+                                 {"I64", at::kLong},
+                                 {"I32", at::kInt},
+                                 {"U8", at::kByte},
+                                 {"BOOL", at::kBool},
+                                 {"I8", at::kChar}};
 
-at::ScalarType dtype_from_name(const std::string& name, const std::string& path,
+at::ScalarType dtype_from_name(const std::string& name,
+                               const std::string& path,
                                const std::string& tensor) {
   for (const auto& d : kDtypes) {
     if (name == d.name) {
@@ -56,8 +63,13 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
   for (int i = 7; i >= 0; --i) {
     header_len = (header_len << 8U) | len_bytes[i];
   }
-  DNPO_CHECK_WITH(DataError, header_len <= file_size - 8 && header_len < (100ULL << 20U), path,
-                  ": header length ", header_len, " exceeds the file size ", file_size);
+  DNPO_CHECK_WITH(DataError,
+                  header_len <= file_size - 8 && header_len < (100ULL << 20U),
+                  path,
+                  ": header length ",
+                  header_len,
+                  " exceeds the file size ",
+                  file_size);
   std::string header(header_len, '\0');
   in.read(header.data(), static_cast<std::streamsize>(header_len));
   nlohmann::json meta;
@@ -70,7 +82,9 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
   const std::uint64_t data_size = file_size - 8 - header_len;
   std::vector<char> data(data_size);
   in.read(data.data(), static_cast<std::streamsize>(data_size));
-  DNPO_CHECK_WITH(DataError, static_cast<std::uint64_t>(in.gcount()) == data_size, path,
+  DNPO_CHECK_WITH(DataError,
+                  static_cast<std::uint64_t>(in.gcount()) == data_size,
+                  path,
                   ": short read of tensor data");
 
   std::vector<std::tuple<std::uint64_t, std::string, at::Tensor>> ordered;
@@ -82,17 +96,26 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
       const auto type = dtype_from_name(info.at("dtype").get<std::string>(), path, name);
       const auto shape = info.at("shape").get<std::vector<std::int64_t>>();
       const auto offsets = info.at("data_offsets").get<std::vector<std::uint64_t>>();
-      DNPO_CHECK_WITH(DataError, offsets.size() == 2 && offsets[0] <= offsets[1] &&
-                                     offsets[1] <= data_size,
-                      path, ": tensor '", name, "' has data_offsets outside the file");
+      DNPO_CHECK_WITH(DataError,
+                      offsets.size() == 2 && offsets[0] <= offsets[1] && offsets[1] <= data_size,
+                      path,
+                      ": tensor '",
+                      name,
+                      "' has data_offsets outside the file");
       std::int64_t numel = 1;
       for (const auto dim : shape) {
         DNPO_CHECK_WITH(DataError, dim >= 0, path, ": tensor '", name, "' has a negative dim");
         numel *= dim;
       }
       const auto bytes = static_cast<std::uint64_t>(numel) * at::elementSize(type);
-      DNPO_CHECK_WITH(DataError, bytes == offsets[1] - offsets[0], path, ": tensor '", name,
-                      "' has ", offsets[1] - offsets[0], " bytes; its shape and dtype need ",
+      DNPO_CHECK_WITH(DataError,
+                      bytes == offsets[1] - offsets[0],
+                      path,
+                      ": tensor '",
+                      name,
+                      "' has ",
+                      offsets[1] - offsets[0],
+                      " bytes; its shape and dtype need ",
                       bytes);
       auto tensor = at::empty(shape, at::TensorOptions().dtype(type));
       std::memcpy(tensor.data_ptr(), data.data() + offsets[0], bytes);
@@ -101,8 +124,9 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
       DNPO_FAIL(DataError, path, ": tensor '", name, "' has a malformed header entry: ", e.what());
     }
   }
-  std::sort(ordered.begin(), ordered.end(),
-            [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+    return std::get<0>(a) < std::get<0>(b);
+  });
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (auto& [offset, name, tensor] : ordered) {
     out.emplace_back(name, tensor);

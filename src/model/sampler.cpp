@@ -1,9 +1,9 @@
 // Batched KV-cache generation with counter-based sampling; see sampler.h.
 #include "dnpo/model/sampler.h"
 
-#include <ATen/ATen.h>
-
 #include <algorithm>
+
+#include <ATen/ATen.h>
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
@@ -60,7 +60,9 @@ std::vector<Generation> generate(const LlamaModel& model,
     const std::size_t end = std::min(requests.size(), begin + batch_size);
     std::vector<TokenSequence> prompts;
     for (std::size_t i = begin; i < end; ++i) {
-      DNPO_CHECK(!requests[i].prompt.empty(), "generate: prompt ", requests[i].sample_id,
+      DNPO_CHECK(!requests[i].prompt.empty(),
+                 "generate: prompt ",
+                 requests[i].sample_id,
                  " has no tokens");
       prompts.push_back({requests[i].prompt, {}});
     }
@@ -81,8 +83,12 @@ std::vector<Generation> generate(const LlamaModel& model,
           continue;
         }
         const auto& request = requests[begin + r];
-        const auto key = draw_key(keys.seed, keys.iteration, 0, request.sample_id,
-                                  static_cast<std::uint64_t>(step), RandomStream::kSampling);
+        const auto key = draw_key(keys.seed,
+                                  keys.iteration,
+                                  0,
+                                  request.sample_id,
+                                  static_cast<std::uint64_t>(step),
+                                  RandomStream::kSampling);
         const auto token = pick_token(logits[r], cfg, uniform01(key, 0));
         auto& result = results[begin + r];
         if (token == eos_id) {

@@ -1,12 +1,12 @@
 // Stage drivers behind dnpo_dist's subcommands: load config-dependent parts, run, save, report.
 #include "dnpo/train/driver.h"
 
-#include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 #include <fstream>
 #include <thread>
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
@@ -47,21 +47,34 @@ model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::st
   log::info_rank0("model: loading {}", dir);
   auto model = model::load_hf_model(dir, cfg.model);
   const auto& m = model.config();
-  DNPO_CHECK_WITH(ConfigError, m.vocab_size == cfg.model.vocab_size &&
-                                   m.hidden_size == cfg.model.hidden_size &&
-                                   m.num_hidden_layers == cfg.model.num_hidden_layers,
-                  "the model in '", dir, "' (vocab ", m.vocab_size, ", hidden ", m.hidden_size,
-                  ", layers ", m.num_hidden_layers, ") differs from [model] in the config (vocab ",
-                  cfg.model.vocab_size, ", hidden ", cfg.model.hidden_size, ", layers ",
-                  cfg.model.num_hidden_layers, "); hint: make [model] match the HF config.json");
+  DNPO_CHECK_WITH(ConfigError,
+                  m.vocab_size == cfg.model.vocab_size && m.hidden_size == cfg.model.hidden_size &&
+                      m.num_hidden_layers == cfg.model.num_hidden_layers,
+                  "the model in '",
+                  dir,
+                  "' (vocab ",
+                  m.vocab_size,
+                  ", hidden ",
+                  m.hidden_size,
+                  ", layers ",
+                  m.num_hidden_layers,
+                  ") differs from [model] in the config (vocab ",
+                  cfg.model.vocab_size,
+                  ", hidden ",
+                  cfg.model.hidden_size,
+                  ", layers ",
+                  cfg.model.num_hidden_layers,
+                  "); hint: make [model] match the HF config.json");
   return model;
 }
 
-void save_model(const config::RunConfig& cfg, const model::LlamaModel& model,
+void save_model(const config::RunConfig& cfg,
+                const model::LlamaModel& model,
                 const std::string& dir) {
   model::save_hf_model(dir, model);
   if (cfg.tokenizer.kind == "sentencepiece" && !cfg.tokenizer.path.empty()) {
-    fs::copy_file(cfg.tokenizer.path, dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
+    fs::copy_file(
+        cfg.tokenizer.path, dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
   }
   log::info_rank0("saved model to {}", dir);
 }
@@ -73,13 +86,17 @@ void write_summary(const std::string& path, const nlohmann::json& j) {
 }
 
 nlohmann::json summary_json(const TrainSummary& s) {
-  return {{"steps", s.steps},           {"first_loss", s.first_loss},
-          {"last_loss", s.last_loss},   {"mean_step_ms", s.mean_step_ms},
-          {"tokens_per_second", s.tokens_per_second}, {"truncated", s.truncated},
+  return {{"steps", s.steps},
+          {"first_loss", s.first_loss},
+          {"last_loss", s.last_loss},
+          {"mean_step_ms", s.mean_step_ms},
+          {"tokens_per_second", s.tokens_per_second},
+          {"truncated", s.truncated},
           {"skipped_identical", s.skipped_identical}};
 }
 
-std::string output_dir(const config::RunConfig& cfg, const StageOptions& options,
+std::string output_dir(const config::RunConfig& cfg,
+                       const StageOptions& options,
                        const std::string& stage) {
   return options.output_dir.empty() ? run_dir(cfg) + "/" + stage : options.output_dir;
 }
@@ -104,11 +121,14 @@ void ensure_demo_data(const config::RunConfig& cfg) {
     return;
   }
   const auto dir = fs::path(train_file).parent_path().string();
-  DNPO_CHECK_WITH(ConfigError, fs::path(eval_file).parent_path().string() == dir,
+  DNPO_CHECK_WITH(ConfigError,
+                  fs::path(eval_file).parent_path().string() == dir,
                   "data.train_file and data.eval_file must share a directory to generate the "
                   "demo world there");
-  log::info_rank0("demo world: writing {} train / {} eval tasks to {}", cfg.demo.train_size,
-                  cfg.demo.eval_size, dir.empty() ? "." : dir);
+  log::info_rank0("demo world: writing {} train / {} eval tasks to {}",
+                  cfg.demo.train_size,
+                  cfg.demo.eval_size,
+                  dir.empty() ? "." : dir);
   data::write_demo_data(cfg.demo, dir.empty() ? "." : dir);
 }
 
@@ -122,8 +142,11 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options) {
   MetricsWriter metrics(dir + "/metrics.jsonl");
   Trainer trainer(cfg, policy, *tokenizer, metrics);
   const auto summary = trainer.train_sft(records);
-  log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step", summary.steps,
-                  summary.first_loss, summary.last_loss, summary.mean_step_ms);
+  log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
+                  summary.steps,
+                  summary.first_loss,
+                  summary.last_loss,
+                  summary.mean_step_ms);
   const auto out = output_dir(cfg, options, "sft");
   save_model(cfg, policy, out);
   write_summary(out + "/summary.json", summary_json(summary));
@@ -139,7 +162,10 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options) {
   Trainer trainer(cfg, policy, *tokenizer, metrics);
   const auto summary = trainer.train_preference(pairs);
   log::info_rank0("train ({}) done: {} steps, model loss {:.4f} → {:.4f}, {:.0f} ms/step",
-                  cfg.train.loss, summary.steps, summary.first_loss, summary.last_loss,
+                  cfg.train.loss,
+                  summary.steps,
+                  summary.first_loss,
+                  summary.last_loss,
                   summary.mean_step_ms);
   const auto out = output_dir(cfg, options, "train");
   save_model(cfg, policy, out);
@@ -155,7 +181,8 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options) {
   const auto report = evaluate(cfg, model, *tokenizer, records, options.samples_out);
   log::info_rank0("eval on {} prompts ({} scorable)", report.prompts, report.scorable);
   log::info_rank0("  sampled (T={}): {}", cfg.sample.temperature, format_scores(report.sampled));
-  nlohmann::json j = {{"prompts", report.prompts}, {"scorable", report.scorable},
+  nlohmann::json j = {{"prompts", report.prompts},
+                      {"scorable", report.scorable},
                       {"sampled_exact", report.sampled.exact},
                       {"sampled_score", report.sampled.mean_score},
                       {"sampled_exact_by_task", report.sampled.exact_by_task}};

@@ -1,10 +1,10 @@
 // Held-out evaluation with the single-process sampler and the demo world's verifier.
 #include "dnpo/train/evaluate.h"
 
+#include <fstream>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-
-#include <fstream>
 
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
@@ -27,8 +27,12 @@ Scored generate_and_score(const config::RunConfig& cfg,
                           const std::vector<data::PromptRecord>& records,
                           const std::vector<model::GenerationRequest>& requests,
                           std::int64_t& scorable) {
-  const auto generations = model::generate(model, requests, sample, tokenizer.eos_id(),
-                                           tokenizer.pad_id(), {cfg.run.seed, cfg.train.iteration});
+  const auto generations = model::generate(model,
+                                           requests,
+                                           sample,
+                                           tokenizer.eos_id(),
+                                           tokenizer.pad_id(),
+                                           {cfg.run.seed, cfg.train.iteration});
   Scored out;
   std::map<std::string, std::pair<double, double>> by_task;  // task → (correct, total)
   double correct = 0, score_sum = 0;
@@ -87,14 +91,15 @@ EvalReport evaluate(const config::RunConfig& cfg,
   }
   EvalReport report;
   report.prompts = static_cast<std::int64_t>(records.size());
-  const auto sampled = generate_and_score(cfg, cfg.sample, model, tokenizer, records, requests,
-                                          report.scorable);
+  const auto sampled =
+      generate_and_score(cfg, cfg.sample, model, tokenizer, records, requests, report.scorable);
   report.sampled = sampled.scores;
   if (cfg.eval.greedy_too) {
     auto greedy_cfg = cfg.sample;
     greedy_cfg.temperature = 0;
     std::int64_t ignored = 0;
-    report.greedy = generate_and_score(cfg, greedy_cfg, model, tokenizer, records, requests, ignored).scores;
+    report.greedy =
+        generate_and_score(cfg, greedy_cfg, model, tokenizer, records, requests, ignored).scores;
     report.has_greedy = true;
   }
   if (!samples_out.empty()) {
@@ -103,8 +108,11 @@ EvalReport evaluate(const config::RunConfig& cfg,
     for (std::size_t i = 0; i < records.size(); ++i) {
       const auto& r = records[i];
       const bool scorable = data::solve_prompt(r.prompt).has_value();
-      nlohmann::json j = {{"id", r.id}, {"prompt", r.prompt}, {"answer", r.answer},
-                          {"generated", sampled.texts[i]}, {"task", r.task}};
+      nlohmann::json j = {{"id", r.id},
+                          {"prompt", r.prompt},
+                          {"answer", r.answer},
+                          {"generated", sampled.texts[i]},
+                          {"task", r.task}};
       if (scorable) {
         j["score_generated"] = data::verify_answer(r.prompt, sampled.texts[i]);
         j["score_human"] = data::verify_answer(r.prompt, r.answer);

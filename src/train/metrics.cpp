@@ -1,12 +1,12 @@
 // metrics.jsonl writer and stderr progress; see metrics.h.
 #include "dnpo/train/metrics.h"
 
-#include <nlohmann/json.hpp>
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+
+#include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
@@ -47,8 +47,13 @@ void Progress::update(std::int64_t done, const std::string& status) {
     const auto filled = total_ > 0 ? static_cast<int>(kWidth * done / total_) : 0;
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld | %s\033[K", label_.c_str(), bar.c_str(),
-                 static_cast<long long>(done), static_cast<long long>(total_), status.c_str());
+    std::fprintf(stderr,
+                 "\r%s [%s] %lld/%lld | %s\033[K",
+                 label_.c_str(),
+                 bar.c_str(),
+                 static_cast<long long>(done),
+                 static_cast<long long>(total_),
+                 status.c_str());
     std::fflush(stderr);
   } else if (done % every_ == 0 || done == total_) {
     log::info("{} {}/{} | {}", label_, done, total_, status);

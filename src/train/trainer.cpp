@@ -6,10 +6,10 @@
 // backward; clip; optimizer step.
 #include "dnpo/train/trainer.h"
 
-#include <torch/torch.h>
-
 #include <algorithm>
 #include <numeric>
+
+#include <torch/torch.h>
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
@@ -25,19 +25,22 @@ namespace {
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::TrainConfig& cfg,
                                                         const std::vector<at::Tensor>& params) {
   if (cfg.optimizer == "rmsprop") {
-    return std::make_unique<torch::optim::RMSprop>(
-        params, torch::optim::RMSpropOptions(cfg.lr)
-                    .alpha(cfg.rmsprop_alpha)
-                    .eps(cfg.eps)
-                    .weight_decay(cfg.weight_decay));
+    return std::make_unique<torch::optim::RMSprop>(params,
+                                                   torch::optim::RMSpropOptions(cfg.lr)
+                                                       .alpha(cfg.rmsprop_alpha)
+                                                       .eps(cfg.eps)
+                                                       .weight_decay(cfg.weight_decay));
   }
-  DNPO_CHECK_WITH(ConfigError, cfg.optimizer == "adamw", "train.optimizer '", cfg.optimizer,
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.optimizer == "adamw",
+                  "train.optimizer '",
+                  cfg.optimizer,
                   "' is unknown; expected \"adamw\" or \"rmsprop\"");
-  return std::make_unique<torch::optim::AdamW>(
-      params, torch::optim::AdamWOptions(cfg.lr)
-                  .betas({cfg.adam_beta1, cfg.adam_beta2})
-                  .eps(cfg.eps)
-                  .weight_decay(cfg.weight_decay));
+  return std::make_unique<torch::optim::AdamW>(params,
+                                               torch::optim::AdamWOptions(cfg.lr)
+                                                   .betas({cfg.adam_beta1, cfg.adam_beta2})
+                                                   .eps(cfg.eps)
+                                                   .weight_decay(cfg.weight_decay));
 }
 
 void set_lr(torch::optim::Optimizer& opt, double lr) {
@@ -70,7 +73,8 @@ std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
 }
 
 // Indices of the samples of global step `step` (epochs wrap; the last batch may be short).
-std::vector<std::int64_t> step_samples(const config::RunConfig& cfg, std::int64_t samples,
+std::vector<std::int64_t> step_samples(const config::RunConfig& cfg,
+                                       std::int64_t samples,
                                        std::int64_t step) {
   const std::int64_t per_epoch = (samples + cfg.train.batch_size - 1) / cfg.train.batch_size;
   const std::int64_t epoch = step / per_epoch;
@@ -80,7 +84,8 @@ std::vector<std::int64_t> step_samples(const config::RunConfig& cfg, std::int64_
   return {order.begin() + begin, order.begin() + end};
 }
 
-std::vector<std::vector<std::int64_t>> split_micro(const std::vector<std::int64_t>& ids, int micro) {
+std::vector<std::vector<std::int64_t>> split_micro(const std::vector<std::int64_t>& ids,
+                                                   int micro) {
   std::vector<std::vector<std::int64_t>> out;
   for (std::size_t i = 0; i < ids.size(); i += static_cast<std::size_t>(micro)) {
     out.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(i),
@@ -95,12 +100,17 @@ double mean_of(const std::vector<double>& v, bool head) {
   }
   const auto n = std::max<std::size_t>(1, v.size() / 10);
   const auto begin = head ? v.begin() : v.end() - static_cast<std::ptrdiff_t>(n);
-  return std::accumulate(begin, begin + static_cast<std::ptrdiff_t>(n), 0.0) / static_cast<double>(n);
+  return std::accumulate(begin, begin + static_cast<std::ptrdiff_t>(n), 0.0) /
+         static_cast<double>(n);
 }
 
 std::string format_status(double loss, double margin, double lr, double ms, double tok_s) {
-  return fmt::format("loss {:.4f} | margin {:+.2f} | lr {:.1e} | {:.0f} ms | {:.1f}k tok/s", loss,
-                     margin, lr, ms, tok_s / 1e3);
+  return fmt::format("loss {:.4f} | margin {:+.2f} | lr {:.1e} | {:.0f} ms | {:.1f}k tok/s",
+                     loss,
+                     margin,
+                     lr,
+                     ms,
+                     tok_s / 1e3);
 }
 
 at::ScalarType compute_dtype(const config::TrainConfig& cfg) {
@@ -109,7 +119,9 @@ at::ScalarType compute_dtype(const config::TrainConfig& cfg) {
 
 }  // namespace
 
-std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::uint64_t iteration,
+std::vector<std::int64_t> epoch_order(std::int64_t n,
+                                      std::uint64_t seed,
+                                      std::uint64_t iteration,
                                       std::int64_t epoch) {
   std::vector<std::pair<std::uint64_t, std::int64_t>> keyed(n);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -127,9 +139,17 @@ Trainer::Trainer(const config::RunConfig& cfg,
                  model::LlamaModel& policy,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics)
-    : cfg_(cfg), policy_(policy), tokenizer_(tokenizer), chat_(cfg.chat, tokenizer), metrics_(metrics) {
-  DNPO_CHECK_WITH(ConfigError, tokenizer.vocab_size() <= cfg.model.vocab_size, "tokenizer has ",
-                  tokenizer.vocab_size(), " ids but model.vocab_size is ", cfg.model.vocab_size,
+    : cfg_(cfg),
+      policy_(policy),
+      tokenizer_(tokenizer),
+      chat_(cfg.chat, tokenizer),
+      metrics_(metrics) {
+  DNPO_CHECK_WITH(ConfigError,
+                  tokenizer.vocab_size() <= cfg.model.vocab_size,
+                  "tokenizer has ",
+                  tokenizer.vocab_size(),
+                  " ids but model.vocab_size is ",
+                  cfg.model.vocab_size,
                   "; hint: raise model.vocab_size or use the model's own tokenizer");
 }
 
@@ -141,16 +161,19 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
   sequences.reserve(records.size());
   for (const auto& r : records) {
     model::TokenSequence seq{chat_.encode_prompt(r.prompt), chat_.encode_response(r.answer)};
-    summary.truncated += model::truncate_sequence(seq, cfg_.data.max_length,
-                                                  cfg_.data.max_prompt_length) ? 1 : 0;
+    summary.truncated +=
+        model::truncate_sequence(seq, cfg_.data.max_length, cfg_.data.max_prompt_length) ? 1 : 0;
     sequences.push_back(std::move(seq));
   }
   policy_.set_requires_grad(true);
   policy_.set_compute_dtype(compute_dtype(cfg_.train));
   auto optimizer = make_optimizer(cfg_.train, policy_.parameters());
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(sequences.size()));
-  log::info_rank0("sft: {} samples, {} steps of {} ({} truncated)", sequences.size(), steps,
-                  cfg_.train.batch_size, summary.truncated);
+  log::info_rank0("sft: {} samples, {} steps of {} ({} truncated)",
+                  sequences.size(),
+                  steps,
+                  cfg_.train.batch_size,
+                  summary.truncated);
   Progress progress("sft", steps, cfg_.run.log_every);
   std::vector<double> losses;
   Timer total_timer;
@@ -163,8 +186,8 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     // --- micro-batches, normalised by the global count of answer tokens ---
     std::vector<model::TokenBatch> micro;
     double global_tokens = 0;
-    for (const auto& ids : split_micro(step_samples(cfg_, sequences.size(), step),
-                                       cfg_.train.micro_batch_size)) {
+    for (const auto& ids :
+         split_micro(step_samples(cfg_, sequences.size(), step), cfg_.train.micro_batch_size)) {
       std::vector<model::TokenSequence> seqs;
       for (const auto i : ids) {
         seqs.push_back(sequences[i]);
@@ -176,7 +199,8 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     std::int64_t step_tokens = 0;
     for (const auto& batch : micro) {
       auto hidden = policy_.forward_hidden(batch.input_ids, batch.attention_mask);
-      auto loss = sft_loss(hidden, policy_.lm_head(), batch.input_ids, batch.loss_mask, global_tokens);
+      auto loss =
+          sft_loss(hidden, policy_.lm_head(), batch.input_ids, batch.loss_mask, global_tokens);
       loss.backward();
       loss_value += loss.item<double>();
       step_tokens += batch.attention_mask.sum().item<std::int64_t>();
@@ -191,23 +215,32 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     total_tokens += step_tokens;
     losses.push_back(loss_value);
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
-    metrics_.write("sft", step + 1, {{"loss", loss_value}, {"lr", lr}, {"grad_norm", grad_norm},
-                                     {"step_ms", ms}, {"tokens_per_s", tok_s}});
+    metrics_.write("sft",
+                   step + 1,
+                   {{"loss", loss_value},
+                    {"lr", lr},
+                    {"grad_norm", grad_norm},
+                    {"step_ms", ms},
+                    {"tokens_per_s", tok_s}});
     progress.update(step + 1, format_status(loss_value, 0, lr, ms, tok_s));
   }
   progress.finish();
   summary.steps = steps;
   summary.first_loss = mean_of(losses, true);
   summary.last_loss = mean_of(losses, false);
-  summary.mean_step_ms = total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
+  summary.mean_step_ms =
+      total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
   summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
   return summary;
 }
 
 TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pairs_in) {
   const auto& loss_kind = cfg_.train.loss;
-  DNPO_CHECK_WITH(ConfigError, loss_kind == "spin" || loss_kind == "npo", "train.loss is '",
-                  loss_kind, "'; preference training needs \"spin\" or \"npo\"");
+  DNPO_CHECK_WITH(ConfigError,
+                  loss_kind == "spin" || loss_kind == "npo",
+                  "train.loss is '",
+                  loss_kind,
+                  "'; preference training needs \"spin\" or \"npo\"");
   TrainSummary summary;
   // --- tokenize; pairs with identical texts carry no signal: skip and count them ---
   struct TokenPair {
@@ -225,13 +258,20 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     TokenPair tp{{prompt, chat_.encode_response(p.chosen)},
                  {prompt, chat_.encode_response(p.rejected)},
                  static_cast<std::int64_t>(i)};
-    const bool cut_c = model::truncate_sequence(tp.chosen, cfg_.data.max_length, cfg_.data.max_prompt_length);
-    const bool cut_r = model::truncate_sequence(tp.rejected, cfg_.data.max_length, cfg_.data.max_prompt_length);
+    const bool cut_c =
+        model::truncate_sequence(tp.chosen, cfg_.data.max_length, cfg_.data.max_prompt_length);
+    const bool cut_r =
+        model::truncate_sequence(tp.rejected, cfg_.data.max_length, cfg_.data.max_prompt_length);
     summary.truncated += (cut_c || cut_r) ? 1 : 0;
     pairs.push_back(std::move(tp));
   }
-  DNPO_CHECK_WITH(DataError, !pairs.empty(), "train: no usable pairs (", pairs_in.size(),
-                  " given, ", summary.skipped_identical, " with identical chosen and rejected)");
+  DNPO_CHECK_WITH(DataError,
+                  !pairs.empty(),
+                  "train: no usable pairs (",
+                  pairs_in.size(),
+                  " given, ",
+                  summary.skipped_identical,
+                  " with identical chosen and rejected)");
 
   // --- models: the policy trains; the reference is a frozen copy; a fresh noise head ---
   const bool npo = loss_kind == "npo";
@@ -245,8 +285,8 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   noise_head_.reset();
   if (npo && !cfg_.npo.fixed_noise) {
     const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
-    noise_head_ = std::make_unique<model::NoiseHead>(cfg_.npo, cfg_.model.hidden_size,
-                                                     cfg_.model.vocab_size, head_seed);
+    noise_head_ = std::make_unique<model::NoiseHead>(
+        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed);
     noise_head_->set_requires_grad(true);
     for (const auto& p : noise_head_->parameters()) {
       trained.push_back(p);
@@ -255,7 +295,11 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   auto optimizer = make_optimizer(cfg_.train, trained);
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(pairs.size()));
   log::info_rank0("train ({}): {} pairs ({} identical skipped, {} truncated), {} steps of {}",
-                  loss_kind, pairs.size(), summary.skipped_identical, summary.truncated, steps,
+                  loss_kind,
+                  pairs.size(),
+                  summary.skipped_identical,
+                  summary.truncated,
+                  steps,
                   cfg_.train.batch_size);
   Progress progress("train", steps, cfg_.run.log_every);
   std::vector<double> losses;
@@ -316,8 +360,9 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
 
       at::Tensor loss, margins;
       if (!npo) {
-        loss = spin_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta).sum() /
-               global_pairs;
+        loss =
+            spin_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta).sum() /
+            global_pairs;
         margins = ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)).detach();
         model_loss += loss.item<double>();
       } else {
@@ -336,10 +381,10 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         for (std::int64_t j = 0; j < rr.sample.numel(); ++j) {
           const auto pair = static_cast<std::uint64_t>(m.pair_index[sample[j]]);
           const auto pos = static_cast<std::uint64_t>(position[j]);
-          in.draws.row_keys1.push_back(draw_key(cfg_.run.seed, cfg_.train.iteration, step, pair,
-                                                pos, RandomStream::kNoiseEps1));
-          in.draws.row_keys2.push_back(draw_key(cfg_.run.seed, cfg_.train.iteration, step, pair,
-                                                pos, RandomStream::kNoiseEps2));
+          in.draws.row_keys1.push_back(draw_key(
+              cfg_.run.seed, cfg_.train.iteration, step, pair, pos, RandomStream::kNoiseEps1));
+          in.draws.row_keys2.push_back(draw_key(
+              cfg_.run.seed, cfg_.train.iteration, step, pair, pos, RandomStream::kNoiseEps2));
         }
         in.global_pairs = global_pairs;
         in.global_penalty_elements = global_penalty_elements;
@@ -382,9 +427,10 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         {"step_ms", ms},
         {"tokens_per_s", tok_s}};
     if (npo) {
-      values.insert(values.end(), {{"noise_loss", noise_loss},
-                                   {"penalty", penalty},
-                                   {"mean_s", num_s > 0 ? sum_s / static_cast<double>(num_s) : 0.0}});
+      values.insert(values.end(),
+                    {{"noise_loss", noise_loss},
+                     {"penalty", penalty},
+                     {"mean_s", num_s > 0 ? sum_s / static_cast<double>(num_s) : 0.0}});
     }
     metrics_.write(loss_kind, step + 1, values);
     progress.update(step + 1, format_status(loss_value, margin, lr, ms, tok_s));
@@ -393,7 +439,8 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   summary.steps = steps;
   summary.first_loss = mean_of(losses, true);
   summary.last_loss = mean_of(losses, false);
-  summary.mean_step_ms = total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
+  summary.mean_step_ms =
+      total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
   summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
   return summary;
 }

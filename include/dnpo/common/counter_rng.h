@@ -1,6 +1,6 @@
 // Counter-based random draws: every number is a pure function of a key tuple and an index, so the
-// same draw comes out whatever the world size, chunking or thread count (DESIGN.md, ALGORITHM.md §3).
-// No torch here; model/ fills tensors from these functions.
+// same draw comes out whatever the world size, chunking or thread count (DESIGN.md, ALGORITHM.md
+// §3). No torch here; model/ fills tensors from these functions.
 #pragma once
 
 #include <cmath>
@@ -10,11 +10,11 @@ namespace dnpo {
 
 /// Stream ids keep independent uses of one key apart.
 enum class RandomStream : std::uint64_t {
-  kNoiseEps1 = 1,   ///< NPO model-loss noise ε1
-  kNoiseEps2 = 2,   ///< NPO noise-loss noise ε2
-  kSampling = 3,    ///< token sampling during generation
-  kInit = 4,        ///< parameter initialisation
-  kShuffle = 5,     ///< data order per epoch
+  kNoiseEps1 = 1,  ///< NPO model-loss noise ε1
+  kNoiseEps2 = 2,  ///< NPO noise-loss noise ε2
+  kSampling = 3,   ///< token sampling during generation
+  kInit = 4,       ///< parameter initialisation
+  kShuffle = 5,    ///< data order per epoch
 };
 
 /// SplitMix64 finaliser: a bijective 64-bit mixer with good avalanche.
@@ -45,17 +45,34 @@ constexpr std::uint64_t draw_key(std::uint64_t seed,
   return fold_key(key, static_cast<std::uint64_t>(stream));
 }
 
-/// Uniform in [0, 1) with 53 random bits: the index-th draw of a key.
-inline double uniform01(std::uint64_t key, std::uint64_t index) {
-  return static_cast<double>(mix64(key ^ mix64(index)) >> 11U) * 0x1.0p-53;
+/// The index-th 64 random bits of a key: SplitMix64's sequence started at the key.
+constexpr std::uint64_t random_bits(std::uint64_t key, std::uint64_t index) {
+  return mix64(key + index * 0x9E3779B97F4A7C15ULL);
 }
 
-/// Standard normal via Box–Muller on draws (2·index, 2·index+1); index-th normal of a key.
+/// Uniform in [0, 1) with 53 random bits: the index-th draw of a key.
+inline double uniform01(std::uint64_t key, std::uint64_t index) {
+  return static_cast<double>(random_bits(key, index) >> 11U) * 0x1.0p-53;
+}
+
+/// The two uniforms of Box–Muller pair p, as 24-bit floats: u1 in (0, 1] (log is finite),
+/// u2 in [0, 1). model/random.cpp computes the same numbers vectorised.
+inline void box_muller_uniforms(std::uint64_t key, std::uint64_t pair, float& u1, float& u2) {
+  const auto bits1 = random_bits(key, 2 * pair);
+  const auto bits2 = random_bits(key, 2 * pair + 1);
+  u1 = static_cast<float>((bits1 >> 40U) + 1) * 0x1.0p-24F;
+  u2 = static_cast<float>(bits2 >> 40U) * 0x1.0p-24F;
+}
+
+/// Standard normal: normals 2p and 2p+1 are r·cos θ and r·sin θ of Box–Muller pair p.
 inline double standard_normal(std::uint64_t key, std::uint64_t index) {
-  const double u1 = 1.0 - uniform01(key, 2 * index);  // (0, 1]: log is finite
-  const double u2 = uniform01(key, 2 * index + 1);
-  constexpr double kTwoPi = 6.283185307179586;
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(kTwoPi * u2);
+  float u1 = 0;
+  float u2 = 0;
+  box_muller_uniforms(key, index / 2, u1, u2);
+  constexpr float kTwoPi = 6.2831853F;
+  const float r = std::sqrt(-2.0F * std::log(u1));
+  const float theta = kTwoPi * u2;
+  return index % 2 == 0 ? r * std::cos(theta) : r * std::sin(theta);
 }
 
 }  // namespace dnpo

@@ -1,5 +1,6 @@
-// Typed exceptions and the DNPO_CHECK family: every error says what failed, where, and on which rank.
-// No torch, no MPI here; the rank is registered once by dist init (or stays -1 in single-process tools).
+// Typed exceptions and the DNPO_CHECK family: every error says what failed, where, and on which
+// rank. No torch, no MPI here; the rank is registered once by dist init (or stays -1 in
+// single-process tools).
 #pragma once
 
 #include <sstream>
@@ -55,12 +56,12 @@ std::string concat(const Args&... args) {
 }  // namespace dnpo
 
 /// User/input/environment errors. The message is built only on failure.
-#define DNPO_CHECK_WITH(ErrorType, cond, ...)                                         \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      throw ErrorType(::dnpo::detail::decorate_error(::dnpo::detail::concat(__VA_ARGS__), \
-                                                     __FILE__, __LINE__));            \
-    }                                                                                 \
+#define DNPO_CHECK_WITH(ErrorType, cond, ...)                        \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      throw ErrorType(::dnpo::detail::decorate_error(                \
+          ::dnpo::detail::concat(__VA_ARGS__), __FILE__, __LINE__)); \
+    }                                                                \
   } while (false)
 
 #define DNPO_CHECK(cond, ...) DNPO_CHECK_WITH(::dnpo::Error, cond, __VA_ARGS__)
@@ -69,6 +70,7 @@ std::string concat(const Args&... args) {
 #define DNPO_FAIL(ErrorType, ...) DNPO_CHECK_WITH(ErrorType, false, __VA_ARGS__)
 
 /// A bug in dnpo itself (the condition is the message).
-#define DNPO_INTERNAL_ASSERT(...)                                                  \
-  DNPO_CHECK_WITH(::dnpo::InternalError, (__VA_ARGS__),                            \
+#define DNPO_INTERNAL_ASSERT(...)        \
+  DNPO_CHECK_WITH(::dnpo::InternalError, \
+                  (__VA_ARGS__),         \
                   "internal error (please report): assertion failed: " #__VA_ARGS__)

@@ -2,9 +2,9 @@
 // info_rank0() prints once per job; warnings and errors print on every rank.
 #pragma once
 
-#include <spdlog/spdlog.h>
-
 #include <string>
+
+#include <spdlog/spdlog.h>
 
 namespace dnpo::log {
 

@@ -13,10 +13,10 @@ struct RunSection {
   std::string name = "demo";            ///< run name; the run directory is out_dir/name
   std::string out_dir = "checkpoints";  ///< parent of run directories
   std::uint64_t seed = 1234;            ///< root of every counter-based random draw
-  int threads = 0;                      ///< intra-op threads per rank; 0 = all cores / ranks per node
-  std::string device = "cpu";           ///< "cpu" | "cuda"
-  std::string log_level = "info";       ///< trace|debug|info|warn|error
-  int log_every = 10;                   ///< steps between progress lines (>= 1)
+  int threads = 0;                 ///< intra-op threads per rank; 0 = all cores / ranks per node
+  std::string device = "cpu";      ///< "cpu" | "cuda"
+  std::string log_level = "info";  ///< trace|debug|info|warn|error
+  int log_every = 10;              ///< steps between progress lines (>= 1)
 };
 
 /// [model] — a Llama/Mistral-style decoder; field names as in HF config.json.
@@ -70,24 +70,24 @@ struct DemoConfig {
 
 /// [train] — optimisation loop of sft and preference training.
 struct TrainConfig {
-  std::string loss = "sft";  ///< "sft" | "spin" | "npo"
-  int batch_size = 64;       ///< global batch (samples or pairs per optimizer step)
-  int micro_batch_size = 64; ///< per rank per forward; batch = micro × world × grad_accum
+  std::string loss = "sft";   ///< "sft" | "spin" | "npo"
+  int batch_size = 64;        ///< global batch (samples or pairs per optimizer step)
+  int micro_batch_size = 64;  ///< per rank per forward; batch = micro × world × grad_accum
   int epochs = 1;
-  int max_steps = 0;         ///< 0 = epochs decide
+  int max_steps = 0;                ///< 0 = epochs decide
   std::string optimizer = "adamw";  ///< "adamw" | "rmsprop" (paper)
   double lr = 1e-3;
-  double min_lr_ratio = 0.0;  ///< linear decay ends at lr × this
-  double warmup_ratio = 0.1;  ///< share of steps with linear warm-up
+  double min_lr_ratio = 0.0;           ///< linear decay ends at lr × this
+  double warmup_ratio = 0.1;           ///< share of steps with linear warm-up
   std::string lr_schedule = "linear";  ///< "linear" | "constant"
   double weight_decay = 0.0;
   double adam_beta1 = 0.9;
   double adam_beta2 = 0.999;
   double eps = 1e-8;
   double rmsprop_alpha = 0.99;
-  double grad_clip = 1.0;  ///< global grad-norm clip; 0 = off
-  std::string dtype = "fp32";  ///< compute dtype: "fp32" | "bf16"
-  std::uint64_t iteration = 0; ///< self-play iteration (keys the random draws)
+  double grad_clip = 1.0;       ///< global grad-norm clip; 0 = off
+  std::string dtype = "fp32";   ///< compute dtype: "fp32" | "bf16"
+  std::uint64_t iteration = 0;  ///< self-play iteration (keys the random draws)
 };
 
 /// [loss]
@@ -102,8 +102,8 @@ struct NpoConfig {
   std::string penalty = "mean";         ///< "mean" (authors) | "mean_sq" (paper)
   double alpha = 1.0;                   ///< penalty weight
   std::string penalty_positions = "response";  ///< "response" | "all"
-  double max_sigma = 0.0;               ///< clamp s <= max_sigma; 0 = off
-  bool fixed_noise = false;             ///< ablation: s ≡ fixed_sigma, no head
+  double max_sigma = 0.0;                      ///< clamp s <= max_sigma; 0 = off
+  bool fixed_noise = false;                    ///< ablation: s ≡ fixed_sigma, no head
   double fixed_sigma = 0.5;
   bool fresh_head_each_iteration = true;
   double head_init_std = 0.02;
@@ -126,8 +126,8 @@ struct SampleConfig {
 
 /// [eval]
 struct EvalConfig {
-  int max_prompts = 0;      ///< 0 = the whole eval file
-  bool greedy_too = true;   ///< also report greedy accuracy next to sampled
+  int max_prompts = 0;     ///< 0 = the whole eval file
+  bool greedy_too = true;  ///< also report greedy accuracy next to sampled
 };
 
 /// The whole resolved configuration of a job.

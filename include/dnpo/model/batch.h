@@ -2,10 +2,10 @@
 // Positions come from the attention mask (HF style), so left and right padding give equal results.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 namespace dnpo::model {
 
@@ -33,6 +33,8 @@ TokenBatch pad_batch(const std::vector<TokenSequence>& sequences,
 
 /// Truncates a sequence to max_length tokens: the prompt keeps its last max_prompt_length tokens,
 /// then the response is cut. Returns true when anything was cut.
-bool truncate_sequence(TokenSequence& sequence, std::int64_t max_length, std::int64_t max_prompt_length);
+bool truncate_sequence(TokenSequence& sequence,
+                       std::int64_t max_length,
+                       std::int64_t max_prompt_length);
 
 }  // namespace dnpo::model

@@ -3,12 +3,12 @@
 // shards per block (FSDP units) without the model knowing. Shapes: B batch, T time, C hidden.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include "dnpo/config/config.h"
 

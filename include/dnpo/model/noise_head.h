@@ -3,9 +3,9 @@
 // "ln_gelu_linear" (LayerNorm → GELU → Linear without bias, the authors' runs).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
+
+#include <ATen/core/Tensor.h>
 
 #include "dnpo/config/config.h"
 #include "dnpo/model/llama.h"
@@ -16,12 +16,20 @@ class NoiseHead {
  public:
   /// Fresh random head (counter-based init from seed): weights normal(0, npo.head_init_std),
   /// biases zero, LayerNorm weight one — so s starts near c.
-  NoiseHead(const config::NpoConfig& cfg, std::int64_t hidden, std::int64_t vocab, std::uint64_t seed);
+  NoiseHead(const config::NpoConfig& cfg,
+            std::int64_t hidden,
+            std::int64_t vocab,
+            std::uint64_t seed);
   /// From named tensors: "norm.weight", "norm.bias", "proj.weight" | "proj.weight", "proj.bias".
   NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors);
 
   /// h (N, C) → s (N, V), clamped at npo.max_sigma when that is > 0. Differentiable in φ.
   at::Tensor sigma(const at::Tensor& h) const;
+  /// The same as a pure function of parameter tensors in named_parameters() order, so autograd
+  /// code can recompute s from (possibly detached) copies.
+  static at::Tensor sigma_of(const config::NpoConfig& cfg,
+                             const std::vector<at::Tensor>& params,
+                             const at::Tensor& h);
 
   const NamedTensors& named_parameters() const {
     return named_;

@@ -2,10 +2,10 @@
 // values on every rank and for any chunking of the rows.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 namespace dnpo::model {
 

@@ -2,12 +2,12 @@
 // Reads F32, F16, BF16, F64, I64, I32, U8, BOOL; writes F32, BF16, I64 (tensors keep their dtype).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <map>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 namespace dnpo::model {
 

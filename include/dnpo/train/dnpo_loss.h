@@ -3,10 +3,10 @@
 // Everything is normalised by *global* counts passed in, so micro-batches and ranks add up.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include "dnpo/config/config.h"
 #include "dnpo/model/noise_head.h"
@@ -48,15 +48,16 @@ at::Tensor spin_pair_losses(const at::Tensor& policy_chosen,
                             const at::Tensor& ref_rejected,
                             double beta);
 
-/// DSL: true when the generated answer becomes the positive (s' − s >= threshold; ties → generated).
+/// DSL: true when the generated answer becomes the positive (s' − s >= threshold; ties →
+/// generated).
 bool dsl_generated_is_positive(double generated_score, double human_score, double threshold);
 
 /// Where ε for the noisy reference log-prob comes from: explicit tensors (N, V) (golden tests) or
 /// one counter key per response row (training; see common/counter_rng.h).
 struct NoiseDraws {
-  at::Tensor eps1, eps2;                  // explicit (N, V) fp32, or undefined
-  std::vector<std::uint64_t> row_keys1;   // else: key of row i for ε1
-  std::vector<std::uint64_t> row_keys2;   // and for ε2
+  at::Tensor eps1, eps2;                 // explicit (N, V) fp32, or undefined
+  std::vector<std::uint64_t> row_keys1;  // else: key of row i for ε1
+  std::vector<std::uint64_t> row_keys2;  // and for ε2
 };
 
 /// Inputs of NPO for one micro-batch of B pairs whose negatives have N response rows.
@@ -69,19 +70,19 @@ struct NpoInputs {
   at::Tensor rejected_ids;     // (B, T) int64
   at::Tensor rejected_loss_mask;  // (B, T) int64
   NoiseDraws draws;
-  double global_pairs = 0;              // pairs in the global batch (mean normaliser)
-  double global_penalty_elements = 0;   // penalty rows in the global batch × V
+  double global_pairs = 0;             // pairs in the global batch (mean normaliser)
+  double global_penalty_elements = 0;  // penalty rows in the global batch × V
 };
 
 struct NpoTerms {
-  at::Tensor total;          // () the value to backpropagate
-  at::Tensor model_loss;     // () Σ ℓ(β m1) / global_pairs
-  at::Tensor noise_loss;     // () Σ ℓ(β m2) / global_pairs
-  at::Tensor penalty;        // () Σ P(s) / global_penalty_elements (unweighted)
-  at::Tensor margins;        // (B,) m1, detached
+  at::Tensor total;             // () the value to backpropagate
+  at::Tensor model_loss;        // () Σ ℓ(β m1) / global_pairs
+  at::Tensor noise_loss;        // () Σ ℓ(β m2) / global_pairs
+  at::Tensor penalty;           // () Σ P(s) / global_penalty_elements (unweighted)
+  at::Tensor margins;           // (B,) m1, detached
   at::Tensor noisy_rejected_1;  // (B,) log π~_ref(y−; ε1), detached
   at::Tensor noisy_rejected_2;  // (B,) log π~_ref(y−; ε2), detached
-  double sum_s = 0;          // Σ s over response rows × V (for mean s)
+  double sum_s = 0;             // Σ s over response rows × V (for mean s)
   std::int64_t num_s = 0;
 };
 

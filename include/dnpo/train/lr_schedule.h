@@ -10,7 +10,8 @@ namespace dnpo::train {
 
 /// lr at optimizer step `step` (0-based) of `total_steps`; warm-up = ceil(warmup_ratio × total).
 inline double lr_at(const config::TrainConfig& cfg, std::int64_t step, std::int64_t total_steps) {
-  const auto warmup = static_cast<std::int64_t>(cfg.warmup_ratio * static_cast<double>(total_steps) + 0.999999);
+  const auto warmup =
+      static_cast<std::int64_t>(cfg.warmup_ratio * static_cast<double>(total_steps) + 0.999999);
   if (warmup > 0 && step < warmup) {
     return cfg.lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
   }
@@ -18,7 +19,8 @@ inline double lr_at(const config::TrainConfig& cfg, std::int64_t step, std::int6
     return cfg.lr;
   }
   const auto decay_steps = std::max<std::int64_t>(1, total_steps - warmup);
-  const double progress = std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(decay_steps));
+  const double progress =
+      std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(decay_steps));
   return cfg.lr * (1.0 - progress * (1.0 - cfg.min_lr_ratio));
 }
 

@@ -20,12 +20,12 @@ namespace dnpo::train {
 /// What a finished loop reports (per-step values are in metrics.jsonl).
 struct TrainSummary {
   std::int64_t steps = 0;
-  double first_loss = 0;       ///< mean loss of the first 10% of steps (model loss for NPO)
-  double last_loss = 0;        ///< mean loss of the last 10% of steps
+  double first_loss = 0;  ///< mean loss of the first 10% of steps (model loss for NPO)
+  double last_loss = 0;   ///< mean loss of the last 10% of steps
   double mean_step_ms = 0;
   std::vector<double> step_ms;  ///< wall time of every optimizer step
   double tokens_per_second = 0;
-  std::int64_t truncated = 0;  ///< samples cut to data.max_length
+  std::int64_t truncated = 0;          ///< samples cut to data.max_length
   std::int64_t skipped_identical = 0;  ///< pairs whose chosen and rejected texts are equal
 };
 
@@ -59,7 +59,9 @@ class Trainer {
 };
 
 /// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).
-std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::uint64_t iteration,
+std::vector<std::int64_t> epoch_order(std::int64_t n,
+                                      std::uint64_t seed,
+                                      std::uint64_t iteration,
                                       std::int64_t epoch);
 
 }  // namespace dnpo::train

@@ -1,7 +1,7 @@
 // DNPO_CHECK builds typed errors with file:line and the registered rank.
-#include <gtest/gtest.h>
-
 #include "dnpo/common/error.h"
+
+#include <gtest/gtest.h>
 
 namespace dnpo {
 namespace {

@@ -3,7 +3,6 @@
 #include "dnpo/train/trainer.h"
 
 #include <cmath>
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -160,6 +159,9 @@ TEST(Trainer, MicroBatchingDoesNotChangeTheResult) {
     auto cfg = tiny_run("npo");
     cfg.train.micro_batch_size = micro;
     cfg.train.max_steps = 2;
+    // A large Adam eps keeps the update smooth in the gradient: with the default 1e-8, tiny
+    // gradients (rounding noise) would turn into full ±lr steps.
+    cfg.train.eps = 1e-3;
     model::LlamaModel policy(cfg.model, cfg.run.seed);
     const data::ByteTokenizer tokenizer;
     MetricsWriter metrics;
@@ -171,8 +173,7 @@ TEST(Trainer, MicroBatchingDoesNotChangeTheResult) {
   const auto four = run(1);
   const model::LlamaModel start(tiny_run("npo").model, 99);
   EXPECT_GT(max_param_change(one, start), 1e-3);
-  EXPECT_LT(max_param_change(one, four), 1e-4);
-  std::printf("micro diff %g change %g\n", max_param_change(one, four), max_param_change(one, start));
+  EXPECT_LT(max_param_change(one, four), 1e-5);
 }
 
 TEST(Trainer, PreferenceRejectsBadInput) {

@@ -1,0 +1,212 @@
+// Chunked noisy reference log-probs with recompute-in-backward; see noisy_negative.h.
+#include "noisy_negative.h"
+
+#include <algorithm>
+
+#include <torch/torch.h>
+
+#include "dnpo/common/error.h"
+#include "dnpo/model/noise_head.h"
+#include "dnpo/model/random.h"
+
+namespace dnpo::train::detail {
+namespace {
+
+// Everything backward needs besides the head parameters; lives in the autograd context.
+struct SavedState : torch::CustomClassHolder {
+  NoisyNegativeInputs in;
+  config::NpoConfig npo;
+};
+
+at::Tensor draws_for(
+    const NoiseDraws& d, bool first, std::int64_t begin, std::int64_t len, std::int64_t vocab) {
+  const auto& explicit_eps = first ? d.eps1 : d.eps2;
+  if (explicit_eps.defined()) {
+    return explicit_eps.narrow(0, begin, len);
+  }
+  const auto& keys = first ? d.row_keys1 : d.row_keys2;
+  const std::vector<std::uint64_t> chunk(keys.begin() + begin, keys.begin() + begin + len);
+  return model::counter_normal_rows(chunk, vocab);
+}
+
+at::Tensor sigma_rows(const config::NpoConfig& npo,
+                      const std::vector<at::Tensor>& params,
+                      const at::Tensor& h) {
+  if (params.empty()) {
+    return at::full({h.size(0), 0}, npo.fixed_sigma, at::kFloat);  // broadcast below
+  }
+  return model::NoiseHead::sigma_of(npo, params, h).to(at::kFloat);
+}
+
+at::Tensor penalty_of(const at::Tensor& s, const config::NpoConfig& npo) {
+  return npo.penalty == "mean_sq" ? s.pow(2).sum() : s.sum();
+}
+
+// log_softmax(z + s·ε)[target] for one chunk of rows: (len,)
+at::Tensor noisy_chunk_logprobs(const at::Tensor& z,
+                                const at::Tensor& s,
+                                const at::Tensor& eps,
+                                const at::Tensor& target,
+                                const config::NpoConfig& npo) {
+  const auto noise = s.size(1) == 0 ? eps * npo.fixed_sigma : s * eps;
+  return at::log_softmax(z + noise, -1).gather(1, target.unsqueeze(1)).squeeze(1);
+}
+
+// Forward pass over all chunks, no autograd: both noisy log-probs, the penalty, Σ s.
+NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
+                             const std::vector<at::Tensor>& params,
+                             const config::NpoConfig& npo) {
+  at::NoGradGuard no_grad;
+  const auto n = in.hidden_rows.size(0);
+  const auto vocab = in.ref_lm_head.size(0);
+  const std::int64_t chunk = std::max(1, npo.chunk_positions);
+  NoisyNegative out;
+  out.noisy1 = at::zeros({in.batch}, at::kFloat);
+  out.noisy2 = at::zeros({in.batch}, at::kFloat);
+  out.penalty_sum = at::zeros({}, at::kFloat);
+  for (std::int64_t begin = 0; begin < n; begin += chunk) {
+    const auto len = std::min(chunk, n - begin);
+    const auto h = in.hidden_rows.narrow(0, begin, len);  // (len, C)
+    const auto target = in.targets.narrow(0, begin, len);
+    const auto sample = in.samples.narrow(0, begin, len);
+    const auto z = at::linear(h, in.ref_lm_head).to(at::kFloat);  // (len, V)
+    const auto s = sigma_rows(npo, params, h);                    // (len, V) or (len, 0)
+    out.noisy1.index_add_(
+        0,
+        sample,
+        noisy_chunk_logprobs(z, s, draws_for(in.draws, true, begin, len, vocab), target, npo));
+    out.noisy2.index_add_(
+        0,
+        sample,
+        noisy_chunk_logprobs(z, s, draws_for(in.draws, false, begin, len, vocab), target, npo));
+    if (s.size(1) > 0) {
+      out.sum_s += s.sum().item<double>();
+      if (!in.penalty_rows.defined()) {
+        out.penalty_sum += penalty_of(s, npo);
+      }
+    } else {
+      out.sum_s += npo.fixed_sigma * static_cast<double>(len * vocab);
+    }
+    out.num_s += len * vocab;
+  }
+  if (in.penalty_rows.defined() && !params.empty()) {
+    const auto m = in.penalty_rows.size(0);
+    for (std::int64_t begin = 0; begin < m; begin += chunk) {
+      const auto len = std::min(chunk, m - begin);
+      out.penalty_sum +=
+          penalty_of(sigma_rows(npo, params, in.penalty_rows.narrow(0, begin, len)), npo);
+    }
+  }
+  return out;
+}
+
+// Autograd node: inputs are the head parameters (up to 3; unused slots get an empty tensor),
+// outputs (noisy2, penalty_sum). Backward recomputes s and the ε2 log-probs chunk by chunk.
+class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& p0,
+                                                const at::Tensor& p1,
+                                                const at::Tensor& p2,
+                                                std::int64_t num_params,
+                                                c10::intrusive_ptr<SavedState> state,
+                                                NoisyNegative* result) {
+    std::vector<at::Tensor> params{p0, p1, p2};
+    params.resize(num_params);
+    *result = forward_chunks(state->in, params, state->npo);
+    ctx->save_for_backward({p0, p1, p2});
+    ctx->saved_data["num_params"] = num_params;
+    ctx->saved_data["state"] = at::IValue::make_capsule(std::move(state));
+    return {result->noisy2, result->penalty_sum};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto state =
+        c10::static_intrusive_pointer_cast<SavedState>(ctx->saved_data["state"].toCapsule());
+    const auto num_params = ctx->saved_data["num_params"].toInt();
+    const auto& in = state->in;
+    const auto& npo = state->npo;
+    const auto saved = ctx->get_saved_variables();
+    std::vector<at::Tensor> params;  // fresh leaves so each chunk's graph is local
+    for (std::int64_t i = 0; i < num_params; ++i) {
+      params.push_back(saved[i].detach().requires_grad_(true));
+    }
+    std::vector<at::Tensor> accumulated(num_params);
+    const auto accumulate = [&](const at::Tensor& objective) {
+      const auto g = torch::autograd::grad({objective}, params, {}, false, false, true);
+      for (std::int64_t i = 0; i < num_params; ++i) {
+        if (g[i].defined()) {
+          accumulated[i] = accumulated[i].defined() ? accumulated[i] + g[i] : g[i];
+        }
+      }
+    };
+    const auto grad_noisy2 = grads[0].defined() ? grads[0] : at::zeros({in.batch}, at::kFloat);
+    const auto grad_penalty = grads[1].defined() ? grads[1] : at::zeros({}, at::kFloat);
+    const auto n = in.hidden_rows.size(0);
+    const auto vocab = in.ref_lm_head.size(0);
+    const std::int64_t chunk = std::max(1, npo.chunk_positions);
+    torch::autograd::AutoGradMode enable(true);
+    for (std::int64_t begin = 0; begin < n; begin += chunk) {
+      const auto len = std::min(chunk, n - begin);
+      const auto h = in.hidden_rows.narrow(0, begin, len);
+      at::Tensor z;
+      {
+        at::NoGradGuard no_grad;
+        z = at::linear(h, in.ref_lm_head).to(at::kFloat);
+      }
+      const auto s = sigma_rows(npo, params, h);
+      const auto logp = noisy_chunk_logprobs(z,
+                                             s,
+                                             draws_for(in.draws, false, begin, len, vocab),
+                                             in.targets.narrow(0, begin, len),
+                                             npo);
+      auto objective = (grad_noisy2.index_select(0, in.samples.narrow(0, begin, len)) * logp).sum();
+      if (!in.penalty_rows.defined()) {
+        objective = objective + grad_penalty * penalty_of(s, npo);
+      }
+      accumulate(objective);
+    }
+    if (in.penalty_rows.defined()) {
+      const auto m = in.penalty_rows.size(0);
+      for (std::int64_t begin = 0; begin < m; begin += chunk) {
+        const auto len = std::min(chunk, m - begin);
+        const auto s = sigma_rows(npo, params, in.penalty_rows.narrow(0, begin, len));
+        accumulate(grad_penalty * penalty_of(s, npo));
+      }
+    }
+    torch::autograd::variable_list out(6);  // one per forward argument
+    for (std::int64_t i = 0; i < num_params; ++i) {
+      out[i] = accumulated[i];
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+NoisyNegative noisy_negative(const NoisyNegativeInputs& in,
+                             const std::vector<at::Tensor>& head_params,
+                             const config::NpoConfig& npo) {
+  if (head_params.empty()) {
+    return forward_chunks(in, head_params, npo);  // fixed noise: nothing to train
+  }
+  DNPO_INTERNAL_ASSERT(head_params.size() <= 3);
+  auto state = c10::make_intrusive<SavedState>();
+  state->in = in;
+  state->npo = npo;
+  const auto empty = at::empty({0}, at::kFloat);
+  const auto param = [&](std::size_t i) { return i < head_params.size() ? head_params[i] : empty; };
+  NoisyNegative result;
+  const auto outputs = NoisyNegativeFunction::apply(param(0),
+                                                    param(1),
+                                                    param(2),
+                                                    static_cast<std::int64_t>(head_params.size()),
+                                                    std::move(state),
+                                                    &result);
+  result.noisy2 = outputs[0];
+  result.penalty_sum = outputs[1];
+  return result;
+}
+
+}  // namespace dnpo::train::detail
