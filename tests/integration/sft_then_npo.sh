@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 py=/usr/bin/python3
 sft_steps="${SFT_STEPS:-300}"
-min_accuracy="${MIN_ACCURACY:-0.25}"
+min_accuracy="${MIN_ACCURACY:-0.45}"  # measured 0.637 greedy after 300 steps (2026-11-26); untrained ~0
 
 common=(--config "$src/configs/demo.toml" --set run.out_dir="\"$work/runs\""
         --set data.train_file="\"$work/data/train.jsonl\"" --set data.eval_file="\"$work/data/eval.jsonl\""

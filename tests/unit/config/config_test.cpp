@@ -454,10 +454,10 @@ TEST(ConfigDemo, DemoTomlValidatesAndMatchesDefaults) {
   expected.data.eval_file = "checkpoints/demo/data/eval.jsonl";
   expected.data.max_length = 64;
   expected.data.max_prompt_length = 48;
-  expected.chat.prompt_template = "<|user|>{prompt}<|assistant|>";
+  expected.chat.prompt_template = "{prompt}\n";
   expected.train.batch_size = 128;
   expected.train.micro_batch_size = 128;
-  expected.train.epochs = 12;
+  expected.train.epochs = 6;
   expected.train.lr = 2e-3;
   expected.train.optimizer = "adamw";
   expected.train.weight_decay = 0.0;
