@@ -13,11 +13,3 @@ add_library(dnpo_torch INTERFACE)
 target_link_libraries(dnpo_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(dnpo_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 
-# libsentencepiece exports its own instantiations of protobuf templates; when it precedes
-# libprotobuf in the link order, LibTorch's protobuf descriptors resolve to them at start-up and
-# crash. Linking libprotobuf first keeps protobuf's symbols its own (checked: both orders).
-find_library(DNPO_PROTOBUF_LIBRARY NAMES protobuf REQUIRED)
-get_target_property(_spm_libs PkgConfig::SENTENCEPIECE INTERFACE_LINK_LIBRARIES)
-set_target_properties(PkgConfig::SENTENCEPIECE PROPERTIES
-  INTERFACE_LINK_LIBRARIES
-  "-Wl,--push-state,--no-as-needed;${DNPO_PROTOBUF_LIBRARY};-Wl,--pop-state;${_spm_libs}")

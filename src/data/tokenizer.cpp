@@ -2,11 +2,11 @@
 // SentencePiece is hidden behind a pointer so no header outside this file includes it.
 #include "dnpo/data/tokenizer.h"
 
+#include <array>
 #include <filesystem>
 
-#include <sentencepiece_processor.h>
-
 #include "dnpo/common/error.h"
+#include "spm_library.h"
 
 namespace dnpo::data {
 
@@ -39,25 +39,32 @@ bool ByteTokenizer::is_special(std::int64_t id) const {
 
 // --- SentencePieceTokenizer ---
 
-SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path)
-    : path_(path), processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : path_(path) {
   std::error_code ec;
   DNPO_CHECK_WITH(DataError,
                   std::filesystem::is_regular_file(path, ec),
                   "SentencePiece model not found: '",
                   path,
                   "'; expected a tokenizer.model file (config key tokenizer.path)");
-  const auto status = processor_->Load(path);
+  const auto& spm = detail::spm_library();
+  std::array<char, 512> err{};
+  void* handle = spm.open(path.c_str(), err.data(), err.size());
   DNPO_CHECK_WITH(DataError,
-                  status.ok(),
+                  handle != nullptr,
                   "cannot load SentencePiece model '",
                   path,
                   "': ",
-                  status.ToString(),
+                  err.data(),
                   "; expected a SentencePiece tokenizer.model (tokenizer.path)");
-  vocab_size_ = processor_->GetPieceSize();
-  bos_id_ = processor_->bos_id();
-  eos_id_ = processor_->eos_id();
+  handle_ = std::shared_ptr<void>(handle, spm.close);
+  int vocab = 0;
+  int bos = -1;
+  int eos = -1;
+  int pad = -1;
+  spm.info(handle, &vocab, &bos, &eos, &pad);
+  vocab_size_ = vocab;
+  bos_id_ = bos;
+  eos_id_ = eos;
   DNPO_CHECK_WITH(DataError,
                   eos_id_ >= 0 && eos_id_ < vocab_size_,
                   "SentencePiece model '",
@@ -65,21 +72,33 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path)
                   "' has no EOS piece (eos_id ",
                   eos_id_,
                   "); expected a model trained with an eos_id");
-  pad_id_ = processor_->pad_id() >= 0 ? processor_->pad_id() : eos_id_;
+  pad_id_ = pad >= 0 ? pad : eos_id_;
 }
 
-SentencePieceTokenizer::~SentencePieceTokenizer() = default;
-
 std::vector<std::int64_t> SentencePieceTokenizer::encode(const std::string& text) const {
-  std::vector<int> pieces;
-  const auto status = processor_->Encode(text, &pieces);
-  DNPO_CHECK_WITH(DataError,
-                  status.ok(),
-                  "SentencePiece encode failed (model '",
-                  path_,
-                  "'): ",
-                  status.ToString());
-  return {pieces.begin(), pieces.end()};
+  const auto& spm = detail::spm_library();
+  std::array<char, 512> err{};
+  std::vector<int> pieces(text.size() + 8);
+  long n = spm.encode(handle_.get(),
+                      text.data(),
+                      text.size(),
+                      pieces.data(),
+                      pieces.size(),
+                      err.data(),
+                      err.size());
+  if (n > static_cast<long>(pieces.size())) {  // more pieces than bytes: rare, retry exactly
+    pieces.resize(static_cast<std::size_t>(n));
+    n = spm.encode(handle_.get(),
+                   text.data(),
+                   text.size(),
+                   pieces.data(),
+                   pieces.size(),
+                   err.data(),
+                   err.size());
+  }
+  DNPO_CHECK_WITH(
+      DataError, n >= 0, "SentencePiece encode failed (model '", path_, "'): ", err.data());
+  return {pieces.begin(), pieces.begin() + n};
 }
 
 std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids) const {
@@ -92,14 +111,29 @@ std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids)
       pieces.push_back(static_cast<int>(id));
     }
   }
-  std::string text;
-  const auto status = processor_->Decode(pieces, &text);
-  DNPO_CHECK_WITH(DataError,
-                  status.ok(),
-                  "SentencePiece decode failed (model '",
-                  path_,
-                  "'): ",
-                  status.ToString());
+  const auto& spm = detail::spm_library();
+  std::array<char, 512> err{};
+  std::string text(pieces.size() * 16 + 16, '\0');
+  long n = spm.decode(handle_.get(),
+                      pieces.data(),
+                      pieces.size(),
+                      text.data(),
+                      text.size(),
+                      err.data(),
+                      err.size());
+  if (n > static_cast<long>(text.size())) {
+    text.resize(static_cast<std::size_t>(n));
+    n = spm.decode(handle_.get(),
+                   pieces.data(),
+                   pieces.size(),
+                   text.data(),
+                   text.size(),
+                   err.data(),
+                   err.size());
+  }
+  DNPO_CHECK_WITH(
+      DataError, n >= 0, "SentencePiece decode failed (model '", path_, "'): ", err.data());
+  text.resize(static_cast<std::size_t>(n));
   return text;
 }
 
@@ -108,7 +142,7 @@ bool SentencePieceTokenizer::is_special(std::int64_t id) const {
     return false;
   }
   return id == bos_id_ || id == eos_id_ || id == pad_id_ ||
-         processor_->IsControl(static_cast<int>(id));
+         detail::spm_library().is_control(handle_.get(), static_cast<int>(id)) != 0;
 }
 
 // --- factory ---

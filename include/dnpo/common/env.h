@@ -13,6 +13,9 @@ inline constexpr const char* kNumThreads = "DNPO_NUM_THREADS";
 /// DNPO_PROGRESS: 1 forces progress lines even when stderr is not a terminal, 0 disables the bar.
 inline constexpr const char* kProgress = "DNPO_PROGRESS";
 
+/// DNPO_SPM_SHIM: path of libdnpo_spm_shim.so (default: <executable dir>/../lib, then the build).
+inline constexpr const char* kSpmShim = "DNPO_SPM_SHIM";
+
 /// The value of a variable, or nullopt when it is unset or empty.
 std::optional<std::string> get(const char* name);
 

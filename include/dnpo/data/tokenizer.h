@@ -9,10 +9,6 @@
 
 #include "dnpo/config/config.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}  // namespace sentencepiece
-
 namespace dnpo::data {
 
 /// Text <-> ids. encode() never adds BOS/EOS; the chat template places them.
@@ -70,7 +66,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   /// Throws DataError naming `path` when the file is missing or not a SentencePiece model, or
   /// when the model has no EOS piece.
   explicit SentencePieceTokenizer(const std::string& path);
-  ~SentencePieceTokenizer() override;
+  ~SentencePieceTokenizer() override = default;
   SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
   SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
 
@@ -92,7 +88,7 @@ class SentencePieceTokenizer final : public Tokenizer {
 
  private:
   std::string path_;
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  std::shared_ptr<void> handle_;  // the shim's processor (see src/data/spm_shim.cpp)
   std::int64_t bos_id_ = -1;
   std::int64_t eos_id_ = -1;
   std::int64_t pad_id_ = -1;
