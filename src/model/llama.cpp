@@ -317,7 +317,9 @@ LlamaModel LlamaModel::clone() const {
   for (const auto& [name, tensor] : named_) {
     copies.emplace_back(name, tensor.detach());
   }
-  return LlamaModel(cfg_, copies);  // the constructor clones
+  LlamaModel copy(cfg_, copies);  // the constructor clones
+  copy.compute_dtype_ = compute_dtype_;
+  return copy;
 }
 
 void LlamaModel::copy_from(const LlamaModel& other) {
