@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   CLI::App app{"dnpo step benchmark"};
   std::string loss = "npo";
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 24, response_len = 24;
-  int steps = 10, threads = 1;
+  int steps = 10, threads = 1, chunk = 64;
   app.add_option("--loss", loss);
   app.add_option("--vocab", vocab);
   app.add_option("--hidden", hidden);
@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   app.add_option("--response-len", response_len);
   app.add_option("--steps", steps);
   app.add_option("--threads", threads);
+  app.add_option("--chunk", chunk, "npo.chunk_positions");
   CLI11_PARSE(app, argc, argv);
   dnpo::log::init(0, "warn");  // stdout carries only the JSON results
   at::set_num_threads(threads);
@@ -70,7 +71,7 @@ int main(int argc, char** argv) {
   cfg.train.max_steps = steps + 2;  // two warm-up steps, not timed
   cfg.train.lr = 1e-5;
   cfg.run.log_every = 1000000;
-  cfg.npo.chunk_positions = 256;
+  cfg.npo.chunk_positions = chunk;
 
   dnpo::data::ByteTokenizer tokenizer;
   dnpo::model::LlamaModel policy(cfg.model, 1);

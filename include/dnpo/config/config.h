@@ -107,7 +107,7 @@ struct NpoConfig {
   double fixed_sigma = 0.5;
   bool fresh_head_each_iteration = true;
   double head_init_std = 0.02;
-  int chunk_positions = 256;  ///< noisy log-softmax rows per chunk (bounds peak memory)
+  int chunk_positions = 64;  ///< noisy log-softmax rows per chunk: transient memory ~10 × chunk × V floats
 };
 
 /// [dsl] — dynamic sample labeling.
