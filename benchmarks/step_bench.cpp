@@ -3,6 +3,8 @@
 // Usage: dnpo_step_bench --loss spin|npo|sft [--vocab V --hidden C --layers L --batch B
 //                         --prompt-len P --response-len R --steps N --threads T]
 #include <algorithm>
+#include <cstdio>
+#include <exception>
 #include <iostream>
 
 #include <ATen/Parallel.h>
@@ -23,6 +25,9 @@ namespace {
 double peak_rss_mib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
+  // glibc's rusage wraps ru_maxrss in an anonymous union (for x32); reading the POSIX field is
+  // the only way to get the peak RSS.
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-union-access): system struct, see above
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
@@ -34,9 +39,8 @@ std::string text_of(int length, int seed) {
   return s;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+/// The benchmark; main() only adds a last-resort catch around it.
+int run_bench(int argc, char** argv) {
   CLI::App app{"dnpo step benchmark"};
   std::string loss = "npo";
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 24, response_len = 24;
@@ -81,6 +85,7 @@ int main(int argc, char** argv) {
   dnpo::train::TrainSummary summary;
   if (loss == "sft") {
     std::vector<dnpo::data::PromptRecord> records;
+    records.reserve(static_cast<std::size_t>(std::max(batch, 0)));
     for (int i = 0; i < batch; ++i) {
       records.push_back(
           {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
@@ -88,6 +93,7 @@ int main(int argc, char** argv) {
     summary = trainer.train_sft(records);
   } else {
     std::vector<dnpo::data::PairRecord> pairs;
+    pairs.reserve(static_cast<std::size_t>(std::max(batch, 0)));
     for (int i = 0; i < batch; ++i) {
       pairs.push_back({std::to_string(i),
                        text_of(prompt_len, i),
@@ -125,4 +131,19 @@ int main(int argc, char** argv) {
                    .dump()
             << "\n";
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run_bench(argc, argv);
+  } catch (const std::exception& e) {
+    std::fputs("dnpo_step_bench: ", stderr);
+    std::fputs(e.what(), stderr);
+    std::fputs("\n", stderr);
+  } catch (...) {
+    std::fputs("dnpo_step_bench: unknown error\n", stderr);
+  }
+  return 1;
 }

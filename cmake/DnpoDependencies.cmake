@@ -13,3 +13,4 @@ add_library(dnpo_torch INTERFACE)
 target_link_libraries(dnpo_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(dnpo_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 
+find_package(MPI REQUIRED COMPONENTS C)

@@ -35,3 +35,25 @@ function(dnpo_add_script_test name)
   set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
     ENVIRONMENT "DNPO_BIN=${PROJECT_BINARY_DIR}/bin;DNPO_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endfunction()
+
+# dnpo_add_mpi_test(NAME NPROC n SRCS ... DEPS ... [TIMEOUT s]): one gtest binary run under
+# mpirun with n ranks (tests/mpi/mpi_test_main.cpp all-reduces the verdict). Label mpi.
+function(dnpo_add_mpi_test name)
+  cmake_parse_arguments(ARG "" "NPROC;TIMEOUT" "SRCS;DEPS" ${ARGN})
+  if(NOT TARGET ${name})
+    add_executable(${name} ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_test_main.cpp)
+    target_link_libraries(${name} PRIVATE ${ARG_DEPS} dnpo_dist_lib GTest::gtest)
+    target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests/mpi)
+    set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+    dnpo_target_warnings(${name})
+  endif()
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 120)
+  endif()
+  add_test(NAME ${name}_np${ARG_NPROC}
+           COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ARG_NPROC} --oversubscribe
+                   ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${name}> ${MPIEXEC_POSTFLAGS})
+  set_tests_properties(${name}_np${ARG_NPROC} PROPERTIES LABELS mpi PROCESSORS ${ARG_NPROC}
+    TIMEOUT ${ARG_TIMEOUT}
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+endfunction()

@@ -1,6 +1,7 @@
 // dnpo_dist: the trainer's command line. Parses options (CLI11), resolves the config
 // (file → --set overrides → validate), runs a stage, and turns any error into one clear
 // message and a non-zero exit. A bare `dnpo_dist --config X` runs the whole job (`run`).
+#include <cstdio>
 #include <exception>
 #include <iostream>
 
@@ -38,9 +39,8 @@ dnpo::config::RunConfig resolve(const Options& o) {
   return cfg;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+/// The whole command line; main() only adds a last-resort catch around it.
+int run_cli(int argc, char** argv) {
   const auto blas = dnpo::app::ensure_fast_blas(argc, argv);
   dnpo::log::init(0, dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
   CLI::App app{"dnpo_dist — DNPO self-improvement trainer (SFT, SPIN, NPO/DNPO)"};
@@ -101,4 +101,21 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // run_cli() reports errors through the logger; this catches what escapes it (an error while
+  // setting up BLAS, the logger or the command line, or one thrown by the logger itself).
+  try {
+    return run_cli(argc, argv);
+  } catch (const std::exception& e) {
+    std::fputs("fatal: ", stderr);
+    std::fputs(e.what(), stderr);
+    std::fputs("\n", stderr);
+  } catch (...) {
+    std::fputs("fatal: unknown error\n", stderr);
+  }
+  return 1;
 }

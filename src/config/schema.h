@@ -203,7 +203,17 @@ inline const auto& tables() {
       table("eval",
             &RunConfig::eval,
             key("max_prompts", &EvalConfig::max_prompts, non_negative()),
-            key("greedy_too", &EvalConfig::greedy_too)));
+            key("greedy_too", &EvalConfig::greedy_too)),
+      table("dist",
+            &RunConfig::dist,
+            key("backend", &DistConfig::backend, one_of({"auto", "gloo"})),
+            key("host", &DistConfig::host),
+            key("interface", &DistConfig::interface),
+            key("port", &DistConfig::port, closed(0, 65535)),
+            key("timeout_s", &DistConfig::timeout_s, positive()),
+            key("reduce_scatter",
+                &DistConfig::reduce_scatter,
+                one_of({"allreduce", "reduce", "mpi"}))));
   return registry;
 }
 

@@ -30,7 +30,7 @@ std::vector<std::string> candidate_paths() {
   if (!ec) {
     paths.push_back((exe.parent_path().parent_path() / "lib" / kShimName).string());
   }
-  if (std::string(DNPO_SPM_SHIM_BUILD_PATH).size() > 0) {
+  if (!std::string(DNPO_SPM_SHIM_BUILD_PATH).empty()) {
     paths.emplace_back(DNPO_SPM_SHIM_BUILD_PATH);
   }
   return paths;

@@ -86,6 +86,8 @@ long dnpo_spm_decode(void* handle,
     copy_message(status.ToString(), err, err_len);
     return -1;
   }
+  // `out` is a length-counted buffer (the length is returned), not a C string: no NUL is wanted.
+  // NOLINTNEXTLINE(bugprone-not-null-terminated-result): length-counted, see above
   std::memcpy(out, text.data(), std::min(cap, text.size()));
   return static_cast<long>(text.size());
 }

@@ -16,7 +16,7 @@ TokenBatch pad_batch(const std::vector<TokenSequence>& sequences,
   DNPO_CHECK(!sequences.empty(), "pad_batch: no sequences to pad");
   std::int64_t longest = pad_to;
   for (const auto& seq : sequences) {
-    longest = std::max<std::int64_t>(longest, seq.prompt.size() + seq.response.size());
+    longest = std::max(longest, static_cast<std::int64_t>(seq.prompt.size() + seq.response.size()));
   }
   DNPO_CHECK(longest > 0, "pad_batch: every sequence is empty");
   const auto batch = static_cast<std::int64_t>(sequences.size());

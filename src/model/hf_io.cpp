@@ -89,7 +89,7 @@ void write_hf_config(const std::string& dir, const config::ModelConfig& cfg) {
 
 LlamaModel load_hf_model(const std::string& dir, const config::ModelConfig& base) {
   const auto cfg = read_hf_config(dir, base);
-  return LlamaModel(cfg, read_safetensors(dir + "/model.safetensors"));
+  return {cfg, read_safetensors(dir + "/model.safetensors")};
 }
 
 void save_hf_model(const std::string& dir, const LlamaModel& model, bool bf16) {

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <map>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -214,7 +215,7 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   return x1 + mlp;
 }
 
-LlamaModel::LlamaModel(const config::ModelConfig& cfg, std::uint64_t seed) : cfg_(cfg) {
+LlamaModel::LlamaModel(config::ModelConfig cfg, std::uint64_t seed) : cfg_(std::move(cfg)) {
   check_model_config(cfg_);
   std::map<std::string, at::Tensor> by_name;
   std::uint64_t index = 0;
@@ -227,7 +228,8 @@ LlamaModel::LlamaModel(const config::ModelConfig& cfg, std::uint64_t seed) : cfg
   bind_named();
 }
 
-LlamaModel::LlamaModel(const config::ModelConfig& cfg, const NamedTensors& tensors) : cfg_(cfg) {
+LlamaModel::LlamaModel(config::ModelConfig cfg, const NamedTensors& tensors)
+    : cfg_(std::move(cfg)) {
   check_model_config(cfg_);
   std::map<std::string, at::Tensor> given(tensors.begin(), tensors.end());
   std::map<std::string, at::Tensor> by_name;

@@ -14,8 +14,8 @@ at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys, std::
   const std::int64_t pairs = (cols + 1) / 2;
   auto u1 = at::empty({rows, pairs}, at::kFloat);
   auto u2 = at::empty({rows, pairs}, at::kFloat);
-  float* u1_data = u1.data_ptr<float>();
-  float* u2_data = u2.data_ptr<float>();
+  auto* u1_data = u1.data_ptr<float>();
+  auto* u2_data = u2.data_ptr<float>();
   at::parallel_for(0, rows * pairs, 8192, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) {
       box_muller_uniforms(
@@ -30,7 +30,7 @@ at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys, std::
 
 at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key) {
   auto out = at::empty(shape, at::kFloat);
-  float* data = out.data_ptr<float>();
+  auto* data = out.data_ptr<float>();
   at::parallel_for(0, out.numel(), 4096, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) {
       data[i] = static_cast<float>(std * standard_normal(key, static_cast<std::uint64_t>(i)));

@@ -1,6 +1,7 @@
 // safetensors reader/writer; see safetensors.h. Header JSON via nlohmann-json.
 #include "dnpo/model/safetensors.h"
 
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -18,15 +19,15 @@ struct DtypeName {
   const char* name;
   at::ScalarType type;
 };
-constexpr DtypeName kDtypes[] = {{"F32", at::kFloat},
-                                 {"F16", at::kHalf},
-                                 {"BF16", at::kBFloat16},
-                                 {"F64", at::kDouble},
-                                 {"I64", at::kLong},
-                                 {"I32", at::kInt},
-                                 {"U8", at::kByte},
-                                 {"BOOL", at::kBool},
-                                 {"I8", at::kChar}};
+constexpr std::array<DtypeName, 9> kDtypes{{{"F32", at::kFloat},
+                                            {"F16", at::kHalf},
+                                            {"BF16", at::kBFloat16},
+                                            {"F64", at::kDouble},
+                                            {"I64", at::kLong},
+                                            {"I32", at::kInt},
+                                            {"U8", at::kByte},
+                                            {"BOOL", at::kBool},
+                                            {"I8", at::kChar}}};
 
 at::ScalarType dtype_from_name(const std::string& name,
                                const std::string& path,
@@ -57,11 +58,11 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
   DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '", path, "'");
   const auto file_size = static_cast<std::uint64_t>(std::filesystem::file_size(path));
   std::uint64_t header_len = 0;
-  unsigned char len_bytes[8] = {};
-  in.read(reinterpret_cast<char*>(len_bytes), 8);
+  std::array<unsigned char, 8> len_bytes{};
+  in.read(reinterpret_cast<char*>(len_bytes.data()), 8);
   DNPO_CHECK_WITH(DataError, in.gcount() == 8, path, ": file too short for a safetensors header");
-  for (int i = 7; i >= 0; --i) {
-    header_len = (header_len << 8U) | len_bytes[i];
+  for (auto it = len_bytes.rbegin(); it != len_bytes.rend(); ++it) {  // little-endian u64
+    header_len = (header_len << 8U) | *it;
   }
   DNPO_CHECK_WITH(DataError,
                   header_len <= file_size - 8 && header_len < (100ULL << 20U),
@@ -128,6 +129,7 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
     return std::get<0>(a) < std::get<0>(b);
   });
   std::vector<std::pair<std::string, at::Tensor>> out;
+  out.reserve(ordered.size());
   for (auto& [offset, name, tensor] : ordered) {
     out.emplace_back(name, tensor);
   }
@@ -139,6 +141,7 @@ void write_safetensors(const std::string& path,
                        const std::map<std::string, std::string>& metadata) {
   nlohmann::json header = nlohmann::json::object();
   std::vector<at::Tensor> contiguous;
+  contiguous.reserve(tensors.size());
   std::uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
     auto t = tensor.detach().to(at::kCPU).contiguous();
@@ -161,12 +164,12 @@ void write_safetensors(const std::string& path,
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", tmp, "'");
     std::uint64_t len = text.size();
-    unsigned char len_bytes[8];
+    std::array<unsigned char, 8> len_bytes{};
     for (unsigned char& byte : len_bytes) {
       byte = static_cast<unsigned char>(len & 0xFFU);
       len >>= 8U;
     }
-    out.write(reinterpret_cast<const char*>(len_bytes), 8);
+    out.write(reinterpret_cast<const char*>(len_bytes.data()), 8);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
     for (const auto& t : contiguous) {
       out.write(static_cast<const char*>(t.data_ptr()),

@@ -42,7 +42,7 @@ model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::st
   const std::string dir = init.empty() ? cfg.model.init_from : init;
   if (dir.empty()) {
     log::info_rank0("model: random init (seed {})", cfg.run.seed);
-    return model::LlamaModel(cfg.model, cfg.run.seed);
+    return {cfg.model, cfg.run.seed};
   }
   log::info_rank0("model: loading {}", dir);
   auto model = model::load_hf_model(dir, cfg.model);
@@ -104,7 +104,7 @@ std::string output_dir(const config::RunConfig& cfg,
 }  // namespace
 
 std::string prepare_run_dir(const config::RunConfig& cfg) {
-  const auto dir = run_dir(cfg);
+  auto dir = run_dir(cfg);
   fs::create_directories(dir);
   std::ofstream out(dir + "/resolved_config.toml");
   DNPO_CHECK(out.good(), "cannot write '", dir, "/resolved_config.toml'");

@@ -187,8 +187,10 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     std::vector<model::TokenBatch> micro;
     double global_tokens = 0;
     for (const auto& ids :
-         split_micro(step_samples(cfg_, sequences.size(), step), cfg_.train.micro_batch_size)) {
+         split_micro(step_samples(cfg_, static_cast<std::int64_t>(sequences.size()), step),
+                     cfg_.train.micro_batch_size)) {
       std::vector<model::TokenSequence> seqs;
+      seqs.reserve(ids.size());
       for (const auto i : ids) {
         seqs.push_back(sequences[i]);
       }
@@ -318,7 +320,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     };
     std::vector<Micro> micro;
     const auto step_ids = step_samples(cfg_, static_cast<std::int64_t>(pairs.size()), step);
-    const double global_pairs = static_cast<double>(step_ids.size());
+    const auto global_pairs = static_cast<double>(step_ids.size());
     double global_penalty_elements = 0;
     for (const auto& ids : split_micro(step_ids, cfg_.train.micro_batch_size)) {
       std::vector<model::TokenSequence> seqs;

@@ -107,7 +107,8 @@ struct NpoConfig {
   double fixed_sigma = 0.5;
   bool fresh_head_each_iteration = true;
   double head_init_std = 0.02;
-  int chunk_positions = 64;  ///< noisy log-softmax rows per chunk: transient memory ~10 × chunk × V floats
+  int chunk_positions =
+      64;  ///< noisy log-softmax rows per chunk: transient memory ~10 × chunk × V floats
 };
 
 /// [dsl] — dynamic sample labeling.
@@ -130,6 +131,19 @@ struct EvalConfig {
   bool greedy_too = true;  ///< also report greedy accuracy next to sampled
 };
 
+/// [dist] — processes and collectives (MPI launch, c10d store and process group).
+struct DistConfig {
+  std::string backend = "auto";  ///< "auto" (gloo on CPU) | "gloo"; nccl arrives with the gpu issue
+  std::string
+      host;  ///< address of rank 0's store; "" = 127.0.0.1 on one node, else rank 0's hostname
+  std::string interface;   ///< network interface Gloo binds (e.g. "eth0"); "" = by host
+  int port = 0;            ///< store port on rank 0; 0 = any free port (sent to the ranks over MPI)
+  double timeout_s = 300;  ///< every collective and store operation; a stuck peer ends the job
+  /// How Gloo (which lacks reduce_scatter) emulates it: "allreduce" (all-reduce + own slice),
+  /// "reduce" (one reduce per owner slice), "mpi" (MPI_Ireduce_scatter_block on host memory).
+  std::string reduce_scatter = "mpi";  // fastest here at every size (benchmarks/RESULTS.md)
+};
+
 /// The whole resolved configuration of a job.
 struct RunConfig {
   RunSection run;
@@ -144,6 +158,7 @@ struct RunConfig {
   DslConfig dsl;
   SampleConfig sample;
   EvalConfig eval;
+  DistConfig dist;
 };
 
 }  // namespace dnpo::config

@@ -31,6 +31,14 @@ class Tokenizer {
   virtual std::int64_t pad_id() const = 0;
   /// Number of ids; every id encode() returns is in [0, vocab_size()).
   virtual int vocab_size() const = 0;
+
+ protected:
+  // Copy and move only through a concrete class, so a Tokenizer& cannot be sliced.
+  Tokenizer() = default;
+  Tokenizer(const Tokenizer&) = default;
+  Tokenizer& operator=(const Tokenizer&) = default;
+  Tokenizer(Tokenizer&&) = default;
+  Tokenizer& operator=(Tokenizer&&) = default;
 };
 
 /// Ids 0..255 are the bytes of the UTF-8 text, then PAD 256, BOS 257, EOS 258.
@@ -69,6 +77,8 @@ class SentencePieceTokenizer final : public Tokenizer {
   ~SentencePieceTokenizer() override = default;
   SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
   SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
+  SentencePieceTokenizer(SentencePieceTokenizer&&) = delete;
+  SentencePieceTokenizer& operator=(SentencePieceTokenizer&&) = delete;
 
   std::vector<std::int64_t> encode(const std::string& text) const override;
   std::string decode(const std::vector<std::int64_t>& ids) const override;

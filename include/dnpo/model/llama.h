@@ -72,9 +72,9 @@ class LlamaModel {
  public:
   /// Random init: normal(0, initializer_range) for matrices, ones for norms; draws are
   /// counter-based on seed, so the same seed gives the same model everywhere.
-  LlamaModel(const config::ModelConfig& cfg, std::uint64_t seed);
+  LlamaModel(config::ModelConfig cfg, std::uint64_t seed);
   /// Takes HF-named tensors (as read from safetensors); throws naming missing/mis-shaped tensors.
-  LlamaModel(const config::ModelConfig& cfg, const NamedTensors& tensors);
+  LlamaModel(config::ModelConfig cfg, const NamedTensors& tensors);
 
   const config::ModelConfig& config() const {
     return cfg_;

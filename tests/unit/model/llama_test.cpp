@@ -171,7 +171,7 @@ TEST(Llama, NamedParametersFollowHfNamesAndTying) {
   EXPECT_EQ(tied.named_parameters().back().first, "model.norm.weight");
   // Tied: lm_head is the embedding's storage, not a copy.
   EXPECT_TRUE(tied.weights().lm_head.is_same(tied.weights().embed_tokens));
-  EXPECT_EQ(tied.num_parameters() + 50 * 32, untied.num_parameters());
+  EXPECT_EQ(tied.num_parameters() + std::int64_t{50} * 32, untied.num_parameters());
 }
 
 TEST(Llama, CloneIsDeep) {

@@ -31,9 +31,10 @@ TEST(MixedPrecision, Bf16ForwardTracksFp32AndKeepsFp32Masters) {
   const auto hidden16 = model.forward_hidden(ids, mask);
   EXPECT_EQ(hidden16.scalar_type(), at::kBFloat16);
   const auto logits16 = model.logits(hidden16);
-  const double max_err = (logits16.to(at::kFloat) - logits32).abs().max().item<double>();
-  const double scale = logits32.abs().max().item<double>();
-  EXPECT_LT(max_err, 0.05 * scale) << "bf16 logits differ by " << max_err << " (scale " << scale << ")";
+  const auto max_err = (logits16.to(at::kFloat) - logits32).abs().max().item<double>();
+  const auto scale = logits32.abs().max().item<double>();
+  EXPECT_LT(max_err, 0.05 * scale)
+      << "bf16 logits differ by " << max_err << " (scale " << scale << ")";
   EXPECT_GT(max_err, 0.0) << "bf16 compute looks like fp32: the cast did not happen";
 
   logits16.to(at::kFloat).logsumexp(-1).sum().backward();

@@ -2,6 +2,7 @@
 // path) and HF model directories (config.json + model.safetensors, tied and untied).
 #include "dnpo/model/safetensors.h"
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -42,11 +43,11 @@ using HfIo = TempDirTest;
 
 std::string header_of(const std::string& path, std::uint64_t* length) {
   std::ifstream in(path, std::ios::binary);
-  unsigned char bytes[8] = {};
-  in.read(reinterpret_cast<char*>(bytes), 8);
+  std::array<unsigned char, 8> bytes{};
+  in.read(reinterpret_cast<char*>(bytes.data()), 8);
   std::uint64_t len = 0;
-  for (int i = 7; i >= 0; --i) {
-    len = (len << 8U) | bytes[i];
+  for (auto it = bytes.rbegin(); it != bytes.rend(); ++it) {  // little-endian u64
+    len = (len << 8U) | *it;
   }
   *length = len;
   std::string header(len, '\0');
@@ -137,8 +138,9 @@ TEST_F(Safetensors, MissingFileAndBadHeaderGiveDataError) {
   {
     std::ofstream out(bad, std::ios::binary);
     const std::string header = "{not json}      ";
-    const unsigned char len[8] = {static_cast<unsigned char>(header.size()), 0, 0, 0, 0, 0, 0, 0};
-    out.write(reinterpret_cast<const char*>(len), 8);
+    const std::array<unsigned char, 8> len{
+        static_cast<unsigned char>(header.size()), 0, 0, 0, 0, 0, 0, 0};
+    out.write(reinterpret_cast<const char*>(len.data()), 8);
     out << header;
   }
   const auto bad_message = data_error(bad);
@@ -154,8 +156,9 @@ TEST_F(Safetensors, ShapeAndOffsetsMismatchNamesTheTensor) {
       padded.push_back(' ');
     }
     std::ofstream out(path, std::ios::binary);
-    const unsigned char len[8] = {static_cast<unsigned char>(padded.size()), 0, 0, 0, 0, 0, 0, 0};
-    out.write(reinterpret_cast<const char*>(len), 8);
+    const std::array<unsigned char, 8> len{
+        static_cast<unsigned char>(padded.size()), 0, 0, 0, 0, 0, 0, 0};
+    out.write(reinterpret_cast<const char*>(len.data()), 8);
     out << padded << std::string(8, '\0');
   }
   const auto message = data_error(path);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -39,6 +40,7 @@ const std::vector<Ids>& prompts() {
 
 std::vector<GenerationRequest> requests_for(const std::vector<std::size_t>& which) {
   std::vector<GenerationRequest> out;
+  out.reserve(which.size());
   for (const auto i : which) {
     out.push_back({prompts()[i], static_cast<std::uint64_t>(100 + i)});
   }
@@ -90,9 +92,12 @@ TEST(Sampler, GreedyIsTheSameInBatchesOfOneAndFour) {
   // EOS = a token that prompt 0's greedy path reaches after a few steps, so rows of one batch
   // finish at different steps.
   const auto path = greedy_reference(model, prompts()[0], 8, kNoEos).tokens;
+  const auto seen_before = [&path](std::size_t pos) {
+    const auto end = path.begin() + static_cast<std::ptrdiff_t>(pos);
+    return std::find(path.begin(), end, path[pos]) != end;
+  };
   std::size_t k = 2;
-  while (k < path.size() &&
-         std::find(path.begin(), path.begin() + k, path[k]) != path.begin() + k) {
+  while (k < path.size() && seen_before(k)) {
     ++k;
   }
   ASSERT_LT(k, path.size()) << "greedy path repeats a token at every position";
@@ -164,7 +169,7 @@ LlamaModel eos_loving_model(std::int64_t eos) {
     }
     tensors.emplace_back(name, t);
   }
-  return LlamaModel(tiny_config(), tensors);
+  return {tiny_config(), tensors};
 }
 
 TEST(Sampler, StopsAtEos) {

@@ -1,0 +1,284 @@
+// Comm over c10d's ProcessGroupGloo: store set-up, the Gloo-1.13 gap fillers, timeouts.
+#include "dnpo/dist/comm.h"
+
+#include <array>
+#include <chrono>
+
+#include <ATen/ATen.h>
+#include <mpi.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unistd.h>
+
+#include "dnpo/common/error.h"
+#include "dnpo/common/log.h"
+
+namespace dnpo::dist {
+namespace {
+
+std::string this_hostname() {
+  std::array<char, 256> name{};
+  DNPO_CHECK_WITH(DistError, gethostname(name.data(), name.size() - 1) == 0, "gethostname failed");
+  return name.data();
+}
+
+// Gloo 1.13 moves neither bf16 nor int16: send such tensors as bytes (gather/broadcast only).
+at::Tensor as_transportable(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? t.view({-1}).view(at::kByte) : t;
+}
+
+// c10 errors carry a whole stack trace after the first line; keep the message.
+std::string first_line(const char* what) {
+  const std::string text = what;
+  return text.substr(0, text.find('\n'));
+}
+
+}  // namespace
+
+struct Work::State {
+  std::string what;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;  // c10d operations in flight
+  MPI_Request request = MPI_REQUEST_NULL;             // or an MPI one
+  std::chrono::milliseconds timeout{0};
+  std::function<void()> then;  // runs once the collective is done (e.g. copy out a slice)
+  bool finished = false;
+};
+
+void Work::wait() {
+  if (!state_ || state_->finished) {
+    return;
+  }
+  try {
+    for (auto& work : state_->works) {
+      work->wait(state_->timeout);
+    }
+    if (state_->request != MPI_REQUEST_NULL) {
+      // The MPI-Checker cannot see that Comm::reduce_scatter_flat started this request.
+      // NOLINTBEGIN(clang-analyzer-optin.mpi.MPI-Checker)
+      const int rc = MPI_Wait(&state_->request, MPI_STATUS_IGNORE);
+      // NOLINTEND(clang-analyzer-optin.mpi.MPI-Checker)
+      DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Wait returned ", rc);
+    }
+  } catch (const std::exception& e) {
+    DNPO_FAIL(DistError,
+              state_->what,
+              " failed (timeout ",
+              state_->timeout.count(),
+              " ms): ",
+              first_line(e.what()),
+              "; hint: another rank may have failed or be stuck (dist.timeout_s)");
+  }
+  if (state_->then) {
+    state_->then();
+  }
+  state_->finished = true;
+}
+
+struct Comm::Impl {
+  int rank = 0;
+  int world = 1;
+  std::string reduce_scatter;
+  std::chrono::milliseconds timeout{0};
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+
+  Work make(std::string what,
+            c10::intrusive_ptr<c10d::Work> work,
+            std::function<void()> then = nullptr) const {
+    return make(std::move(what),
+                std::vector<c10::intrusive_ptr<c10d::Work>>{std::move(work)},
+                std::move(then));
+  }
+  Work make(std::string what,
+            std::vector<c10::intrusive_ptr<c10d::Work>> works,
+            std::function<void()> then = nullptr) const {
+    Work w;
+    w.state_ = std::make_shared<Work::State>();
+    w.state_->what = std::move(what);
+    w.state_->works = std::move(works);
+    w.state_->timeout = timeout;
+    w.state_->then = std::move(then);
+    return w;
+  }
+};
+
+Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg) : impl_(std::make_unique<Impl>()) {
+  auto& s = *impl_;
+  s.rank = mpi.rank();
+  s.world = mpi.world_size();
+  s.timeout = std::chrono::milliseconds(static_cast<long long>(cfg.timeout_s * 1000.0));
+  s.reduce_scatter = cfg.reduce_scatter;
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.backend == "auto" || cfg.backend == "gloo",
+                  "dist.backend \"",
+                  cfg.backend,
+                  "\" is not available in this build; expected \"auto\" or \"gloo\"");
+  // --- where rank 0's store is, and which address this rank's Gloo binds ---
+  const bool one_node = mpi.local_world_size() == mpi.world_size();
+  std::string store_host = cfg.host;
+  if (store_host.empty()) {
+    store_host = mpi.broadcast_string(one_node ? "127.0.0.1" : this_hostname(), 0);
+  }
+  // --- c10d TCPStore: rank 0 serves (port 0 = any free port), the port goes out over MPI ---
+  c10d::TCPStoreOptions opts;
+  opts.isServer = s.rank == 0;
+  opts.numWorkers = static_cast<std::size_t>(s.world);
+  opts.waitWorkers = false;
+  opts.timeout = s.timeout;
+  opts.port = static_cast<std::uint16_t>(cfg.port);
+  c10::intrusive_ptr<c10d::TCPStore> tcp;
+  std::string port;
+  if (s.rank == 0) {
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(store_host, opts);
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError,
+                "cannot serve the c10d store on ",
+                store_host,
+                ":",
+                cfg.port,
+                ": ",
+                e.what(),
+                "; hint: set dist.port to a free port or 0");
+    }
+    port = std::to_string(tcp->getPort());
+  }
+  port = mpi.broadcast_string(port, 0);
+  if (s.rank != 0) {
+    opts.port = static_cast<std::uint16_t>(std::stoi(port));
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(store_host, opts);
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError,
+                "cannot reach the c10d store of rank 0 at ",
+                store_host,
+                ":",
+                port,
+                ": ",
+                e.what(),
+                "; hint: set dist.host to an address every node can reach");
+    }
+  }
+  s.store = tcp;
+  // --- Gloo process group ---
+  auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
+  if (!cfg.interface.empty()) {
+    gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(cfg.interface));
+  } else {
+    gloo_opts->devices.push_back(
+        c10d::ProcessGroupGloo::createDeviceForHostname(one_node ? "127.0.0.1" : this_hostname()));
+  }
+  try {
+    s.group = c10::make_intrusive<c10d::ProcessGroupGloo>(s.store, s.rank, s.world, gloo_opts);
+  } catch (const std::exception& e) {
+    DNPO_FAIL(DistError, "cannot form the Gloo process group of ", s.world, " ranks: ", e.what());
+  }
+  log::info_rank0(
+      "dist: {} ranks, gloo, store {}:{}, timeout {} s", s.world, store_host, port, cfg.timeout_s);
+}
+
+Comm::~Comm() = default;
+
+int Comm::rank() const {
+  return impl_->rank;
+}
+int Comm::world_size() const {
+  return impl_->world;
+}
+std::string Comm::backend() const {
+  return "gloo";
+}
+
+Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
+  const auto n = shard.numel();
+  DNPO_CHECK(flat.numel() == n * impl_->world && flat.is_contiguous() && shard.is_contiguous(),
+             "all_gather_flat: flat has ",
+             flat.numel(),
+             " elements; expected world (",
+             impl_->world,
+             ") × shard (",
+             n,
+             "), both contiguous");
+  DNPO_CHECK(flat.scalar_type() == shard.scalar_type(), "all_gather_flat: dtypes differ");
+  // List-form allgather into narrow() views of one flat buffer (no _allgather_base in Gloo).
+  const auto flat_t = as_transportable(flat).view({-1});
+  const auto shard_t = as_transportable(shard).view({-1});
+  const auto words = shard_t.numel();  // elements as transported (bytes for bf16)
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < impl_->world; ++r) {
+    outputs[0].push_back(flat_t.narrow(0, r * words, words));
+  }
+  std::vector<at::Tensor> inputs{shard_t};
+  return impl_->make("all_gather_flat", impl_->group->allgather(outputs, inputs));
+}
+
+Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) {
+  const auto n = shard.numel();
+  DNPO_CHECK(flat.numel() == n * impl_->world && flat.is_contiguous(),
+             "reduce_scatter_flat: flat has ",
+             flat.numel(),
+             " elements; expected world (",
+             impl_->world,
+             ") × shard (",
+             n,
+             ")");
+  DNPO_CHECK(flat.scalar_type() != at::kBFloat16,
+             "reduce_scatter_flat: Gloo cannot reduce bf16; reduce in fp32 (reduce dtype)");
+  const auto rank = impl_->rank;
+  if (impl_->reduce_scatter == "mpi") {
+    // MPI_Ireduce_scatter_block straight from the flat buffer into the shard (host memory).
+    DNPO_CHECK(shard.is_contiguous() &&
+                   (flat.scalar_type() == at::kFloat || flat.scalar_type() == at::kDouble),
+               "reduce_scatter_flat (mpi): needs contiguous fp32/fp64 host tensors");
+    const auto type = flat.scalar_type() == at::kFloat ? MPI_FLOAT : MPI_DOUBLE;
+    Work w =
+        impl_->make("reduce_scatter_flat (MPI)", std::vector<c10::intrusive_ptr<c10d::Work>>{});
+    const int rc = MPI_Ireduce_scatter_block(flat.data_ptr(),
+                                             shard.data_ptr(),
+                                             static_cast<int>(n),
+                                             type,
+                                             MPI_SUM,
+                                             MPI_COMM_WORLD,
+                                             &w.state_->request);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Ireduce_scatter_block returned ", rc);
+    return w;
+  }
+  const auto own = flat.view({-1}).narrow(0, static_cast<std::int64_t>(rank) * n, n);
+  if (impl_->reduce_scatter == "reduce") {
+    // One reduce per owner: slice r is summed onto rank r only.
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (int r = 0; r < impl_->world; ++r) {
+      std::vector<at::Tensor> slice{flat.view({-1}).narrow(0, static_cast<std::int64_t>(r) * n, n)};
+      c10d::ReduceOptions opts;
+      opts.rootRank = r;
+      works.push_back(impl_->group->reduce(slice, opts));
+    }
+    return impl_->make("reduce_scatter_flat (reduce)", std::move(works), [own, out = shard]() {
+      out.view({-1}).copy_(own);
+    });
+  }
+  // All-reduce the whole buffer, keep this rank's slice.
+  std::vector<at::Tensor> tensors{flat};
+  auto work = impl_->group->allreduce(tensors, c10d::AllreduceOptions{});
+  return impl_->make(
+      "reduce_scatter_flat", work, [own, out = shard]() { out.view({-1}).copy_(own); });
+}
+
+Work Comm::all_reduce_sum(const at::Tensor& t) {
+  DNPO_CHECK(t.scalar_type() != at::kBFloat16, "all_reduce_sum: Gloo cannot reduce bf16");
+  std::vector<at::Tensor> tensors{t};
+  return impl_->make("all_reduce_sum", impl_->group->allreduce(tensors, c10d::AllreduceOptions{}));
+}
+
+Work Comm::broadcast(const at::Tensor& t, int root) {
+  std::vector<at::Tensor> tensors{as_transportable(t)};
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  return impl_->make("broadcast", impl_->group->broadcast(tensors, opts));
+}
+
+Work Comm::barrier() {
+  return impl_->make("barrier", impl_->group->barrier(c10d::BarrierOptions{}));
+}
+
+}  // namespace dnpo::dist
