@@ -14,24 +14,13 @@
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
 #include "dnpo/model/random.h"
+#include "tiny_model.h"
 
 namespace dnpo::model {
 namespace {
 
 config::ModelConfig tiny_config(bool tied = false, int kv_heads = 2) {
-  config::ModelConfig cfg;
-  cfg.vocab_size = 50;
-  cfg.hidden_size = 32;
-  cfg.intermediate_size = 64;
-  cfg.num_hidden_layers = 2;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = kv_heads;
-  cfg.max_position_embeddings = 64;
-  cfg.tie_word_embeddings = tied;
-  // Larger than the 0.02 default so that attention patterns and logits are O(1): a wrong mask
-  // or position then moves the logits far more than the tolerances below.
-  cfg.initializer_range = 0.2;
-  return cfg;
+  return test::tiny_model_config(tied, kv_heads);
 }
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {

@@ -4,20 +4,13 @@
 #include <gtest/gtest.h>
 
 #include "dnpo/model/llama.h"
+#include "tiny_model.h"
 
 namespace dnpo::model {
 namespace {
 
 config::ModelConfig tiny_config() {
-  config::ModelConfig cfg;
-  cfg.vocab_size = 50;
-  cfg.hidden_size = 32;
-  cfg.intermediate_size = 64;
-  cfg.num_hidden_layers = 2;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.initializer_range = 0.2;
-  return cfg;
+  return test::tiny_model_config(/*tied=*/true);
 }
 
 TEST(MixedPrecision, Bf16ForwardTracksFp32AndKeepsFp32Masters) {

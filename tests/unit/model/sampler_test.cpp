@@ -12,6 +12,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "tiny_model.h"
+
 namespace dnpo::model {
 namespace {
 
@@ -20,17 +22,7 @@ constexpr std::int64_t kPad = 0;
 constexpr std::int64_t kNoEos = -1;  // never generated: samples run to max_new_tokens
 
 config::ModelConfig tiny_config() {
-  config::ModelConfig cfg;
-  cfg.vocab_size = 50;
-  cfg.hidden_size = 32;
-  cfg.intermediate_size = 64;
-  cfg.num_hidden_layers = 2;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.max_position_embeddings = 64;
-  cfg.tie_word_embeddings = false;
-  cfg.initializer_range = 0.2;
-  return cfg;
+  return test::tiny_model_config();
 }
 
 const std::vector<Ids>& prompts() {

@@ -19,6 +19,7 @@
 #include "dnpo/model/random.h"
 #include "dnpo/train/lr_schedule.h"
 #include "dnpo/train/trainer.h"
+#include "tiny_model.h"
 
 namespace dnpo::train {
 namespace {
@@ -105,17 +106,7 @@ TEST(ResponseRows, RowMajorOrderAndShiftedHiddenRows) {
 }
 
 config::ModelConfig tiny_config() {
-  config::ModelConfig cfg;
-  cfg.vocab_size = 50;
-  cfg.hidden_size = 32;
-  cfg.intermediate_size = 64;
-  cfg.num_hidden_layers = 2;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.max_position_embeddings = 64;
-  cfg.tie_word_embeddings = false;
-  cfg.initializer_range = 0.2;
-  return cfg;
+  return test::tiny_model_config();
 }
 
 const std::vector<model::TokenSequence>& sequences() {
