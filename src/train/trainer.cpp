@@ -73,16 +73,33 @@ std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
 }
 
 // Indices of the samples of global step `step` (epochs wrap; the last batch may be short).
-std::vector<std::int64_t> step_samples(const config::RunConfig& cfg,
-                                       std::int64_t samples,
-                                       std::int64_t step) {
-  const std::int64_t per_epoch = (samples + cfg.train.batch_size - 1) / cfg.train.batch_size;
-  const std::int64_t epoch = step / per_epoch;
-  const std::int64_t begin = (step % per_epoch) * cfg.train.batch_size;
-  const std::int64_t end = std::min(samples, begin + cfg.train.batch_size);
-  const auto order = epoch_order(samples, cfg.run.seed, cfg.train.iteration, epoch);
-  return {order.begin() + begin, order.begin() + end};
-}
+// Indices of the samples of each global step (epochs wrap; the last batch may be short). The
+// epoch's permutation is computed once per epoch, not once per step.
+class StepSampler {
+ public:
+  StepSampler(const config::RunConfig& cfg, std::int64_t samples)
+      : cfg_(cfg),
+        samples_(samples),
+        per_epoch_((samples + cfg.train.batch_size - 1) / cfg.train.batch_size) {}
+
+  std::vector<std::int64_t> at(std::int64_t step) {
+    const std::int64_t epoch = step / per_epoch_;
+    if (epoch != epoch_) {
+      order_ = epoch_order(samples_, cfg_.run.seed, cfg_.train.iteration, epoch);
+      epoch_ = epoch;
+    }
+    const std::int64_t begin = (step % per_epoch_) * cfg_.train.batch_size;
+    const std::int64_t end = std::min(samples_, begin + cfg_.train.batch_size);
+    return {order_.begin() + begin, order_.begin() + end};
+  }
+
+ private:
+  const config::RunConfig& cfg_;
+  std::int64_t samples_;
+  std::int64_t per_epoch_;
+  std::int64_t epoch_ = -1;
+  std::vector<std::int64_t> order_;
+};
 
 std::vector<std::vector<std::int64_t>> split_micro(const std::vector<std::int64_t>& ids,
                                                    int micro) {
@@ -175,6 +192,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
                   cfg_.train.batch_size,
                   summary.truncated);
   Progress progress("sft", steps, cfg_.run.log_every);
+  StepSampler sampler(cfg_, static_cast<std::int64_t>(sequences.size()));
   std::vector<double> losses;
   Timer total_timer;
   std::int64_t total_tokens = 0;
@@ -186,9 +204,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     // --- micro-batches, normalised by the global count of answer tokens ---
     std::vector<model::TokenBatch> micro;
     double global_tokens = 0;
-    for (const auto& ids :
-         split_micro(step_samples(cfg_, static_cast<std::int64_t>(sequences.size()), step),
-                     cfg_.train.micro_batch_size)) {
+    for (const auto& ids : split_micro(sampler.at(step), cfg_.train.micro_batch_size)) {
       std::vector<model::TokenSequence> seqs;
       seqs.reserve(ids.size());
       for (const auto i : ids) {
@@ -304,6 +320,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
                   steps,
                   cfg_.train.batch_size);
   Progress progress("train", steps, cfg_.run.log_every);
+  StepSampler sampler(cfg_, static_cast<std::int64_t>(pairs.size()));
   std::vector<double> losses;
   Timer total_timer;
   std::int64_t total_tokens = 0;
@@ -319,7 +336,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       std::vector<std::int64_t> pair_index;
     };
     std::vector<Micro> micro;
-    const auto step_ids = step_samples(cfg_, static_cast<std::int64_t>(pairs.size()), step);
+    const auto step_ids = sampler.at(step);
     const auto global_pairs = static_cast<double>(step_ids.size());
     double global_penalty_elements = 0;
     for (const auto& ids : split_micro(step_ids, cfg_.train.micro_batch_size)) {
