@@ -106,6 +106,15 @@ NpoTerms npo_loss(const NpoInputs& in,
   DNPO_CHECK(npo.fixed_noise || head != nullptr,
              "npo_loss: a noise head is required unless "
              "npo.fixed_noise = true");
+  return npo_loss(in, npo.fixed_noise ? std::vector<at::Tensor>{} : head->parameters(), npo, beta);
+}
+
+NpoTerms npo_loss(const NpoInputs& in,
+                  const std::vector<at::Tensor>& head_params,
+                  const config::NpoConfig& npo,
+                  double beta) {
+  DNPO_CHECK(npo.fixed_noise || !head_params.empty(),
+             "npo_loss: noise head parameters are required unless npo.fixed_noise = true");
   DNPO_CHECK(in.global_pairs > 0, "npo_loss: global_pairs must be > 0");
   const auto batch = in.policy_chosen.size(0);
   const auto h_flat = in.ref_hidden.reshape({-1, in.ref_hidden.size(2)}).detach();
@@ -131,8 +140,8 @@ NpoTerms npo_loss(const NpoInputs& in,
   }
   noisy_in.batch = batch;
   noisy_in.draws = in.draws;
-  const auto head_params = npo.fixed_noise ? std::vector<at::Tensor>{} : head->parameters();
-  const auto noisy = detail::noisy_negative(noisy_in, head_params, npo);
+  const auto noisy = detail::noisy_negative(
+      noisy_in, npo.fixed_noise ? std::vector<at::Tensor>{} : head_params, npo);
 
   // --- the two margins and the combined objective ---
   const auto policy_margin = in.policy_chosen - in.policy_rejected;  // (B,) with grad in θ

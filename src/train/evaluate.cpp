@@ -117,7 +117,8 @@ EvalReport evaluate(const config::RunConfig& cfg,
         j["score_generated"] = data::verify_answer(r.prompt, sampled.texts[i]);
         j["score_human"] = data::verify_answer(r.prompt, r.answer);
       }
-      out << j.dump() << "\n";
+      // A byte-level model can emit invalid UTF-8: write those bytes as U+FFFD, don't fail.
+      out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     }
     log::info_rank0("eval: wrote {} samples to {}", records.size(), samples_out);
   }

@@ -1,5 +1,8 @@
 // The training loops. One optimizer step = one global batch, split into micro-batches whose
-// losses are normalised by global counts (pairs, tokens, penalty elements) and accumulated.
+// losses are normalised by global counts (pairs, tokens, penalty elements) and accumulated. Every
+// rank builds the same list of micro-batches and runs its contiguous share of it, so a step's
+// samples, padding and counts do not depend on the world size; the models are FSDP units
+// (sharded_llama.h) whose gradients are summed over ranks by reduce-scatter.
 // One NPO step, top to bottom: policy forward on [chosen; rejected] → sequence log-probs;
 // frozen reference forward → clean log-prob of y+ and hidden states of y−; noise head on those
 // hidden states → noisy log-probs with ε1 (s detached) and ε2 → total = ℓ(βm1) − ℓ(βm2) + αP;
@@ -8,16 +11,19 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 
 #include <torch/torch.h>
 
 #include "dnpo/common/counter_rng.h"
+#include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
 #include "dnpo/common/timer.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/lr_schedule.h"
+#include "dnpo/train/sharded_llama.h"
 
 namespace dnpo::train {
 namespace {
@@ -49,30 +55,11 @@ void set_lr(torch::optim::Optimizer& opt, double lr) {
   }
 }
 
-// Global grad-norm clipping over every trained parameter; returns the norm before clipping.
-double clip_gradients(const std::vector<at::Tensor>& params, double max_norm) {
-  std::vector<at::Tensor> with_grad;
-  for (const auto& p : params) {
-    if (p.grad().defined()) {
-      with_grad.push_back(p);
-    }
-  }
-  if (max_norm > 0) {
-    return torch::nn::utils::clip_grad_norm_(with_grad, max_norm);
-  }
-  double sq = 0;
-  for (const auto& p : with_grad) {
-    sq += p.grad().pow(2).sum().item<double>();
-  }
-  return std::sqrt(sq);
-}
-
 std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
   const std::int64_t per_epoch = (samples + cfg.batch_size - 1) / cfg.batch_size;
   return cfg.max_steps > 0 ? cfg.max_steps : per_epoch * cfg.epochs;
 }
 
-// Indices of the samples of global step `step` (epochs wrap; the last batch may be short).
 // Indices of the samples of each global step (epochs wrap; the last batch may be short). The
 // epoch's permutation is computed once per epoch, not once per step.
 class StepSampler {
@@ -130,8 +117,85 @@ std::string format_status(double loss, double margin, double lr, double ms, doub
                      tok_s / 1e3);
 }
 
-at::ScalarType compute_dtype(const config::TrainConfig& cfg) {
-  return cfg.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+dist::UnitPrecision precision(const config::TrainConfig& cfg) {
+  dist::UnitPrecision p;
+  p.compute = cfg.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  p.reduce = at::kFloat;  // Gloo cannot sum bf16; fp32 reduction is also the accurate choice
+  return p;
+}
+
+// Which micro-batches of a step's global list this rank runs: a contiguous range, padded with
+// weight-0 repeats to the busiest rank's count so every rank issues the same collectives.
+struct MicroShare {
+  std::vector<std::size_t> index;
+  std::vector<double> weight;  // 1, or 0 for a padding repeat
+};
+
+MicroShare micro_share(std::size_t count, int rank, int world) {
+  const auto w = static_cast<std::size_t>(world);
+  const auto r = static_cast<std::size_t>(rank);
+  const std::size_t begin = count * r / w;
+  const std::size_t end = count * (r + 1) / w;
+  const std::size_t most = (count + w - 1) / w;
+  MicroShare share;
+  for (std::size_t i = begin; i < end; ++i) {
+    share.index.push_back(i);
+    share.weight.push_back(1.0);
+  }
+  while (share.index.size() < most) {
+    share.index.push_back(begin < count ? begin : 0);
+    share.weight.push_back(0.0);
+  }
+  return share;
+}
+
+// Sums per-step statistics over ranks (one small all-reduce per step).
+void sum_over_ranks(std::vector<double>& values, dist::Comm* comm) {
+  if (comm == nullptr || comm->world_size() == 1) {
+    return;
+  }
+  auto t = at::tensor(values, at::kDouble);
+  comm->all_reduce_sum(t).wait();
+  const auto* p = t.data_ptr<double>();
+  values.assign(p, p + t.numel());
+}
+
+// DNPO_TEST_FAIL="RANK:STEP": that rank throws when it starts that step (fault tests).
+class InjectedFailure {
+ public:
+  explicit InjectedFailure(int rank) : rank_(rank) {
+    if (const auto spec = env::get(env::kTestFail)) {
+      const auto colon = spec->find(':');
+      DNPO_CHECK_WITH(ConfigError,
+                      colon != std::string::npos,
+                      env::kTestFail,
+                      " must be RANK:STEP, got '",
+                      *spec,
+                      "'");
+      target_rank_ = std::stoi(spec->substr(0, colon));
+      target_step_ = std::stoll(spec->substr(colon + 1));
+    }
+  }
+  void check(std::int64_t step) const {
+    DNPO_CHECK(!(rank_ == target_rank_ && step == target_step_),
+               "injected failure at step ",
+               step,
+               " (",
+               env::kTestFail,
+               ")");
+  }
+
+ private:
+  int rank_;
+  int target_rank_ = -1;
+  std::int64_t target_step_ = -1;
+};
+
+int rank_of(const dist::Comm* comm) {
+  return comm == nullptr ? 0 : comm->rank();
+}
+int world_of(const dist::Comm* comm) {
+  return comm == nullptr ? 1 : comm->world_size();
 }
 
 }  // namespace
@@ -155,12 +219,14 @@ std::vector<std::int64_t> epoch_order(std::int64_t n,
 Trainer::Trainer(const config::RunConfig& cfg,
                  model::LlamaModel& policy,
                  const data::Tokenizer& tokenizer,
-                 MetricsWriter& metrics)
+                 MetricsWriter& metrics,
+                 dist::Comm* comm)
     : cfg_(cfg),
       policy_(policy),
       tokenizer_(tokenizer),
       chat_(cfg.chat, tokenizer),
-      metrics_(metrics) {
+      metrics_(metrics),
+      comm_(comm) {
   DNPO_CHECK_WITH(ConfigError,
                   tokenizer.vocab_size() <= cfg.model.vocab_size,
                   "tokenizer has ",
@@ -182,26 +248,34 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
         model::truncate_sequence(seq, cfg_.data.max_length, cfg_.data.max_prompt_length) ? 1 : 0;
     sequences.push_back(std::move(seq));
   }
-  policy_.set_requires_grad(true);
-  policy_.set_compute_dtype(compute_dtype(cfg_.train));
-  auto optimizer = make_optimizer(cfg_.train, policy_.parameters());
+  // --- the policy as FSDP units; the optimizer steps this rank's shards ---
+  const bool recompute = world_of(comm_) > 1;
+  ShardedLlama policy(policy_, comm_, precision(cfg_.train), true, recompute);
+  const auto units = policy.units();
+  auto optimizer = make_optimizer(cfg_.train, policy.shards());
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(sequences.size()));
-  log::info_rank0("sft: {} samples, {} steps of {} ({} truncated)",
+  const int rank = rank_of(comm_);
+  log::info_rank0("sft: {} samples, {} steps of {} on {} rank(s) ({} truncated)",
                   sequences.size(),
                   steps,
                   cfg_.train.batch_size,
+                  world_of(comm_),
                   summary.truncated);
-  Progress progress("sft", steps, cfg_.run.log_every);
+  std::optional<Progress> progress;
+  if (rank == 0) {
+    progress.emplace("sft", steps, cfg_.run.log_every);
+  }
+  const InjectedFailure injected(rank);
   StepSampler sampler(cfg_, static_cast<std::int64_t>(sequences.size()));
-  std::vector<double> losses;
   Timer total_timer;
   std::int64_t total_tokens = 0;
 
   for (std::int64_t step = 0; step < steps; ++step) {
+    injected.check(step);
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
     set_lr(*optimizer, lr);
-    // --- micro-batches, normalised by the global count of answer tokens ---
+    // --- the step's micro-batches (every rank builds all), normalised by global answer tokens ---
     std::vector<model::TokenBatch> micro;
     double global_tokens = 0;
     for (const auto& ids : split_micro(sampler.at(step), cfg_.train.micro_batch_size)) {
@@ -213,25 +287,35 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
       micro.push_back(model::pad_batch(seqs, tokenizer_.pad_id()));
       global_tokens += static_cast<double>(micro.back().num_response_tokens);
     }
-    double loss_value = 0;
-    std::int64_t step_tokens = 0;
-    for (const auto& batch : micro) {
-      auto hidden = policy_.forward_hidden(batch.input_ids, batch.attention_mask);
+    // --- this rank's share: forward, backward (gradients reduce-scattered unit by unit) ---
+    std::vector<double> stats(2, 0.0);  // loss, tokens
+    const auto share = micro_share(micro.size(), rank, world_of(comm_));
+    for (std::size_t k = 0; k < share.index.size(); ++k) {
+      const auto& batch = micro[share.index[k]];
+      auto hidden = policy.forward_hidden(batch.input_ids, batch.attention_mask);
       auto loss =
-          sft_loss(hidden, policy_.lm_head(), batch.input_ids, batch.loss_mask, global_tokens);
+          sft_loss(hidden, policy.lm_head(), batch.input_ids, batch.loss_mask, global_tokens) *
+          share.weight[k];
       loss.backward();
-      loss_value += loss.item<double>();
-      step_tokens += batch.attention_mask.sum().item<std::int64_t>();
+      policy.release();
+      stats[0] += loss.item<double>();
+      stats[1] += share.weight[k] * batch.attention_mask.sum().item<double>();
     }
-    // --- clip and step ---
-    const double grad_norm = clip_gradients(policy_.parameters(), cfg_.train.grad_clip);
+    if (gradient_observer_) {
+      gradient_observer_(step, units);
+    }
+    // --- clip on the global norm, step the shards ---
+    const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
     optimizer->step();
     optimizer->zero_grad();
+    sum_over_ranks(stats, comm_);
 
+    const double loss_value = stats[0];
+    const auto step_tokens = static_cast<std::int64_t>(stats[1]);
     const double ms = step_timer.millis();
     summary.step_ms.push_back(ms);
+    summary.step_losses.push_back(loss_value);
     total_tokens += step_tokens;
-    losses.push_back(loss_value);
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
     metrics_.write("sft",
                    step + 1,
@@ -240,12 +324,17 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
                     {"grad_norm", grad_norm},
                     {"step_ms", ms},
                     {"tokens_per_s", tok_s}});
-    progress.update(step + 1, format_status(loss_value, 0, lr, ms, tok_s));
+    if (progress) {
+      progress->update(step + 1, format_status(loss_value, 0, lr, ms, tok_s));
+    }
   }
-  progress.finish();
+  if (progress) {
+    progress->finish();
+  }
+  policy.copy_to(policy_);
   summary.steps = steps;
-  summary.first_loss = mean_of(losses, true);
-  summary.last_loss = mean_of(losses, false);
+  summary.first_loss = mean_of(summary.step_losses, true);
+  summary.last_loss = mean_of(summary.step_losses, false);
   summary.mean_step_ms =
       total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
   summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
@@ -291,42 +380,49 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
                   summary.skipped_identical,
                   " with identical chosen and rejected)");
 
-  // --- models: the policy trains; the reference is a frozen copy; a fresh noise head ---
+  // --- models, all sharded: the policy trains; the reference is a frozen copy of it (params
+  // only); a fresh noise head (same seed on every rank, then sharded) ---
   const bool npo = loss_kind == "npo";
-  const auto dtype = compute_dtype(cfg_.train);
-  policy_.set_requires_grad(true);
-  policy_.set_compute_dtype(dtype);
-  model::LlamaModel reference = policy_.clone();
-  reference.set_requires_grad(false);
-  reference.set_compute_dtype(dtype);
-  std::vector<at::Tensor> trained = policy_.parameters();
+  const auto prec = precision(cfg_.train);
+  const bool recompute = world_of(comm_) > 1;
+  ShardedLlama policy(policy_, comm_, prec, true, recompute);
+  ShardedLlama reference(policy_, comm_, prec, false, recompute);
+  auto units = policy.units();
+  auto trained = policy.shards();
   noise_head_.reset();
+  std::unique_ptr<ShardedNoiseHead> head;
   if (npo && !cfg_.npo.fixed_noise) {
     const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
     noise_head_ = std::make_unique<model::NoiseHead>(
         cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed);
-    noise_head_->set_requires_grad(true);
-    for (const auto& p : noise_head_->parameters()) {
-      trained.push_back(p);
-    }
+    head = std::make_unique<ShardedNoiseHead>(*noise_head_, comm_);
+    units.push_back(head->unit());
+    trained.push_back(head->unit()->shard());
   }
   auto optimizer = make_optimizer(cfg_.train, trained);
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(pairs.size()));
-  log::info_rank0("train ({}): {} pairs ({} identical skipped, {} truncated), {} steps of {}",
-                  loss_kind,
-                  pairs.size(),
-                  summary.skipped_identical,
-                  summary.truncated,
-                  steps,
-                  cfg_.train.batch_size);
-  Progress progress("train", steps, cfg_.run.log_every);
+  const int rank = rank_of(comm_);
+  log::info_rank0(
+      "train ({}): {} pairs ({} identical skipped, {} truncated), {} steps of {} on {} rank(s)",
+      loss_kind,
+      pairs.size(),
+      summary.skipped_identical,
+      summary.truncated,
+      steps,
+      cfg_.train.batch_size,
+      world_of(comm_));
+  std::optional<Progress> progress;
+  if (rank == 0) {
+    progress.emplace("train", steps, cfg_.run.log_every);
+  }
+  const InjectedFailure injected(rank);
   StepSampler sampler(cfg_, static_cast<std::int64_t>(pairs.size()));
-  std::vector<double> losses;
   Timer total_timer;
   std::int64_t total_tokens = 0;
   const double beta = cfg_.loss.beta;
 
   for (std::int64_t step = 0; step < steps; ++step) {
+    injected.check(step);
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
     set_lr(*optimizer, lr);
@@ -356,15 +452,32 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       micro.push_back(std::move(m));
     }
 
-    double loss_value = 0, model_loss = 0, noise_loss = 0, penalty = 0, margin_sum = 0;
-    double correct = 0, chosen_sum = 0, rejected_sum = 0, sum_s = 0;
-    std::int64_t num_s = 0, step_tokens = 0;
-    for (const auto& m : micro) {
+    // loss, model loss, noise loss, penalty, Σ margin, correct, Σ log π(y+), Σ log π(y−), Σ s,
+    // count of s, tokens — summed over this rank's micro-batches, then over ranks
+    enum Stat {
+      kLoss,
+      kModel,
+      kNoise,
+      kPenalty,
+      kMargin,
+      kCorrect,
+      kChosen,
+      kRejected,
+      kSumS,
+      kNumS,
+      kTokens,
+      kNumStats
+    };
+    std::vector<double> stats(kNumStats, 0.0);
+    const auto share = micro_share(micro.size(), rank, world_of(comm_));
+    for (std::size_t k = 0; k < share.index.size(); ++k) {
+      const auto& m = micro[share.index[k]];
+      const double weight = share.weight[k];
       const auto rows = static_cast<std::int64_t>(m.pair_index.size());
       const auto& b = m.batch;
       // policy: log π_θ(y+), log π_θ(y−)
-      auto hidden = policy_.forward_hidden(b.input_ids, b.attention_mask);
-      auto logps = sequence_logprobs(hidden, policy_.lm_head(), b.input_ids, b.loss_mask);
+      auto hidden = policy.forward_hidden(b.input_ids, b.attention_mask);
+      auto logps = sequence_logprobs(hidden, policy.lm_head(), b.input_ids, b.loss_mask);
       auto policy_chosen = logps.narrow(0, 0, rows);
       auto policy_rejected = logps.narrow(0, rows, rows);
       // frozen reference: clean log-probs and the negatives' hidden states
@@ -378,12 +491,13 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       auto ref_rejected = ref_logps.narrow(0, rows, rows);
 
       at::Tensor loss, margins;
+      double model_loss = 0;
       if (!npo) {
         loss =
             spin_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta).sum() /
             global_pairs;
         margins = ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)).detach();
-        model_loss += loss.item<double>();
+        model_loss = loss.item<double>();
       } else {
         NpoInputs in;
         in.policy_chosen = policy_chosen;
@@ -407,57 +521,77 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         }
         in.global_pairs = global_pairs;
         in.global_penalty_elements = global_penalty_elements;
-        auto terms = npo_loss(in, noise_head_.get(), cfg_.npo, beta);
+        const auto head_params = head ? head->parameters() : std::vector<at::Tensor>{};
+        auto terms = npo_loss(in, head_params, cfg_.npo, beta);
         loss = terms.total;
         margins = terms.margins;
-        model_loss += terms.model_loss.item<double>();
-        noise_loss += terms.noise_loss.item<double>();
-        penalty += terms.penalty.item<double>();
-        sum_s += terms.sum_s;
-        num_s += terms.num_s;
+        model_loss = terms.model_loss.item<double>();
+        stats[kNoise] += weight * terms.noise_loss.item<double>();
+        stats[kPenalty] += weight * terms.penalty.item<double>();
+        stats[kSumS] += weight * terms.sum_s;
+        stats[kNumS] += weight * static_cast<double>(terms.num_s);
       }
-      loss.backward();
-      loss_value += loss.item<double>();
-      margin_sum += margins.sum().item<double>();
-      correct += (margins > 0).sum().item<double>();
-      chosen_sum += policy_chosen.detach().sum().item<double>();
-      rejected_sum += policy_rejected.detach().sum().item<double>();
-      step_tokens += b.attention_mask.sum().item<std::int64_t>();
+      (loss * weight).backward();
+      policy.release();
+      reference.release();
+      if (head) {
+        head->release();
+      }
+      stats[kLoss] += weight * loss.item<double>();
+      stats[kModel] += weight * model_loss;
+      stats[kMargin] += weight * margins.sum().item<double>();
+      stats[kCorrect] += weight * (margins > 0).sum().item<double>();
+      stats[kChosen] += weight * policy_chosen.detach().sum().item<double>();
+      stats[kRejected] += weight * policy_rejected.detach().sum().item<double>();
+      stats[kTokens] += weight * b.attention_mask.sum().item<double>();
     }
-    const double grad_norm = clip_gradients(trained, cfg_.train.grad_clip);
+    if (gradient_observer_) {
+      gradient_observer_(step, units);
+    }
+    const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
     optimizer->step();
     optimizer->zero_grad();
+    sum_over_ranks(stats, comm_);
 
     const double ms = step_timer.millis();
+    const auto step_tokens = static_cast<std::int64_t>(stats[kTokens]);
     summary.step_ms.push_back(ms);
+    summary.step_losses.push_back(stats[kModel]);
     total_tokens += step_tokens;
-    losses.push_back(model_loss);
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
-    const double margin = margin_sum / global_pairs;
+    const double margin = stats[kMargin] / global_pairs;
     std::vector<std::pair<std::string, double>> values = {
-        {"loss", loss_value},
-        {"model_loss", model_loss},
+        {"loss", stats[kLoss]},
+        {"model_loss", stats[kModel]},
         {"margin", margin},
-        {"reward_accuracy", correct / global_pairs},
-        {"logp_chosen", chosen_sum / global_pairs},
-        {"logp_rejected", rejected_sum / global_pairs},
+        {"reward_accuracy", stats[kCorrect] / global_pairs},
+        {"logp_chosen", stats[kChosen] / global_pairs},
+        {"logp_rejected", stats[kRejected] / global_pairs},
         {"lr", lr},
         {"grad_norm", grad_norm},
         {"step_ms", ms},
         {"tokens_per_s", tok_s}};
     if (npo) {
       values.insert(values.end(),
-                    {{"noise_loss", noise_loss},
-                     {"penalty", penalty},
-                     {"mean_s", num_s > 0 ? sum_s / static_cast<double>(num_s) : 0.0}});
+                    {{"noise_loss", stats[kNoise]},
+                     {"penalty", stats[kPenalty]},
+                     {"mean_s", stats[kNumS] > 0 ? stats[kSumS] / stats[kNumS] : 0.0}});
     }
     metrics_.write(loss_kind, step + 1, values);
-    progress.update(step + 1, format_status(loss_value, margin, lr, ms, tok_s));
+    if (progress) {
+      progress->update(step + 1, format_status(stats[kLoss], margin, lr, ms, tok_s));
+    }
   }
-  progress.finish();
+  if (progress) {
+    progress->finish();
+  }
+  policy.copy_to(policy_);
+  if (head) {
+    head->copy_to(*noise_head_);
+  }
   summary.steps = steps;
-  summary.first_loss = mean_of(losses, true);
-  summary.last_loss = mean_of(losses, false);
+  summary.first_loss = mean_of(summary.step_losses, true);
+  summary.last_loss = mean_of(summary.step_losses, false);
   summary.mean_step_ms =
       total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
   summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();

@@ -16,6 +16,12 @@ inline constexpr const char* kProgress = "DNPO_PROGRESS";
 /// DNPO_SPM_SHIM: path of libdnpo_spm_shim.so (default: <executable dir>/../lib, then the build).
 inline constexpr const char* kSpmShim = "DNPO_SPM_SHIM";
 
+/// DNPO_TEST_GRAD_SCALE: tests only — multiplies every reduce-scattered gradient (a deliberately
+/// wrong reduction that the world-size equivalence tests must catch).
+inline constexpr const char* kTestGradScale = "DNPO_TEST_GRAD_SCALE";
+/// DNPO_TEST_FAIL: tests only — "RANK:STEP" makes that rank throw at the start of that step.
+inline constexpr const char* kTestFail = "DNPO_TEST_FAIL";
+
 /// The value of a variable, or nullopt when it is unset or empty.
 std::optional<std::string> get(const char* name);
 

@@ -99,5 +99,11 @@ NpoTerms npo_loss(const NpoInputs& in,
                   const model::NoiseHead* head,
                   const config::NpoConfig& npo,
                   double beta);
+/// The same with the head given as its parameter tensors (NoiseHead::named_parameters order),
+/// e.g. gathered from shards; empty only for the fixed-noise ablation.
+NpoTerms npo_loss(const NpoInputs& in,
+                  const std::vector<at::Tensor>& head_params,
+                  const config::NpoConfig& npo,
+                  double beta);
 
 }  // namespace dnpo::train

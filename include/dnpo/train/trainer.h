@@ -1,8 +1,10 @@
 // The training loops: SFT on prompt/answer records and preference training (SPIN or NPO) on
-// chosen/rejected pairs, single process for now (the fsdp issue shards it). See trainer.cpp.
+// chosen/rejected pairs, sharded over the ranks of a Comm (FSDP units, see sharded_llama.h) or in
+// one process. See trainer.cpp.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "dnpo/data/chat_template.h"
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
+#include "dnpo/dist/sharded_unit.h"
 #include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
 #include "dnpo/train/metrics.h"
@@ -23,19 +26,32 @@ struct TrainSummary {
   double first_loss = 0;  ///< mean loss of the first 10% of steps (model loss for NPO)
   double last_loss = 0;   ///< mean loss of the last 10% of steps
   double mean_step_ms = 0;
-  std::vector<double> step_ms;  ///< wall time of every optimizer step
+  std::vector<double> step_ms;      ///< wall time of every optimizer step
+  std::vector<double> step_losses;  ///< loss of every step (model loss for NPO), global
   double tokens_per_second = 0;
   std::int64_t truncated = 0;          ///< samples cut to data.max_length
   std::int64_t skipped_identical = 0;  ///< pairs whose chosen and rejected texts are equal
 };
 
+/// Sees the gradients of a step after backward, before clipping and the optimizer (tests).
+/// Called on every rank with the trained units (policy, then the noise head); may be collective.
+using GradientObserver =
+    std::function<void(std::int64_t step, const std::vector<dist::ShardedUnit*>& units)>;
+
 class Trainer {
  public:
-  /// policy is trained in place; metrics may be a disabled writer.
+  /// policy is trained in place (every rank passes the same model and data; each trains on its
+  /// share of every global batch); metrics may be a disabled writer (ranks other than 0).
+  /// comm null = one process.
   Trainer(const config::RunConfig& cfg,
           model::LlamaModel& policy,
           const data::Tokenizer& tokenizer,
-          MetricsWriter& metrics);
+          MetricsWriter& metrics,
+          dist::Comm* comm = nullptr);
+
+  void set_gradient_observer(GradientObserver observer) {
+    gradient_observer_ = std::move(observer);
+  }
 
   /// Supervised fine-tuning: token-mean cross-entropy over answer tokens.
   TrainSummary train_sft(const std::vector<data::PromptRecord>& records);
@@ -55,7 +71,9 @@ class Trainer {
   const data::Tokenizer& tokenizer_;
   data::ChatTemplate chat_;
   MetricsWriter& metrics_;
+  dist::Comm* comm_;
   std::unique_ptr<model::NoiseHead> noise_head_;
+  GradientObserver gradient_observer_;
 };
 
 /// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).

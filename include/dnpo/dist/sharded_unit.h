@@ -1,0 +1,135 @@
+// FSDP / ZeRO-3 sharding over plain named tensor lists (dist/ knows nothing of the model).
+// A ShardedUnit stores a group of tensors as one flat fp32 buffer padded to a multiple of the
+// world size; rank r keeps slice r (the master shard the optimizer steps). Before a unit computes,
+// its slices are all-gathered into a full buffer in the compute dtype; afterwards the buffer is
+// dropped. Gradients of the full tensors are reduce-scattered back into the shard's gradient.
+// apply_unit() and gather_params() (below) wrap this in autograd.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "dnpo/dist/comm.h"
+
+namespace dnpo::dist {
+
+struct TensorSpec {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::int64_t numel() const;
+};
+
+struct UnitPrecision {
+  at::ScalarType compute = at::kFloat;  ///< dtype the parameters are gathered and used in
+  at::ScalarType reduce = at::kFloat;   ///< dtype gradients are summed over ranks in
+};
+
+class ShardedUnit {
+ public:
+  /// comm null = one process (the shard is the whole buffer; nothing is communicated).
+  /// trainable: the shard is a leaf that requires grad; otherwise params only (a frozen model).
+  ShardedUnit(std::string name,
+              std::vector<TensorSpec> specs,
+              Comm* comm,
+              UnitPrecision precision,
+              bool trainable);
+
+  const std::string& name() const {
+    return name_;
+  }
+  const std::vector<TensorSpec>& specs() const {
+    return specs_;
+  }
+  std::int64_t numel() const {
+    return numel_;  ///< unpadded
+  }
+  std::int64_t shard_numel() const {
+    return shard_numel_;
+  }
+  int world_size() const {
+    return world_;
+  }
+  bool trainable() const {
+    return trainable_;
+  }
+  /// This rank's fp32 master slice (shard_numel,); the padding past numel() stays zero.
+  const at::Tensor& shard() const {
+    return shard_;
+  }
+
+  /// Fills this rank's slice from the full tensors, in spec order (every rank passes the same).
+  void load_full(const std::vector<at::Tensor>& full);
+  /// collective: the full fp32 tensors (or their gradients, zero where none) on every rank.
+  std::vector<at::Tensor> gather_full(bool gradients = false);
+
+  // --- gathering; collective, so every rank must call these in the same order ---
+  /// Starts the all-gather unless the unit is already gathered or in flight.
+  void prefetch();
+  /// The gathered parameters in spec shapes and the compute dtype (waits for a prefetch).
+  std::vector<at::Tensor> gathered();
+  /// Drops the gathered buffer (its memory goes once no tensor refers to it).
+  void release();
+  bool is_gathered() const {
+    return full_.defined();
+  }
+  /// Σ over ranks of the full-size gradients (spec order; undefined = zero), this rank's slice,
+  /// fp32 (shard_numel,). Blocks until the reduction is done.
+  at::Tensor reduce_scatter_grads(const std::vector<at::Tensor>& grads);
+
+ private:
+  std::string name_;
+  std::vector<TensorSpec> specs_;
+  std::vector<std::int64_t> offsets_;
+  Comm* comm_;
+  UnitPrecision precision_;
+  bool trainable_;
+  int world_ = 1;
+  int rank_ = 0;
+  std::int64_t numel_ = 0;
+  std::int64_t shard_numel_ = 0;
+  double grad_scale_ = 1.0;  // 1 except under the fault-injection test hook (see .cpp)
+  at::Tensor shard_;
+  at::Tensor full_;  // gathered (or being gathered) flat buffer, compute dtype
+  Work in_flight_;   // the gather into full_, until waited on
+  bool waiting_ = false;
+};
+
+/// The units computed next in forward and in backward order: their gathers are started while
+/// this one computes, so at most two units are gathered at once.
+struct Prefetch {
+  ShardedUnit* forward = nullptr;
+  ShardedUnit* backward = nullptr;
+};
+
+/// What a unit computes: outputs from its gathered parameters (spec order) and the inputs.
+using UnitFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>& params,
+                                                     const std::vector<at::Tensor>& inputs)>;
+
+/// Runs fn as one sharded, checkpointed step. Forward: gather, run without keeping activations,
+/// release. Backward: gather again, recompute, reduce-scatter the parameter gradients into the
+/// shard's gradient (when the unit is trainable), release. Inputs that require grad get theirs.
+/// fn must be deterministic (it runs twice). recompute = false keeps the parameters gathered and
+/// the activations through backward instead (one process, where nothing is sharded anyway).
+std::vector<at::Tensor> apply_unit(ShardedUnit& unit,
+                                   const UnitFn& fn,
+                                   const std::vector<at::Tensor>& inputs,
+                                   Prefetch next = {},
+                                   bool recompute = true);
+
+/// The unit's parameters gathered and differentiable: in backward their gradients are
+/// reduce-scattered into the shard's gradient. The buffer stays gathered until unit.release(),
+/// for a unit whose parameters are used across the loss (the lm_head, the noise head).
+std::vector<at::Tensor> gather_params(ShardedUnit& unit, ShardedUnit* next_backward = nullptr);
+
+/// collective: √(Σ over units and ranks of ‖shard gradient‖²) — the global gradient norm.
+double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm);
+
+/// collective: scales every shard gradient by max_norm / (norm + 1e-6) when the global norm
+/// exceeds max_norm (torch.nn.utils.clip_grad_norm_); returns the norm before clipping.
+double clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm);
+
+}  // namespace dnpo::dist

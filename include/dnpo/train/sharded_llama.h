@@ -1,0 +1,76 @@
+// The decoder as FSDP units: one unit per transformer block, an embedding unit and a
+// final-norm/lm_head unit; a tied embedding and lm_head share the embedding unit (which then also
+// holds the final norm). The same forward as model::LlamaModel, computed unit by unit with the
+// gather of the next unit prefetched; see dist/sharded_unit.h for the mechanics.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "dnpo/dist/sharded_unit.h"
+#include "dnpo/model/llama.h"
+#include "dnpo/model/noise_head.h"
+
+namespace dnpo::train {
+
+class ShardedLlama {
+ public:
+  /// Shards the parameters of `model` (every rank passes the same values). comm null = one
+  /// process. trainable = false gives a frozen copy (params only, no gradients). recompute: each
+  /// block unit is released after forward and recomputed in backward (FSDP); false keeps units
+  /// and activations through backward (for one process, where it saves the recompute).
+  ShardedLlama(const model::LlamaModel& model,
+               dist::Comm* comm,
+               dist::UnitPrecision precision,
+               bool trainable,
+               bool recompute);
+
+  /// input_ids (B,T), attention_mask (B,T) → the final hidden state (B,T,C) after the last norm,
+  /// as LlamaModel::forward_hidden. Leaves the head unit gathered for lm_head().
+  at::Tensor forward_hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask);
+  /// The lm_head weight (V,C) in the compute dtype, differentiable; valid after forward_hidden
+  /// until release().
+  at::Tensor lm_head() const;
+  /// Drops every gathered buffer; call after the micro-batch's backward.
+  void release();
+
+  /// The units (embedding first, blocks, then the head unit when untied).
+  std::vector<dist::ShardedUnit*> units();
+  /// The fp32 shards the optimizer steps.
+  std::vector<at::Tensor> shards() const;
+  /// collective: writes the full parameters back into a model of the same config.
+  void copy_to(model::LlamaModel& model);
+
+ private:
+  config::ModelConfig cfg_;
+  at::ScalarType compute_dtype_;
+  bool recompute_;
+  std::vector<std::unique_ptr<dist::ShardedUnit>> units_;
+  dist::ShardedUnit* embed_ = nullptr;
+  std::vector<dist::ShardedUnit*> blocks_;
+  dist::ShardedUnit* head_ = nullptr;  // == embed_ when tied
+  at::Tensor lm_head_;                 // held between forward_hidden and release
+};
+
+/// The noise head as one unit (d × V, like the lm_head), gathered in fp32.
+class ShardedNoiseHead {
+ public:
+  ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm);
+  /// The head's parameters gathered and differentiable (NoiseHead::named_parameters order).
+  std::vector<at::Tensor> parameters();
+  void release() {
+    unit_->release();
+  }
+  dist::ShardedUnit* unit() {
+    return unit_.get();
+  }
+  /// collective: writes the full parameters back into `head`.
+  void copy_to(model::NoiseHead& head);
+
+ private:
+  std::unique_ptr<dist::ShardedUnit> unit_;
+};
+
+}  // namespace dnpo::train

@@ -1,0 +1,334 @@
+// Sharded units and their autograd wrappers; see sharded_unit.h.
+#include "dnpo/dist/sharded_unit.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "dnpo/common/env.h"
+#include "dnpo/common/error.h"
+
+namespace dnpo::dist {
+
+std::int64_t TensorSpec::numel() const {
+  std::int64_t n = 1;
+  for (const auto d : shape) {
+    n *= d;
+  }
+  return n;
+}
+
+ShardedUnit::ShardedUnit(std::string name,
+                         std::vector<TensorSpec> specs,
+                         Comm* comm,
+                         UnitPrecision precision,
+                         bool trainable)
+    : name_(std::move(name)),
+      specs_(std::move(specs)),
+      comm_(comm),
+      precision_(precision),
+      trainable_(trainable) {
+  if (comm_ != nullptr) {
+    world_ = comm_->world_size();
+    rank_ = comm_->rank();
+  }
+  for (const auto& s : specs_) {
+    offsets_.push_back(numel_);
+    numel_ += s.numel();
+  }
+  shard_numel_ = (numel_ + world_ - 1) / world_;
+  shard_ = at::zeros({shard_numel_}, at::kFloat);
+  if (trainable_) {
+    shard_.requires_grad_(true);
+  }
+  // Test hook: a deliberately mis-scaled reduce-scatter, to show that the world-size
+  // equivalence tests catch one (tests/mpi/train/fsdp_equivalence_test.cpp).
+  if (const auto scale = env::get(env::kTestGradScale)) {
+    grad_scale_ = std::stod(*scale);
+  }
+}
+
+void ShardedUnit::load_full(const std::vector<at::Tensor>& full) {
+  DNPO_CHECK(full.size() == specs_.size(),
+             "unit ",
+             name_,
+             ": ",
+             full.size(),
+             " tensors given for ",
+             specs_.size(),
+             " specs");
+  at::NoGradGuard no_grad;
+  const std::int64_t begin = static_cast<std::int64_t>(rank_) * shard_numel_;
+  const std::int64_t end = begin + shard_numel_;
+  for (std::size_t i = 0; i < specs_.size(); ++i) {
+    DNPO_CHECK(full[i].numel() == specs_[i].numel(),
+               "unit ",
+               name_,
+               ": tensor ",
+               specs_[i].name,
+               " has ",
+               full[i].numel(),
+               " elements; expected ",
+               specs_[i].numel());
+    // The overlap of tensor i's range [off, off+numel) with this rank's [begin, end).
+    const auto off = offsets_[i];
+    const auto lo = std::max(begin, off);
+    const auto hi = std::min(end, off + specs_[i].numel());
+    if (lo < hi) {
+      shard_.narrow(0, lo - begin, hi - lo)
+          .copy_(full[i].reshape({-1}).narrow(0, lo - off, hi - lo).to(at::kFloat));
+    }
+  }
+}
+
+std::vector<at::Tensor> ShardedUnit::gather_full(bool gradients) {
+  at::NoGradGuard no_grad;
+  at::Tensor mine = gradients ? shard_.grad() : shard_;
+  mine = mine.defined() ? mine.detach().contiguous() : at::zeros_like(shard_);
+  at::Tensor flat = mine.clone();
+  if (world_ > 1) {
+    flat = at::empty({shard_numel_ * world_}, at::kFloat);
+    comm_->all_gather_flat(flat, mine).wait();
+  }
+  std::vector<at::Tensor> out;
+  for (std::size_t i = 0; i < specs_.size(); ++i) {
+    out.push_back(flat.narrow(0, offsets_[i], specs_[i].numel()).view(specs_[i].shape).clone());
+  }
+  return out;
+}
+
+void ShardedUnit::prefetch() {
+  if (full_.defined()) {
+    return;
+  }
+  at::NoGradGuard no_grad;
+  const auto local = shard_.detach().to(precision_.compute);
+  if (world_ == 1) {
+    full_ = local;  // fp32: the shard itself (updated in place only after backward)
+    return;
+  }
+  full_ = at::empty({shard_numel_ * world_}, local.options());
+  in_flight_ = comm_->all_gather_flat(full_, local.contiguous());
+  waiting_ = true;
+}
+
+std::vector<at::Tensor> ShardedUnit::gathered() {
+  prefetch();
+  if (waiting_) {
+    in_flight_.wait();
+    waiting_ = false;
+  }
+  std::vector<at::Tensor> views;
+  views.reserve(specs_.size());
+  for (std::size_t i = 0; i < specs_.size(); ++i) {
+    views.push_back(full_.narrow(0, offsets_[i], specs_[i].numel()).view(specs_[i].shape));
+  }
+  return views;
+}
+
+void ShardedUnit::release() {
+  if (waiting_) {
+    in_flight_.wait();  // a collective in flight must finish on every rank
+    waiting_ = false;
+  }
+  full_ = at::Tensor();
+}
+
+at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grads) {
+  DNPO_INTERNAL_ASSERT(grads.size() == specs_.size());
+  at::NoGradGuard no_grad;
+  auto flat = at::zeros({shard_numel_ * world_}, at::TensorOptions().dtype(precision_.reduce));
+  for (std::size_t i = 0; i < specs_.size(); ++i) {
+    if (grads[i].defined()) {
+      flat.narrow(0, offsets_[i], specs_[i].numel()).copy_(grads[i].reshape({-1}));
+    }
+  }
+  at::Tensor shard_grad = flat;
+  if (world_ > 1) {
+    shard_grad = at::empty({shard_numel_}, flat.options());
+    comm_->reduce_scatter_flat(shard_grad, flat).wait();
+  }
+  shard_grad = shard_grad.to(at::kFloat);
+  return grad_scale_ == 1.0 ? shard_grad : shard_grad * grad_scale_;
+}
+
+namespace {
+
+// Carries the unit and its function through the autograd context.
+struct UnitCall : torch::CustomClassHolder {
+  ShardedUnit* unit = nullptr;
+  UnitFn fn;
+  Prefetch next;
+};
+
+// Inputs of the autograd functions travel as one TensorList: [shard, inputs...].
+class ApplyUnitFunction : public torch::autograd::Function<ApplyUnitFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                at::TensorList tensors,
+                                                c10::intrusive_ptr<UnitCall> call) {
+    auto& unit = *call->unit;
+    const std::vector<at::Tensor> inputs(tensors.begin() + 1, tensors.end());
+    const auto params = unit.gathered();
+    if (call->next.forward != nullptr) {
+      call->next.forward->prefetch();
+    }
+    auto outputs = call->fn(params, inputs);
+    unit.release();
+    ctx->save_for_backward(inputs);
+    ctx->saved_data["call"] = at::IValue::make_capsule(call);
+    return outputs;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto call =
+        c10::static_intrusive_pointer_cast<UnitCall>(ctx->saved_data["call"].toCapsule());
+    auto& unit = *call->unit;
+    const auto saved = ctx->get_saved_variables();
+    // --- recompute with fresh leaves: the inputs that need a gradient, and the parameters ---
+    std::vector<at::Tensor> inputs;
+    std::vector<at::Tensor> wrt;
+    std::vector<std::size_t> input_slots;  // which inputs are in wrt (after the params)
+    auto params = unit.gathered();
+    if (call->next.backward != nullptr) {
+      call->next.backward->prefetch();
+    }
+    const bool param_grads = unit.trainable() && ctx->needs_input_grad(0);
+    for (auto& p : params) {
+      p = p.detach().requires_grad_(param_grads);
+      if (param_grads) {
+        wrt.push_back(p);
+      }
+    }
+    for (std::size_t i = 0; i < saved.size(); ++i) {
+      auto x = saved[i].detach();
+      if (ctx->needs_input_grad(i + 1) && x.is_floating_point()) {
+        x.requires_grad_(true);
+        input_slots.push_back(i);
+        wrt.push_back(x);
+      }
+      inputs.push_back(x);
+    }
+    std::vector<at::Tensor> outputs, grads;
+    {
+      torch::autograd::AutoGradMode enable(true);
+      const auto recomputed = call->fn(params, inputs);
+      for (std::size_t i = 0; i < recomputed.size(); ++i) {
+        if (grad_outputs[i].defined() && recomputed[i].requires_grad()) {
+          outputs.push_back(recomputed[i]);
+          grads.push_back(grad_outputs[i]);
+        }
+      }
+    }
+    std::vector<at::Tensor> found(wrt.size());
+    if (!outputs.empty() && !wrt.empty()) {
+      found = torch::autograd::grad(outputs, wrt, grads, false, false, true);
+    }
+    // --- the answer: one gradient per forward input ([shard, inputs...], then the call) ---
+    torch::autograd::variable_list result(saved.size() + 2);
+    if (param_grads) {
+      const std::vector<at::Tensor> param_grad(found.begin(),
+                                               found.begin() + static_cast<long>(params.size()));
+      params.clear();
+      unit.release();  // the gathered buffer goes before the reduction allocates its own
+      result[0] = unit.reduce_scatter_grads(param_grad);
+    } else {
+      unit.release();
+    }
+    const std::size_t first_input = param_grads ? unit.specs().size() : 0;
+    for (std::size_t k = 0; k < input_slots.size(); ++k) {
+      result[input_slots[k] + 1] = found[first_input + k];
+    }
+    return result;
+  }
+};
+
+class GatherParamsFunction : public torch::autograd::Function<GatherParamsFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& /*shard*/,
+                                                c10::intrusive_ptr<UnitCall> call) {
+    ctx->saved_data["call"] = at::IValue::make_capsule(call);
+    return call->unit->gathered();
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto call =
+        c10::static_intrusive_pointer_cast<UnitCall>(ctx->saved_data["call"].toCapsule());
+    auto& unit = *call->unit;
+    if (call->next.backward != nullptr) {
+      call->next.backward->prefetch();
+    }
+    return {unit.reduce_scatter_grads(grad_outputs), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::vector<at::Tensor> apply_unit(ShardedUnit& unit,
+                                   const UnitFn& fn,
+                                   const std::vector<at::Tensor>& inputs,
+                                   Prefetch next,
+                                   bool recompute) {
+  if (!recompute) {
+    if (next.forward != nullptr) {
+      next.forward->prefetch();
+    }
+    return fn(gather_params(unit, next.backward), inputs);
+  }
+  auto call = c10::make_intrusive<UnitCall>();
+  call->unit = &unit;
+  call->fn = fn;
+  call->next = next;
+  std::vector<at::Tensor> tensors{unit.shard()};
+  tensors.insert(tensors.end(), inputs.begin(), inputs.end());
+  return ApplyUnitFunction::apply(at::TensorList(tensors), std::move(call));
+}
+
+std::vector<at::Tensor> gather_params(ShardedUnit& unit, ShardedUnit* next_backward) {
+  if (!unit.trainable() || !at::GradMode::is_enabled()) {
+    return unit.gathered();
+  }
+  auto call = c10::make_intrusive<UnitCall>();
+  call->unit = &unit;
+  call->next.backward = next_backward;
+  return GatherParamsFunction::apply(unit.shard(), std::move(call));
+}
+
+double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
+  double local = 0;
+  for (const auto* unit : units) {
+    const auto& g = unit->shard().grad();
+    if (g.defined()) {
+      local += g.to(at::kDouble).pow(2).sum().item<double>();
+    }
+  }
+  if (comm != nullptr && comm->world_size() > 1) {
+    auto t = at::full({1}, local, at::kDouble);
+    comm->all_reduce_sum(t).wait();
+    local = t.item<double>();
+  }
+  return std::sqrt(local);
+}
+
+double clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm) {
+  const double norm = global_grad_norm(units, comm);
+  if (max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1) {
+      for (const auto* unit : units) {
+        auto g = unit->shard().grad();
+        if (g.defined()) {
+          g.mul_(coef);
+        }
+      }
+    }
+  }
+  return norm;
+}
+
+}  // namespace dnpo::dist

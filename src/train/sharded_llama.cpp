@@ -1,0 +1,189 @@
+// The decoder wired as FSDP units; see sharded_llama.h.
+#include "dnpo/train/sharded_llama.h"
+
+#include <map>
+
+#include <ATen/ATen.h>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::train {
+namespace {
+
+dist::TensorSpec spec_of(const std::string& name, const at::Tensor& t) {
+  return {name, t.sizes().vec()};
+}
+
+// A unit over the named tensors `names` of `by_name`, loaded with their values.
+std::unique_ptr<dist::ShardedUnit> make_unit(const std::string& unit_name,
+                                             const std::vector<std::string>& names,
+                                             const std::map<std::string, at::Tensor>& by_name,
+                                             dist::Comm* comm,
+                                             dist::UnitPrecision precision,
+                                             bool trainable) {
+  std::vector<dist::TensorSpec> specs;
+  std::vector<at::Tensor> values;
+  for (const auto& name : names) {
+    const auto it = by_name.find(name);
+    DNPO_INTERNAL_ASSERT(it != by_name.end());
+    specs.push_back(spec_of(name, it->second));
+    values.push_back(it->second.detach());
+  }
+  auto unit =
+      std::make_unique<dist::ShardedUnit>(unit_name, std::move(specs), comm, precision, trainable);
+  unit->load_full(values);
+  return unit;
+}
+
+const std::vector<std::string> kBlockTensors = {"input_layernorm.weight",
+                                                "self_attn.q_proj.weight",
+                                                "self_attn.k_proj.weight",
+                                                "self_attn.v_proj.weight",
+                                                "self_attn.o_proj.weight",
+                                                "post_attention_layernorm.weight",
+                                                "mlp.gate_proj.weight",
+                                                "mlp.up_proj.weight",
+                                                "mlp.down_proj.weight"};
+
+}  // namespace
+
+ShardedLlama::ShardedLlama(const model::LlamaModel& model,
+                           dist::Comm* comm,
+                           dist::UnitPrecision precision,
+                           bool trainable,
+                           bool recompute)
+    : cfg_(model.config()), compute_dtype_(precision.compute), recompute_(recompute) {
+  std::map<std::string, at::Tensor> by_name(model.named_parameters().begin(),
+                                            model.named_parameters().end());
+  const bool tied = cfg_.tie_word_embeddings;
+  // --- embedding unit (with the final norm when the lm_head is the embedding) ---
+  std::vector<std::string> embed_names{"model.embed_tokens.weight"};
+  if (tied) {
+    embed_names.emplace_back("model.norm.weight");
+  }
+  units_.push_back(make_unit("embed", embed_names, by_name, comm, precision, trainable));
+  embed_ = units_.back().get();
+  // --- one unit per block ---
+  for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    std::vector<std::string> names;
+    for (const auto& t : kBlockTensors) {
+      names.push_back(prefix + t);
+    }
+    units_.push_back(
+        make_unit("layer" + std::to_string(i), names, by_name, comm, precision, trainable));
+    blocks_.push_back(units_.back().get());
+  }
+  // --- final norm + lm_head ---
+  if (tied) {
+    head_ = embed_;
+  } else {
+    units_.push_back(make_unit(
+        "head", {"model.norm.weight", "lm_head.weight"}, by_name, comm, precision, trainable));
+    head_ = units_.back().get();
+  }
+}
+
+at::Tensor ShardedLlama::forward_hidden(const at::Tensor& input_ids,
+                                        const at::Tensor& attention_mask) {
+  DNPO_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
+             "forward_hidden: input_ids and attention_mask must both be (B,T); got ",
+             input_ids.sizes(),
+             " and ",
+             attention_mask.sizes());
+  release();
+  auto* first_block = blocks_.empty() ? head_ : blocks_.front();
+  const auto embed_fn = [](const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& in) {
+    return std::vector<at::Tensor>{at::embedding(p[0], in[0])};
+  };
+  auto x = dist::apply_unit(*embed_, embed_fn, {input_ids}, {first_block, nullptr}, recompute_)[0];
+
+  const auto ctx = model::make_attention_context(cfg_, attention_mask, 0, compute_dtype_);
+  const auto cfg = cfg_;
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    const auto block_fn = [cfg](const std::vector<at::Tensor>& p,
+                                const std::vector<at::Tensor>& in) {
+      const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+      model::AttentionContext c{in[1], in[2], in[3]};
+      return std::vector<at::Tensor>{model::block_forward(cfg, w, in[0], c, nullptr, 0)};
+    };
+    const dist::Prefetch next{i + 1 < blocks_.size() ? blocks_[i + 1] : head_,
+                              i > 0 ? blocks_[i - 1] : embed_};
+    x = dist::apply_unit(
+        *blocks_[i], block_fn, {x, ctx.cos, ctx.sin, ctx.bias}, next, recompute_)[0];
+  }
+  // The head stays gathered through the loss; in backward it hands over to the last block.
+  const auto head = dist::gather_params(*head_, blocks_.empty() ? nullptr : blocks_.back());
+  const bool tied = head_ == embed_;
+  lm_head_ = tied ? head[0] : head[1];
+  return model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps);
+}
+
+at::Tensor ShardedLlama::lm_head() const {
+  DNPO_CHECK(lm_head_.defined(), "lm_head() is valid only between forward_hidden and release");
+  return lm_head_;
+}
+
+void ShardedLlama::release() {
+  lm_head_ = at::Tensor();
+  for (auto& unit : units_) {
+    unit->release();
+  }
+}
+
+std::vector<dist::ShardedUnit*> ShardedLlama::units() {
+  std::vector<dist::ShardedUnit*> out;
+  out.reserve(units_.size());
+  for (auto& unit : units_) {
+    out.push_back(unit.get());
+  }
+  return out;
+}
+
+std::vector<at::Tensor> ShardedLlama::shards() const {
+  std::vector<at::Tensor> out;
+  out.reserve(units_.size());
+  for (const auto& unit : units_) {
+    out.push_back(unit->shard());
+  }
+  return out;
+}
+
+void ShardedLlama::copy_to(model::LlamaModel& model) {
+  std::map<std::string, at::Tensor> by_name(model.named_parameters().begin(),
+                                            model.named_parameters().end());
+  at::NoGradGuard no_grad;
+  for (auto& unit : units_) {
+    const auto full = unit->gather_full();
+    for (std::size_t i = 0; i < full.size(); ++i) {
+      by_name.at(unit->specs()[i].name).copy_(full[i]);
+    }
+  }
+}
+
+ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm) {
+  std::vector<dist::TensorSpec> specs;
+  std::vector<at::Tensor> values;
+  for (const auto& [name, tensor] : head.named_parameters()) {
+    specs.push_back(spec_of(name, tensor));
+    values.push_back(tensor.detach());
+  }
+  // fp32 like the unsharded head: s multiplies ε in fp32 inside the noisy log-softmax.
+  unit_ = std::make_unique<dist::ShardedUnit>(
+      "noise_head", std::move(specs), comm, dist::UnitPrecision{}, true);
+  unit_->load_full(values);
+}
+
+std::vector<at::Tensor> ShardedNoiseHead::parameters() {
+  return dist::gather_params(*unit_);
+}
+
+void ShardedNoiseHead::copy_to(model::NoiseHead& head) {
+  const auto full = unit_->gather_full();
+  at::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < full.size(); ++i) {
+    head.named_parameters()[i].second.copy_(full[i]);
+  }
+}
+
+}  // namespace dnpo::train
