@@ -1,9 +1,13 @@
-// dnpo_dist: the trainer's command line. Parses options (CLI11), resolves the config
-// (file → --set overrides → validate), runs a stage, and turns any error into one clear
-// message and a non-zero exit. A bare `dnpo_dist --config X` runs the whole job (`run`).
+// dnpo_dist: the trainer's command line. Every process is an MPI process (mpirun, srun, or a
+// plain start as a world of one). Parses options (CLI11), resolves the config (file → --set
+// overrides → validate for this world size), opens the process group, runs a stage, and turns
+// any error into one clear message naming the rank and a non-zero exit; with several ranks it
+// then aborts the job, so no rank waits on a dead peer. A bare `dnpo_dist --config X` runs the
+// whole job (`run`).
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <memory>
 
 #include <CLI/CLI.hpp>
 
@@ -13,6 +17,8 @@
 #include "dnpo/common/log.h"
 #include "dnpo/config/loader.h"
 #include "dnpo/data/demo_world.h"
+#include "dnpo/dist/comm.h"
+#include "dnpo/dist/mpi_env.h"
 #include "dnpo/train/driver.h"
 
 namespace {
@@ -33,16 +39,19 @@ void add_common(CLI::App* app, Options& o) {
       ->type_name("KEY=VALUE");
 }
 
-dnpo::config::RunConfig resolve(const Options& o) {
+dnpo::config::RunConfig resolve(const Options& o, int world) {
   auto cfg = dnpo::config::load_config(o.config_path, o.overrides);
-  dnpo::config::validate(cfg);
+  dnpo::config::validate(cfg, world);
   return cfg;
 }
 
 /// The whole command line; main() only adds a last-resort catch around it.
 int run_cli(int argc, char** argv) {
-  const auto blas = dnpo::app::ensure_fast_blas(argc, argv);
-  dnpo::log::init(0, dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
+  const auto blas = dnpo::app::ensure_fast_blas(argc, argv);  // may re-exec: before MPI_Init
+  const dnpo::dist::MpiEnv mpi(&argc, &argv);
+  const int rank = mpi.rank();
+  const int world = mpi.world_size();
+  dnpo::log::init(rank, dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
   CLI::App app{"dnpo_dist — DNPO self-improvement trainer (SFT, SPIN, NPO/DNPO)"};
   app.require_subcommand(0, 1);
   Options o;
@@ -78,27 +87,39 @@ int run_cli(int argc, char** argv) {
     if (!o.pairs.empty()) {
       o.overrides.push_back("data.pairs_file=" + o.pairs);
     }
-    const auto cfg = resolve(o);
-    dnpo::log::init(0, cfg.run.log_level);
+    const auto cfg = resolve(o, world);
+    dnpo::log::init(rank, cfg.run.log_level);
     dnpo::log::info_rank0("{}", blas);
+    // One process needs no process group; several share one (Gloo on CPU).
+    std::unique_ptr<dnpo::dist::Comm> comm;
+    if (world > 1) {
+      comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist);
+    }
     if (*sft) {
-      dnpo::train::run_sft(cfg, o.stage);
+      dnpo::train::run_sft(cfg, o.stage, comm.get());
     } else if (*train) {
-      dnpo::train::run_train(cfg, o.stage);
+      dnpo::train::run_train(cfg, o.stage, comm.get());
     } else if (*eval) {
-      dnpo::train::run_eval(cfg, o.stage);
+      dnpo::train::run_eval(cfg, o.stage, comm.get());
     } else if (*demo) {
-      if (o.demo_out.empty()) {
-        dnpo::train::ensure_demo_data(cfg);
-      } else {
+      if (rank == 0 && !o.demo_out.empty()) {
         dnpo::data::write_demo_data(cfg.demo, o.demo_out);
+      } else if (o.demo_out.empty()) {
+        dnpo::train::ensure_demo_data(cfg, comm.get());
       }
     } else {
-      dnpo::train::run_job(cfg);
+      dnpo::train::run_job(cfg, comm.get());
     }
   } catch (const std::exception& e) {
-    dnpo::log::error("fatal: {}", e.what());
-    return 1;
+    if (world == 1) {
+      dnpo::log::error("fatal: {}", e.what());
+      return 1;
+    }
+    // The others may be blocked in a collective with this rank: end the whole job now.
+    dnpo::log::error("fatal on rank {} of {}: {}", rank, world, e.what());
+    dnpo::log::error("aborting all {} ranks", world);
+    spdlog::default_logger()->flush();
+    dnpo::dist::MpiEnv::abort(1);
   }
   return 0;
 }

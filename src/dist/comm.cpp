@@ -3,6 +3,7 @@
 
 #include <array>
 #include <chrono>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <mpi.h>
@@ -53,11 +54,24 @@ void Work::wait() {
       work->wait(state_->timeout);
     }
     if (state_->request != MPI_REQUEST_NULL) {
-      // The MPI-Checker cannot see that Comm::reduce_scatter_flat started this request.
-      // NOLINTBEGIN(clang-analyzer-optin.mpi.MPI-Checker)
-      const int rc = MPI_Wait(&state_->request, MPI_STATUS_IGNORE);
-      // NOLINTEND(clang-analyzer-optin.mpi.MPI-Checker)
-      DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Wait returned ", rc);
+      // MPI_Wait has no timeout: poll, so a stuck peer ends in an error, not a hang.
+      const auto deadline = std::chrono::steady_clock::now() + state_->timeout;
+      int done = 0;
+      for (int polls = 0; done == 0; ++polls) {
+        // The MPI-Checker cannot see that Comm::reduce_scatter_flat started this request.
+        // NOLINTBEGIN(clang-analyzer-optin.mpi.MPI-Checker)
+        const int rc = MPI_Test(&state_->request, &done, MPI_STATUS_IGNORE);
+        // NOLINTEND(clang-analyzer-optin.mpi.MPI-Checker)
+        DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Test returned ", rc);
+        if (done == 0) {
+          DNPO_CHECK_WITH(DistError,
+                          std::chrono::steady_clock::now() < deadline,
+                          "no reply from the other ranks");
+          if (polls > 1000) {
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+          }
+        }
+      }
     }
   } catch (const std::exception& e) {
     DNPO_FAIL(DistError,
@@ -77,6 +91,7 @@ void Work::wait() {
 struct Comm::Impl {
   int rank = 0;
   int world = 1;
+  int local_world = 1;
   std::string reduce_scatter;
   std::chrono::milliseconds timeout{0};
   c10::intrusive_ptr<c10d::Store> store;
@@ -106,6 +121,7 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg) : impl_(std::make_u
   auto& s = *impl_;
   s.rank = mpi.rank();
   s.world = mpi.world_size();
+  s.local_world = mpi.local_world_size();
   s.timeout = std::chrono::milliseconds(static_cast<long long>(cfg.timeout_s * 1000.0));
   s.reduce_scatter = cfg.reduce_scatter;
   DNPO_CHECK_WITH(ConfigError,
@@ -184,6 +200,9 @@ int Comm::rank() const {
 }
 int Comm::world_size() const {
   return impl_->world;
+}
+int Comm::local_world_size() const {
+  return impl_->local_world;
 }
 std::string Comm::backend() const {
   return "gloo";

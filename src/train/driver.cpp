@@ -30,10 +30,12 @@ std::string run_dir(const config::RunConfig& cfg) {
   return cfg.run.out_dir + "/" + cfg.run.name;
 }
 
-void set_threads(const config::RunConfig& cfg) {
+// run.threads, or this node's cores shared by the ranks on it.
+void set_threads(const config::RunConfig& cfg, const dist::Comm* comm) {
   int threads = cfg.run.threads;
   if (threads <= 0) {
-    threads = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+    const int cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+    threads = std::max(1, cores / (comm == nullptr ? 1 : comm->local_world_size()));
   }
   at::set_num_threads(threads);
 }
@@ -95,6 +97,16 @@ nlohmann::json summary_json(const TrainSummary& s) {
           {"skipped_identical", s.skipped_identical}};
 }
 
+bool is_rank0(const dist::Comm* comm) {
+  return comm == nullptr || comm->rank() == 0;
+}
+
+void barrier(dist::Comm* comm) {
+  if (comm != nullptr) {
+    comm->barrier().wait();
+  }
+}
+
 std::string output_dir(const config::RunConfig& cfg,
                        const StageOptions& options,
                        const std::string& stage) {
@@ -103,21 +115,28 @@ std::string output_dir(const config::RunConfig& cfg,
 
 }  // namespace
 
-std::string prepare_run_dir(const config::RunConfig& cfg) {
+std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm) {
   auto dir = run_dir(cfg);
-  fs::create_directories(dir);
-  std::ofstream out(dir + "/resolved_config.toml");
-  DNPO_CHECK(out.good(), "cannot write '", dir, "/resolved_config.toml'");
-  out << "# resolved configuration (dnpo " << DNPO_GIT_SHA << ")\n" << config::to_toml(cfg);
-  set_threads(cfg);
+  if (is_rank0(comm)) {
+    fs::create_directories(dir);
+    std::ofstream out(dir + "/resolved_config.toml");
+    DNPO_CHECK(out.good(), "cannot write '", dir, "/resolved_config.toml'");
+    out << "# resolved configuration (dnpo " << DNPO_GIT_SHA << ")\n" << config::to_toml(cfg);
+  }
+  set_threads(cfg, comm);
   log::info_rank0("dnpo {} | run dir {} | {} threads", DNPO_GIT_SHA, dir, at::get_num_threads());
   return dir;
 }
 
-void ensure_demo_data(const config::RunConfig& cfg) {
+void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm) {
   const auto& train_file = cfg.data.train_file;
   const auto& eval_file = cfg.data.eval_file;
+  if (!is_rank0(comm)) {
+    barrier(comm);  // rank 0 writes the files
+    return;
+  }
   if (fs::exists(train_file) && fs::exists(eval_file)) {
+    barrier(comm);
     return;
   }
   const auto dir = fs::path(train_file).parent_path().string();
@@ -130,36 +149,40 @@ void ensure_demo_data(const config::RunConfig& cfg) {
                   cfg.demo.eval_size,
                   dir.empty() ? "." : dir);
   data::write_demo_data(cfg.demo, dir.empty() ? "." : dir);
+  barrier(comm);
 }
 
-void run_sft(const config::RunConfig& cfg, const StageOptions& options) {
-  const auto dir = prepare_run_dir(cfg);
+void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
+  const auto dir = prepare_run_dir(cfg, comm);
   DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
   const auto records = data::read_prompts_jsonl(cfg.data.train_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   auto policy = load_or_init_model(cfg, options.init_model);
   log::info_rank0("model: {} parameters", policy.num_parameters());
-  MetricsWriter metrics(dir + "/metrics.jsonl");
-  Trainer trainer(cfg, policy, *tokenizer, metrics);
+  MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
+  Trainer trainer(cfg, policy, *tokenizer, metrics, comm);
   const auto summary = trainer.train_sft(records);
   log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
                   summary.steps,
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
-  const auto out = output_dir(cfg, options, "sft");
-  save_model(cfg, policy, out);
-  write_summary(out + "/summary.json", summary_json(summary));
+  if (is_rank0(comm)) {
+    const auto out = output_dir(cfg, options, "sft");
+    save_model(cfg, policy, out);
+    write_summary(out + "/summary.json", summary_json(summary));
+  }
+  barrier(comm);  // the model is on disk before any rank goes on
 }
 
-void run_train(const config::RunConfig& cfg, const StageOptions& options) {
-  const auto dir = prepare_run_dir(cfg);
+void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
+  const auto dir = prepare_run_dir(cfg, comm);
   DNPO_CHECK_WITH(ConfigError, !cfg.data.pairs_file.empty(), "train needs data.pairs_file");
   const auto pairs = data::read_pairs_jsonl(cfg.data.pairs_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   auto policy = load_or_init_model(cfg, options.init_model);
-  MetricsWriter metrics(dir + "/metrics.jsonl");
-  Trainer trainer(cfg, policy, *tokenizer, metrics);
+  MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
+  Trainer trainer(cfg, policy, *tokenizer, metrics, comm);
   const auto summary = trainer.train_preference(pairs);
   log::info_rank0("train ({}) done: {} steps, model loss {:.4f} → {:.4f}, {:.0f} ms/step",
                   cfg.train.loss,
@@ -167,13 +190,19 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options) {
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
-  const auto out = output_dir(cfg, options, "train");
-  save_model(cfg, policy, out);
-  write_summary(out + "/summary.json", summary_json(summary));
+  if (is_rank0(comm)) {
+    const auto out = output_dir(cfg, options, "train");
+    save_model(cfg, policy, out);
+    write_summary(out + "/summary.json", summary_json(summary));
+  }
+  barrier(comm);
 }
 
-double run_eval(const config::RunConfig& cfg, const StageOptions& options) {
-  const auto dir = prepare_run_dir(cfg);
+double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
+  const auto dir = prepare_run_dir(cfg, comm);
+  if (!is_rank0(comm)) {
+    return 0;  // one rank evaluates for now
+  }
   DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval needs data.eval_file");
   const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
@@ -196,11 +225,11 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options) {
   return report.sampled.exact;
 }
 
-void run_job(const config::RunConfig& cfg) {
-  ensure_demo_data(cfg);
+void run_job(const config::RunConfig& cfg, dist::Comm* comm) {
+  ensure_demo_data(cfg, comm);
   const auto sft_dir = run_dir(cfg) + "/sft";
-  run_sft(cfg, {});
-  run_eval(cfg, {sft_dir, run_dir(cfg) + "/sft_samples.jsonl", ""});
+  run_sft(cfg, {}, comm);
+  run_eval(cfg, {sft_dir, run_dir(cfg) + "/sft_samples.jsonl", ""}, comm);
 }
 
 }  // namespace dnpo::train

@@ -43,6 +43,8 @@ class Comm {
 
   int rank() const;
   int world_size() const;
+  /// Ranks on this node (to share its cores between them).
+  int local_world_size() const;
   std::string backend() const;
 
   // collective: every rank calls these in the same order.

@@ -1,11 +1,14 @@
 // The stages a user runs (dnpo_dist subcommands): sft, train, eval, and `run`, the whole job.
 // Each stage reads a resolved RunConfig, writes into the run directory <run.out_dir>/<run.name>:
-// resolved_config.toml, metrics.jsonl, and an HF model directory per training stage.
+// resolved_config.toml, metrics.jsonl, and an HF model directory per training stage. Every rank
+// calls the stage (comm null = one process); training is sharded over the ranks, rank 0 writes
+// the files, and eval runs on rank 0 (distributed generation comes with the selfplay issue).
 #pragma once
 
 #include <string>
 
 #include "dnpo/config/config.h"
+#include "dnpo/dist/comm.h"
 
 namespace dnpo::train {
 
@@ -15,17 +18,22 @@ struct StageOptions {
   std::string output_dir;   ///< where the trained model goes; "" = <run_dir>/<stage>
 };
 
-/// The run directory, created with resolved_config.toml written into it.
-std::string prepare_run_dir(const config::RunConfig& cfg);
+/// The run directory, created with resolved_config.toml written into it (by rank 0).
+std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
-/// Writes the demo world's train/eval JSONL (data.train_file / data.eval_file) if missing.
-void ensure_demo_data(const config::RunConfig& cfg);
+/// Writes the demo world's train/eval JSONL (data.train_file / data.eval_file) if missing; rank 0
+/// writes, the others wait for it.
+void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
-void run_sft(const config::RunConfig& cfg, const StageOptions& options);
-void run_train(const config::RunConfig& cfg, const StageOptions& options);
-/// Returns the sampled exact accuracy (for scripts); logs the full report.
-double run_eval(const config::RunConfig& cfg, const StageOptions& options);
+void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm = nullptr);
+void run_train(const config::RunConfig& cfg,
+               const StageOptions& options,
+               dist::Comm* comm = nullptr);
+/// Returns the sampled exact accuracy (for scripts; 0 on ranks other than 0); logs the report.
+double run_eval(const config::RunConfig& cfg,
+                const StageOptions& options,
+                dist::Comm* comm = nullptr);
 /// The whole job. Now: demo data → SFT → held-out eval; the selfplay issue adds the iterations.
-void run_job(const config::RunConfig& cfg);
+void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
 }  // namespace dnpo::train
