@@ -83,6 +83,12 @@ void ShardedUnit::load_full(const std::vector<at::Tensor>& full) {
   }
 }
 
+void ShardedUnit::load_shard_of(const ShardedUnit& other) {
+  DNPO_INTERNAL_ASSERT(other.shard_numel_ == shard_numel_ && other.numel_ == numel_);
+  at::NoGradGuard no_grad;
+  shard_.copy_(other.shard_);
+}
+
 std::vector<at::Tensor> ShardedUnit::gather_full(bool gradients) {
   at::NoGradGuard no_grad;
   at::Tensor mine = gradients ? shard_.grad() : shard_;

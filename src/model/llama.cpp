@@ -215,14 +215,26 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   return x1 + mlp;
 }
 
+at::Tensor initial_parameter(const config::ModelConfig& cfg,
+                             const std::string& name,
+                             std::uint64_t seed) {
+  const auto specs = parameter_specs(cfg);
+  std::size_t index = 0;
+  while (index < specs.size() && specs[index].name != name) {
+    ++index;
+  }
+  DNPO_CHECK(index < specs.size(), "the model config has no parameter '", name, "'");
+  const auto& spec = specs[index];
+  const auto key = draw_key(seed, 0, 0, index, 0, RandomStream::kInit);
+  return spec.is_norm ? at::ones(spec.shape, at::kFloat)
+                      : counter_normal(spec.shape, cfg.initializer_range, key);
+}
+
 LlamaModel::LlamaModel(config::ModelConfig cfg, std::uint64_t seed) : cfg_(std::move(cfg)) {
   check_model_config(cfg_);
   std::map<std::string, at::Tensor> by_name;
-  std::uint64_t index = 0;
-  for (const auto& spec : parameter_specs(cfg_)) {
-    const auto key = draw_key(seed, 0, 0, index++, 0, RandomStream::kInit);
-    by_name[spec.name] = spec.is_norm ? at::ones(spec.shape, at::kFloat)
-                                      : counter_normal(spec.shape, cfg_.initializer_range, key);
+  for (const auto& name : parameter_names(cfg_)) {
+    by_name[name] = initial_parameter(cfg_, name, seed);
   }
   weights_ = weights_from_map(cfg_, by_name);
   bind_named();

@@ -14,20 +14,19 @@ dist::TensorSpec spec_of(const std::string& name, const at::Tensor& t) {
   return {name, t.sizes().vec()};
 }
 
-// A unit over the named tensors `names` of `by_name`, loaded with their values.
+// A unit over the named tensors `names`, loaded with their values from `source`.
 std::unique_ptr<dist::ShardedUnit> make_unit(const std::string& unit_name,
                                              const std::vector<std::string>& names,
-                                             const std::map<std::string, at::Tensor>& by_name,
+                                             const TensorSource& source,
                                              dist::Comm* comm,
                                              dist::UnitPrecision precision,
                                              bool trainable) {
   std::vector<dist::TensorSpec> specs;
   std::vector<at::Tensor> values;
   for (const auto& name : names) {
-    const auto it = by_name.find(name);
-    DNPO_INTERNAL_ASSERT(it != by_name.end());
-    specs.push_back(spec_of(name, it->second));
-    values.push_back(it->second.detach());
+    auto value = source(name);
+    specs.push_back(spec_of(name, value));
+    values.push_back(std::move(value));
   }
   auto unit =
       std::make_unique<dist::ShardedUnit>(unit_name, std::move(specs), comm, precision, trainable);
@@ -52,16 +51,40 @@ ShardedLlama::ShardedLlama(const model::LlamaModel& model,
                            dist::UnitPrecision precision,
                            bool trainable,
                            bool recompute)
-    : cfg_(model.config()), compute_dtype_(precision.compute), recompute_(recompute) {
-  std::map<std::string, at::Tensor> by_name(model.named_parameters().begin(),
-                                            model.named_parameters().end());
+    : ShardedLlama(
+          model.config(),
+          [&model](const std::string& name) {
+            for (const auto& [n, t] : model.named_parameters()) {
+              if (n == name) {
+                return t.detach();
+              }
+            }
+            DNPO_CHECK(false, "the model has no parameter '", name, "'");
+            return at::Tensor();
+          },
+          comm,
+          precision,
+          trainable,
+          recompute) {}
+
+ShardedLlama::ShardedLlama(const config::ModelConfig& cfg,
+                           const TensorSource& source,
+                           dist::Comm* comm,
+                           dist::UnitPrecision precision,
+                           bool trainable,
+                           bool recompute)
+    : cfg_(cfg),
+      compute_dtype_(precision.compute),
+      recompute_(recompute),
+      comm_(comm),
+      precision_(precision) {
   const bool tied = cfg_.tie_word_embeddings;
   // --- embedding unit (with the final norm when the lm_head is the embedding) ---
   std::vector<std::string> embed_names{"model.embed_tokens.weight"};
   if (tied) {
     embed_names.emplace_back("model.norm.weight");
   }
-  units_.push_back(make_unit("embed", embed_names, by_name, comm, precision, trainable));
+  units_.push_back(make_unit("embed", embed_names, source, comm, precision, trainable));
   embed_ = units_.back().get();
   // --- one unit per block ---
   for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
@@ -71,7 +94,7 @@ ShardedLlama::ShardedLlama(const model::LlamaModel& model,
       names.push_back(prefix + t);
     }
     units_.push_back(
-        make_unit("layer" + std::to_string(i), names, by_name, comm, precision, trainable));
+        make_unit("layer" + std::to_string(i), names, source, comm, precision, trainable));
     blocks_.push_back(units_.back().get());
   }
   // --- final norm + lm_head ---
@@ -79,9 +102,42 @@ ShardedLlama::ShardedLlama(const model::LlamaModel& model,
     head_ = embed_;
   } else {
     units_.push_back(make_unit(
-        "head", {"model.norm.weight", "lm_head.weight"}, by_name, comm, precision, trainable));
+        "head", {"model.norm.weight", "lm_head.weight"}, source, comm, precision, trainable));
     head_ = units_.back().get();
   }
+}
+
+std::unique_ptr<ShardedLlama> ShardedLlama::frozen_copy() const {
+  // Built with zero values (one unit of zeros at a time), then the shards are copied.
+  auto copy = std::make_unique<ShardedLlama>(
+      cfg_,
+      [this](const std::string& name) {
+        for (const auto& unit : units_) {
+          for (const auto& spec : unit->specs()) {
+            if (spec.name == name) {
+              return at::zeros(spec.shape, at::kFloat);
+            }
+          }
+        }
+        DNPO_CHECK(false, "no parameter '", name, "'");
+        return at::Tensor();
+      },
+      comm_,
+      precision_,
+      false,
+      recompute_);
+  for (std::size_t i = 0; i < units_.size(); ++i) {
+    copy->units_[i]->load_shard_of(*units_[i]);
+  }
+  return copy;
+}
+
+std::int64_t ShardedLlama::num_parameters() const {
+  std::int64_t n = 0;
+  for (const auto& unit : units_) {
+    n += unit->numel();
+  }
+  return n;
 }
 
 at::Tensor ShardedLlama::forward_hidden(const at::Tensor& input_ids,
@@ -160,6 +216,13 @@ void ShardedLlama::copy_to(model::LlamaModel& model) {
     }
   }
 }
+
+ShardedNoiseHead::ShardedNoiseHead(const config::NpoConfig& npo,
+                                   std::int64_t hidden,
+                                   std::int64_t vocab,
+                                   std::uint64_t seed,
+                                   dist::Comm* comm)
+    : ShardedNoiseHead(model::NoiseHead(npo, hidden, vocab, seed), comm) {}
 
 ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm) {
   std::vector<dist::TensorSpec> specs;

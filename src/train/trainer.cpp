@@ -221,8 +221,24 @@ Trainer::Trainer(const config::RunConfig& cfg,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
                  dist::Comm* comm)
+    : Trainer(cfg, static_cast<ShardedLlama*>(nullptr), tokenizer, metrics, comm) {
+  whole_policy_ = &policy;
+}
+
+Trainer::Trainer(const config::RunConfig& cfg,
+                 ShardedLlama& policy,
+                 const data::Tokenizer& tokenizer,
+                 MetricsWriter& metrics,
+                 dist::Comm* comm)
+    : Trainer(cfg, &policy, tokenizer, metrics, comm) {}
+
+Trainer::Trainer(const config::RunConfig& cfg,
+                 ShardedLlama* policy,
+                 const data::Tokenizer& tokenizer,
+                 MetricsWriter& metrics,
+                 dist::Comm* comm)
     : cfg_(cfg),
-      policy_(policy),
+      sharded_policy_(policy),
       tokenizer_(tokenizer),
       chat_(cfg.chat, tokenizer),
       metrics_(metrics),
@@ -234,6 +250,23 @@ Trainer::Trainer(const config::RunConfig& cfg,
                   " ids but model.vocab_size is ",
                   cfg.model.vocab_size,
                   "; hint: raise model.vocab_size or use the model's own tokenizer");
+}
+
+ShardedLlama& Trainer::begin_policy() {
+  if (whole_policy_ != nullptr) {
+    // Sharded FSDP needs recompute; one process keeps units and activations instead.
+    owned_policy_ = std::make_unique<ShardedLlama>(
+        *whole_policy_, comm_, precision(cfg_.train), true, world_of(comm_) > 1);
+    return *owned_policy_;
+  }
+  return *sharded_policy_;
+}
+
+void Trainer::finish_policy() {
+  if (whole_policy_ != nullptr) {
+    owned_policy_->copy_to(*whole_policy_);
+    owned_policy_.reset();
+  }
 }
 
 TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) {
@@ -249,8 +282,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     sequences.push_back(std::move(seq));
   }
   // --- the policy as FSDP units; the optimizer steps this rank's shards ---
-  const bool recompute = world_of(comm_) > 1;
-  ShardedLlama policy(policy_, comm_, precision(cfg_.train), true, recompute);
+  ShardedLlama& policy = begin_policy();
   const auto units = policy.units();
   auto optimizer = make_optimizer(cfg_.train, policy.shards());
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(sequences.size()));
@@ -331,7 +363,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
   if (progress) {
     progress->finish();
   }
-  policy.copy_to(policy_);
+  finish_policy();
   summary.steps = steps;
   summary.first_loss = mean_of(summary.step_losses, true);
   summary.last_loss = mean_of(summary.step_losses, false);
@@ -383,19 +415,17 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   // --- models, all sharded: the policy trains; the reference is a frozen copy of it (params
   // only); a fresh noise head (same seed on every rank, then sharded) ---
   const bool npo = loss_kind == "npo";
-  const auto prec = precision(cfg_.train);
-  const bool recompute = world_of(comm_) > 1;
-  ShardedLlama policy(policy_, comm_, prec, true, recompute);
-  ShardedLlama reference(policy_, comm_, prec, false, recompute);
+  ShardedLlama& policy = begin_policy();
+  const auto reference_units = policy.frozen_copy();
+  ShardedLlama& reference = *reference_units;
   auto units = policy.units();
   auto trained = policy.shards();
   noise_head_.reset();
   std::unique_ptr<ShardedNoiseHead> head;
+  const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
   if (npo && !cfg_.npo.fixed_noise) {
-    const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
-    noise_head_ = std::make_unique<model::NoiseHead>(
-        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed);
-    head = std::make_unique<ShardedNoiseHead>(*noise_head_, comm_);
+    head = std::make_unique<ShardedNoiseHead>(
+        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed, comm_);
     units.push_back(head->unit());
     trained.push_back(head->unit()->shard());
   }
@@ -585,8 +615,10 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   if (progress) {
     progress->finish();
   }
-  policy.copy_to(policy_);
+  finish_policy();
   if (head) {
+    noise_head_ = std::make_unique<model::NoiseHead>(
+        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed);
     head->copy_to(*noise_head_);
   }
   summary.steps = steps;

@@ -63,6 +63,8 @@ class ShardedUnit {
 
   /// Fills this rank's slice from the full tensors, in spec order (every rank passes the same).
   void load_full(const std::vector<at::Tensor>& full);
+  /// Copies the shard of a unit with the same specs and world (e.g. a frozen copy of a model).
+  void load_shard_of(const ShardedUnit& other);
   /// collective: the full fp32 tensors (or their gradients, zero where none) on every rank.
   std::vector<at::Tensor> gather_full(bool gradients = false);
 

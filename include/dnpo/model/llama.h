@@ -126,4 +126,9 @@ class LlamaModel {
 /// HF names of the parameters of a config, in a stable order (embed, layers, norm, lm_head).
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg);
 
+/// One parameter of LlamaModel(cfg, seed), made on its own (sharded init builds a unit at a time).
+at::Tensor initial_parameter(const config::ModelConfig& cfg,
+                             const std::string& name,
+                             std::uint64_t seed);
+
 }  // namespace dnpo::model

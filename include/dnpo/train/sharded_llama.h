@@ -4,7 +4,9 @@
 // gather of the next unit prefetched; see dist/sharded_unit.h for the mechanics.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -15,8 +17,18 @@
 
 namespace dnpo::train {
 
+/// The full value of a parameter by HF name; asked for one unit at a time, so a rank holds at
+/// most one unit's full tensors while the model is built (random init, or slices of a file).
+using TensorSource = std::function<at::Tensor(const std::string& name)>;
+
 class ShardedLlama {
  public:
+  ShardedLlama(const config::ModelConfig& cfg,
+               const TensorSource& source,
+               dist::Comm* comm,
+               dist::UnitPrecision precision,
+               bool trainable,
+               bool recompute);
   /// Shards the parameters of `model` (every rank passes the same values). comm null = one
   /// process. trainable = false gives a frozen copy (params only, no gradients). recompute: each
   /// block unit is released after forward and recomputed in backward (FSDP); false keeps units
@@ -26,6 +38,15 @@ class ShardedLlama {
                dist::UnitPrecision precision,
                bool trainable,
                bool recompute);
+
+  /// The same parameters as a frozen model (params only), copied shard by shard.
+  std::unique_ptr<ShardedLlama> frozen_copy() const;
+
+  const config::ModelConfig& config() const {
+    return cfg_;
+  }
+  /// Parameters in all units (unpadded).
+  std::int64_t num_parameters() const;
 
   /// input_ids (B,T), attention_mask (B,T) → the final hidden state (B,T,C) after the last norm,
   /// as LlamaModel::forward_hidden. Leaves the head unit gathered for lm_head().
@@ -48,6 +69,8 @@ class ShardedLlama {
   at::ScalarType compute_dtype_;
   bool recompute_;
   std::vector<std::unique_ptr<dist::ShardedUnit>> units_;
+  dist::Comm* comm_;
+  dist::UnitPrecision precision_;
   dist::ShardedUnit* embed_ = nullptr;
   std::vector<dist::ShardedUnit*> blocks_;
   dist::ShardedUnit* head_ = nullptr;  // == embed_ when tied
@@ -58,6 +81,12 @@ class ShardedLlama {
 class ShardedNoiseHead {
  public:
   ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm);
+  /// A fresh head, NoiseHead(npo, hidden, vocab, seed), sharded.
+  ShardedNoiseHead(const config::NpoConfig& npo,
+                   std::int64_t hidden,
+                   std::int64_t vocab,
+                   std::uint64_t seed,
+                   dist::Comm* comm);
   /// The head's parameters gathered and differentiable (NoiseHead::named_parameters order).
   std::vector<at::Tensor> parameters();
   void release() {

@@ -17,6 +17,7 @@
 #include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
 #include "dnpo/train/metrics.h"
+#include "dnpo/train/sharded_llama.h"
 
 namespace dnpo::train {
 
@@ -49,6 +50,13 @@ class Trainer {
           MetricsWriter& metrics,
           dist::Comm* comm = nullptr);
 
+  /// Trains an already sharded policy in place (a model too large to hold whole on one rank).
+  Trainer(const config::RunConfig& cfg,
+          ShardedLlama& policy,
+          const data::Tokenizer& tokenizer,
+          MetricsWriter& metrics,
+          dist::Comm* comm = nullptr);
+
   void set_gradient_observer(GradientObserver observer) {
     gradient_observer_ = std::move(observer);
   }
@@ -66,8 +74,20 @@ class Trainer {
   }
 
  private:
+  Trainer(const config::RunConfig& cfg,
+          ShardedLlama* policy,
+          const data::Tokenizer& tokenizer,
+          MetricsWriter& metrics,
+          dist::Comm* comm);
+  /// The policy as units: the one given, or one made from the whole model (and copied back by
+  /// finish_policy()).
+  ShardedLlama& begin_policy();
+  void finish_policy();
+
   const config::RunConfig& cfg_;
-  model::LlamaModel& policy_;
+  model::LlamaModel* whole_policy_ = nullptr;
+  ShardedLlama* sharded_policy_ = nullptr;
+  std::unique_ptr<ShardedLlama> owned_policy_;
   const data::Tokenizer& tokenizer_;
   data::ChatTemplate chat_;
   MetricsWriter& metrics_;
