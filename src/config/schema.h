@@ -213,7 +213,8 @@ inline const auto& tables() {
             key("timeout_s", &DistConfig::timeout_s, positive()),
             key("reduce_scatter",
                 &DistConfig::reduce_scatter,
-                one_of({"allreduce", "reduce", "mpi"}))));
+                one_of({"allreduce", "reduce", "mpi"})),
+            key("prefetch", &DistConfig::prefetch)));
   return registry;
 }
 

@@ -96,6 +96,7 @@ struct Comm::Impl {
   std::chrono::milliseconds timeout{0};
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  CommBytes bytes;
 
   Work make(std::string what,
             c10::intrusive_ptr<c10d::Work> work,
@@ -228,6 +229,8 @@ Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
     outputs[0].push_back(flat_t.narrow(0, r * words, words));
   }
   std::vector<at::Tensor> inputs{shard_t};
+  impl_->bytes.all_gather += static_cast<std::int64_t>(flat.nbytes());
+  ++impl_->bytes.all_gather_ops;
   return impl_->make("all_gather_flat", impl_->group->allgather(outputs, inputs));
 }
 
@@ -244,6 +247,8 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
   DNPO_CHECK(flat.scalar_type() != at::kBFloat16,
              "reduce_scatter_flat: Gloo cannot reduce bf16; reduce in fp32 (reduce dtype)");
   const auto rank = impl_->rank;
+  impl_->bytes.reduce_scatter += static_cast<std::int64_t>(flat.nbytes());
+  ++impl_->bytes.reduce_scatter_ops;
   if (impl_->reduce_scatter == "mpi") {
     // MPI_Ireduce_scatter_block straight from the flat buffer into the shard (host memory).
     DNPO_CHECK(shard.is_contiguous() &&
@@ -286,6 +291,7 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
 Work Comm::all_reduce_sum(const at::Tensor& t) {
   DNPO_CHECK(t.scalar_type() != at::kBFloat16, "all_reduce_sum: Gloo cannot reduce bf16");
   std::vector<at::Tensor> tensors{t};
+  impl_->bytes.all_reduce += static_cast<std::int64_t>(t.nbytes());
   return impl_->make("all_reduce_sum", impl_->group->allreduce(tensors, c10d::AllreduceOptions{}));
 }
 
@@ -293,7 +299,16 @@ Work Comm::broadcast(const at::Tensor& t, int root) {
   std::vector<at::Tensor> tensors{as_transportable(t)};
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
+  impl_->bytes.broadcast += static_cast<std::int64_t>(t.nbytes());
   return impl_->make("broadcast", impl_->group->broadcast(tensors, opts));
+}
+
+const CommBytes& Comm::bytes() const {
+  return impl_->bytes;
+}
+
+const std::string& Comm::reduce_scatter_method() const {
+  return impl_->reduce_scatter;
 }
 
 Work Comm::barrier() {

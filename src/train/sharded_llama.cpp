@@ -126,6 +126,7 @@ std::unique_ptr<ShardedLlama> ShardedLlama::frozen_copy() const {
       precision_,
       false,
       recompute_);
+  copy->prefetch_ = prefetch_;
   for (std::size_t i = 0; i < units_.size(); ++i) {
     copy->units_[i]->load_shard_of(*units_[i]);
   }
@@ -148,7 +149,7 @@ at::Tensor ShardedLlama::forward_hidden(const at::Tensor& input_ids,
              " and ",
              attention_mask.sizes());
   release();
-  auto* first_block = blocks_.empty() ? head_ : blocks_.front();
+  auto* first_block = !prefetch_ ? nullptr : blocks_.empty() ? head_ : blocks_.front();
   const auto embed_fn = [](const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& in) {
     return std::vector<at::Tensor>{at::embedding(p[0], in[0])};
   };
@@ -163,13 +164,17 @@ at::Tensor ShardedLlama::forward_hidden(const at::Tensor& input_ids,
       model::AttentionContext c{in[1], in[2], in[3]};
       return std::vector<at::Tensor>{model::block_forward(cfg, w, in[0], c, nullptr, 0)};
     };
-    const dist::Prefetch next{i + 1 < blocks_.size() ? blocks_[i + 1] : head_,
-                              i > 0 ? blocks_[i - 1] : embed_};
+    dist::Prefetch next{i + 1 < blocks_.size() ? blocks_[i + 1] : head_,
+                        i > 0 ? blocks_[i - 1] : embed_};
+    if (!prefetch_) {
+      next = {};
+    }
     x = dist::apply_unit(
         *blocks_[i], block_fn, {x, ctx.cos, ctx.sin, ctx.bias}, next, recompute_)[0];
   }
   // The head stays gathered through the loss; in backward it hands over to the last block.
-  const auto head = dist::gather_params(*head_, blocks_.empty() ? nullptr : blocks_.back());
+  const auto head = dist::gather_params(
+      *head_, blocks_.empty() || !prefetch_ ? nullptr : blocks_.back());
   const bool tied = head_ == embed_;
   lm_head_ = tied ? head[0] : head[1];
   return model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps);

@@ -257,8 +257,10 @@ ShardedLlama& Trainer::begin_policy() {
     // Sharded FSDP needs recompute; one process keeps units and activations instead.
     owned_policy_ = std::make_unique<ShardedLlama>(
         *whole_policy_, comm_, precision(cfg_.train), true, world_of(comm_) > 1);
+    owned_policy_->set_prefetch(cfg_.dist.prefetch);
     return *owned_policy_;
   }
+  sharded_policy_->set_prefetch(cfg_.dist.prefetch);
   return *sharded_policy_;
 }
 

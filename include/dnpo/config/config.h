@@ -142,6 +142,8 @@ struct DistConfig {
   /// How Gloo (which lacks reduce_scatter) emulates it: "allreduce" (all-reduce + own slice),
   /// "reduce" (one reduce per owner slice), "mpi" (MPI_Ireduce_scatter_block on host memory).
   std::string reduce_scatter = "mpi";  // fastest here at every size (benchmarks/RESULTS.md)
+  /// Start the next FSDP unit's all-gather while the current unit computes (forward and backward).
+  bool prefetch = true;
 };
 
 /// The whole resolved configuration of a job.

@@ -5,6 +5,7 @@
 // (callers scale explicitly), and bf16 is gathered as raw 16-bit words.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -28,6 +29,17 @@ class Work {
   friend class Comm;
   struct State;
   std::shared_ptr<State> state_;
+};
+
+/// Bytes handed to each kind of collective by this rank: the size of the full (world-sized)
+/// buffer for all-gather and reduce-scatter, of the tensor for all-reduce and broadcast.
+struct CommBytes {
+  std::int64_t all_gather = 0;
+  std::int64_t reduce_scatter = 0;
+  std::int64_t all_reduce = 0;
+  std::int64_t broadcast = 0;
+  std::int64_t all_gather_ops = 0;
+  std::int64_t reduce_scatter_ops = 0;
 };
 
 class Comm {
@@ -57,6 +69,10 @@ class Comm {
   /// t ← rank root's t, in place.
   Work broadcast(const at::Tensor& t, int root);
   Work barrier();
+
+  const CommBytes& bytes() const;
+  /// How reduce-scatter is emulated on this backend ("allreduce", "reduce" or "mpi").
+  const std::string& reduce_scatter_method() const;
 
  private:
   struct Impl;

@@ -56,6 +56,10 @@ class ShardedLlama {
   at::Tensor lm_head() const;
   /// Drops every gathered buffer; call after the micro-batch's backward.
   void release();
+  /// Whether the next unit's all-gather starts while the current one computes (default on).
+  void set_prefetch(bool on) {
+    prefetch_ = on;
+  }
 
   /// The units (embedding first, blocks, then the head unit when untied).
   std::vector<dist::ShardedUnit*> units();
@@ -68,6 +72,7 @@ class ShardedLlama {
   config::ModelConfig cfg_;
   at::ScalarType compute_dtype_;
   bool recompute_;
+  bool prefetch_ = true;
   std::vector<std::unique_ptr<dist::ShardedUnit>> units_;
   dist::Comm* comm_;
   dist::UnitPrecision precision_;

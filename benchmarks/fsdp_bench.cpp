@@ -1,0 +1,250 @@
+// FSDP benchmark, run under mpirun (or alone as a world of one): builds the policy sharded a unit
+// at a time (never whole on a rank), trains SFT or NPO steps through the Trainer (which adds the
+// frozen reference, the noise head and the optimizer, all sharded) and prints one JSON line from
+// rank 0: median step time, tokens/s, collective bytes per step (counted and from theory), and
+// peak RSS of every rank.
+// Usage: mpirun -np N dnpo_fsdp_bench --loss npo|sft [--vocab V --hidden C --layers L
+//          --intermediate I --heads H --batch B --micro M --prompt-len P --response-len R
+//          --steps S --warmup W --threads T --prefetch 0|1 --reduce-scatter mpi|allreduce|reduce]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <memory>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include "dnpo/common/log.h"
+#include "dnpo/data/tokenizer.h"
+#include "dnpo/dist/comm.h"
+#include "dnpo/dist/mpi_env.h"
+#include "dnpo/model/llama.h"
+#include "dnpo/train/trainer.h"
+
+namespace {
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-union-access): glibc wraps ru_maxrss in a union
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+std::string text_of(int length, int seed) {
+  std::string s;
+  for (int i = 0; i < length; ++i) {
+    s.push_back(static_cast<char>('a' + (i * 7 + seed * 13) % 26));
+  }
+  return s;
+}
+
+// Every rank's value, on every rank (a one-hot sum).
+std::vector<double> per_rank(double value, dnpo::dist::Comm* comm) {
+  if (comm == nullptr) {
+    return {value};
+  }
+  auto t = at::zeros({comm->world_size()}, at::kDouble);
+  t[comm->rank()] = value;
+  comm->all_reduce_sum(t).wait();
+  return {t.data_ptr<double>(), t.data_ptr<double>() + t.numel()};
+}
+
+int run_bench(int argc, char** argv) {
+  const dnpo::dist::MpiEnv mpi(&argc, &argv);
+  CLI::App app{"dnpo FSDP benchmark"};
+  std::string loss = "npo", reduce_scatter = "mpi";
+  int vocab = 260, hidden = 128, layers = 4, intermediate = 0, heads = 0, batch = 16, micro = 0;
+  int prompt_len = 24, response_len = 24, steps = 6, warmup = 2, threads = 1, prefetch = 1;
+  bool tied = false;
+  app.add_option("--loss", loss);
+  app.add_option("--vocab", vocab);
+  app.add_option("--hidden", hidden);
+  app.add_option("--layers", layers);
+  app.add_option("--intermediate", intermediate, "default 11/4 hidden");
+  app.add_option("--heads", heads, "default hidden/64");
+  app.add_option("--batch", batch, "global batch");
+  app.add_option("--micro", micro, "micro-batch (default batch/world)");
+  app.add_option("--prompt-len", prompt_len);
+  app.add_option("--response-len", response_len);
+  app.add_option("--steps", steps, "timed steps");
+  app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_option("--threads", threads);
+  app.add_option("--prefetch", prefetch);
+  app.add_option("--reduce-scatter", reduce_scatter);
+  app.add_flag("--tied", tied);
+  CLI11_PARSE(app, argc, argv);
+  dnpo::log::init(mpi.rank(), "warn");  // stdout carries only the JSON result
+  at::set_num_threads(threads);
+  const int world = mpi.world_size();
+
+  dnpo::config::RunConfig cfg;
+  cfg.model.vocab_size = vocab;
+  cfg.model.hidden_size = hidden;
+  cfg.model.intermediate_size = intermediate > 0 ? intermediate : hidden * 11 / 4;
+  cfg.model.num_hidden_layers = layers;
+  cfg.model.num_attention_heads = heads > 0 ? heads : std::max(1, hidden / 64);
+  cfg.model.num_key_value_heads = cfg.model.num_attention_heads;
+  cfg.model.tie_word_embeddings = tied;
+  cfg.model.max_position_embeddings = prompt_len + response_len + 16;
+  cfg.chat.prompt_template = "{prompt}";
+  cfg.data.max_length = prompt_len + response_len + 8;
+  cfg.data.max_prompt_length = prompt_len + 4;
+  cfg.train.loss = loss;
+  cfg.train.batch_size = batch;
+  cfg.train.micro_batch_size = micro > 0 ? micro : std::max(1, batch / world);
+  cfg.train.max_steps = steps + warmup;
+  cfg.train.lr = 1e-5;
+  cfg.run.log_every = 1000000;
+  cfg.dist.prefetch = prefetch != 0;
+  cfg.dist.reduce_scatter = reduce_scatter;
+
+  std::unique_ptr<dnpo::dist::Comm> comm;
+  if (world > 1) {
+    comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist);
+  }
+  // --- the policy, a unit at a time from the counter-based init ---
+  const double rss_start = peak_rss_mib();
+  dnpo::train::ShardedLlama policy(
+      cfg.model,
+      [&cfg](const std::string& name) { return dnpo::model::initial_parameter(cfg.model, name, 1); },
+      comm.get(),
+      dnpo::dist::UnitPrecision{},
+      true,
+      world > 1);
+  std::int64_t largest_unit = 0;
+  for (auto* unit : policy.units()) {
+    largest_unit = std::max(largest_unit, unit->numel());
+  }
+  dnpo::data::ByteTokenizer tokenizer;
+  dnpo::train::MetricsWriter metrics;
+  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, comm.get());
+  // Collective bytes at each step's gradient hand-off: differences are whole steps.
+  std::vector<dnpo::dist::CommBytes> at_step;
+  trainer.set_gradient_observer(
+      [&](std::int64_t, const std::vector<dnpo::dist::ShardedUnit*>&) {
+        at_step.push_back(comm ? comm->bytes() : dnpo::dist::CommBytes{});
+      });
+  dnpo::train::TrainSummary summary;
+  if (loss == "sft") {
+    std::vector<dnpo::data::PromptRecord> records;
+    for (int i = 0; i < batch; ++i) {
+      records.push_back(
+          {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
+    }
+    summary = trainer.train_sft(records);
+  } else {
+    std::vector<dnpo::data::PairRecord> pairs;
+    for (int i = 0; i < batch; ++i) {
+      pairs.push_back({std::to_string(i),
+                       text_of(prompt_len, i),
+                       text_of(response_len - 1, i + 1),
+                       text_of(response_len - 1, i + 2),
+                       std::nullopt,
+                       std::nullopt});
+    }
+    summary = trainer.train_preference(pairs);
+  }
+  const auto& first = at_step.at(static_cast<std::size_t>(warmup) - 1);
+  const auto& last = at_step.back();
+  const double spans = static_cast<double>(at_step.size()) - static_cast<double>(warmup);
+  // Theory per micro-batch, from the unit sizes: the policy gathers every unit in forward and
+  // again in backward except the head (held through the loss; a tied embedding's backward reuses
+  // that held buffer), the reference gathers each unit once (a tied embedding twice), the noise
+  // head once; every trained unit is reduce-scattered once per use.
+  double gather_theory = 0, scatter_theory = 0;
+  {
+    const auto units = policy.units();
+    const auto bytes = [world](const dnpo::dist::ShardedUnit* u) {
+      return static_cast<double>(u->shard_numel() * world * 4);
+    };
+    for (std::size_t i = 0; i < units.size(); ++i) {
+      const bool is_head = i + 1 == units.size() && !tied;
+      const bool is_embed = i == 0;
+      const double uses = is_head ? 1 : 2;  // policy gathers
+      const double ref_uses = is_embed && tied ? 2 : 1;
+      const double rs = is_embed && tied ? 2 : 1;
+      gather_theory += (uses + (loss == "sft" ? 0 : ref_uses)) * bytes(units[i]);
+      scatter_theory += rs * bytes(units[i]);
+    }
+    if (loss == "npo") {
+      // W (V×C) plus b (V) for "linear", or LayerNorm weight and bias (2C) for "ln_gelu_linear"
+      const double head = static_cast<double>(vocab) * hidden +
+                          (cfg.npo.head == "linear" ? vocab : 2.0 * hidden);
+      const double padded = std::ceil(head / world) * world * 4;
+      gather_theory += padded;
+      scatter_theory += padded;
+    }
+    const double micro_per_rank =
+        std::ceil(static_cast<double>(batch) / cfg.train.micro_batch_size / world);
+    gather_theory *= world > 1 ? micro_per_rank : 0;
+    scatter_theory *= world > 1 ? micro_per_rank : 0;
+  }
+  const auto rss = per_rank(peak_rss_mib(), comm.get());
+  const auto rss_at_start = per_rank(rss_start, comm.get());
+  if (mpi.rank() != 0) {
+    return 0;
+  }
+  std::vector<double> timed(summary.step_ms.begin() + warmup, summary.step_ms.end());
+  std::sort(timed.begin(), timed.end());
+  const double median = timed.empty() ? 0 : timed[timed.size() / 2];
+  const double tokens_per_step = static_cast<double>(batch) * (loss == "sft" ? 1 : 2) *
+                                 static_cast<double>(prompt_len + response_len + 1);
+  const nlohmann::json config = {{"loss", loss},
+                                 {"world", world},
+                                 {"vocab", vocab},
+                                 {"hidden", hidden},
+                                 {"layers", layers},
+                                 {"intermediate", cfg.model.intermediate_size},
+                                 {"tied", tied},
+                                 {"batch", batch},
+                                 {"micro", cfg.train.micro_batch_size},
+                                 {"prompt_len", prompt_len},
+                                 {"response_len", response_len},
+                                 {"threads", threads},
+                                 {"prefetch", prefetch != 0},
+                                 {"reduce_scatter", reduce_scatter},
+                                 {"params", policy.num_parameters()},
+                                 {"largest_unit", largest_unit}};
+  nlohmann::json out = {
+      {"name", "fsdp." + loss},
+      {"config", config},
+      {"metric", "step_time_median"},
+      {"value", median},
+      {"unit", "ms"},
+      {"step_ms", timed},
+      {"tokens_per_s", median > 0 ? tokens_per_step / (median / 1e3) : 0.0},
+      {"all_gather_bytes_per_step",
+       static_cast<double>(last.all_gather - first.all_gather) / spans},
+      {"all_gather_bytes_theory", gather_theory},
+      {"reduce_scatter_bytes_per_step",
+       static_cast<double>(last.reduce_scatter - first.reduce_scatter) / spans},
+      {"reduce_scatter_bytes_theory", scatter_theory},
+      {"all_gather_ops_per_step",
+       static_cast<double>(last.all_gather_ops - first.all_gather_ops) / spans},
+      {"reduce_scatter_ops_per_step",
+       static_cast<double>(last.reduce_scatter_ops - first.reduce_scatter_ops) / spans},
+      {"peak_rss_mib", rss},
+      {"rss_before_model_mib", rss_at_start}};
+  std::cout << out.dump() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run_bench(argc, argv);
+  } catch (const std::exception& e) {
+    std::fputs("dnpo_fsdp_bench: ", stderr);
+    std::fputs(e.what(), stderr);
+    std::fputs("\n", stderr);
+  } catch (...) {
+    std::fputs("dnpo_fsdp_bench: unknown error\n", stderr);
+  }
+  return 1;
+}
