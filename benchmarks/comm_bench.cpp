@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
           {"world", world}, {"shard_elems", shard_elems}, {"dtype", "fp32"}};
       auto flat = at::ones({world * shard_elems}, at::kFloat);
       auto shard = at::zeros({shard_elems}, at::kFloat);
-      for (const char* method : {"allreduce", "reduce", "mpi"}) {
+      for (const char* method : {"allreduce", "reduce", "mpi", "ring"}) {
         dnpo::config::DistConfig cfg;
         cfg.reduce_scatter = method;
         dnpo::dist::Comm comm(mpi, cfg);

@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -19,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
+#include "dnpo/common/allocator.h"
 #include "dnpo/common/log.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/dist/comm.h"
@@ -43,6 +46,11 @@ std::string text_of(int length, int seed) {
   return s;
 }
 
+const dnpo::dist::CommBytes& last_of(const std::vector<dnpo::dist::CommBytes>& v) {
+  static const dnpo::dist::CommBytes none;
+  return v.empty() ? none : v.back();
+}
+
 // Every rank's value, on every rank (a one-hot sum).
 std::vector<double> per_rank(double value, dnpo::dist::Comm* comm) {
   if (comm == nullptr) {
@@ -55,9 +63,10 @@ std::vector<double> per_rank(double value, dnpo::dist::Comm* comm) {
 }
 
 int run_bench(int argc, char** argv) {
+  dnpo::use_fixed_mmap_threshold();
   const dnpo::dist::MpiEnv mpi(&argc, &argv);
   CLI::App app{"dnpo FSDP benchmark"};
-  std::string loss = "npo", reduce_scatter = "mpi";
+  std::string loss = "npo", reduce_scatter = "ring";
   int vocab = 260, hidden = 128, layers = 4, intermediate = 0, heads = 0, batch = 16, micro = 0;
   int prompt_len = 24, response_len = 24, steps = 6, warmup = 2, threads = 1, prefetch = 1;
   bool tied = false;
@@ -111,11 +120,14 @@ int run_bench(int argc, char** argv) {
   const double rss_start = peak_rss_mib();
   dnpo::train::ShardedLlama policy(
       cfg.model,
-      [&cfg](const std::string& name) { return dnpo::model::initial_parameter(cfg.model, name, 1); },
+      [&cfg](const std::string& name) {
+        return dnpo::model::initial_parameter(cfg.model, name, 1);
+      },
       comm.get(),
       dnpo::dist::UnitPrecision{},
       true,
       world > 1);
+  const double rss_built = peak_rss_mib();
   std::int64_t largest_unit = 0;
   for (auto* unit : policy.units()) {
     largest_unit = std::max(largest_unit, unit->numel());
@@ -125,10 +137,23 @@ int run_bench(int argc, char** argv) {
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, comm.get());
   // Collective bytes at each step's gradient hand-off: differences are whole steps.
   std::vector<dnpo::dist::CommBytes> at_step;
-  trainer.set_gradient_observer(
-      [&](std::int64_t, const std::vector<dnpo::dist::ShardedUnit*>&) {
-        at_step.push_back(comm ? comm->bytes() : dnpo::dist::CommBytes{});
-      });
+  trainer.set_gradient_observer([&](std::int64_t, const std::vector<dnpo::dist::ShardedUnit*>&) {
+    if (std::getenv("DNPO_BENCH_TRACE") != nullptr) {
+      std::ifstream status("/proc/self/status");
+      std::string line, rss;
+      while (std::getline(status, line)) {
+        if (line.rfind("VmRSS", 0) == 0) {
+          rss = line;
+        }
+      }
+      std::fprintf(stderr,
+                   "rank %d: peak RSS at the gradient hand-off %.0f MiB, now %s\n",
+                   mpi.rank(),
+                   peak_rss_mib(),
+                   rss.c_str());
+    }
+    at_step.push_back(comm ? comm->bytes() : dnpo::dist::CommBytes{});
+  });
   dnpo::train::TrainSummary summary;
   if (loss == "sft") {
     std::vector<dnpo::data::PromptRecord> records;
@@ -149,9 +174,12 @@ int run_bench(int argc, char** argv) {
     }
     summary = trainer.train_preference(pairs);
   }
-  const auto& first = at_step.at(static_cast<std::size_t>(warmup) - 1);
-  const auto& last = at_step.back();
-  const double spans = static_cast<double>(at_step.size()) - static_cast<double>(warmup);
+  // With no timed steps (a memory-only run) the byte counts are left at zero.
+  const bool timed_steps = steps > 0 && warmup > 0;
+  const auto& first =
+      timed_steps ? at_step.at(static_cast<std::size_t>(warmup) - 1) : last_of(at_step);
+  const auto& last = last_of(at_step);
+  const double spans = timed_steps ? static_cast<double>(steps) : 1.0;
   // Theory per micro-batch, from the unit sizes: the policy gathers every unit in forward and
   // again in backward except the head (held through the loss; a tied embedding's backward reuses
   // that held buffer), the reference gathers each unit once (a tied embedding twice), the noise
@@ -173,8 +201,8 @@ int run_bench(int argc, char** argv) {
     }
     if (loss == "npo") {
       // W (V×C) plus b (V) for "linear", or LayerNorm weight and bias (2C) for "ln_gelu_linear"
-      const double head = static_cast<double>(vocab) * hidden +
-                          (cfg.npo.head == "linear" ? vocab : 2.0 * hidden);
+      const double head =
+          static_cast<double>(vocab) * hidden + (cfg.npo.head == "linear" ? vocab : 2.0 * hidden);
       const double padded = std::ceil(head / world) * world * 4;
       gather_theory += padded;
       scatter_theory += padded;
@@ -186,6 +214,7 @@ int run_bench(int argc, char** argv) {
   }
   const auto rss = per_rank(peak_rss_mib(), comm.get());
   const auto rss_at_start = per_rank(rss_start, comm.get());
+  const auto rss_after_build = per_rank(rss_built, comm.get());
   if (mpi.rank() != 0) {
     return 0;
   }
@@ -229,7 +258,8 @@ int run_bench(int argc, char** argv) {
       {"reduce_scatter_ops_per_step",
        static_cast<double>(last.reduce_scatter_ops - first.reduce_scatter_ops) / spans},
       {"peak_rss_mib", rss},
-      {"rss_before_model_mib", rss_at_start}};
+      {"rss_before_model_mib", rss_at_start},
+      {"peak_rss_after_policy_mib", rss_after_build}};
   std::cout << out.dump() << "\n";
   return 0;
 }

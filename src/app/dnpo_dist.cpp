@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "blas_setup.h"
+#include "dnpo/common/allocator.h"
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
@@ -48,6 +49,7 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
 /// The whole command line; main() only adds a last-resort catch around it.
 int run_cli(int argc, char** argv) {
   const auto blas = dnpo::app::ensure_fast_blas(argc, argv);  // may re-exec: before MPI_Init
+  dnpo::use_fixed_mmap_threshold();
   const dnpo::dist::MpiEnv mpi(&argc, &argv);
   const int rank = mpi.rank();
   const int world = mpi.world_size();

@@ -213,7 +213,7 @@ inline const auto& tables() {
             key("timeout_s", &DistConfig::timeout_s, positive()),
             key("reduce_scatter",
                 &DistConfig::reduce_scatter,
-                one_of({"allreduce", "reduce", "mpi"})),
+                one_of({"allreduce", "reduce", "mpi", "ring"})),
             key("prefetch", &DistConfig::prefetch)));
   return registry;
 }

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <chrono>
+#include <limits>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -32,6 +33,70 @@ at::Tensor as_transportable(const at::Tensor& t) {
 std::string first_line(const char* what) {
   const std::string text = what;
   return text.substr(0, text.find('\n'));
+}
+
+// Waits for MPI requests, polling: MPI_Wait has no timeout, and a stuck peer must end in an
+// error, not a hang.
+void wait_requests(MPI_Request* requests,
+                   int count,
+                   std::chrono::milliseconds timeout,
+                   const char* what) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int done = 0;
+  for (int polls = 0; done == 0; ++polls) {
+    const int rc = MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, what, ": MPI_Testall returned ", rc);
+    if (done == 0) {
+      DNPO_CHECK_WITH(DistError,
+                      std::chrono::steady_clock::now() < deadline,
+                      what,
+                      " failed (timeout ",
+                      timeout.count(),
+                      " ms): no reply from the other ranks; hint: another rank may have failed or "
+                      "be stuck (dist.timeout_s)");
+      if (polls > 1000) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+  }
+}
+
+// Ring reduce-scatter over MPI point-to-point: world − 1 exchanges; in exchange s rank r sends
+// its partial sum of block (r − s − 1) to rank r + 1 and adds the block (r − s − 2) received from
+// rank r − 1, so after the last one it holds the full sum of block r. Sends (w−1)/w of the buffer
+// per rank, like an optimal reduce-scatter, and needs one block of temporary memory. Clobbers flat.
+void ring_reduce_scatter(const at::Tensor& shard,
+                         const at::Tensor& flat,
+                         int rank,
+                         int world,
+                         std::chrono::milliseconds timeout) {
+  const auto n = shard.numel();
+  DNPO_CHECK(n <= std::numeric_limits<int>::max(), "reduce_scatter_flat (ring): shard too large");
+  const auto type = flat.scalar_type() == at::kFloat ? MPI_FLOAT : MPI_DOUBLE;
+  const auto blocks = flat.view({world, n});
+  const auto received = at::empty({n}, flat.options());
+  const int next = (rank + 1) % world;
+  const int prev = (rank + world - 1) % world;
+  constexpr int kTag = 7101;
+  for (int s = 0; s + 1 < world; ++s) {
+    const int send_block = ((rank - s - 1) % world + world) % world;
+    const int recv_block = ((rank - s - 2) % world + 2 * world) % world;
+    std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    int rc = MPI_Irecv(
+        received.data_ptr(), static_cast<int>(n), type, prev, kTag, MPI_COMM_WORLD, &requests[0]);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Irecv returned ", rc);
+    rc = MPI_Isend(blocks[send_block].data_ptr(),
+                   static_cast<int>(n),
+                   type,
+                   next,
+                   kTag,
+                   MPI_COMM_WORLD,
+                   &requests[1]);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Isend returned ", rc);
+    wait_requests(requests.data(), 2, timeout, "reduce_scatter_flat (ring)");
+    blocks[recv_block].add_(received);
+  }
+  shard.view({-1}).copy_(blocks[rank]);
 }
 
 }  // namespace
@@ -85,6 +150,9 @@ void Work::wait() {
   if (state_->then) {
     state_->then();
   }
+  // Finished: let go of the c10d works and the callback, which hold the operation's buffers.
+  state_->works.clear();
+  state_->then = nullptr;
   state_->finished = true;
 }
 
@@ -249,6 +317,13 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
   const auto rank = impl_->rank;
   impl_->bytes.reduce_scatter += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.reduce_scatter_ops;
+  if (impl_->reduce_scatter == "ring") {
+    DNPO_CHECK(flat.scalar_type() == at::kFloat || flat.scalar_type() == at::kDouble,
+               "reduce_scatter_flat (ring): needs fp32/fp64 host tensors");
+    ring_reduce_scatter(shard, flat, rank, impl_->world, impl_->timeout);
+    return impl_->make("reduce_scatter_flat (ring)",
+                       std::vector<c10::intrusive_ptr<c10d::Work>>{});  // done already
+  }
   if (impl_->reduce_scatter == "mpi") {
     // MPI_Ireduce_scatter_block straight from the flat buffer into the shard (host memory).
     DNPO_CHECK(shard.is_contiguous() &&

@@ -124,6 +124,7 @@ std::vector<at::Tensor> ShardedUnit::gathered() {
   prefetch();
   if (waiting_) {
     in_flight_.wait();
+    in_flight_ = Work();  // a finished c10d work still refers to its buffers
     waiting_ = false;
   }
   std::vector<at::Tensor> views;
@@ -137,6 +138,7 @@ std::vector<at::Tensor> ShardedUnit::gathered() {
 void ShardedUnit::release() {
   if (waiting_) {
     in_flight_.wait();  // a collective in flight must finish on every rank
+    in_flight_ = Work();
     waiting_ = false;
   }
   full_ = at::Tensor();
@@ -167,6 +169,7 @@ struct UnitCall : torch::CustomClassHolder {
   ShardedUnit* unit = nullptr;
   UnitFn fn;
   Prefetch next;
+  bool release_in_backward = false;
 };
 
 // Inputs of the autograd functions travel as one TensorList: [shard, inputs...].
@@ -269,6 +272,9 @@ class GatherParamsFunction : public torch::autograd::Function<GatherParamsFuncti
     if (call->next.backward != nullptr) {
       call->next.backward->prefetch();
     }
+    if (call->release_in_backward) {
+      unit.release();  // before the reduction allocates its flat buffer
+    }
     return {unit.reduce_scatter_grads(grad_outputs), at::Tensor()};
   }
 };
@@ -295,13 +301,16 @@ std::vector<at::Tensor> apply_unit(ShardedUnit& unit,
   return ApplyUnitFunction::apply(at::TensorList(tensors), std::move(call));
 }
 
-std::vector<at::Tensor> gather_params(ShardedUnit& unit, ShardedUnit* next_backward) {
+std::vector<at::Tensor> gather_params(ShardedUnit& unit,
+                                      ShardedUnit* next_backward,
+                                      bool release_in_backward) {
   if (!unit.trainable() || !at::GradMode::is_enabled()) {
     return unit.gathered();
   }
   auto call = c10::make_intrusive<UnitCall>();
   call->unit = &unit;
   call->next.backward = next_backward;
+  call->release_in_backward = release_in_backward;
   return GatherParamsFunction::apply(unit.shard(), std::move(call));
 }
 

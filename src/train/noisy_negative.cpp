@@ -137,7 +137,8 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
       const auto g = torch::autograd::grad({objective}, params, {}, false, false, true);
       for (std::int64_t i = 0; i < num_params; ++i) {
         if (g[i].defined()) {
-          accumulated[i] = accumulated[i].defined() ? accumulated[i] + g[i] : g[i];
+          // in place: a head's weight gradient is as large as the lm_head
+          accumulated[i] = accumulated[i].defined() ? accumulated[i].add_(g[i]) : g[i];
         }
       }
     };
@@ -175,6 +176,9 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
         accumulate(grad_penalty * penalty_of(s, npo));
       }
     }
+    // Backward runs once: let go of the inputs now (the reference's lm_head among them) instead
+    // of when the whole graph is freed.
+    ctx->saved_data.erase("state");
     torch::autograd::variable_list out(6);  // one per forward argument
     for (std::int64_t i = 0; i < num_params; ++i) {
       out[i] = accumulated[i];

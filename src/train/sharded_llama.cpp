@@ -141,10 +141,10 @@ std::int64_t ShardedLlama::num_parameters() const {
   return n;
 }
 
-at::Tensor ShardedLlama::forward_hidden(const at::Tensor& input_ids,
-                                        const at::Tensor& attention_mask) {
+ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
+                                           const at::Tensor& attention_mask) {
   DNPO_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
-             "forward_hidden: input_ids and attention_mask must both be (B,T); got ",
+             "forward: input_ids and attention_mask must both be (B,T); got ",
              input_ids.sizes(),
              " and ",
              attention_mask.sizes());
@@ -172,21 +172,17 @@ at::Tensor ShardedLlama::forward_hidden(const at::Tensor& input_ids,
     x = dist::apply_unit(
         *blocks_[i], block_fn, {x, ctx.cos, ctx.sin, ctx.bias}, next, recompute_)[0];
   }
-  // The head stays gathered through the loss; in backward it hands over to the last block.
-  const auto head = dist::gather_params(
-      *head_, blocks_.empty() || !prefetch_ ? nullptr : blocks_.back());
+  // The head stays gathered through the loss; in backward it hands over to the last block and,
+  // once its gradients are in, drops its buffer (a tied embedding is gathered again for its
+  // own backward).
+  const auto head =
+      dist::gather_params(*head_, blocks_.empty() || !prefetch_ ? nullptr : blocks_.back(), true);
   const bool tied = head_ == embed_;
-  lm_head_ = tied ? head[0] : head[1];
-  return model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps);
-}
-
-at::Tensor ShardedLlama::lm_head() const {
-  DNPO_CHECK(lm_head_.defined(), "lm_head() is valid only between forward_hidden and release");
-  return lm_head_;
+  return {model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps),
+          tied ? head[0] : head[1]};
 }
 
 void ShardedLlama::release() {
-  lm_head_ = at::Tensor();
   for (auto& unit : units_) {
     unit->release();
   }
@@ -243,7 +239,7 @@ ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* com
 }
 
 std::vector<at::Tensor> ShardedNoiseHead::parameters() {
-  return dist::gather_params(*unit_);
+  return dist::gather_params(*unit_, nullptr, true);
 }
 
 void ShardedNoiseHead::copy_to(model::NoiseHead& head) {

@@ -326,10 +326,11 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     const auto share = micro_share(micro.size(), rank, world_of(comm_));
     for (std::size_t k = 0; k < share.index.size(); ++k) {
       const auto& batch = micro[share.index[k]];
-      auto hidden = policy.forward_hidden(batch.input_ids, batch.attention_mask);
+      auto out = policy.forward(batch.input_ids, batch.attention_mask);
       auto loss =
-          sft_loss(hidden, policy.lm_head(), batch.input_ids, batch.loss_mask, global_tokens) *
+          sft_loss(out.hidden, out.lm_head, batch.input_ids, batch.loss_mask, global_tokens) *
           share.weight[k];
+      out = {};  // the graph holds what backward needs
       loss.backward();
       policy.release();
       stats[0] += loss.item<double>();
@@ -508,19 +509,28 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       const auto rows = static_cast<std::int64_t>(m.pair_index.size());
       const auto& b = m.batch;
       // policy: log π_θ(y+), log π_θ(y−)
-      auto hidden = policy.forward_hidden(b.input_ids, b.attention_mask);
-      auto logps = sequence_logprobs(hidden, policy.lm_head(), b.input_ids, b.loss_mask);
+      auto logps = [&] {
+        const auto out = policy.forward(b.input_ids, b.attention_mask);
+        return sequence_logprobs(out.hidden, out.lm_head, b.input_ids, b.loss_mask);
+      }();
       auto policy_chosen = logps.narrow(0, 0, rows);
       auto policy_rejected = logps.narrow(0, rows, rows);
       // frozen reference: clean log-probs and the negatives' hidden states
-      at::Tensor ref_hidden, ref_logps;
+      at::Tensor ref_hidden, ref_logps, ref_lm_head;
       {
         at::NoGradGuard no_grad;
-        ref_hidden = reference.forward_hidden(b.input_ids, b.attention_mask);
-        ref_logps = sequence_logprobs(ref_hidden, reference.lm_head(), b.input_ids, b.loss_mask);
+        const auto out = reference.forward(b.input_ids, b.attention_mask);
+        ref_hidden = out.hidden;
+        ref_logps = sequence_logprobs(ref_hidden, out.lm_head, b.input_ids, b.loss_mask);
+        if (npo) {
+          ref_lm_head = out.lm_head;
+        }
       }
       auto ref_chosen = ref_logps.narrow(0, 0, rows);
       auto ref_rejected = ref_logps.narrow(0, rows, rows);
+      // The reference's gathered units go now: the noisy term keeps its own reference to the
+      // lm_head, which autograd frees once that term's backward has run.
+      reference.release();
 
       at::Tensor loss, margins;
       double model_loss = 0;
@@ -536,7 +546,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         in.policy_rejected = policy_rejected;
         in.ref_chosen = ref_chosen;
         in.ref_hidden = ref_hidden.narrow(0, rows, rows);
-        in.ref_lm_head = reference.lm_head();
+        in.ref_lm_head = std::move(ref_lm_head);
         in.rejected_ids = b.input_ids.narrow(0, rows, rows);
         in.rejected_loss_mask = b.loss_mask.narrow(0, rows, rows);
         // ε keys: (seed, iteration, step, global pair index, position, stream) — per row
@@ -565,7 +575,6 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       }
       (loss * weight).backward();
       policy.release();
-      reference.release();
       if (head) {
         head->release();
       }
@@ -619,9 +628,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   }
   finish_policy();
   if (head) {
-    noise_head_ = std::make_unique<model::NoiseHead>(
-        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed);
-    head->copy_to(*noise_head_);
+    noise_head_ = std::move(head);
   }
   summary.steps = steps;
   summary.first_loss = mean_of(summary.step_losses, true);

@@ -140,8 +140,9 @@ struct DistConfig {
   int port = 0;            ///< store port on rank 0; 0 = any free port (sent to the ranks over MPI)
   double timeout_s = 300;  ///< every collective and store operation; a stuck peer ends the job
   /// How Gloo (which lacks reduce_scatter) emulates it: "allreduce" (all-reduce + own slice),
-  /// "reduce" (one reduce per owner slice), "mpi" (MPI_Ireduce_scatter_block on host memory).
-  std::string reduce_scatter = "mpi";  // fastest here at every size (benchmarks/RESULTS.md)
+  /// "reduce" (one reduce per owner slice), "mpi" (MPI_Ireduce_scatter_block on host memory),
+  /// "ring" (a ring over MPI point-to-point; one block of temporary memory, synchronous).
+  std::string reduce_scatter = "ring";  // fastest here, least memory (benchmarks/RESULTS.md)
   /// Start the next FSDP unit's all-gather while the current unit computes (forward and backward).
   bool prefetch = true;
 };

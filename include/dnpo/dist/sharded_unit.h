@@ -125,7 +125,11 @@ std::vector<at::Tensor> apply_unit(ShardedUnit& unit,
 /// The unit's parameters gathered and differentiable: in backward their gradients are
 /// reduce-scattered into the shard's gradient. The buffer stays gathered until unit.release(),
 /// for a unit whose parameters are used across the loss (the lm_head, the noise head).
-std::vector<at::Tensor> gather_params(ShardedUnit& unit, ShardedUnit* next_backward = nullptr);
+/// release_in_backward: drop the gathered buffer once the gradients are in (for a unit used
+/// once per backward whose caller keeps no views, e.g. the noise head).
+std::vector<at::Tensor> gather_params(ShardedUnit& unit,
+                                      ShardedUnit* next_backward = nullptr,
+                                      bool release_in_backward = false);
 
 /// collective: √(Σ over units and ranks of ‖shard gradient‖²) — the global gradient norm.
 double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm);

@@ -48,12 +48,14 @@ class ShardedLlama {
   /// Parameters in all units (unpadded).
   std::int64_t num_parameters() const;
 
-  /// input_ids (B,T), attention_mask (B,T) → the final hidden state (B,T,C) after the last norm,
-  /// as LlamaModel::forward_hidden. Leaves the head unit gathered for lm_head().
-  at::Tensor forward_hidden(const at::Tensor& input_ids, const at::Tensor& attention_mask);
-  /// The lm_head weight (V,C) in the compute dtype, differentiable; valid after forward_hidden
-  /// until release().
-  at::Tensor lm_head() const;
+  /// The final hidden state (B,T,C) after the last norm, as LlamaModel::forward_hidden, and the
+  /// gathered lm_head (V,C) in the compute dtype, differentiable. The policy keeps no reference
+  /// to the lm_head: its buffer goes once the caller's graph is done with it.
+  struct Output {
+    at::Tensor hidden;
+    at::Tensor lm_head;
+  };
+  Output forward(const at::Tensor& input_ids, const at::Tensor& attention_mask);
   /// Drops every gathered buffer; call after the micro-batch's backward.
   void release();
   /// Whether the next unit's all-gather starts while the current one computes (default on).
@@ -79,7 +81,6 @@ class ShardedLlama {
   dist::ShardedUnit* embed_ = nullptr;
   std::vector<dist::ShardedUnit*> blocks_;
   dist::ShardedUnit* head_ = nullptr;  // == embed_ when tied
-  at::Tensor lm_head_;                 // held between forward_hidden and release
 };
 
 /// The noise head as one unit (d × V, like the lm_head), gathered in fp32.

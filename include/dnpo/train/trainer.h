@@ -69,7 +69,8 @@ class Trainer {
   TrainSummary train_preference(const std::vector<data::PairRecord>& pairs);
 
   /// The noise head of the last NPO run (null before one, or under npo.fixed_noise).
-  const model::NoiseHead* noise_head() const {
+  /// (Sharded; ShardedNoiseHead::copy_to, a collective, gives whole tensors.)
+  ShardedNoiseHead* noise_head() const {
     return noise_head_.get();
   }
 
@@ -92,7 +93,7 @@ class Trainer {
   data::ChatTemplate chat_;
   MetricsWriter& metrics_;
   dist::Comm* comm_;
-  std::unique_ptr<model::NoiseHead> noise_head_;
+  std::unique_ptr<ShardedNoiseHead> noise_head_;
   GradientObserver gradient_observer_;
 };
 

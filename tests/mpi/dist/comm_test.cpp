@@ -59,7 +59,7 @@ TEST(Comm, EveryReduceScatterMethodAgrees) {
   const int world = test::mpi().world_size();
   const int rank = test::mpi().rank();
   const std::int64_t n = 1000;
-  for (const char* method : {"allreduce", "reduce", "mpi"}) {
+  for (const char* method : {"allreduce", "reduce", "mpi", "ring"}) {
     config::DistConfig cfg;
     cfg.reduce_scatter = method;
     Comm c(test::mpi(), cfg);

@@ -56,8 +56,9 @@ TEST_P(ShardedLlamaTest, MatchesTheUnshardedModelInValuesAndGradients) {
   const auto lp_plain = sequence_logprobs(h_plain, plain.lm_head(), b.ids, b.loss_mask);
   (lp_plain * at::arange(1, 4, at::kFloat)).sum().backward();
 
-  const auto h_sharded = sharded.forward_hidden(b.ids, b.mask);
-  const auto lp_sharded = sequence_logprobs(h_sharded, sharded.lm_head(), b.ids, b.loss_mask);
+  const auto out = sharded.forward(b.ids, b.mask);
+  const auto h_sharded = out.hidden;
+  const auto lp_sharded = sequence_logprobs(h_sharded, out.lm_head, b.ids, b.loss_mask);
   (lp_sharded * at::arange(1, 4, at::kFloat)).sum().backward();
   sharded.release();
 
@@ -95,7 +96,7 @@ TEST(ShardedLlama, FrozenCopyHasNoGradientsAndNeedsNone) {
   ShardedLlama frozen(plain, nullptr, dist::UnitPrecision{}, false, true);
   const auto b = make_batch();
   at::NoGradGuard no_grad;
-  const auto h = frozen.forward_hidden(b.ids, b.mask);
+  const auto h = frozen.forward(b.ids, b.mask).hidden;
   EXPECT_FALSE(h.requires_grad());
   EXPECT_TRUE(at::allclose(h, plain.forward_hidden(b.ids, b.mask), 1e-5, 1e-6));
   for (const auto& s : frozen.shards()) {
