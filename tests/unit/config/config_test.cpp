@@ -456,7 +456,7 @@ TEST(ConfigDemo, DemoTomlValidatesAndMatchesDefaults) {
   expected.data.max_prompt_length = 48;
   expected.chat.prompt_template = "{prompt}\n";
   expected.train.batch_size = 128;
-  expected.train.micro_batch_size = 128;
+  expected.train.micro_batch_size = 64;
   expected.train.epochs = 6;
   expected.train.lr = 2e-3;
   expected.train.optimizer = "adamw";
