@@ -58,11 +58,15 @@ int main(int argc, char** argv) {
                            .dump()
                     << std::endl;
         }
-        if (std::string(method) == "allreduce") {
+        if (std::string(method) == "allreduce" || std::string(method) == "ring") {
+          // all-gather: Gloo's (with the allreduce instance), the MPI ring (with the ring one)
+          dnpo::config::DistConfig gather_cfg;
+          gather_cfg.all_gather = std::string(method) == "ring" ? "ring" : "gloo";
+          dnpo::dist::Comm gather_comm(mpi, gather_cfg);
           const double gather_ms =
-              median_ms(mpi, 10, [&] { comm.all_gather_flat(flat, shard).wait(); });
+              median_ms(mpi, 10, [&] { gather_comm.all_gather_flat(flat, shard).wait(); });
           if (mpi.rank() == 0) {
-            std::cout << nlohmann::json{{"name", "comm.all_gather"},
+            std::cout << nlohmann::json{{"name", "comm.all_gather." + gather_cfg.all_gather},
                                         {"config", config},
                                         {"metric", "time_median"},
                                         {"value", gather_ms},

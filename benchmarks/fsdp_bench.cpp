@@ -5,7 +5,8 @@
 // peak RSS of every rank.
 // Usage: mpirun -np N dnpo_fsdp_bench --loss npo|sft [--vocab V --hidden C --layers L
 //          --intermediate I --heads H --batch B --micro M --prompt-len P --response-len R
-//          --steps S --warmup W --threads T --prefetch 0|1 --reduce-scatter mpi|allreduce|reduce]
+//          --steps S --warmup W --threads T --prefetch 0|1 --reduce-scatter ring|mpi|allreduce|reduce
+//          --all-gather gloo|ring]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -51,6 +52,10 @@ const dnpo::dist::CommBytes& last_of(const std::vector<dnpo::dist::CommBytes>& v
   return v.empty() ? none : v.back();
 }
 
+std::string cfg_default_all_gather() {
+  return dnpo::config::DistConfig{}.all_gather;
+}
+
 // Every rank's value, on every rank (a one-hot sum).
 std::vector<double> per_rank(double value, dnpo::dist::Comm* comm) {
   if (comm == nullptr) {
@@ -85,6 +90,8 @@ int run_bench(int argc, char** argv) {
   app.add_option("--threads", threads);
   app.add_option("--prefetch", prefetch);
   app.add_option("--reduce-scatter", reduce_scatter);
+  std::string all_gather = cfg_default_all_gather();
+  app.add_option("--all-gather", all_gather);
   app.add_flag("--tied", tied);
   CLI11_PARSE(app, argc, argv);
   dnpo::log::init(mpi.rank(), "warn");  // stdout carries only the JSON result
@@ -111,6 +118,7 @@ int run_bench(int argc, char** argv) {
   cfg.run.log_every = 1000000;
   cfg.dist.prefetch = prefetch != 0;
   cfg.dist.reduce_scatter = reduce_scatter;
+  cfg.dist.all_gather = all_gather;
 
   std::unique_ptr<dnpo::dist::Comm> comm;
   if (world > 1) {
@@ -237,6 +245,7 @@ int run_bench(int argc, char** argv) {
                                  {"threads", threads},
                                  {"prefetch", prefetch != 0},
                                  {"reduce_scatter", reduce_scatter},
+                                 {"all_gather", all_gather},
                                  {"params", policy.num_parameters()},
                                  {"largest_unit", largest_unit}};
   nlohmann::json out = {

@@ -214,6 +214,7 @@ inline const auto& tables() {
             key("reduce_scatter",
                 &DistConfig::reduce_scatter,
                 one_of({"allreduce", "reduce", "mpi", "ring"})),
+            key("all_gather", &DistConfig::all_gather, one_of({"gloo", "ring"})),
             key("prefetch", &DistConfig::prefetch)));
   return registry;
 }

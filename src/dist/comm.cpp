@@ -99,6 +99,45 @@ void ring_reduce_scatter(const at::Tensor& shard,
   shard.view({-1}).copy_(blocks[rank]);
 }
 
+// Ring all-gather over MPI point-to-point, in place: in exchange s rank r passes block (r − s)
+// to rank r + 1 and receives block (r − s − 1) from rank r − 1 straight into flat. No temporary;
+// moves (w−1)/w of the buffer per rank. Blocks until done (each exchange with the timeout).
+void ring_all_gather(const at::Tensor& flat,
+                     const at::Tensor& shard,
+                     int rank,
+                     int world,
+                     std::chrono::milliseconds timeout) {
+  const auto bytes = static_cast<std::int64_t>(shard.nbytes());
+  DNPO_CHECK(bytes <= std::numeric_limits<int>::max(), "all_gather_flat (ring): shard too large");
+  const auto blocks = flat.view({-1}).view(at::kByte).view({world, bytes});
+  blocks[rank].copy_(shard.view({-1}).view(at::kByte));
+  const int next = (rank + 1) % world;
+  const int prev = (rank + world - 1) % world;
+  constexpr int kTag = 7102;
+  for (int s = 0; s + 1 < world; ++s) {
+    const int send_block = ((rank - s) % world + world) % world;
+    const int recv_block = ((rank - s - 1) % world + 2 * world) % world;
+    std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    int rc = MPI_Irecv(blocks[recv_block].data_ptr(),
+                       static_cast<int>(bytes),
+                       MPI_BYTE,
+                       prev,
+                       kTag,
+                       MPI_COMM_WORLD,
+                       &requests[0]);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Irecv returned ", rc);
+    rc = MPI_Isend(blocks[send_block].data_ptr(),
+                   static_cast<int>(bytes),
+                   MPI_BYTE,
+                   next,
+                   kTag,
+                   MPI_COMM_WORLD,
+                   &requests[1]);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Isend returned ", rc);
+    wait_requests(requests.data(), 2, timeout, "all_gather_flat (ring)");
+  }
+}
+
 }  // namespace
 
 struct Work::State {
@@ -161,6 +200,7 @@ struct Comm::Impl {
   int world = 1;
   int local_world = 1;
   std::string reduce_scatter;
+  std::string all_gather;
   std::chrono::milliseconds timeout{0};
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
@@ -193,6 +233,7 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg) : impl_(std::make_u
   s.local_world = mpi.local_world_size();
   s.timeout = std::chrono::milliseconds(static_cast<long long>(cfg.timeout_s * 1000.0));
   s.reduce_scatter = cfg.reduce_scatter;
+  s.all_gather = cfg.all_gather;
   DNPO_CHECK_WITH(ConfigError,
                   cfg.backend == "auto" || cfg.backend == "gloo",
                   "dist.backend \"",
@@ -288,6 +329,13 @@ Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
              n,
              "), both contiguous");
   DNPO_CHECK(flat.scalar_type() == shard.scalar_type(), "all_gather_flat: dtypes differ");
+  impl_->bytes.all_gather += static_cast<std::int64_t>(flat.nbytes());
+  ++impl_->bytes.all_gather_ops;
+  if (impl_->all_gather == "ring") {
+    ring_all_gather(flat, shard, impl_->rank, impl_->world, impl_->timeout);
+    return impl_->make("all_gather_flat (ring)",
+                       std::vector<c10::intrusive_ptr<c10d::Work>>{});  // done already
+  }
   // List-form allgather into narrow() views of one flat buffer (no _allgather_base in Gloo).
   const auto flat_t = as_transportable(flat).view({-1});
   const auto shard_t = as_transportable(shard).view({-1});
@@ -297,8 +345,6 @@ Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
     outputs[0].push_back(flat_t.narrow(0, r * words, words));
   }
   std::vector<at::Tensor> inputs{shard_t};
-  impl_->bytes.all_gather += static_cast<std::int64_t>(flat.nbytes());
-  ++impl_->bytes.all_gather_ops;
   return impl_->make("all_gather_flat", impl_->group->allgather(outputs, inputs));
 }
 

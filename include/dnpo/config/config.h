@@ -143,6 +143,9 @@ struct DistConfig {
   /// "reduce" (one reduce per owner slice), "mpi" (MPI_Ireduce_scatter_block on host memory),
   /// "ring" (a ring over MPI point-to-point; one block of temporary memory, synchronous).
   std::string reduce_scatter = "ring";  // fastest here, least memory (benchmarks/RESULTS.md)
+  /// All-gather: "gloo" (asynchronous, on Gloo's threads) or "ring" (MPI point-to-point ring into
+  /// the buffer in place; synchronous, no temporary).
+  std::string all_gather = "ring";  // faster here (benchmarks/RESULTS.md)
   /// Start the next FSDP unit's all-gather while the current unit computes (forward and backward).
   bool prefetch = true;
 };

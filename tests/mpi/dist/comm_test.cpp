@@ -42,6 +42,26 @@ TEST(Comm, AllGatherFlatMovesBf16Bits) {
   }
 }
 
+TEST(Comm, RingAllGatherMatchesGlooInPlaceForFp32AndBf16) {
+  config::DistConfig cfg;
+  cfg.all_gather = "ring";
+  Comm ring(test::mpi(), cfg);
+  const int world = ring.world_size();
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    const std::int64_t n = 7;
+    auto shard = (at::arange(n, at::kFloat) * 0.25 + 10.0 * ring.rank()).to(dtype);
+    auto by_ring = at::full({world * n}, -1.0, dtype);
+    auto by_gloo = at::zeros({world * n}, dtype);
+    ring.all_gather_flat(by_ring, shard).wait();
+    comm().all_gather_flat(by_gloo, shard).wait();
+    EXPECT_TRUE(at::equal(by_ring, by_gloo)) << dtype;
+    // the own slice may already sit in the flat buffer (no copy onto itself goes wrong)
+    auto in_place = by_ring.clone();
+    ring.all_gather_flat(in_place, in_place.narrow(0, ring.rank() * n, n)).wait();
+    EXPECT_TRUE(at::equal(in_place, by_gloo)) << dtype;
+  }
+}
+
 TEST(Comm, ReduceScatterFlatSumsOwnSlice) {
   const int world = comm().world_size();
   const int rank = comm().rank();
