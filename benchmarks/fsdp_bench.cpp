@@ -5,7 +5,8 @@
 // peak RSS of every rank.
 // Usage: mpirun -np N dnpo_fsdp_bench --loss npo|sft [--vocab V --hidden C --layers L
 //          --intermediate I --heads H --batch B --micro M --prompt-len P --response-len R
-//          --steps S --warmup W --threads T --prefetch 0|1 --reduce-scatter ring|mpi|allreduce|reduce
+//          --steps S --warmup W --threads T --prefetch 0|1 --reduce-scatter
+//          ring|mpi|allreduce|reduce
 //          --all-gather gloo|ring]
 #include <algorithm>
 #include <cmath>
