@@ -166,6 +166,7 @@ int run_bench(int argc, char** argv) {
   dnpo::train::TrainSummary summary;
   if (loss == "sft") {
     std::vector<dnpo::data::PromptRecord> records;
+    records.reserve(static_cast<std::size_t>(std::max(batch, 0)));
     for (int i = 0; i < batch; ++i) {
       records.push_back(
           {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
@@ -173,6 +174,7 @@ int run_bench(int argc, char** argv) {
     summary = trainer.train_sft(records);
   } else {
     std::vector<dnpo::data::PairRecord> pairs;
+    pairs.reserve(static_cast<std::size_t>(std::max(batch, 0)));
     for (int i = 0; i < batch; ++i) {
       pairs.push_back({std::to_string(i),
                        text_of(prompt_len, i),

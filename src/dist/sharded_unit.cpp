@@ -177,7 +177,7 @@ class ApplyUnitFunction : public torch::autograd::Function<ApplyUnitFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 at::TensorList tensors,
-                                                c10::intrusive_ptr<UnitCall> call) {
+                                                const c10::intrusive_ptr<UnitCall>& call) {
     auto& unit = *call->unit;
     const std::vector<at::Tensor> inputs(tensors.begin() + 1, tensors.end());
     const auto params = unit.gathered();
@@ -259,13 +259,13 @@ class GatherParamsFunction : public torch::autograd::Function<GatherParamsFuncti
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 const at::Tensor& /*shard*/,
-                                                c10::intrusive_ptr<UnitCall> call) {
+                                                const c10::intrusive_ptr<UnitCall>& call) {
     ctx->saved_data["call"] = at::IValue::make_capsule(call);
     return call->unit->gathered();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx, const torch::autograd::variable_list& grad_outputs) {
     const auto call =
         c10::static_intrusive_pointer_cast<UnitCall>(ctx->saved_data["call"].toCapsule());
     auto& unit = *call->unit;

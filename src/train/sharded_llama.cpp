@@ -67,13 +67,13 @@ ShardedLlama::ShardedLlama(const model::LlamaModel& model,
           trainable,
           recompute) {}
 
-ShardedLlama::ShardedLlama(const config::ModelConfig& cfg,
+ShardedLlama::ShardedLlama(config::ModelConfig cfg,
                            const TensorSource& source,
                            dist::Comm* comm,
                            dist::UnitPrecision precision,
                            bool trainable,
                            bool recompute)
-    : cfg_(cfg),
+    : cfg_(std::move(cfg)),
       compute_dtype_(precision.compute),
       recompute_(recompute),
       comm_(comm),
@@ -90,6 +90,7 @@ ShardedLlama::ShardedLlama(const config::ModelConfig& cfg,
   for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
     std::vector<std::string> names;
+    names.reserve(kBlockTensors.size());
     for (const auto& t : kBlockTensors) {
       names.push_back(prefix + t);
     }

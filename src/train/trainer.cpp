@@ -221,24 +221,24 @@ Trainer::Trainer(const config::RunConfig& cfg,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
                  dist::Comm* comm)
-    : Trainer(cfg, static_cast<ShardedLlama*>(nullptr), tokenizer, metrics, comm) {
-  whole_policy_ = &policy;
-}
+    : Trainer(cfg, &policy, nullptr, tokenizer, metrics, comm) {}
 
 Trainer::Trainer(const config::RunConfig& cfg,
                  ShardedLlama& policy,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
                  dist::Comm* comm)
-    : Trainer(cfg, &policy, tokenizer, metrics, comm) {}
+    : Trainer(cfg, nullptr, &policy, tokenizer, metrics, comm) {}
 
 Trainer::Trainer(const config::RunConfig& cfg,
-                 ShardedLlama* policy,
+                 model::LlamaModel* whole_policy,
+                 ShardedLlama* sharded_policy,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
                  dist::Comm* comm)
     : cfg_(cfg),
-      sharded_policy_(policy),
+      whole_policy_(whole_policy),
+      sharded_policy_(sharded_policy),
       tokenizer_(tokenizer),
       chat_(cfg.chat, tokenizer),
       metrics_(metrics),

@@ -23,7 +23,7 @@ using TensorSource = std::function<at::Tensor(const std::string& name)>;
 
 class ShardedLlama {
  public:
-  ShardedLlama(const config::ModelConfig& cfg,
+  ShardedLlama(config::ModelConfig cfg,
                const TensorSource& source,
                dist::Comm* comm,
                dist::UnitPrecision precision,

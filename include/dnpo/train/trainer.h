@@ -76,7 +76,8 @@ class Trainer {
 
  private:
   Trainer(const config::RunConfig& cfg,
-          ShardedLlama* policy,
+          model::LlamaModel* whole_policy,
+          ShardedLlama* sharded_policy,
           const data::Tokenizer& tokenizer,
           MetricsWriter& metrics,
           dist::Comm* comm);

@@ -57,8 +57,9 @@ std::vector<data::PromptRecord> sft_records() {
   for (int i = 0; i < 20; ++i) {
     const auto a = std::to_string(i * 7 % 13);
     const auto b = std::to_string(i * 3 % 11);
-    out.push_back(
-        {std::to_string(i), a + "+" + b, std::to_string(std::stoi(a) + std::stoi(b)), "", ""});
+    std::string prompt = a;
+    prompt.append("+").append(b);
+    out.push_back({std::to_string(i), prompt, std::to_string(std::stoi(a) + std::stoi(b)), "", ""});
   }
   return out;
 }
