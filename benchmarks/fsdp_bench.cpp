@@ -11,9 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
-#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -21,8 +19,8 @@
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 
+#include "bench_common.h"
 #include "dnpo/common/allocator.h"
 #include "dnpo/common/log.h"
 #include "dnpo/data/tokenizer.h"
@@ -33,28 +31,9 @@
 
 namespace {
 
-double peak_rss_mib() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-union-access): glibc wraps ru_maxrss in a union
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
-
-std::string text_of(int length, int seed) {
-  std::string s;
-  for (int i = 0; i < length; ++i) {
-    s.push_back(static_cast<char>('a' + (i * 7 + seed * 13) % 26));
-  }
-  return s;
-}
-
 const dnpo::dist::CommBytes& last_of(const std::vector<dnpo::dist::CommBytes>& v) {
   static const dnpo::dist::CommBytes none;
   return v.empty() ? none : v.back();
-}
-
-std::string cfg_default_all_gather() {
-  return dnpo::config::DistConfig{}.all_gather;
 }
 
 // Every rank's value, on every rank (a one-hot sum).
@@ -91,7 +70,7 @@ int run_bench(int argc, char** argv) {
   app.add_option("--threads", threads);
   app.add_option("--prefetch", prefetch);
   app.add_option("--reduce-scatter", reduce_scatter);
-  std::string all_gather = cfg_default_all_gather();
+  std::string all_gather = dnpo::config::DistConfig{}.all_gather;
   app.add_option("--all-gather", all_gather);
   app.add_flag("--tied", tied);
   CLI11_PARSE(app, argc, argv);
@@ -126,7 +105,7 @@ int run_bench(int argc, char** argv) {
     comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist);
   }
   // --- the policy, a unit at a time from the counter-based init ---
-  const double rss_start = peak_rss_mib();
+  const double rss_start = dnpo::bench::peak_rss_mib();
   dnpo::train::ShardedLlama policy(
       cfg.model,
       [&cfg](const std::string& name) {
@@ -136,7 +115,7 @@ int run_bench(int argc, char** argv) {
       dnpo::dist::UnitPrecision{},
       true,
       world > 1);
-  const double rss_built = peak_rss_mib();
+  const double rss_built = dnpo::bench::peak_rss_mib();
   std::int64_t largest_unit = 0;
   for (auto* unit : policy.units()) {
     largest_unit = std::max(largest_unit, unit->numel());
@@ -147,44 +126,9 @@ int run_bench(int argc, char** argv) {
   // Collective bytes at each step's gradient hand-off: differences are whole steps.
   std::vector<dnpo::dist::CommBytes> at_step;
   trainer.set_gradient_observer([&](std::int64_t, const std::vector<dnpo::dist::ShardedUnit*>&) {
-    if (std::getenv("DNPO_BENCH_TRACE") != nullptr) {
-      std::ifstream status("/proc/self/status");
-      std::string line, rss;
-      while (std::getline(status, line)) {
-        if (line.rfind("VmRSS", 0) == 0) {
-          rss = line;
-        }
-      }
-      std::fprintf(stderr,
-                   "rank %d: peak RSS at the gradient hand-off %.0f MiB, now %s\n",
-                   mpi.rank(),
-                   peak_rss_mib(),
-                   rss.c_str());
-    }
     at_step.push_back(comm ? comm->bytes() : dnpo::dist::CommBytes{});
   });
-  dnpo::train::TrainSummary summary;
-  if (loss == "sft") {
-    std::vector<dnpo::data::PromptRecord> records;
-    records.reserve(static_cast<std::size_t>(std::max(batch, 0)));
-    for (int i = 0; i < batch; ++i) {
-      records.push_back(
-          {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
-    }
-    summary = trainer.train_sft(records);
-  } else {
-    std::vector<dnpo::data::PairRecord> pairs;
-    pairs.reserve(static_cast<std::size_t>(std::max(batch, 0)));
-    for (int i = 0; i < batch; ++i) {
-      pairs.push_back({std::to_string(i),
-                       text_of(prompt_len, i),
-                       text_of(response_len - 1, i + 1),
-                       text_of(response_len - 1, i + 2),
-                       std::nullopt,
-                       std::nullopt});
-    }
-    summary = trainer.train_preference(pairs);
-  }
+  const auto summary = dnpo::bench::train_synthetic(trainer, loss, batch, prompt_len, response_len);
   // With no timed steps (a memory-only run) the byte counts are left at zero.
   const bool timed_steps = steps > 0 && warmup > 0;
   const auto& first =
@@ -223,7 +167,7 @@ int run_bench(int argc, char** argv) {
     gather_theory *= world > 1 ? micro_per_rank : 0;
     scatter_theory *= world > 1 ? micro_per_rank : 0;
   }
-  const auto rss = per_rank(peak_rss_mib(), comm.get());
+  const auto rss = per_rank(dnpo::bench::peak_rss_mib(), comm.get());
   const auto rss_at_start = per_rank(rss_start, comm.get());
   const auto rss_after_build = per_rank(rss_built, comm.get());
   if (mpi.rank() != 0) {

@@ -10,8 +10,8 @@
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 
+#include "bench_common.h"
 #include "dnpo/common/log.h"
 #include "dnpo/config/config.h"
 #include "dnpo/data/jsonl.h"
@@ -21,23 +21,6 @@
 #include "dnpo/train/trainer.h"
 
 namespace {
-
-double peak_rss_mib() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  // glibc's rusage wraps ru_maxrss in an anonymous union (for x32); reading the POSIX field is
-  // the only way to get the peak RSS.
-  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-union-access): system struct, see above
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
-
-std::string text_of(int length, int seed) {
-  std::string s;
-  for (int i = 0; i < length; ++i) {
-    s.push_back(static_cast<char>('a' + (i * 7 + seed * 13) % 26));
-  }
-  return s;
-}
 
 /// The benchmark; main() only adds a last-resort catch around it.
 int run_bench(int argc, char** argv) {
@@ -81,29 +64,8 @@ int run_bench(int argc, char** argv) {
   dnpo::model::LlamaModel policy(cfg.model, 1);
   dnpo::train::MetricsWriter metrics;
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
-  const double rss_before = peak_rss_mib();
-  dnpo::train::TrainSummary summary;
-  if (loss == "sft") {
-    std::vector<dnpo::data::PromptRecord> records;
-    records.reserve(static_cast<std::size_t>(std::max(batch, 0)));
-    for (int i = 0; i < batch; ++i) {
-      records.push_back(
-          {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
-    }
-    summary = trainer.train_sft(records);
-  } else {
-    std::vector<dnpo::data::PairRecord> pairs;
-    pairs.reserve(static_cast<std::size_t>(std::max(batch, 0)));
-    for (int i = 0; i < batch; ++i) {
-      pairs.push_back({std::to_string(i),
-                       text_of(prompt_len, i),
-                       text_of(response_len - 1, i + 1),
-                       text_of(response_len - 1, i + 2),
-                       std::nullopt,
-                       std::nullopt});
-    }
-    summary = trainer.train_preference(pairs);
-  }
+  const double rss_before = dnpo::bench::peak_rss_mib();
+  const auto summary = dnpo::bench::train_synthetic(trainer, loss, batch, prompt_len, response_len);
   std::vector<double> timed(summary.step_ms.begin() + 2, summary.step_ms.end());
   std::sort(timed.begin(), timed.end());
   const double median = timed[timed.size() / 2];
@@ -126,7 +88,7 @@ int run_bench(int argc, char** argv) {
   std::cout << nlohmann::json{{"name", "step." + loss},
                               {"config", config},
                               {"metric", "peak_rss_added"},
-                              {"value", peak_rss_mib() - rss_before},
+                              {"value", dnpo::bench::peak_rss_mib() - rss_before},
                               {"unit", "MiB"}}
                    .dump()
             << "\n";

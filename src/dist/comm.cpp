@@ -35,30 +35,53 @@ std::string first_line(const char* what) {
   return text.substr(0, text.find('\n'));
 }
 
-// Waits for MPI requests, polling: MPI_Wait has no timeout, and a stuck peer must end in an
-// error, not a hang.
-void wait_requests(MPI_Request* requests,
-                   int count,
-                   std::chrono::milliseconds timeout,
-                   const char* what) {
+// Polls MPI requests until all are done or the timeout passes (MPI_Wait has none, and a stuck
+// peer must end in an error, not a hang). Returns false on timeout.
+bool poll_requests(MPI_Request* requests, int count, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   int done = 0;
   for (int polls = 0; done == 0; ++polls) {
+    // The MPI-Checker cannot see where these requests were started.
+    // NOLINTBEGIN(clang-analyzer-optin.mpi.MPI-Checker)
     const int rc = MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE);
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, what, ": MPI_Testall returned ", rc);
+    // NOLINTEND(clang-analyzer-optin.mpi.MPI-Checker)
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Testall returned ", rc);
     if (done == 0) {
-      DNPO_CHECK_WITH(DistError,
-                      std::chrono::steady_clock::now() < deadline,
-                      what,
-                      " failed (timeout ",
-                      timeout.count(),
-                      " ms): no reply from the other ranks; hint: another rank may have failed or "
-                      "be stuck (dist.timeout_s)");
+      if (std::chrono::steady_clock::now() >= deadline) {
+        return false;
+      }
       if (polls > 1000) {
         std::this_thread::sleep_for(std::chrono::microseconds(50));
       }
     }
   }
+  return true;
+}
+
+// One step of a ring: sends `bytes` from `send` to rank next while receiving as many into `recv`
+// from rank prev; waits at most `timeout`.
+void ring_exchange(const void* send,
+                   void* recv,
+                   std::int64_t bytes,
+                   int next,
+                   int prev,
+                   std::chrono::milliseconds timeout,
+                   const char* what) {
+  DNPO_CHECK(bytes <= std::numeric_limits<int>::max(), what, ": block too large for MPI");
+  constexpr int kTag = 7101;
+  std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  const auto count = static_cast<int>(bytes);
+  int rc = MPI_Irecv(recv, count, MPI_BYTE, prev, kTag, MPI_COMM_WORLD, &requests[0]);
+  DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, what, ": MPI_Irecv returned ", rc);
+  rc = MPI_Isend(send, count, MPI_BYTE, next, kTag, MPI_COMM_WORLD, &requests[1]);
+  DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, what, ": MPI_Isend returned ", rc);
+  DNPO_CHECK_WITH(DistError,
+                  poll_requests(requests.data(), 2, timeout),
+                  what,
+                  " failed (timeout ",
+                  timeout.count(),
+                  " ms): no reply from the other ranks; hint: another rank may have failed or be "
+                  "stuck (dist.timeout_s)");
 }
 
 // Ring reduce-scatter over MPI point-to-point: world − 1 exchanges; in exchange s rank r sends
@@ -71,29 +94,20 @@ void ring_reduce_scatter(const at::Tensor& shard,
                          int world,
                          std::chrono::milliseconds timeout) {
   const auto n = shard.numel();
-  DNPO_CHECK(n <= std::numeric_limits<int>::max(), "reduce_scatter_flat (ring): shard too large");
-  const auto type = flat.scalar_type() == at::kFloat ? MPI_FLOAT : MPI_DOUBLE;
   const auto blocks = flat.view({world, n});
   const auto received = at::empty({n}, flat.options());
   const int next = (rank + 1) % world;
   const int prev = (rank + world - 1) % world;
-  constexpr int kTag = 7101;
   for (int s = 0; s + 1 < world; ++s) {
     const int send_block = ((rank - s - 1) % world + world) % world;
     const int recv_block = ((rank - s - 2) % world + 2 * world) % world;
-    std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-    int rc = MPI_Irecv(
-        received.data_ptr(), static_cast<int>(n), type, prev, kTag, MPI_COMM_WORLD, &requests[0]);
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Irecv returned ", rc);
-    rc = MPI_Isend(blocks[send_block].data_ptr(),
-                   static_cast<int>(n),
-                   type,
-                   next,
-                   kTag,
-                   MPI_COMM_WORLD,
-                   &requests[1]);
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Isend returned ", rc);
-    wait_requests(requests.data(), 2, timeout, "reduce_scatter_flat (ring)");
+    ring_exchange(blocks[send_block].data_ptr(),
+                  received.data_ptr(),
+                  static_cast<std::int64_t>(received.nbytes()),
+                  next,
+                  prev,
+                  timeout,
+                  "reduce_scatter_flat (ring)");
     blocks[recv_block].add_(received);
   }
   shard.view({-1}).copy_(blocks[rank]);
@@ -108,33 +122,20 @@ void ring_all_gather(const at::Tensor& flat,
                      int world,
                      std::chrono::milliseconds timeout) {
   const auto bytes = static_cast<std::int64_t>(shard.nbytes());
-  DNPO_CHECK(bytes <= std::numeric_limits<int>::max(), "all_gather_flat (ring): shard too large");
   const auto blocks = flat.view({-1}).view(at::kByte).view({world, bytes});
   blocks[rank].copy_(shard.view({-1}).view(at::kByte));
   const int next = (rank + 1) % world;
   const int prev = (rank + world - 1) % world;
-  constexpr int kTag = 7102;
   for (int s = 0; s + 1 < world; ++s) {
     const int send_block = ((rank - s) % world + world) % world;
     const int recv_block = ((rank - s - 1) % world + 2 * world) % world;
-    std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-    int rc = MPI_Irecv(blocks[recv_block].data_ptr(),
-                       static_cast<int>(bytes),
-                       MPI_BYTE,
-                       prev,
-                       kTag,
-                       MPI_COMM_WORLD,
-                       &requests[0]);
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Irecv returned ", rc);
-    rc = MPI_Isend(blocks[send_block].data_ptr(),
-                   static_cast<int>(bytes),
-                   MPI_BYTE,
-                   next,
-                   kTag,
-                   MPI_COMM_WORLD,
-                   &requests[1]);
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Isend returned ", rc);
-    wait_requests(requests.data(), 2, timeout, "all_gather_flat (ring)");
+    ring_exchange(blocks[send_block].data_ptr(),
+                  blocks[recv_block].data_ptr(),
+                  bytes,
+                  next,
+                  prev,
+                  timeout,
+                  "all_gather_flat (ring)");
   }
 }
 
@@ -158,24 +159,9 @@ void Work::wait() {
       work->wait(state_->timeout);
     }
     if (state_->request != MPI_REQUEST_NULL) {
-      // MPI_Wait has no timeout: poll, so a stuck peer ends in an error, not a hang.
-      const auto deadline = std::chrono::steady_clock::now() + state_->timeout;
-      int done = 0;
-      for (int polls = 0; done == 0; ++polls) {
-        // The MPI-Checker cannot see that Comm::reduce_scatter_flat started this request.
-        // NOLINTBEGIN(clang-analyzer-optin.mpi.MPI-Checker)
-        const int rc = MPI_Test(&state_->request, &done, MPI_STATUS_IGNORE);
-        // NOLINTEND(clang-analyzer-optin.mpi.MPI-Checker)
-        DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Test returned ", rc);
-        if (done == 0) {
-          DNPO_CHECK_WITH(DistError,
-                          std::chrono::steady_clock::now() < deadline,
-                          "no reply from the other ranks");
-          if (polls > 1000) {
-            std::this_thread::sleep_for(std::chrono::microseconds(50));
-          }
-        }
-      }
+      DNPO_CHECK_WITH(DistError,
+                      poll_requests(&state_->request, 1, state_->timeout),
+                      "no reply from the other ranks");
     }
   } catch (const std::exception& e) {
     DNPO_FAIL(DistError,

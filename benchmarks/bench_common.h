@@ -1,0 +1,60 @@
+// What the benchmark binaries share: peak memory, and synthetic SFT records / preference pairs
+// (deterministic letters, so every run and every rank trains on the same data).
+#pragma once
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sys/resource.h>
+
+#include "dnpo/data/jsonl.h"
+#include "dnpo/train/trainer.h"
+
+namespace dnpo::bench {
+
+inline double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  // glibc's rusage wraps ru_maxrss in an anonymous union (for x32); reading the POSIX field is
+  // the only way to get the peak RSS.
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-union-access): system struct, see above
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+inline std::string text_of(int length, int seed) {
+  std::string s;
+  for (int i = 0; i < length; ++i) {
+    s.push_back(static_cast<char>('a' + (i * 7 + seed * 13) % 26));
+  }
+  return s;
+}
+
+/// Trains `batch` synthetic samples: SFT records for loss "sft", else chosen/rejected pairs.
+inline train::TrainSummary train_synthetic(
+    train::Trainer& trainer, const std::string& loss, int batch, int prompt_len, int response_len) {
+  const auto n = static_cast<std::size_t>(std::max(batch, 0));
+  if (loss == "sft") {
+    std::vector<data::PromptRecord> records;
+    records.reserve(n);
+    for (int i = 0; i < batch; ++i) {
+      records.push_back(
+          {std::to_string(i), text_of(prompt_len, i), text_of(response_len - 1, i + 1), "", ""});
+    }
+    return trainer.train_sft(records);
+  }
+  std::vector<data::PairRecord> pairs;
+  pairs.reserve(n);
+  for (int i = 0; i < batch; ++i) {
+    pairs.push_back({std::to_string(i),
+                     text_of(prompt_len, i),
+                     text_of(response_len - 1, i + 1),
+                     text_of(response_len - 1, i + 2),
+                     std::nullopt,
+                     std::nullopt});
+  }
+  return trainer.train_preference(pairs);
+}
+
+}  // namespace dnpo::bench
