@@ -1,7 +1,10 @@
 # Build options (STYLE.md §10).
 option(DNPO_BUILD_TESTS "dnpo: build the test suite" ON)
 option(DNPO_BUILD_BENCHMARKS "dnpo: build the benchmarks" ON)
-option(DNPO_WITH_CUDA "dnpo: build the CUDA/NCCL path (needs a CUDA LibTorch)" OFF)
+set(DNPO_WITH_CUDA AUTO CACHE STRING "dnpo: CUDA path: AUTO (on when LibTorch has CUDA), ON, OFF")
+option(DNPO_CORE_ONLY
+  "dnpo: only common, config, model, the losses and the gpu tests/bench (no MPI, HDF5, SentencePiece)"
+  OFF)
 option(DNPO_PCH "dnpo: precompile LibTorch headers" ON)
 option(DNPO_CCACHE "dnpo: compile through ccache" ON)
 option(DNPO_WERROR "dnpo: treat warnings as errors" OFF)

@@ -1,8 +1,10 @@
 // Llama decoder forward in HF conventions; see llama.h for the contract.
 #include "dnpo/model/llama.h"
 
+#include <atomic>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -26,6 +28,40 @@ at::Tensor rotate_half(const at::Tensor& x) {
 
 at::Tensor apply_rotary(const at::Tensor& x, const AttentionContext& ctx) {
   return x * ctx.cos + rotate_half(x) * ctx.sin;
+}
+
+// Process-wide switch (set_fused_attention); read on every block.
+std::atomic<bool> fused_attention_enabled{fused_attention_available()};
+
+// softmax(q kᵀ / √hd + bias) v for q (B, H, T, hd) and k, v (B, KV, Tk, hd) → (B, H, T, hd).
+at::Tensor attention(const at::Tensor& q,
+                     const at::Tensor& k,
+                     const at::Tensor& v,
+                     const AttentionContext& ctx) {
+  const auto batch = q.size(0);
+  const auto heads = q.size(1);
+  const auto steps = q.size(2);
+  const auto hd = q.size(3);
+  const auto kv_heads = k.size(1);
+#if defined(DNPO_HAS_SDPA_GQA)
+  if (fused_attention_enabled) {
+    // Without a mask (causal) the flash kernel runs; with one, the memory-efficient kernel.
+    const bool causal = ctx.causal_only && k.size(2) == steps;
+    std::optional<at::Tensor> mask;
+    if (!causal) {
+      mask = ctx.bias.squeeze(1);  // (B, 1, T, Tk)
+    }
+    return at::scaled_dot_product_attention(
+        q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/true);
+  }
+#endif
+  // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
+  auto qg = q.reshape({batch, kv_heads, heads / kv_heads, steps, hd});
+  auto scores =
+      at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
+  scores = scores + ctx.bias;  // (B, KV, group, T, Tk)
+  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  return at::matmul(probs, v.unsqueeze(2)).reshape({batch, heads, steps, hd});
 }
 
 struct ParamSpec {
@@ -154,7 +190,26 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
                  .masked_fill(allowed.logical_not(), -1e9)
                  .unsqueeze(1)
                  .unsqueeze(1);
+  if (fused_attention_enabled && past_length == 0) {
+    // one host sync per forward (not per layer): every row is ones, then zeros
+    ctx.causal_only = steps == 1 || (attention_mask.narrow(1, 1, steps - 1) <=
+                                     attention_mask.narrow(1, 0, steps - 1))
+                                        .all()
+                                        .item<bool>();
+  }
   return ctx;
+}
+
+void set_fused_attention(bool enabled) {
+  fused_attention_enabled = enabled && fused_attention_available();
+}
+
+bool fused_attention_available() {
+#if defined(DNPO_HAS_SDPA_GQA)
+  return true;
+#else
+  return false;
+#endif
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -174,7 +229,6 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   const std::int64_t hd = head_dim(cfg);
   const std::int64_t heads = cfg.num_attention_heads;
   const std::int64_t kv_heads = cfg.num_key_value_heads;
-  const std::int64_t group = heads / kv_heads;
 
   // --- attention ---
   auto h = rms_norm(x, w.input_layernorm, cfg.rms_norm_eps);
@@ -197,15 +251,8 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
     k = cache->keys[layer_index].narrow(2, 0, past + steps);
     v = cache->values[layer_index].narrow(2, 0, past + steps);
   }
-  // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
-  auto qg = q.reshape({batch, kv_heads, group, steps, hd});
-  auto scores =
-      at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
-  scores = scores + ctx.bias;  // (B, KV, group, T, Tk)
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  auto attn = at::matmul(probs, v.unsqueeze(2));  // (B, KV, group, T, hd)
-  attn =
-      attn.reshape({batch, heads, steps, hd}).transpose(1, 2).reshape({batch, steps, heads * hd});
+  // (B, H, T, hd) → (B, T, H·hd)
+  const auto attn = attention(q, k, v, ctx).transpose(1, 2).reshape({batch, steps, heads * hd});
   auto x1 = x + at::linear(attn, w.o_proj);
 
   // --- SwiGLU MLP ---
@@ -332,6 +379,16 @@ LlamaModel LlamaModel::clone() const {
     copies.emplace_back(name, tensor.detach());
   }
   LlamaModel copy(cfg_, copies);  // the constructor clones
+  copy.compute_dtype_ = compute_dtype_;
+  return copy;
+}
+
+LlamaModel LlamaModel::to(const at::Device& device) const {
+  NamedTensors moved;
+  for (const auto& [name, tensor] : named_) {
+    moved.emplace_back(name, tensor.detach().to(device));
+  }
+  LlamaModel copy(cfg_, moved);
   copy.compute_dtype_ = compute_dtype_;
   return copy;
 }

@@ -57,6 +57,14 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors) 
   }
 }
 
+NoiseHead NoiseHead::to(const at::Device& device) const {
+  NamedTensors moved;
+  for (const auto& [name, tensor] : named_) {
+    moved.emplace_back(name, tensor.detach().to(device));
+  }
+  return NoiseHead(cfg_, moved);
+}
+
 at::Tensor NoiseHead::sigma(const at::Tensor& h) const {
   return sigma_of(cfg_, parameters(), h);
 }

@@ -54,6 +54,7 @@ std::vector<Generation> generate(const LlamaModel& model,
                                  std::int64_t pad_id,
                                  const SamplingKeys& keys) {
   at::NoGradGuard no_grad;
+  const auto device = model.weights().embed_tokens.device();
   std::vector<Generation> results(requests.size());
   const auto batch_size = static_cast<std::size_t>(std::max(1, cfg.batch_size));
   for (std::size_t begin = 0; begin < requests.size(); begin += batch_size) {
@@ -70,13 +71,15 @@ std::vector<Generation> generate(const LlamaModel& model,
     const auto rows = static_cast<std::int64_t>(end - begin);
     const auto prompt_len = batch.input_ids.size(1);
     auto cache = model.make_cache(rows, prompt_len + cfg.max_new_tokens);
-    auto mask = batch.attention_mask;
-    auto hidden = model.forward_hidden(batch.input_ids, mask, &cache);
+    auto mask = batch.attention_mask.to(device);
+    auto hidden = model.forward_hidden(batch.input_ids.to(device), mask, &cache);
     std::vector<bool> done(rows, false);
     std::int64_t remaining = rows;
     for (int step = 0; step < cfg.max_new_tokens && remaining > 0; ++step) {
       // logits of the last position: (rows, V) fp32
-      auto logits = model.logits(hidden.select(1, hidden.size(1) - 1)).to(at::kFloat).contiguous();
+      // (picking runs on the host: one (rows, V) copy per step)
+      auto logits =
+          model.logits(hidden.select(1, hidden.size(1) - 1)).to(at::kCPU, at::kFloat).contiguous();
       auto next = at::full({rows, 1}, pad_id, at::kLong);
       for (std::int64_t r = 0; r < rows; ++r) {
         if (done[r]) {
@@ -103,8 +106,8 @@ std::vector<Generation> generate(const LlamaModel& model,
       if (remaining == 0 || step + 1 == cfg.max_new_tokens) {
         break;
       }
-      mask = at::cat({mask, at::ones({rows, 1}, at::kLong)}, 1);
-      hidden = model.forward_hidden(next, mask, &cache);
+      mask = at::cat({mask, at::ones({rows, 1}, mask.options())}, 1);
+      hidden = model.forward_hidden(next.to(device), mask, &cache);
     }
   }
   return results;

@@ -18,22 +18,26 @@ struct SavedState : torch::CustomClassHolder {
   config::NpoConfig npo;
 };
 
-at::Tensor draws_for(
-    const NoiseDraws& d, bool first, std::int64_t begin, std::int64_t len, std::int64_t vocab) {
+at::Tensor draws_for(const NoiseDraws& d,
+                     bool first,
+                     std::int64_t begin,
+                     std::int64_t len,
+                     std::int64_t vocab,
+                     const at::Device& device) {
   const auto& explicit_eps = first ? d.eps1 : d.eps2;
   if (explicit_eps.defined()) {
-    return explicit_eps.narrow(0, begin, len);
+    return explicit_eps.narrow(0, begin, len).to(device);
   }
   const auto& keys = first ? d.row_keys1 : d.row_keys2;
   const std::vector<std::uint64_t> chunk(keys.begin() + begin, keys.begin() + begin + len);
-  return model::counter_normal_rows(chunk, vocab);
+  return model::counter_normal_rows(chunk, vocab, device);
 }
 
 at::Tensor sigma_rows(const config::NpoConfig& npo,
                       const std::vector<at::Tensor>& params,
                       const at::Tensor& h) {
   if (params.empty()) {
-    return at::full({h.size(0), 0}, npo.fixed_sigma, at::kFloat);  // broadcast below
+    return at::full({h.size(0), 0}, npo.fixed_sigma, h.options().dtype(at::kFloat));
   }
   return model::NoiseHead::sigma_of(npo, params, h).to(at::kFloat);
 }
@@ -60,10 +64,13 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
   const auto n = in.hidden_rows.size(0);
   const auto vocab = in.ref_lm_head.size(0);
   const std::int64_t chunk = std::max(1, npo.chunk_positions);
+  const auto fp32 = in.hidden_rows.options().dtype(at::kFloat);
+  const auto device = in.hidden_rows.device();
   NoisyNegative out;
-  out.noisy1 = at::zeros({in.batch}, at::kFloat);
-  out.noisy2 = at::zeros({in.batch}, at::kFloat);
-  out.penalty_sum = at::zeros({}, at::kFloat);
+  out.noisy1 = at::zeros({in.batch}, fp32);
+  out.noisy2 = at::zeros({in.batch}, fp32);
+  out.penalty_sum = at::zeros({}, fp32);
+  auto sum_s = at::zeros({}, fp32.dtype(at::kDouble));  // read once, at the end
   for (std::int64_t begin = 0; begin < n; begin += chunk) {
     const auto len = std::min(chunk, n - begin);
     const auto h = in.hidden_rows.narrow(0, begin, len);  // (len, C)
@@ -74,13 +81,15 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
     out.noisy1.index_add_(
         0,
         sample,
-        noisy_chunk_logprobs(z, s, draws_for(in.draws, true, begin, len, vocab), target, npo));
+        noisy_chunk_logprobs(
+            z, s, draws_for(in.draws, true, begin, len, vocab, device), target, npo));
     out.noisy2.index_add_(
         0,
         sample,
-        noisy_chunk_logprobs(z, s, draws_for(in.draws, false, begin, len, vocab), target, npo));
+        noisy_chunk_logprobs(
+            z, s, draws_for(in.draws, false, begin, len, vocab, device), target, npo));
     if (s.size(1) > 0) {
-      out.sum_s += s.sum().item<double>();
+      sum_s += s.sum();
       if (!in.penalty_rows.defined()) {
         out.penalty_sum += penalty_of(s, npo);
       }
@@ -89,6 +98,7 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
     }
     out.num_s += len * vocab;
   }
+  out.sum_s += sum_s.item<double>();
   if (in.penalty_rows.defined() && !params.empty()) {
     const auto m = in.penalty_rows.size(0);
     for (std::int64_t begin = 0; begin < m; begin += chunk) {
@@ -142,8 +152,9 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
         }
       }
     };
-    const auto grad_noisy2 = grads[0].defined() ? grads[0] : at::zeros({in.batch}, at::kFloat);
-    const auto grad_penalty = grads[1].defined() ? grads[1] : at::zeros({}, at::kFloat);
+    const auto fp32 = in.hidden_rows.options().dtype(at::kFloat);
+    const auto grad_noisy2 = grads[0].defined() ? grads[0] : at::zeros({in.batch}, fp32);
+    const auto grad_penalty = grads[1].defined() ? grads[1] : at::zeros({}, fp32);
     const auto n = in.hidden_rows.size(0);
     const auto vocab = in.ref_lm_head.size(0);
     const std::int64_t chunk = std::max(1, npo.chunk_positions);
@@ -157,11 +168,12 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
         z = at::linear(h, in.ref_lm_head).to(at::kFloat);
       }
       const auto s = sigma_rows(npo, params, h);
-      const auto logp = noisy_chunk_logprobs(z,
-                                             s,
-                                             draws_for(in.draws, false, begin, len, vocab),
-                                             in.targets.narrow(0, begin, len),
-                                             npo);
+      const auto logp =
+          noisy_chunk_logprobs(z,
+                               s,
+                               draws_for(in.draws, false, begin, len, vocab, h.device()),
+                               in.targets.narrow(0, begin, len),
+                               npo);
       auto objective = (grad_noisy2.index_select(0, in.samples.narrow(0, begin, len)) * logp).sum();
       if (!in.penalty_rows.defined()) {
         objective = objective + grad_penalty * penalty_of(s, npo);

@@ -45,7 +45,15 @@ struct KVCache {
 struct AttentionContext {
   at::Tensor cos, sin;  // (B, 1, T, hd)
   at::Tensor bias;      // (B, 1, 1, T, past+T): 0 where allowed, a large negative where masked
+  /// No past and no left padding or holes: plain causal attention gives the same result for
+  /// every real token (right padding only follows them), so fused kernels need no mask.
+  bool causal_only = false;
 };
+
+/// Whether block_forward may use LibTorch's fused scaled-dot-product attention (LibTorch >= 2.5;
+/// flash / memory-efficient kernels on CUDA). On by default; off runs the explicit softmax path.
+void set_fused_attention(bool enabled);
+bool fused_attention_available();
 
 /// Builds rotary tables and the causal + key-padding bias. attention_mask covers the whole
 /// sequence so far (past + new), (B, past+T) int64; positions = cumsum(mask) - 1 (HF style).
@@ -93,6 +101,8 @@ class LlamaModel {
   void set_requires_grad(bool requires_grad);
   /// A deep copy with its own storage (e.g. the reference := the current policy).
   LlamaModel clone() const;
+  /// A deep copy on another device (fp32 masters; requires_grad is not carried over).
+  LlamaModel to(const at::Device& device) const;
   /// Copies values from another model of the same shape (no new storage).
   void copy_from(const LlamaModel& other);
 

@@ -22,6 +22,8 @@ class NoiseHead {
             std::uint64_t seed);
   /// From named tensors: "norm.weight", "norm.bias", "proj.weight" | "proj.weight", "proj.bias".
   NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors);
+  /// A deep copy on another device.
+  NoiseHead to(const at::Device& device) const;
 
   /// h (N, C) → s (N, V), clamped at npo.max_sigma when that is > 0. Differentiable in φ.
   at::Tensor sigma(const at::Tensor& h) const;

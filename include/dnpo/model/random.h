@@ -10,7 +10,15 @@
 namespace dnpo::model {
 
 /// (rows.size(), cols) fp32 standard normals; row i uses key row_keys[i], column j is draw j.
-at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys, std::int64_t cols);
+/// Made on `device`: a threaded loop on the CPU, integer tensor ops elsewhere (no host copy of
+/// an (N, V) tensor); both give the same uniforms bit for bit.
+at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys,
+                               std::int64_t cols,
+                               const at::Device& device = at::kCPU);
+/// The tensor-op path on any device (exposed so tests can compare it with the loop on the CPU).
+at::Tensor counter_normal_rows_by_tensor_ops(const std::vector<std::uint64_t>& row_keys,
+                                             std::int64_t cols,
+                                             const at::Device& device);
 
 /// A tensor of the given shape with normal(0, std) draws keyed on `key` (element index = draw).
 at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key);

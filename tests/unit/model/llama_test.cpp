@@ -274,6 +274,24 @@ TEST(CounterNormalRows, RowDependsOnlyOnItsKey) {
   EXPECT_FALSE(at::equal(all[0], all[1]));
 }
 
+TEST(CounterNormalRows, TensorOpsPathEqualsTheLoopBitForBit) {
+  // The path GPUs take (integer tensor ops) against the CPU loop: same uniforms, same floats.
+  std::vector<std::uint64_t> keys;
+  for (std::uint64_t i = 0; i < 7; ++i) {
+    keys.push_back(draw_key(0xFFFFFFFFFFFFFFFFULL - i, 3, 1, i, 2 * i, RandomStream::kNoiseEps2));
+  }
+  for (const std::int64_t cols : {1, 2, 37, 1000}) {
+    const auto loop = counter_normal_rows(keys, cols);
+    const auto ops = counter_normal_rows_by_tensor_ops(keys, cols, at::kCPU);
+    ASSERT_EQ(ops.sizes(), loop.sizes());
+    EXPECT_TRUE(at::equal(ops, loop)) << "cols " << cols;
+  }
+  // Sanity of the draws themselves: roughly standard normal.
+  const auto many = counter_normal_rows_by_tensor_ops(keys, 20000, at::kCPU);
+  EXPECT_NEAR(many.mean().item<double>(), 0.0, 0.01);
+  EXPECT_NEAR(many.std().item<double>(), 1.0, 0.01);
+}
+
 TEST(CounterNormalRows, CounterNormalScalesByStd) {
   const auto key = draw_key(3, 0, 0, 0, 0, RandomStream::kInit);
   const auto a = counter_normal({4, 5}, 2.0, key);
