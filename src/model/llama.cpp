@@ -8,6 +8,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
