@@ -4,7 +4,8 @@
 // line per result, printed as soon as it is measured, so a run cut short still reports.
 //
 //   dnpo_gpu_bench [--device cuda|cpu] [--model 1b|small] [--dtype bf16|fp32]
-//                  [--peak-tflops 989] [--sections fwdbwd,fwdbwd_explicit,spin_npo,generate]
+//                  [--peak-tflops 989]
+//                  [--sections fwdbwd,fwdbwd16,fwdbwd_explicit,spin_npo,generate]
 //
 // FLOPs follow PaLM's MFU convention: 6·N per token (N = parameters in matmuls: every block
 // and the lm_head, not the embedding lookup) + 12·L·C·T for attention, causal half included.
@@ -259,7 +260,7 @@ void bench_spin_npo(const at::Device& device,
   const auto batch = dnpo::test::random_pairs(pairs, seq, seq / 4, cfg.vocab_size, 3).to(device);
   dnpo::config::NpoConfig npo;
   double spin_seconds = 0;
-  for (const int chunk : {0, 64, 1024}) {  // 0: SPIN
+  for (const int chunk : {0, 64, 1024, 4096}) {  // 0: SPIN
     npo.chunk_positions = chunk;
     std::unique_ptr<dnpo::model::NoiseHead> head;
     if (chunk > 0) {
@@ -391,6 +392,11 @@ int main(int argc, char** argv) {
       bench_forward_backward(options, device, policy, big ? 8 : 4, seq, true, "policy_fwd_bwd");
     });
   }
+  if (wants(o, "fwdbwd16")) {
+    run_section("policy_fwd_bwd_b16", [&] {
+      bench_forward_backward(options, device, policy, big ? 16 : 8, seq, true, "policy_fwd_bwd");
+    });
+  }
   if (wants(o, "fwdbwd_explicit")) {
     // The explicit softmax keeps (B, H, T, T) scores per layer: one sequence at a time.
     run_section("policy_fwd_bwd_explicit_attention", [&] {
@@ -409,6 +415,7 @@ int main(int argc, char** argv) {
     run_section("generate_greedy", [&] {
       policy.set_requires_grad(false);
       bench_generate(device, policy, big ? 32 : 4, big ? 128 : 16, big ? 128 : 16);
+      bench_generate(device, policy, 1, big ? 128 : 16, big ? 64 : 16);  // per-step latency
     });
   }
   return 0;
