@@ -43,6 +43,13 @@ void add_common(CLI::App* app, Options& o) {
 dnpo::config::RunConfig resolve(const Options& o, int world) {
   auto cfg = dnpo::config::load_config(o.config_path, o.overrides);
   dnpo::config::validate(cfg, world);
+  // Model, losses and sampling run on CUDA (launch/device-check); the trainer does not yet.
+  DNPO_CHECK_WITH(dnpo::ConfigError,
+                  cfg.run.device == "cpu",
+                  "run.device = \"",
+                  cfg.run.device,
+                  "\": dnpo_dist trains on the CPU only in this version (the CUDA trainer is not "
+                  "built yet); set run.device = \"cpu\"");
   return cfg;
 }
 
