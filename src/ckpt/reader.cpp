@@ -215,6 +215,8 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
   const std::int64_t end = t.offset + numel;
   const std::int64_t head_start = numel > 0 ? t.offset / c * c : t.offset;
   const std::int64_t tail_end = numel > 0 ? std::min(total, (end + c - 1) / c * c) : end;
+  // (every rank makes these two reads unless the tensor is empty: then it has no storage)
+  const std::int64_t margin_max = total > 0 ? c : 0;
   auto head = at::empty({t.offset - head_start}, at::dtype(t.dtype));
   auto tail = at::empty({tail_end - end}, at::dtype(t.dtype));
   h5::read_flat(stored.data.get(),
@@ -222,7 +224,7 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
                 head_start,
                 head.numel(),
                 head.numel() > 0 ? head.data_ptr() : nullptr,
-                c,
+                margin_max,
                 reader.xfer(),
                 at);
   h5::read_flat(stored.data.get(),
@@ -230,7 +232,7 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
                 end,
                 tail.numel(),
                 tail.numel() > 0 ? tail.data_ptr() : nullptr,
-                c,
+                margin_max,
                 reader.xfer(),
                 at);
 
