@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
     }
     const nlohmann::json config = {
         {"world", world}, {"params", params}, {"tensors", tensors}, {"bytes", bytes}};
-    auto report = [&](const std::string& name, double seconds, nlohmann::json extra) {
+    auto report = [&](const std::string& name, double seconds, const nlohmann::json& extra) {
       if (rank != 0) {
         return;
       }

@@ -150,7 +150,7 @@ std::string commit_checkpoint(const std::string& dir,
       write_file_atomically((fs::path(dir) / (name + kKeepExtension)).string(), "");
     }
   }));
-  const std::string path = checkpoint_path(dir, name);
+  std::string path = checkpoint_path(dir, name);
   save(path, state);
   group.agree(group.rank() != 0 ? std::string() : capture_error([&] {
     write_latest(dir, name);

@@ -46,11 +46,11 @@ Group Group::world() {
   int size = 1;
   DNPO_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   DNPO_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
-  return Group(MPI_COMM_WORLD, rank, size);
+  return {MPI_COMM_WORLD, rank, size};
 }
 
 Group Group::lone() {
-  return Group(MPI_COMM_NULL, 0, 1);
+  return {MPI_COMM_NULL, 0, 1};
 }
 
 std::string Group::broadcast(const std::string& value, int root) const {

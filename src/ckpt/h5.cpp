@@ -114,8 +114,12 @@ void select_flat(hid_t space, std::int64_t start, std::int64_t count, const std:
   DNPO_H5_CHECK(H5Sget_simple_extent_dims(space, dims.data(), nullptr), where);
   std::vector<hsize_t> prefix;
   std::vector<Box> boxes;
-  flat_range_boxes(
-      dims, 0, prefix, static_cast<hsize_t>(start), static_cast<hsize_t>(start + count), boxes);
+  flat_range_boxes(dims,
+                   0,
+                   prefix,
+                   static_cast<hsize_t>(start),
+                   static_cast<hsize_t>(start) + static_cast<hsize_t>(count),
+                   boxes);
   for (std::size_t b = 0; b < boxes.size(); ++b) {
     DNPO_H5_CHECK(H5Sselect_hyperslab(space,
                                       b == 0 ? H5S_SELECT_SET : H5S_SELECT_OR,
@@ -318,12 +322,12 @@ void write_flat(hid_t dataset,
                 std::int64_t max_count,
                 hid_t xfer,
                 const std::string& where) {
-  static const char kNothing = 0;
+  static const char nothing = 0;
   transfer_flat(dataset,
                 dtype,
                 start,
                 count,
-                buf != nullptr ? buf : &kNothing,
+                buf != nullptr ? buf : &nothing,
                 nullptr,
                 max_count,
                 xfer,
@@ -433,7 +437,7 @@ std::vector<std::pair<std::string, AttrValue>> read_attrs(hid_t obj, const std::
                 where);
   std::vector<std::pair<std::string, AttrValue>> out;
   for (const auto& name : names) {
-    const std::string at = where + ", attribute " + name;
+    const std::string at = detail::concat(where, ", attribute ", name);
     const Id attr(DNPO_H5_CHECK(H5Aopen(obj, name.c_str(), H5P_DEFAULT), at));
     const Id type(DNPO_H5_CHECK(H5Aget_type(attr.get()), at));
     const Id space(DNPO_H5_CHECK(H5Aget_space(attr.get()), at));
@@ -474,7 +478,7 @@ std::vector<std::pair<std::string, AttrValue>> read_attrs(hid_t obj, const std::
 }
 
 std::int64_t read_int_attr(hid_t obj, const std::string& name, const std::string& where) {
-  const std::string at = where + ", attribute " + name;
+  const std::string at = detail::concat(where, ", attribute ", name);
   DNPO_CHECK_WITH(CheckpointError,
                   DNPO_H5_CHECK(H5Aexists(obj, name.c_str()), at) > 0,
                   at,

@@ -325,13 +325,13 @@ void write_file(const std::string& file_path,
     // --- attributes and blobs (rank 0's) ---
     const h5::Id attrs = make_group(f, format::kAttributes, false, where);
     for (const auto& [key, value] : rep.strings) {
-      h5::write_attr(attrs.get(), key, value, where + ", attribute " + key);
+      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
     }
     for (const auto& [key, value] : rep.ints) {
-      h5::write_attr(attrs.get(), key, value, where + ", attribute " + key);
+      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
     }
     for (const auto& [key, value] : rep.floats) {
-      h5::write_attr(attrs.get(), key, value, where + ", attribute " + key);
+      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
     }
     const h5::Id blobs = make_group(f, format::kBlobs, false, where);
     for (const auto& b : rep.blobs) {

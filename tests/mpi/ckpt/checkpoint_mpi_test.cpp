@@ -161,7 +161,7 @@ TEST(Faults, ShapeMismatchFailsOnEveryRankNamingBothShapes) {
   const std::string path = test_dir() + "/state.h5";
   save(path, test::ckpt_demo_state(rank(), world()));
   StateDict wanted;
-  const auto range = even_slice(32 * 64, rank(), world());
+  const auto range = even_slice(std::int64_t{32} * 64, rank(), world());
   wanted.add_request("model.layers.3.q_proj.weight", {32, 64}, range.offset, range.numel);
   const std::string msg = error_of([&] { load_into(path, wanted); });
   EXPECT_NE(msg.find("tensor model.layers.3.q_proj.weight: shape mismatch: file has [64, 64], "

@@ -29,7 +29,7 @@ std::string test_dir() {
 }
 
 std::string saved_demo(const std::string& dir) {
-  const std::string path = dir + "/demo.h5";
+  std::string path = dir + "/demo.h5";
   save(path, test::ckpt_demo_state(0, 1));
   return path;
 }
