@@ -11,6 +11,9 @@ if(NOT DNPO_CORE_ONLY)
   find_package(CLI11 REQUIRED)
   pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
   find_package(MPI REQUIRED COMPONENTS C)
+  # Parallel HDF5 (Open MPI build) for checkpoints; zlib (its dependency) for their CRC-32s.
+  pkg_check_modules(HDF5 REQUIRED IMPORTED_TARGET hdf5-openmpi)
+  find_package(ZLIB REQUIRED)
 endif()
 
 # LibTorch's exported flags are global-ish; wrap them in one interface target with SYSTEM includes.

@@ -22,6 +22,10 @@ inline constexpr const char* kTestGradScale = "DNPO_TEST_GRAD_SCALE";
 /// DNPO_TEST_FAIL: tests only — "RANK:STEP" makes that rank throw at the start of that step.
 inline constexpr const char* kTestFail = "DNPO_TEST_FAIL";
 
+/// DNPO_TEST_CKPT_FAIL: tests only — "before_rename" makes ckpt::save() stop (throw) after the
+/// temporary file is complete, as if the process died before the atomic rename.
+inline constexpr const char* kTestCkptFail = "DNPO_TEST_CKPT_FAIL";
+
 /// The value of a variable, or nullopt when it is unset or empty.
 std::optional<std::string> get(const char* name);
 

@@ -1,0 +1,412 @@
+// save(): one parallel HDF5 file per checkpoint. Every rank writes its slices (collective MPI-IO);
+// rank 0 writes the joined checksums, the attributes and the blobs; then the atomic commit
+// (fsync of the .tmp file, rename, fsync of the directory). No reading here.
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "dnpo/ckpt/checkpoint.h"
+#include "dnpo/common/env.h"
+#include "dnpo/common/error.h"
+#include "format.h"
+#include "group.h"
+#include "h5.h"
+
+#ifndef DNPO_GIT_SHA
+#define DNPO_GIT_SHA "unknown"
+#endif
+#ifndef DNPO_CODE_VERSION
+#define DNPO_CODE_VERSION "unknown"
+#endif
+
+namespace dnpo::ckpt {
+namespace {
+
+struct BlobMeta {
+  std::string name;
+  std::int64_t size = 0;
+  std::int64_t crc = 0;
+};
+
+/// Rank 0's attributes and blob sizes/checksums, known to every rank (HDF5 metadata is written
+/// collectively, so every rank must create the same objects with the same values).
+struct Replicated {
+  std::map<std::string, std::string> strings;
+  std::map<std::string, std::int64_t> ints;
+  std::map<std::string, double> floats;
+  std::vector<BlobMeta> blobs;
+};
+
+void check_replicated(const StateDict& state, const std::string& where) {
+  std::map<std::string, int> keys;
+  for (const auto& [key, value] : state.strings) {
+    format::check_name(key, "attribute", where);
+    DNPO_CHECK_WITH(CheckpointError,
+                    value.size() <= format::kMaxStringBytes,
+                    where,
+                    ", attribute ",
+                    key,
+                    ": string of ",
+                    value.size(),
+                    " bytes; expected at most ",
+                    format::kMaxStringBytes,
+                    "; hint: store large values in StateDict::blobs");
+    ++keys[key];
+  }
+  for (const auto& [key, value] : state.ints) {
+    format::check_name(key, "attribute", where);
+    ++keys[key];
+  }
+  for (const auto& [key, value] : state.floats) {
+    format::check_name(key, "attribute", where);
+    ++keys[key];
+  }
+  for (const auto& [key, count] : keys) {
+    DNPO_CHECK_WITH(CheckpointError,
+                    count == 1,
+                    where,
+                    ", attribute ",
+                    key,
+                    ": set in more than one of strings/ints/floats; keys must be unique");
+  }
+  for (const auto& [name, bytes] : state.blobs) {
+    format::check_name(name, "blob", where);
+  }
+}
+
+std::string pack(const StateDict& state) {
+  Packer p;
+  p.put(static_cast<std::int64_t>(state.strings.size()));
+  for (const auto& [key, value] : state.strings) {
+    p.put(key);
+    p.put(value);
+  }
+  p.put(static_cast<std::int64_t>(state.ints.size()));
+  for (const auto& [key, value] : state.ints) {
+    p.put(key);
+    p.put(value);
+  }
+  p.put(static_cast<std::int64_t>(state.floats.size()));
+  for (const auto& [key, value] : state.floats) {
+    p.put(key);
+    p.put(value);
+  }
+  p.put(static_cast<std::int64_t>(state.blobs.size()));
+  for (const auto& [name, bytes] : state.blobs) {
+    p.put(name);
+    p.put(static_cast<std::int64_t>(bytes.size()));
+    p.put(static_cast<std::int64_t>(
+        format::crc32_of(bytes.data(), static_cast<std::int64_t>(bytes.size()))));
+  }
+  return p.bytes();
+}
+
+Replicated unpack(const std::string& bytes) {
+  Unpacker u(bytes);
+  Replicated r;
+  for (auto n = u.get_int(); n > 0; --n) {
+    auto key = u.get_string();
+    r.strings[key] = u.get_string();
+  }
+  for (auto n = u.get_int(); n > 0; --n) {
+    auto key = u.get_string();
+    r.ints[key] = u.get_int();
+  }
+  for (auto n = u.get_int(); n > 0; --n) {
+    auto key = u.get_string();
+    r.floats[key] = u.get_double();
+  }
+  for (auto n = u.get_int(); n > 0; --n) {
+    BlobMeta b;
+    b.name = u.get_string();
+    b.size = u.get_int();
+    b.crc = u.get_int();
+    r.blobs.push_back(std::move(b));
+  }
+  return r;
+}
+
+/// Checks that the ranks' slices of each tensor tile it (same verdict on every rank: all see
+/// the same table); returns the largest slice of each tensor.
+std::vector<std::int64_t> check_tiling(const Group& group,
+                                       const StateDict& state,
+                                       const std::string& where) {
+  std::vector<std::int64_t> mine;
+  for (const auto& t : state.tensors) {
+    mine.push_back(t.offset);
+    mine.push_back(t.numel());
+  }
+  const auto all = group.all_gather(mine);
+  const std::size_t stride = mine.size();
+  std::vector<std::int64_t> max_counts;
+  for (std::size_t i = 0; i < state.tensors.size(); ++i) {
+    const auto& t = state.tensors[i];
+    std::vector<std::pair<std::int64_t, std::int64_t>> slices;  // (offset, numel) by rank
+    for (int r = 0; r < group.size(); ++r) {
+      const std::size_t at = static_cast<std::size_t>(r) * stride + 2 * i;
+      slices.emplace_back(all[at], all[at + 1]);
+    }
+    std::ostringstream listing;
+    for (std::size_t r = 0; r < slices.size(); ++r) {
+      listing << (r == 0 ? "" : ", ") << "rank " << r << " [" << slices[r].first << ", "
+              << slices[r].first + slices[r].second << ")";
+    }
+    auto sorted = slices;
+    std::sort(sorted.begin(), sorted.end());
+    std::int64_t next = 0;
+    std::int64_t largest = 0;
+    for (const auto& [offset, numel] : sorted) {
+      if (numel == 0) {
+        continue;
+      }
+      DNPO_CHECK_WITH(CheckpointError,
+                      offset == next,
+                      where,
+                      ", tensor ",
+                      t.name,
+                      ": the ranks' slices do not tile it (",
+                      listing.str(),
+                      "); expected contiguous, non-overlapping slices covering [0, ",
+                      t.global_numel(),
+                      ")");
+      next = offset + numel;
+      largest = std::max(largest, numel);
+    }
+    DNPO_CHECK_WITH(CheckpointError,
+                    next == t.global_numel(),
+                    where,
+                    ", tensor ",
+                    t.name,
+                    ": the ranks' slices cover [0, ",
+                    next,
+                    ") (",
+                    listing.str(),
+                    "); expected [0, ",
+                    t.global_numel(),
+                    ")");
+    max_counts.push_back(largest);
+  }
+  return max_counts;
+}
+
+/// collective: every rank's CRCs of the chunk pieces it holds, joined in offset order on rank 0
+/// into one CRC per chunk (crc32_combine); empty vectors on the other ranks.
+std::vector<std::vector<std::uint32_t>> join_checksums(const Group& group, const StateDict& state) {
+  std::vector<std::int64_t> mine;  // (tensor, chunk, start, count, crc) per piece
+  for (std::size_t i = 0; i < state.tensors.size(); ++i) {
+    const auto& t = state.tensors[i];
+    const auto elem = static_cast<std::int64_t>(c10::elementSize(t.dtype));
+    const void* data = t.numel() > 0 ? t.data.data_ptr() : nullptr;
+    for (const auto& p :
+         format::chunk_pieces(data, t.offset, t.numel(), elem, kChecksumChunkElems)) {
+      mine.insert(mine.end(),
+                  {static_cast<std::int64_t>(i), p.chunk, p.start, p.count, std::int64_t{p.crc}});
+    }
+  }
+  const auto gathered = group.gather(mine);
+  std::vector<std::vector<std::uint32_t>> crcs(state.tensors.size());
+  if (group.rank() != 0) {
+    return crcs;
+  }
+  std::vector<std::vector<format::ChunkPiece>> pieces(state.tensors.size());
+  for (const auto& from_rank : gathered) {
+    for (std::size_t k = 0; k + 5 <= from_rank.size(); k += 5) {
+      pieces[static_cast<std::size_t>(from_rank[k])].push_back(
+          {from_rank[k + 1],
+           from_rank[k + 2],
+           from_rank[k + 3],
+           static_cast<std::uint32_t>(from_rank[k + 4])});
+    }
+  }
+  for (std::size_t i = 0; i < state.tensors.size(); ++i) {
+    const auto& t = state.tensors[i];
+    const auto elem = static_cast<std::int64_t>(c10::elementSize(t.dtype));
+    auto& ps = pieces[i];
+    std::sort(ps.begin(), ps.end(), [](const auto& a, const auto& b) {
+      return a.chunk != b.chunk ? a.chunk < b.chunk : a.start < b.start;
+    });
+    const std::int64_t n_chunks = format::chunk_count(t.global_numel(), kChecksumChunkElems);
+    crcs[i].assign(static_cast<std::size_t>(n_chunks), 0);
+    std::int64_t chunk = -1;
+    std::int64_t next = 0;
+    for (const auto& p : ps) {
+      if (p.chunk != chunk) {
+        DNPO_INTERNAL_ASSERT(p.chunk == chunk + 1 && p.start == 0);
+        chunk = p.chunk;
+        crcs[i][static_cast<std::size_t>(chunk)] = p.crc;
+      } else {
+        DNPO_INTERNAL_ASSERT(p.start == next);
+        auto& crc = crcs[i][static_cast<std::size_t>(chunk)];
+        crc = format::crc32_join(crc, p.crc, p.count * elem);
+      }
+      next = p.start + p.count;
+    }
+    DNPO_INTERNAL_ASSERT(chunk + 1 == n_chunks);
+  }
+  return crcs;
+}
+
+h5::Id make_group(hid_t file, const char* name, bool track_order, const std::string& where) {
+  const h5::Id gcpl(DNPO_H5_CHECK(H5Pcreate(H5P_GROUP_CREATE), where));
+  if (track_order) {
+    DNPO_H5_CHECK(
+        H5Pset_link_creation_order(gcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
+        where);
+  }
+  return h5::Id(DNPO_H5_CHECK(H5Gcreate2(file, name, H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), where));
+}
+
+h5::Id make_dataset(hid_t loc,
+                    const std::string& name,
+                    hid_t type,
+                    const std::vector<std::int64_t>& shape,
+                    const std::string& where) {
+  // Contiguous, allocated at creation, never filled (every element is written).
+  const h5::Id dcpl(DNPO_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), where));
+  DNPO_H5_CHECK(H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY), where);
+  DNPO_H5_CHECK(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), where);
+  const h5::Id space = h5::make_space(shape);
+  return h5::Id(DNPO_H5_CHECK(
+      H5Dcreate2(loc, name.c_str(), type, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+      where));
+}
+
+void write_file(const std::string& file_path,
+                const Group& group,
+                const StateDict& state,
+                const Replicated& rep,
+                const std::vector<std::int64_t>& max_counts,
+                const std::vector<std::vector<std::uint32_t>>& crcs,
+                const std::string& where) {
+  const bool root = group.rank() == 0;
+  h5::Id file = h5::create_file(file_path, group);
+  {
+    const hid_t f = file.get();
+    h5::write_attr(f, "format_version", kFormatVersion, where);
+    h5::write_attr(f, "code_version", std::string(DNPO_CODE_VERSION), where);
+    h5::write_attr(f, "git_sha", std::string(DNPO_GIT_SHA), where);
+    h5::write_attr(f, "world_size", std::int64_t{group.size()}, where);
+    h5::write_attr(f, "chunk_elems", kChecksumChunkElems, where);
+    const h5::Id xfer = h5::transfer_plist(group);
+
+    // --- tensors and their checksums ---
+    const h5::Id tensors = make_group(f, format::kTensors, true, where);
+    const h5::Id checksums = make_group(f, format::kChecksums, true, where);
+    for (std::size_t i = 0; i < state.tensors.size(); ++i) {
+      const auto& t = state.tensors[i];
+      const std::string at = where + ", tensor " + t.name;
+      const h5::Id data = make_dataset(tensors.get(), t.name, h5::file_type(t.dtype), t.shape, at);
+      h5::write_flat(data.get(),
+                     t.dtype,
+                     t.offset,
+                     t.numel(),
+                     t.numel() > 0 ? t.data.data_ptr() : nullptr,
+                     max_counts[i],
+                     xfer.get(),
+                     at);
+      const std::int64_t n_chunks = format::chunk_count(t.global_numel(), kChecksumChunkElems);
+      const h5::Id crc = make_dataset(checksums.get(), t.name, H5T_STD_U32LE, {n_chunks}, at);
+      h5::write_small_from_root(crc.get(),
+                                H5T_NATIVE_UINT32,
+                                root ? crcs[i].data() : nullptr,
+                                n_chunks,
+                                root,
+                                xfer.get(),
+                                at);
+    }
+
+    // --- attributes and blobs (rank 0's) ---
+    const h5::Id attrs = make_group(f, format::kAttributes, false, where);
+    for (const auto& [key, value] : rep.strings) {
+      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
+    }
+    for (const auto& [key, value] : rep.ints) {
+      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
+    }
+    for (const auto& [key, value] : rep.floats) {
+      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
+    }
+    const h5::Id blobs = make_group(f, format::kBlobs, false, where);
+    for (const auto& b : rep.blobs) {
+      const std::string at = where + ", blob " + b.name;
+      const h5::Id data = make_dataset(blobs.get(), b.name, H5T_STD_U8LE, {b.size}, at);
+      h5::write_attr(data.get(), "crc32", b.crc, at);
+      h5::write_flat(data.get(),
+                     at::kByte,
+                     0,
+                     root ? b.size : 0,
+                     root ? state.blobs.at(b.name).data() : nullptr,
+                     b.size,
+                     xfer.get(),
+                     at);
+    }
+    DNPO_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), where);
+  }
+  file.close(where);
+}
+
+void fsync_path(const std::string& path, bool directory) {
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): POSIX open
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  DNPO_CHECK_WITH(
+      CheckpointError, fd >= 0, "cannot open ", path, " to fsync it: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  DNPO_CHECK_WITH(CheckpointError, rc == 0, "fsync of ", path, " failed: ", std::strerror(err));
+}
+
+/// Rank 0: makes the complete temporary file durable, then atomically the checkpoint.
+void commit(const std::string& tmp, const std::string& path, const std::string& where) {
+  const auto fail = env::get(env::kTestCkptFail);
+  DNPO_CHECK_WITH(CheckpointError,
+                  !(fail && *fail == "before_rename"),
+                  where,
+                  ": simulated crash before the rename (",
+                  env::kTestCkptFail,
+                  "=before_rename); ",
+                  tmp,
+                  " stays behind");
+  fsync_path(tmp, false);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  DNPO_CHECK_WITH(
+      CheckpointError, !ec, where, ": cannot rename ", tmp, " to ", path, ": ", ec.message());
+  const auto parent = std::filesystem::path(path).parent_path();
+  fsync_path(parent.empty() ? std::string(".") : parent.string(), true);
+}
+
+}  // namespace
+
+void save(const std::string& path, const StateDict& state) {
+  h5::quiet();
+  const Group group = Group::world();
+  const std::string where = "checkpoint " + path;
+
+  // --- checks, the same verdict on every rank before any collective HDF5 call ---
+  group.agree(capture_error([&] {
+    format::check_slices(state, where);
+    if (group.rank() == 0) {
+      check_replicated(state, where);
+    }
+  }));
+  group.agree(format::compare_with_root(group, state, where));
+  const auto max_counts = check_tiling(group, state, where);
+  const Replicated rep =
+      unpack(group.broadcast(group.rank() == 0 ? pack(state) : std::string(), 0));
+
+  // --- write aside, then commit ---
+  const auto crcs = join_checksums(group, state);
+  const std::string tmp = path + ".tmp";
+  write_file(tmp, group, state, rep, max_counts, crcs, where);
+  group.agree(group.rank() == 0 ? capture_error([&] { commit(tmp, path, where); }) : "");
+}
+
+}  // namespace dnpo::ckpt

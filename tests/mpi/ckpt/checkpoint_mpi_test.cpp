@@ -1,0 +1,237 @@
+// Checkpoints under mpirun (np 1, 2, 4): a file written at np 2 reads back bit-identically at any
+// world size and slicing; damage and mismatches raise the same error on every rank; a crash
+// before the rename leaves the previous checkpoint and `latest` intact.
+#include <cstdlib>
+#include <filesystem>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "ckpt_test_util.h"
+#include "dnpo/ckpt/checkpoint.h"
+#include "dnpo/common/env.h"
+#include "dnpo/common/error.h"
+#include "mpi_test_main.h"
+
+namespace dnpo::ckpt {
+namespace {
+
+namespace fs = std::filesystem;
+
+int rank() {
+  return test::mpi().rank();
+}
+int world() {
+  return test::mpi().world_size();
+}
+
+/// A fresh directory for the running test and world size, the same on every rank.
+std::string test_dir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const fs::path dir = fs::path(DNPO_BINARY_DIR) / "tests" / "ckpt_mpi" /
+                       ("np" + std::to_string(world())) / info->name();
+  if (rank() == 0) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  test::mpi().barrier();
+  return dir.string();
+}
+
+/// The file every world size reads: written by CrossWorld.SaveAtNp2 (the np 2 run).
+std::string cross_world_path() {
+  return (fs::path(DNPO_BINARY_DIR) / "tests" / "ckpt_cross_world" / "np2.h5").string();
+}
+
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return {};
+}
+
+/// Rank r's part when n elements are cut at n·r²/w² (uneven: rank 0 holds least).
+SliceRange skewed(std::int64_t n, int r, int w) {
+  const auto cut = [&](int k) { return n * k * k / (std::int64_t{w} * w); };
+  return {cut(r), cut(r + 1) - cut(r)};
+}
+
+/// The demo state sliced by `pick` (full values cut to this rank's range).
+StateDict demo_state_sliced(const std::function<SliceRange(std::int64_t)>& pick) {
+  StateDict state = test::ckpt_demo_state(0, 1);
+  for (auto& t : state.tensors) {
+    const auto range = pick(t.global_numel());
+    t.data = t.data.narrow(0, range.offset, range.numel).clone();
+    t.offset = range.offset;
+  }
+  return state;
+}
+
+/// Every slicing a reader may use: even, skewed, reversed rank order, the whole tensor on each.
+std::vector<std::function<SliceRange(std::int64_t)>> reader_slicings() {
+  const int r = rank();
+  const int w = world();
+  return {[r, w](std::int64_t n) { return even_slice(n, r, w); },
+          [r, w](std::int64_t n) { return skewed(n, r, w); },
+          [r, w](std::int64_t n) { return even_slice(n, w - 1 - r, w); },
+          [](std::int64_t n) {
+            return SliceRange{0, n};
+          }};
+}
+
+TEST(CrossWorld, SaveAtNp2) {
+  if (world() != 2) {
+    GTEST_SKIP() << "the np 2 run writes the file";
+  }
+  if (rank() == 0) {
+    fs::create_directories(fs::path(cross_world_path()).parent_path());
+  }
+  test::mpi().barrier();
+  // Uneven slices, so the readers' slicings differ from the writers' at every world size.
+  save(cross_world_path(),
+       demo_state_sliced([](std::int64_t n) { return skewed(n, rank(), world()); }));
+  verify(cross_world_path());
+}
+
+TEST(CrossWorld, ReadsNp2FileBitIdenticallyWithAnySlicing) {
+  ASSERT_TRUE(fs::exists(cross_world_path()))
+      << cross_world_path() << " is written by the np 2 run (ctest fixture ckpt_np2_file)";
+  EXPECT_NE(inspect(cross_world_path()).find("world_size: 2"), std::string::npos);
+  const auto slicings = reader_slicings();
+  for (std::size_t s = 0; s < slicings.size(); ++s) {
+    StateDict got = test::ckpt_demo_requests(slicings[s]);
+    load_into(cross_world_path(), got);
+    EXPECT_EQ(test::ckpt_check_demo_values(got), "") << "slicing " << s;
+    const StateDict want = test::ckpt_demo_state(0, 1);
+    EXPECT_EQ(got.strings, want.strings);
+    EXPECT_EQ(got.ints, want.ints);
+    EXPECT_EQ(got.floats, want.floats);
+    EXPECT_EQ(got.blobs, want.blobs);
+  }
+  const StateDict even = load(cross_world_path());
+  EXPECT_EQ(test::ckpt_check_demo_values(even), "");
+  EXPECT_EQ(even.tensors.front().offset,
+            even_slice(even.tensors.front().global_numel(), rank(), world()).offset);
+  verify(cross_world_path());
+}
+
+TEST(SameWorld, SaveWithOneSlicingLoadWithAnother) {
+  const std::string path = test_dir() + "/state.h5";
+  save(path, demo_state_sliced([](std::int64_t n) { return even_slice(n, rank(), world()); }));
+  for (const auto& slicing : reader_slicings()) {
+    StateDict got = test::ckpt_demo_requests(slicing);
+    load_into(path, got);
+    EXPECT_EQ(test::ckpt_check_demo_values(got), "");
+  }
+}
+
+TEST(Faults, FlippedByteFailsOnEveryRankNamingTensorChunkAndFile) {
+  const std::string path = test_dir() + "/state.h5";
+  save(path, test::ckpt_demo_state(rank(), world()));
+  if (rank() == 0) {
+    test::ckpt_flip_byte(path, "/tensors/big.exact_chunks", (1 << 20) + 17);  // chunk 1
+  }
+  test::mpi().barrier();
+  // Every rank throws, also those whose slices miss the damaged chunk.
+  for (const auto& msg : {error_of([&] { (void)load(path); }), error_of([&] { verify(path); })}) {
+    EXPECT_NE(msg.find("checkpoint " + path +
+                       ", tensor big.exact_chunks: checksum mismatch in "
+                       "chunk 1 (elements [1048576, 2097152))"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+TEST(Faults, TruncatedFileFailsOnEveryRankNamingFile) {
+  const std::string path = test_dir() + "/state.h5";
+  save(path, test::ckpt_demo_state(rank(), world()));
+  if (rank() == 0) {
+    fs::resize_file(path, fs::file_size(path) - 1000);
+  }
+  test::mpi().barrier();
+  const std::string msg = error_of([&] { (void)load(path); });
+  EXPECT_NE(msg.find("checkpoint " + path + ": cannot open"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("truncated file"), std::string::npos) << msg;
+}
+
+TEST(Faults, ShapeMismatchFailsOnEveryRankNamingBothShapes) {
+  const std::string path = test_dir() + "/state.h5";
+  save(path, test::ckpt_demo_state(rank(), world()));
+  StateDict wanted;
+  const auto range = even_slice(std::int64_t{32} * 64, rank(), world());
+  wanted.add_request("model.layers.3.q_proj.weight", {32, 64}, range.offset, range.numel);
+  const std::string msg = error_of([&] { load_into(path, wanted); });
+  EXPECT_NE(msg.find("tensor model.layers.3.q_proj.weight: shape mismatch: file has [64, 64], "
+                     "expected [32, 64]"),
+            std::string::npos)
+      << msg;
+}
+
+TEST(Faults, RanksThatDisagreeAllFail) {
+  if (world() < 2) {
+    GTEST_SKIP() << "needs two ranks";
+  }
+  const std::string path = test_dir() + "/state.h5";
+  // Overlapping slices: every rank holds the whole tensor.
+  StateDict overlap;
+  overlap.add("w", {10}, 0, at::zeros({10}));
+  EXPECT_NE(error_of([&] { save(path, overlap); }).find("w: the ranks' slices do not tile it"),
+            std::string::npos);
+  // Different tensor lists.
+  StateDict mine;
+  mine.add("w", {10}, 0, rank() == 0 ? at::zeros({10}) : at::Tensor());
+  if (rank() == 1) {
+    mine.add("extra", {1}, 0, at::zeros({1}));
+  }
+  const std::string msg = error_of([&] { save(path, mine); });
+  EXPECT_NE(msg.find("ranks disagree on the tensor list at entry 1"), std::string::npos) << msg;
+  // A bad slice on one rank only.
+  StateDict bad;
+  bad.add("w", {10}, rank() == 1 ? 8 : 0, rank() <= 1 ? at::zeros({5}) : at::Tensor());
+  EXPECT_NE(error_of([&] { save(path, bad); }).find("lies outside"), std::string::npos);
+  test::mpi().barrier();
+  EXPECT_FALSE(fs::exists(path));
+}
+
+TEST(Directory, CrashBeforeRenameLeavesPreviousCheckpointAndLatest) {
+  const std::string dir = test_dir();
+  const auto state = test::ckpt_demo_state(rank(), world());
+  commit_checkpoint(dir, checkpoint_name(10), state);
+  ::setenv(env::kTestCkptFail, "before_rename", 1);
+  const std::string msg = error_of([&] { commit_checkpoint(dir, checkpoint_name(20), state); });
+  ::unsetenv(env::kTestCkptFail);
+  EXPECT_NE(msg.find("simulated crash before the rename"), std::string::npos) << msg;
+  test::mpi().barrier();
+  EXPECT_TRUE(fs::exists(checkpoint_path(dir, checkpoint_name(20)) + ".tmp"));
+  EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(20))));
+  EXPECT_EQ(read_latest(dir), checkpoint_name(10));
+  const auto point = find_latest_valid(dir);
+  ASSERT_TRUE(point.has_value());
+  EXPECT_EQ(point->name, checkpoint_name(10));
+  EXPECT_EQ(test::ckpt_check_demo_values(load(point->path)), "");
+}
+
+TEST(Directory, FindLatestValidSkipsMissingLatestAndDamagedNewest) {
+  const std::string dir = test_dir();
+  const auto state = test::ckpt_demo_state(rank(), world());
+  for (int i = 1; i <= 3; ++i) {
+    commit_checkpoint(dir, checkpoint_name(i), state);
+  }
+  if (rank() == 0) {
+    fs::remove(fs::path(dir) / "latest");
+    test::ckpt_flip_byte(checkpoint_path(dir, checkpoint_name(3)), "/tensors/data.cursor", 999);
+  }
+  test::mpi().barrier();
+  const auto point = find_latest_valid(dir);
+  ASSERT_TRUE(point.has_value());
+  EXPECT_EQ(point->name, checkpoint_name(2));
+  ASSERT_EQ(point->damaged.size(), 1U);
+  EXPECT_NE(point->damaged[0].find(checkpoint_path(dir, checkpoint_name(3))), std::string::npos);
+  EXPECT_NE(point->damaged[0].find("data.cursor: checksum mismatch"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dnpo::ckpt
