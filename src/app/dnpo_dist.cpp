@@ -16,10 +16,12 @@
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/preemption.h"
 #include "dnpo/config/loader.h"
 #include "dnpo/data/demo_world.h"
 #include "dnpo/dist/comm.h"
 #include "dnpo/dist/mpi_env.h"
+#include "dnpo/train/checkpointing.h"
 #include "dnpo/train/driver.h"
 
 namespace {
@@ -31,6 +33,7 @@ struct Options {
   std::string loss;
   std::string pairs;
   std::string demo_out;
+  std::string resume;
 };
 
 void add_common(CLI::App* app, Options& o) {
@@ -38,6 +41,10 @@ void add_common(CLI::App* app, Options& o) {
   app->add_option(
          "--set", o.overrides, "override a config key, e.g. --set train.lr=1e-4 (repeatable)")
       ->type_name("KEY=VALUE");
+  app->add_option("--resume",
+                  o.resume,
+                  "auto (the newest valid checkpoint of the run) | none | a checkpoint file "
+                  "(sets checkpoint.resume)");
 }
 
 dnpo::config::RunConfig resolve(const Options& o, int world) {
@@ -61,6 +68,7 @@ int run_cli(int argc, char** argv) {
   const int rank = mpi.rank();
   const int world = mpi.world_size();
   dnpo::log::init(rank, dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
+  dnpo::preemption::install_handlers();
   CLI::App app{"dnpo_dist — DNPO self-improvement trainer (SFT, SPIN, NPO/DNPO)"};
   app.require_subcommand(0, 1);
   Options o;
@@ -96,6 +104,9 @@ int run_cli(int argc, char** argv) {
     if (!o.pairs.empty()) {
       o.overrides.push_back("data.pairs_file=" + o.pairs);
     }
+    if (!o.resume.empty()) {
+      o.overrides.push_back("checkpoint.resume=\"" + o.resume + "\"");
+    }
     const auto cfg = resolve(o, world);
     dnpo::log::init(rank, cfg.run.log_level);
     dnpo::log::info_rank0("{}", blas);
@@ -119,6 +130,14 @@ int run_cli(int argc, char** argv) {
     } else {
       dnpo::train::run_job(cfg, comm.get());
     }
+  } catch (const dnpo::train::Preempted& p) {
+    // Every rank saved its part of the checkpoint and agreed to stop: a clean exit, so Slurm
+    // (or the user's script) can requeue and resume.
+    dnpo::log::info_rank0("stopped on signal {} after step {}; resume with --resume auto ({})",
+                          p.signal_number,
+                          p.step,
+                          p.path);
+    return 0;
   } catch (const std::exception& e) {
     if (world == 1) {
       dnpo::log::error("fatal: {}", e.what());

@@ -215,7 +215,14 @@ inline const auto& tables() {
                 &DistConfig::reduce_scatter,
                 one_of({"allreduce", "reduce", "mpi", "ring"})),
             key("all_gather", &DistConfig::all_gather, one_of({"gloo", "ring"})),
-            key("prefetch", &DistConfig::prefetch)));
+            key("prefetch", &DistConfig::prefetch)),
+      table("checkpoint",
+            &RunConfig::checkpoint,
+            key("dir", &CheckpointConfig::dir),
+            key("every_steps", &CheckpointConfig::every_steps, non_negative()),
+            key("every_minutes", &CheckpointConfig::every_minutes, non_negative()),
+            key("keep_last", &CheckpointConfig::keep_last, at_least(1)),
+            key("resume", &CheckpointConfig::resume, non_empty())));
   return registry;
 }
 

@@ -1,6 +1,7 @@
 // Sharded units and their autograd wrappers; see sharded_unit.h.
 #include "dnpo/dist/sharded_unit.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -48,6 +49,25 @@ ShardedUnit::ShardedUnit(std::string name,
   if (const auto scale = env::get(env::kTestGradScale)) {
     grad_scale_ = std::stod(*scale);
   }
+}
+
+std::vector<ShardedUnit::ShardPiece> ShardedUnit::shard_pieces() const {
+  const std::int64_t begin = static_cast<std::int64_t>(rank_) * shard_numel_;
+  const std::int64_t end = begin + shard_numel_;
+  std::vector<ShardPiece> pieces;
+  for (std::size_t i = 0; i < specs_.size(); ++i) {
+    const auto lo = std::max(begin, offsets_[i]);
+    const auto hi = std::min(end, offsets_[i] + specs_[i].numel());
+    ShardPiece piece;
+    piece.spec = i;
+    if (hi > lo) {
+      piece.tensor_offset = lo - offsets_[i];
+      piece.shard_offset = lo - begin;
+      piece.numel = hi - lo;
+    }
+    pieces.push_back(piece);
+  }
+  return pieces;
 }
 
 void ShardedUnit::load_full(const std::vector<at::Tensor>& full) {

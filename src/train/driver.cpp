@@ -113,6 +113,10 @@ std::string output_dir(const config::RunConfig& cfg,
   return options.output_dir.empty() ? run_dir(cfg) + "/" + stage : options.output_dir;
 }
 
+std::string checkpoint_dir(const config::RunConfig& cfg) {
+  return cfg.checkpoint.dir.empty() ? run_dir(cfg) + "/checkpoints" : cfg.checkpoint.dir;
+}
+
 }  // namespace
 
 std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm) {
@@ -161,6 +165,8 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Co
   log::info_rank0("model: {} parameters", policy.num_parameters());
   MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
   Trainer trainer(cfg, policy, *tokenizer, metrics, comm);
+  Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
+  trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
   const auto summary = trainer.train_sft(records);
   log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
                   summary.steps,
@@ -183,6 +189,8 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
   auto policy = load_or_init_model(cfg, options.init_model);
   MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
   Trainer trainer(cfg, policy, *tokenizer, metrics, comm);
+  Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
+  trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
   const auto summary = trainer.train_preference(pairs);
   log::info_rank0("train ({}) done: {} steps, model loss {:.4f} → {:.4f}, {:.0f} ms/step",
                   cfg.train.loss,

@@ -14,11 +14,42 @@
 
 namespace dnpo::train {
 
-MetricsWriter::MetricsWriter(const std::string& path) {
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
   if (!path.empty()) {
     out_.open(path, std::ios::app);
     DNPO_CHECK(out_.good(), "cannot open metrics file '", path, "'");
   }
+}
+
+void MetricsWriter::drop_after(const std::string& kind, std::int64_t step) {
+  if (!out_.is_open()) {
+    return;
+  }
+  out_.close();
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(path_);
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      const bool later_of_kind =
+          j.is_object() && j.value("kind", "") == kind && j.value("step", std::int64_t{0}) > step;
+      if (!later_of_kind) {
+        kept.push_back(line);
+      }
+    }
+  }
+  const auto tmp = path_ + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& line : kept) {
+      out << line << "\n";
+    }
+    DNPO_CHECK(out.good(), "cannot write '", tmp, "'");
+  }
+  DNPO_CHECK(std::rename(tmp.c_str(), path_.c_str()) == 0, "cannot replace '", path_, "'");
+  out_.open(path_, std::ios::app);
+  DNPO_CHECK(out_.good(), "cannot open metrics file '", path_, "'");
 }
 
 void MetricsWriter::write(const std::string& kind,

@@ -20,6 +20,8 @@
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
 #include "dnpo/common/timer.h"
+#include "dnpo/config/loader.h"
+#include "dnpo/dist/shard_optimizer.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/lr_schedule.h"
@@ -27,33 +29,6 @@
 
 namespace dnpo::train {
 namespace {
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::TrainConfig& cfg,
-                                                        const std::vector<at::Tensor>& params) {
-  if (cfg.optimizer == "rmsprop") {
-    return std::make_unique<torch::optim::RMSprop>(params,
-                                                   torch::optim::RMSpropOptions(cfg.lr)
-                                                       .alpha(cfg.rmsprop_alpha)
-                                                       .eps(cfg.eps)
-                                                       .weight_decay(cfg.weight_decay));
-  }
-  DNPO_CHECK_WITH(ConfigError,
-                  cfg.optimizer == "adamw",
-                  "train.optimizer '",
-                  cfg.optimizer,
-                  "' is unknown; expected \"adamw\" or \"rmsprop\"");
-  return std::make_unique<torch::optim::AdamW>(params,
-                                               torch::optim::AdamWOptions(cfg.lr)
-                                                   .betas({cfg.adam_beta1, cfg.adam_beta2})
-                                                   .eps(cfg.eps)
-                                                   .weight_decay(cfg.weight_decay));
-}
-
-void set_lr(torch::optim::Optimizer& opt, double lr) {
-  for (auto& group : opt.param_groups()) {
-    group.options().set_lr(lr);
-  }
-}
 
 std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
   const std::int64_t per_epoch = (samples + cfg.batch_size - 1) / cfg.batch_size;
@@ -286,8 +261,15 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
   // --- the policy as FSDP units; the optimizer steps this rank's shards ---
   ShardedLlama& policy = begin_policy();
   const auto units = policy.units();
-  auto optimizer = make_optimizer(cfg_.train, policy.shards());
+  auto optimizer = std::make_unique<dist::ShardOptimizer>(cfg_.train, policy.shards());
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(sequences.size()));
+  StageState state;
+  state.position.stage = "sft";
+  state.position.iteration = cfg_.train.iteration;
+  state.position.total_steps = steps;
+  state.trained = {{"policy", units}};
+  state.optimizer = optimizer.get();
+  maybe_resume(state);
   const int rank = rank_of(comm_);
   log::info_rank0("sft: {} samples, {} steps of {} on {} rank(s) ({} truncated)",
                   sequences.size(),
@@ -301,14 +283,12 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
   }
   const InjectedFailure injected(rank);
   StepSampler sampler(cfg_, static_cast<std::int64_t>(sequences.size()));
-  Timer total_timer;
-  std::int64_t total_tokens = 0;
 
-  for (std::int64_t step = 0; step < steps; ++step) {
+  for (std::int64_t step = state.position.steps_done; step < steps; ++step) {
     injected.check(step);
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
-    set_lr(*optimizer, lr);
+    optimizer->set_lr(lr);
     // --- the step's micro-batches (every rank builds all), normalised by global answer tokens ---
     std::vector<model::TokenBatch> micro;
     double global_tokens = 0;
@@ -348,9 +328,6 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     const double loss_value = stats[0];
     const auto step_tokens = static_cast<std::int64_t>(stats[1]);
     const double ms = step_timer.millis();
-    summary.step_ms.push_back(ms);
-    summary.step_losses.push_back(loss_value);
-    total_tokens += step_tokens;
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
     metrics_.write("sft",
                    step + 1,
@@ -362,17 +339,13 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     if (progress) {
       progress->update(step + 1, format_status(loss_value, 0, lr, ms, tok_s));
     }
+    end_step(state, loss_value, ms, step_tokens);
   }
   if (progress) {
     progress->finish();
   }
+  end_stage(state, summary);
   finish_policy();
-  summary.steps = steps;
-  summary.first_loss = mean_of(summary.step_losses, true);
-  summary.last_loss = mean_of(summary.step_losses, false);
-  summary.mean_step_ms =
-      total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
-  summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
   return summary;
 }
 
@@ -432,8 +405,19 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     units.push_back(head->unit());
     trained.push_back(head->unit()->shard());
   }
-  auto optimizer = make_optimizer(cfg_.train, trained);
+  auto optimizer = std::make_unique<dist::ShardOptimizer>(cfg_.train, trained);
   const auto steps = total_steps(cfg_.train, static_cast<std::int64_t>(pairs.size()));
+  StageState state;
+  state.position.stage = loss_kind;
+  state.position.iteration = cfg_.train.iteration;
+  state.position.total_steps = steps;
+  state.trained = {{"policy", policy.units()}};
+  if (head) {
+    state.trained.push_back({"noise_head", {head->unit()}});
+  }
+  state.frozen = {{"reference", reference.units()}};
+  state.optimizer = optimizer.get();
+  maybe_resume(state);
   const int rank = rank_of(comm_);
   log::info_rank0(
       "train ({}): {} pairs ({} identical skipped, {} truncated), {} steps of {} on {} rank(s)",
@@ -450,15 +434,13 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   }
   const InjectedFailure injected(rank);
   StepSampler sampler(cfg_, static_cast<std::int64_t>(pairs.size()));
-  Timer total_timer;
-  std::int64_t total_tokens = 0;
   const double beta = cfg_.loss.beta;
 
-  for (std::int64_t step = 0; step < steps; ++step) {
+  for (std::int64_t step = state.position.steps_done; step < steps; ++step) {
     injected.check(step);
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
-    set_lr(*optimizer, lr);
+    optimizer->set_lr(lr);
     // --- micro-batches: chosen and rejected padded together, one concatenated forward ---
     struct Micro {
       model::TokenBatch batch;  // rows [0, m) chosen, [m, 2m) rejected
@@ -596,9 +578,6 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
 
     const double ms = step_timer.millis();
     const auto step_tokens = static_cast<std::int64_t>(stats[kTokens]);
-    summary.step_ms.push_back(ms);
-    summary.step_losses.push_back(stats[kModel]);
-    total_tokens += step_tokens;
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
     const double margin = stats[kMargin] / global_pairs;
     std::vector<std::pair<std::string, double>> values = {
@@ -622,21 +601,85 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     if (progress) {
       progress->update(step + 1, format_status(stats[kLoss], margin, lr, ms, tok_s));
     }
+    end_step(state, stats[kModel], ms, step_tokens);
   }
   if (progress) {
     progress->finish();
   }
+  end_stage(state, summary);
   finish_policy();
   if (head) {
     noise_head_ = std::move(head);
   }
-  summary.steps = steps;
+  return summary;
+}
+
+bool Trainer::maybe_resume(StageState& state) {
+  state.resolved_config = config::to_toml(cfg_);
+  if (!resume_from_) {
+    return false;
+  }
+  const auto& path = *resume_from_;
+  const auto stored = read_position(path);
+  if (stored.stage != state.position.stage || stored.iteration != state.position.iteration) {
+    log::info_rank0(
+        "resume: {} holds stage '{}' iteration {}; stage '{}' iteration {} starts "
+        "from the beginning",
+        path,
+        stored.stage,
+        stored.iteration,
+        state.position.stage,
+        state.position.iteration);
+    return false;
+  }
+  DNPO_CHECK_WITH(CheckpointError,
+                  stored.total_steps == state.position.total_steps,
+                  "checkpoint ",
+                  path,
+                  " was written for a stage of ",
+                  stored.total_steps,
+                  " steps; this configuration makes ",
+                  state.position.total_steps,
+                  " (train.batch_size, epochs, max_steps or the data differ)");
+  load_stage(path, state);
+  metrics_.drop_after(state.position.stage, state.position.steps_done);
+  log::info_rank0("resume: {} at step {} of {}{}",
+                  state.position.stage,
+                  state.position.steps_done,
+                  state.position.total_steps,
+                  state.position.finished ? " (finished)" : "");
+  resume_from_.reset();  // one stage resumes from it
+  return true;
+}
+
+void Trainer::end_step(StageState& state, double loss, double ms, std::int64_t tokens) {
+  auto& pos = state.position;
+  pos.steps_done += 1;
+  pos.step_losses.push_back(loss);
+  pos.step_ms.push_back(ms);
+  pos.total_tokens += tokens;
+  if (checkpointer_ != nullptr) {
+    checkpointer_->after_step(state);
+  }
+}
+
+void Trainer::end_stage(StageState& state, TrainSummary& summary) {
+  auto& pos = state.position;
+  if (checkpointer_ != nullptr && !pos.finished) {
+    pos.finished = true;
+    checkpointer_->save_final(state);
+  }
+  pos.finished = true;
+  summary.steps = pos.total_steps;
+  summary.step_losses = pos.step_losses;
+  summary.step_ms = pos.step_ms;
   summary.first_loss = mean_of(summary.step_losses, true);
   summary.last_loss = mean_of(summary.step_losses, false);
+  const double total_ms = std::accumulate(pos.step_ms.begin(), pos.step_ms.end(), 0.0);
   summary.mean_step_ms =
-      total_timer.millis() / static_cast<double>(std::max<std::int64_t>(1, steps));
-  summary.tokens_per_second = static_cast<double>(total_tokens) / total_timer.seconds();
-  return summary;
+      total_ms / static_cast<double>(std::max<std::size_t>(1, pos.step_ms.size()));
+  summary.tokens_per_second =
+      total_ms > 0 ? static_cast<double>(pos.total_tokens) / (total_ms / 1e3) : 0.0;
 }
 
 }  // namespace dnpo::train

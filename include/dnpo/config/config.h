@@ -150,6 +150,16 @@ struct DistConfig {
   bool prefetch = true;
 };
 
+/// [checkpoint] — saving and resuming (DESIGN.md "Checkpoints"). Each training stage also saves
+/// when it ends (kept, never pruned), and on SIGUSR1 / SIGTERM at the next step boundary.
+struct CheckpointConfig {
+  std::string dir;              ///< "" = <run dir>/checkpoints
+  int every_steps = 0;          ///< save every N optimizer steps; 0 = off
+  double every_minutes = 30;    ///< save when this long has passed since the last save; 0 = off
+  int keep_last = 3;            ///< periodic checkpoints kept besides the stages' final ones
+  std::string resume = "none";  ///< "none" | "auto" (newest valid in dir) | a checkpoint file
+};
+
 /// The whole resolved configuration of a job.
 struct RunConfig {
   RunSection run;
@@ -165,6 +175,7 @@ struct RunConfig {
   SampleConfig sample;
   EvalConfig eval;
   DistConfig dist;
+  CheckpointConfig checkpoint;
 };
 
 }  // namespace dnpo::config

@@ -61,6 +61,20 @@ class ShardedUnit {
     return shard_;
   }
 
+  int rank() const {
+    return rank_;
+  }
+  /// This rank's part of one tensor: elements [tensor_offset, tensor_offset + numel) of spec
+  /// `spec`'s flattened tensor sit at [shard_offset, shard_offset + numel) of the shard.
+  struct ShardPiece {
+    std::size_t spec = 0;
+    std::int64_t tensor_offset = 0;
+    std::int64_t shard_offset = 0;
+    std::int64_t numel = 0;  ///< 0 when this rank holds none of the tensor
+  };
+  /// One piece per spec, in spec order (how checkpoints store shards by logical tensor).
+  std::vector<ShardPiece> shard_pieces() const;
+
   /// Fills this rank's slice from the full tensors, in spec order (every rank passes the same).
   void load_full(const std::vector<at::Tensor>& full);
   /// Copies the shard of a unit with the same specs and world (e.g. a frozen copy of a model).

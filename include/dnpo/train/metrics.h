@@ -20,7 +20,11 @@ class MetricsWriter {
              std::int64_t step,
              const std::vector<std::pair<std::string, double>>& values);
 
+  /// Removes the lines of `kind` with a step after `step` (a resumed run redoes those steps).
+  void drop_after(const std::string& kind, std::int64_t step);
+
  private:
+  std::string path_;
   std::ofstream out_;
 };
 

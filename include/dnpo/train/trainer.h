@@ -16,6 +16,7 @@
 #include "dnpo/dist/sharded_unit.h"
 #include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
+#include "dnpo/train/checkpointing.h"
 #include "dnpo/train/metrics.h"
 #include "dnpo/train/sharded_llama.h"
 
@@ -60,6 +61,13 @@ class Trainer {
   void set_gradient_observer(GradientObserver observer) {
     gradient_observer_ = std::move(observer);
   }
+  /// Saves checkpoints through `checkpointer` (null: none). When `resume_from` is a checkpoint of
+  /// the same stage and iteration (written at any world size), the next stage run continues
+  /// from it; one of another stage is ignored (logged).
+  void set_checkpointing(Checkpointer* checkpointer, std::optional<std::string> resume_from) {
+    checkpointer_ = checkpointer;
+    resume_from_ = std::move(resume_from);
+  }
 
   /// Supervised fine-tuning: token-mean cross-entropy over answer tokens.
   TrainSummary train_sft(const std::vector<data::PromptRecord>& records);
@@ -85,6 +93,13 @@ class Trainer {
   /// finish_policy()).
   ShardedLlama& begin_policy();
   void finish_policy();
+  /// Restores `state` from resume_from_ when that checkpoint is this stage's (and drops the
+  /// metrics lines past its step); returns whether it did.
+  bool maybe_resume(StageState& state);
+  /// After step `steps_done`: record it, then checkpoint when due (may throw Preempted).
+  void end_step(StageState& state, double loss, double ms, std::int64_t tokens);
+  /// The stage's final checkpoint (unless it was restored finished), and its summary.
+  void end_stage(StageState& state, TrainSummary& summary);
 
   const config::RunConfig& cfg_;
   model::LlamaModel* whole_policy_ = nullptr;
@@ -96,6 +111,8 @@ class Trainer {
   dist::Comm* comm_;
   std::unique_ptr<ShardedNoiseHead> noise_head_;
   GradientObserver gradient_observer_;
+  Checkpointer* checkpointer_ = nullptr;
+  std::optional<std::string> resume_from_;
 };
 
 /// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).

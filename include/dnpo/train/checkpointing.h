@@ -1,0 +1,101 @@
+// A training stage's state in checkpoints (DESIGN.md "Checkpoints"): the units' shards and the
+// optimizer's state stored by logical tensor name ("policy/model.layers.0.self_attn.q_proj.weight",
+// "optimizer/exp_avg/policy/…"), each rank writing and reading only its own pieces, so a
+// checkpoint written at N ranks resumes at M; plus where the loop is. The data order, the noise
+// and the schedule are pure functions of (seed, iteration, step), so the step is the whole cursor.
+// The Checkpointer decides when to save: every N steps or M minutes, at the end of a stage, and
+// when any rank was asked to stop (SIGUSR1/SIGTERM; common/preemption.h).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dnpo/common/timer.h"
+#include "dnpo/config/config.h"
+#include "dnpo/dist/comm.h"
+#include "dnpo/dist/shard_optimizer.h"
+#include "dnpo/dist/sharded_unit.h"
+
+namespace dnpo::train {
+
+/// Where a stage's loop is (replicated on every rank).
+struct LoopPosition {
+  std::string stage;  ///< "sft" | "spin" | "npo"
+  std::uint64_t iteration = 0;
+  std::int64_t steps_done = 0;
+  std::int64_t total_steps = 0;
+  bool finished = false;            ///< the stage's final checkpoint
+  std::vector<double> step_losses;  ///< history, for the stage's summary
+  std::vector<double> step_ms;
+  std::int64_t total_tokens = 0;
+};
+
+/// A group of units stored under one prefix ("policy", "reference", "noise_head").
+struct UnitGroup {
+  std::string prefix;
+  std::vector<dist::ShardedUnit*> units;
+};
+
+/// What a checkpoint of a stage holds. The optimizer's parameters are the shards of the trained
+/// groups' units, in order.
+struct StageState {
+  LoopPosition position;
+  std::vector<UnitGroup> trained;
+  std::vector<UnitGroup> frozen;
+  dist::ShardOptimizer* optimizer = nullptr;
+  std::string resolved_config;  ///< TOML, for the record (inspect shows it)
+};
+
+/// Thrown on every rank after the preemption checkpoint is committed; dnpo_dist exits 0.
+class Preempted : public std::runtime_error {
+ public:
+  Preempted(const std::string& path, std::int64_t step, int signal_number);
+  std::string path;
+  std::int64_t step;
+  int signal_number;
+};
+
+/// collective: writes `state` as checkpoint `name` in `dir` (atomic; `latest` updated last).
+std::string save_stage(const std::string& dir,
+                       const std::string& name,
+                       const StageState& state,
+                       bool keep,
+                       int keep_last);
+/// collective: the loop position stored in a checkpoint (no tensors read).
+LoopPosition read_position(const std::string& path);
+/// collective: fills the units' shards, the optimizer's state and the position from `path`
+/// (written at any world size). Throws CheckpointError naming the file and tensor on a missing
+/// tensor, a shape that differs (another model) or a damaged chunk.
+void load_stage(const std::string& path, StageState& state);
+
+/// When to save, and where; one per stage run, on every rank.
+class Checkpointer {
+ public:
+  Checkpointer(const config::CheckpointConfig& cfg, std::string dir, dist::Comm* comm);
+  const std::string& dir() const {
+    return dir_;
+  }
+  /// collective: call after each optimizer step. Saves when due (every N steps / M minutes) or
+  /// when any rank was asked to stop, in which case it throws Preempted after the save.
+  void after_step(const StageState& state);
+  /// collective: the stage's final checkpoint (kept); returns its path.
+  std::string save_final(const StageState& state);
+
+ private:
+  std::string next_name() const;
+  config::CheckpointConfig cfg_;
+  std::string dir_;
+  dist::Comm* comm_;
+  Timer since_save_;  // the stage's start, then the last save
+};
+
+/// The checkpoint a run resumes from: cfg.resume "none" → nullopt; "auto" → the newest valid
+/// one in dir (damaged ones reported and skipped; nullopt if none); else that file, verified.
+/// collective.
+std::optional<std::string> resume_checkpoint(const config::CheckpointConfig& cfg,
+                                             const std::string& dir);
+
+}  // namespace dnpo::train

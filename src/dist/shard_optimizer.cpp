@@ -1,0 +1,88 @@
+// AdamW and RMSprop on shards; see shard_optimizer.h.
+#include "dnpo/dist/shard_optimizer.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::dist {
+
+ShardOptimizer::ShardOptimizer(const config::TrainConfig& cfg, std::vector<at::Tensor> params)
+    : cfg_(cfg), lr_(cfg.lr), params_(std::move(params)) {
+  if (cfg_.optimizer == "adamw") {
+    state_names_ = {"exp_avg", "exp_avg_sq"};
+  } else {
+    DNPO_CHECK_WITH(ConfigError,
+                    cfg_.optimizer == "rmsprop",
+                    "train.optimizer '",
+                    cfg_.optimizer,
+                    "' is unknown; expected \"adamw\" or \"rmsprop\"");
+    state_names_ = {"square_avg"};
+  }
+  for (const auto& p : params_) {
+    std::vector<at::Tensor> buffers;
+    for (std::size_t i = 0; i < state_names_.size(); ++i) {
+      buffers.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
+    }
+    state_.push_back(std::move(buffers));
+  }
+  steps_.assign(params_.size(), 0);
+}
+
+at::Tensor& ShardOptimizer::state(std::size_t param, const std::string& name) {
+  for (std::size_t i = 0; i < state_names_.size(); ++i) {
+    if (state_names_[i] == name) {
+      return state_.at(param)[i];
+    }
+  }
+  DNPO_CHECK(false, "optimizer ", cfg_.optimizer, " has no state '", name, "'");
+  return state_.at(param)[0];  // unreachable
+}
+
+void ShardOptimizer::step() {
+  at::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    auto& p = params_[i];
+    const auto& grad = p.grad();
+    if (!grad.defined()) {
+      continue;
+    }
+    const auto step = ++steps_[i];
+    if (cfg_.optimizer == "adamw") {
+      // Decoupled weight decay, then Adam with bias correction (torch.optim.AdamW, amsgrad off).
+      auto& exp_avg = state_[i][0];
+      auto& exp_avg_sq = state_[i][1];
+      const double beta1 = cfg_.adam_beta1;
+      const double beta2 = cfg_.adam_beta2;
+      if (cfg_.weight_decay != 0) {
+        p.mul_(1.0 - lr_ * cfg_.weight_decay);
+      }
+      exp_avg.mul_(beta1).add_(grad, 1.0 - beta1);
+      exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
+      const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+      const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+      const auto denom = (exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(cfg_.eps);
+      p.addcdiv_(exp_avg, denom, -lr_ / bias_correction1);
+    } else {
+      // torch.optim.RMSprop, not centred, no momentum; weight decay as L2 on the gradient.
+      auto& square_avg = state_[i][0];
+      const auto g = cfg_.weight_decay != 0 ? grad.add(p, cfg_.weight_decay) : grad;
+      square_avg.mul_(cfg_.rmsprop_alpha).addcmul_(g, g, 1.0 - cfg_.rmsprop_alpha);
+      p.addcdiv_(g, square_avg.sqrt().add_(cfg_.eps), -lr_);
+    }
+  }
+}
+
+void ShardOptimizer::zero_grad() {
+  for (auto& p : params_) {
+    if (p.grad().defined()) {
+      p.mutable_grad().detach_();
+      p.mutable_grad().zero_();
+    }
+  }
+}
+
+}  // namespace dnpo::dist
