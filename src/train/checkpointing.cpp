@@ -27,7 +27,7 @@ void add_pieces(ckpt::StateDict& out,
                 const at::Tensor& flat) {
   for (const auto& piece : unit.shard_pieces()) {
     const auto& spec = unit.specs()[piece.spec];
-    out.add(prefix + "/" + spec.name,
+    out.add(prefix + "." + spec.name,
             spec.shape,
             piece.tensor_offset,
             flat.detach().narrow(0, piece.shard_offset, piece.numel));
@@ -39,7 +39,7 @@ void request_pieces(ckpt::StateDict& out,
                     const dist::ShardedUnit& unit) {
   for (const auto& piece : unit.shard_pieces()) {
     const auto& spec = unit.specs()[piece.spec];
-    out.add_request(prefix + "/" + spec.name, spec.shape, piece.tensor_offset, piece.numel);
+    out.add_request(prefix + "." + spec.name, spec.shape, piece.tensor_offset, piece.numel);
   }
 }
 
@@ -49,7 +49,7 @@ void copy_pieces(const ckpt::StateDict& in,
                  const at::Tensor& flat) {
   at::NoGradGuard no_grad;
   for (const auto& piece : unit.shard_pieces()) {
-    const auto& slice = in.at(prefix + "/" + unit.specs()[piece.spec].name);
+    const auto& slice = in.at(prefix + "." + unit.specs()[piece.spec].name);
     if (piece.numel > 0) {
       flat.detach().narrow(0, piece.shard_offset, piece.numel).copy_(slice.data);
     }
@@ -68,7 +68,7 @@ std::vector<std::pair<std::string, dist::ShardedUnit*>> trained_units(const Stag
 }
 
 std::string steps_key(const std::string& prefix, const dist::ShardedUnit& unit) {
-  return "optimizer_steps/" + prefix + "/" + unit.name();
+  return "optimizer_steps." + prefix + "." + unit.name();
 }
 
 Json position_json(const LoopPosition& p) {
@@ -139,7 +139,7 @@ std::string save_stage(const std::string& dir,
     for (std::size_t i = 0; i < units.size(); ++i) {
       const auto& [prefix, unit] = units[i];
       for (const auto& s : state.optimizer->state_names()) {
-        add_pieces(sd, "optimizer/" + s + "/" + prefix, *unit, state.optimizer->state(i, s));
+        add_pieces(sd, "optimizer." + s + "." + prefix, *unit, state.optimizer->state(i, s));
       }
       sd.ints[steps_key(prefix, *unit)] = state.optimizer->steps_taken(i);
     }
@@ -173,7 +173,7 @@ void load_stage(const std::string& path, StageState& state) {
   if (state.optimizer != nullptr) {
     for (const auto& [prefix, unit] : units) {
       for (const auto& s : state.optimizer->state_names()) {
-        request_pieces(wanted, "optimizer/" + s + "/" + prefix, *unit);
+        request_pieces(wanted, "optimizer." + s + "." + prefix, *unit);
       }
     }
   }
@@ -203,7 +203,7 @@ void load_stage(const std::string& path, StageState& state) {
     for (std::size_t i = 0; i < units.size(); ++i) {
       const auto& [prefix, unit] = units[i];
       for (const auto& s : state.optimizer->state_names()) {
-        copy_pieces(wanted, "optimizer/" + s + "/" + prefix, *unit, state.optimizer->state(i, s));
+        copy_pieces(wanted, "optimizer." + s + "." + prefix, *unit, state.optimizer->state(i, s));
       }
       const auto it = wanted.ints.find(steps_key(prefix, *unit));
       DNPO_CHECK_WITH(CheckpointError,
