@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 
 #include "dnpo/common/error.h"
 
@@ -187,6 +188,12 @@ Id create_file(const std::string& path, const Group& group) {
 }
 
 Id open_file(const std::string& path, const Group& group) {
+  std::error_code ec;  // the plain case first: HDF5's own message for it is a page long
+  DNPO_CHECK_WITH(CheckpointError,
+                  std::filesystem::is_regular_file(path, ec),
+                  "checkpoint ",
+                  path,
+                  ": no such file");
   const std::string where =
       "checkpoint " + path + ": cannot open (missing, truncated or not an HDF5 file)";
   const Id fapl = make_fapl(group, where);

@@ -1,8 +1,11 @@
 // HF config.json and model.safetensors read/write for LlamaModel.
 #include "dnpo/model/hf_io.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -65,7 +68,9 @@ config::ModelConfig read_hf_config(const std::string& dir, const config::ModelCo
   return cfg;
 }
 
-void write_hf_config(const std::string& dir, const config::ModelConfig& cfg) {
+void write_hf_config(const std::string& dir,
+                     const config::ModelConfig& cfg,
+                     const std::string& torch_dtype) {
   std::filesystem::create_directories(dir);
   nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}},
                       {"model_type", "llama"},
@@ -81,24 +86,146 @@ void write_hf_config(const std::string& dir, const config::ModelConfig& cfg) {
                       {"max_position_embeddings", cfg.max_position_embeddings},
                       {"tie_word_embeddings", cfg.tie_word_embeddings},
                       {"initializer_range", cfg.initializer_range},
-                      {"torch_dtype", "float32"}};
+                      {"torch_dtype", torch_dtype}};
   std::ofstream out(dir + "/config.json");
   DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", dir, "/config.json'");
   out << j.dump(2) << "\n";
 }
 
+namespace {
+
+constexpr const char* kIndexName = "model.safetensors.index.json";
+
+// Weight files of an earlier export (single or sharded) and its index.
+void remove_old_weights(const std::filesystem::path& dir) {
+  if (!std::filesystem::exists(dir)) {
+    return;
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const auto name = entry.path().filename().string();
+    const bool weights = name.rfind("model", 0) == 0 &&
+                         (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors");
+    if (weights || name == kIndexName) {
+      std::filesystem::remove(entry.path());
+    }
+  }
+}
+
+std::string shard_file_name(std::size_t index, std::size_t count) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "model-%05zu-of-%05zu.safetensors", index + 1, count);
+  return buf;
+}
+
+}  // namespace
+
+void save_hf_tensors(const std::string& dir,
+                     const config::ModelConfig& cfg,
+                     const NamedTensors& tensors,
+                     const HfWriteOptions& options) {
+  write_hf_config(dir, cfg, options.bf16 ? "bfloat16" : "float32");
+  NamedTensors converted;
+  std::int64_t total = 0;
+  for (const auto& [name, tensor] : tensors) {
+    auto t = tensor.detach().to(at::kCPU, options.bf16 ? at::kBFloat16 : at::kFloat).contiguous();
+    total += static_cast<std::int64_t>(t.nbytes());
+    converted.emplace_back(name, std::move(t));
+  }
+  // Greedy split in parameter order (HF's way): a shard closes before it would pass the limit.
+  std::vector<NamedTensors> shards(1);
+  std::int64_t in_shard = 0;
+  for (auto& named : converted) {
+    const auto bytes = static_cast<std::int64_t>(named.second.nbytes());
+    if (!shards.back().empty() && in_shard + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    in_shard += bytes;
+    shards.back().push_back(std::move(named));
+  }
+  remove_old_weights(dir);
+  const std::map<std::string, std::string> metadata{{"format", "pt"}};
+  if (shards.size() == 1) {
+    write_safetensors(dir + "/model.safetensors", shards[0], metadata);
+    return;
+  }
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    const auto file = shard_file_name(i, shards.size());
+    write_safetensors(dir + "/" + file, shards[i], metadata);
+    for (const auto& [name, tensor] : shards[i]) {
+      weight_map[name] = file;
+    }
+  }
+  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  const std::string path = dir + "/" + kIndexName;
+  std::ofstream out(path + ".tmp");
+  out << index.dump(2) << "\n";
+  out.close();
+  DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", path, "'");
+  std::filesystem::rename(path + ".tmp", path);  // the index last: it names complete shards
+}
+
+NamedTensors read_hf_tensors(const std::string& dir) {
+  const std::string index_path = dir + "/" + kIndexName;
+  if (!std::filesystem::exists(index_path)) {
+    return read_safetensors(dir + "/model.safetensors");
+  }
+  nlohmann::json index;
+  try {
+    std::ifstream in(index_path);
+    index = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    DNPO_FAIL(DataError, index_path, ": not valid JSON: ", e.what());
+  }
+  DNPO_CHECK_WITH(DataError,
+                  index.contains("weight_map") && index["weight_map"].is_object(),
+                  index_path,
+                  ": no \"weight_map\" object");
+  std::vector<std::string> files;  // in first-mention order
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    const auto f = file.get<std::string>();
+    if (std::find(files.begin(), files.end(), f) == files.end()) {
+      files.push_back(f);
+    }
+  }
+  std::map<std::string, at::Tensor> by_name;
+  NamedTensors out;
+  for (const auto& file : files) {
+    const auto path = dir + "/" + file;
+    DNPO_CHECK_WITH(DataError,
+                    std::filesystem::exists(path),
+                    index_path,
+                    " names shard '",
+                    file,
+                    "', which does not exist");
+    for (auto& named : read_safetensors(path)) {
+      by_name[named.first] = named.second;
+      out.push_back(std::move(named));
+    }
+  }
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    DNPO_CHECK_WITH(DataError,
+                    by_name.count(name) == 1,
+                    index_path,
+                    ": tensor '",
+                    name,
+                    "' should be in ",
+                    file.get<std::string>(),
+                    " but is not");
+  }
+  return out;
+}
+
 LlamaModel load_hf_model(const std::string& dir, const config::ModelConfig& base) {
   const auto cfg = read_hf_config(dir, base);
-  return {cfg, read_safetensors(dir + "/model.safetensors")};
+  return {cfg, read_hf_tensors(dir)};
 }
 
 void save_hf_model(const std::string& dir, const LlamaModel& model, bool bf16) {
-  write_hf_config(dir, model.config());
-  NamedTensors tensors;
-  for (const auto& [name, tensor] : model.named_parameters()) {
-    tensors.emplace_back(name, bf16 ? tensor.detach().to(at::kBFloat16) : tensor.detach());
-  }
-  write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  HfWriteOptions options;
+  options.bf16 = bf16;
+  save_hf_tensors(dir, model.config(), model.named_parameters(), options);
 }
 
 }  // namespace dnpo::model

@@ -45,7 +45,8 @@ def save_file(tensors, path):
 
 
 def load_file(path):
-    """Reads a safetensors file written as above; returns dict name -> torch tensor."""
+    """Reads a safetensors file (F32, I64, BF16) by the format's spec; returns dict name ->
+    torch tensor (BF16 comes back as float32 holding the same values)."""
     with open(path, "rb") as f:
         buf = f.read()
     (n,) = struct.unpack("<Q", buf[:8])
@@ -56,9 +57,31 @@ def load_file(path):
         if name == "__metadata__":
             continue
         begin, end = info["data_offsets"]
-        np_dtype = _NP_BY_NAME[info["dtype"]]
-        arr = np.frombuffer(buf[base + begin : base + end], dtype=np_dtype).copy()
+        raw = buf[base + begin : base + end]
+        if info["dtype"] == "BF16":  # the high half of a float32: widen by a 16-bit shift
+            halves = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            arr = halves.view(np.float32).copy()
+        else:
+            arr = np.frombuffer(raw, dtype=_NP_BY_NAME[info["dtype"]]).copy()
         out[name] = torch.from_numpy(arr.reshape(info["shape"]))
+    return out
+
+
+def load_dir(path):
+    """The tensors of an HF model directory: model.safetensors, or the shards that
+    model.safetensors.index.json maps each tensor to (checking every mapped tensor is there)."""
+    import os
+
+    index_path = os.path.join(path, "model.safetensors.index.json")
+    if not os.path.exists(index_path):
+        return load_file(os.path.join(path, "model.safetensors"))
+    with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+    out = {}
+    for file in sorted(set(weight_map.values())):
+        out.update(load_file(os.path.join(path, file)))
+    missing = [name for name in weight_map if name not in out]
+    assert not missing, f"{path}: tensors in the index but in no shard: {missing}"
     return out
 
 

@@ -1,7 +1,9 @@
-// HF model directories: config.json + model.safetensors (+ tokenizer.model, copied by callers).
-// The checkpoint issue adds sharded safetensors with an index; this reads and writes one file.
+// HF model directories: config.json + model.safetensors, or, when large, model-0000i-of-0000n
+// .safetensors + model.safetensors.index.json (HF's sharded layout, which transformers and vLLM
+// read); tokenizer.model is copied by callers.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "dnpo/config/config.h"
@@ -11,11 +13,26 @@ namespace dnpo::model {
 
 /// Reads HF config.json fields into a ModelConfig (other ModelConfig fields keep `base`'s values).
 config::ModelConfig read_hf_config(const std::string& dir, const config::ModelConfig& base = {});
-void write_hf_config(const std::string& dir, const config::ModelConfig& cfg);
+void write_hf_config(const std::string& dir,
+                     const config::ModelConfig& cfg,
+                     const std::string& torch_dtype = "float32");
 
-/// Loads dir/config.json and dir/model.safetensors.
+struct HfWriteOptions {
+  bool bf16 = false;                             ///< else fp32
+  std::int64_t max_shard_bytes = 5'000'000'000;  ///< HF's default max_shard_size ("5GB")
+};
+/// Writes config.json and the tensors (HF names), in one file or in shards with an index when
+/// larger than max_shard_bytes; removes the weight files of an earlier export in dir.
+void save_hf_tensors(const std::string& dir,
+                     const config::ModelConfig& cfg,
+                     const NamedTensors& tensors,
+                     const HfWriteOptions& options = {});
+/// The tensors of an HF directory, sharded (the index) or not; throws DataError naming the file
+/// on a missing shard or a tensor the index names but no shard holds.
+NamedTensors read_hf_tensors(const std::string& dir);
+/// Loads dir/config.json and the weights.
 LlamaModel load_hf_model(const std::string& dir, const config::ModelConfig& base = {});
-/// Writes config.json and model.safetensors (fp32 or bf16), creating dir.
+/// save_hf_tensors of a model's parameters (fp32 or bf16), creating dir.
 void save_hf_model(const std::string& dir, const LlamaModel& model, bool bf16 = false);
 
 }  // namespace dnpo::model

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <unistd.h>
@@ -237,6 +239,69 @@ TEST_F(HfIo, Bf16SaveRoundsTheWeights) {
   EXPECT_EQ(back.scalar_type(), at::kFloat);
   EXPECT_TRUE(at::equal(back, original.to(at::kBFloat16).to(at::kFloat)));
   EXPECT_LT((logits_of(loaded) - logits_of(model)).abs().max().item<double>(), 0.1);
+}
+
+TEST_F(HfIo, ShardedExportWritesAnIndexAndLoadsBackIdentically) {
+  const LlamaModel model(tiny_config(false), 12);
+  const auto dir = dir_ / "sharded";
+  save_hf_model(dir.string(), model);  // a single file first: the sharded export replaces it
+  HfWriteOptions options;
+  options.max_shard_bytes = 20000;  // the tiny model is ~60 kB: several shards
+  save_hf_tensors(dir.string(), model.config(), model.named_parameters(), options);
+  EXPECT_FALSE(fs::exists(dir / "model.safetensors"));
+  ASSERT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
+  std::ifstream in(dir / "model.safetensors.index.json");
+  const auto index = nlohmann::json::parse(in);
+  std::set<std::string> files;
+  std::int64_t bytes = 0;
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    files.insert(file.get<std::string>());
+  }
+  for (const auto& [name, tensor] : model.named_parameters()) {
+    bytes += static_cast<std::int64_t>(tensor.nbytes());
+    EXPECT_TRUE(index["weight_map"].contains(name)) << name;
+  }
+  EXPECT_GE(files.size(), 3U);
+  EXPECT_EQ(index["metadata"]["total_size"].get<std::int64_t>(), bytes);
+  for (const auto& file : files) {
+    EXPECT_TRUE(fs::exists(dir / file)) << file;
+    EXPECT_LE(fs::file_size(dir / file), 20000U + 4096U) << file;  // + header
+  }
+  const auto loaded = load_hf_model(dir.string());
+  ASSERT_EQ(loaded.named_parameters().size(), model.named_parameters().size());
+  for (std::size_t i = 0; i < model.named_parameters().size(); ++i) {
+    EXPECT_EQ(loaded.named_parameters()[i].first, model.named_parameters()[i].first);
+    EXPECT_TRUE(at::equal(loaded.named_parameters()[i].second, model.named_parameters()[i].second));
+  }
+  // Back to one file: the shards and the index go.
+  save_hf_model(dir.string(), model);
+  EXPECT_TRUE(fs::exists(dir / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(dir / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(dir / *files.begin()));
+}
+
+TEST_F(HfIo, ShardedLoadNamesAMissingShard) {
+  const LlamaModel model(tiny_config(false), 13);
+  const auto dir = dir_ / "missing_shard";
+  HfWriteOptions options;
+  options.max_shard_bytes = 20000;
+  save_hf_tensors(dir.string(), model.config(), model.named_parameters(), options);
+  std::string second;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("model-00002-of-", 0) == 0) {
+      second = name;
+    }
+  }
+  ASSERT_FALSE(second.empty());
+  fs::remove(dir / second);
+  try {
+    (void)load_hf_model(dir.string());
+    FAIL() << "no error for a missing shard";
+  } catch (const DataError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr(second));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("does not exist"));
+  }
 }
 
 TEST_F(HfIo, ConfigDefaultsFollowHf) {
