@@ -146,6 +146,9 @@ std::string save_stage(const std::string& dir,
   }
   sd.strings["stage"] = state.position.stage;
   sd.ints["steps_done"] = state.position.steps_done;
+  for (const auto& [key, bytes] : state.blobs) {
+    sd.blobs["stage." + key] = bytes;
+  }
   sd.blobs["loop"] = position_json(state.position).dump();
   sd.blobs["config"] = state.resolved_config;
   ckpt::CommitOptions options;
@@ -218,6 +221,12 @@ void load_stage(const std::string& path, StageState& state) {
     }
   }
   state.position = position;
+  state.blobs.clear();
+  for (const auto& [key, bytes] : wanted.blobs) {
+    if (key.rfind("stage.", 0) == 0) {
+      state.blobs[key.substr(6)] = bytes;
+    }
+  }
 }
 
 Checkpointer::Checkpointer(const config::CheckpointConfig& cfg, std::string dir, dist::Comm* comm)

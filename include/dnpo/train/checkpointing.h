@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,9 @@ struct StageState {
   std::vector<UnitGroup> frozen;
   dist::ShardOptimizer* optimizer = nullptr;
   std::string resolved_config;  ///< TOML, for the record (inspect shows it)
+  /// Whatever else the stage carries forward by name (the self-play loop: this iteration's
+  /// prompts, answers with their status, judge scores and labels); saved and restored as is.
+  std::map<std::string, std::string> blobs;
 };
 
 /// Thrown on every rank after the preemption checkpoint is committed; dnpo_dist exits 0.
