@@ -217,6 +217,56 @@ NamedTensors read_hf_tensors(const std::string& dir) {
   return out;
 }
 
+HfTensorReader::HfTensorReader(std::string dir) : dir_(std::move(dir)) {
+  const std::string index_path = dir_ + "/" + kIndexName;
+  std::vector<std::string> files{"model.safetensors"};
+  if (std::filesystem::exists(index_path)) {
+    files.clear();
+    try {
+      std::ifstream in(index_path);
+      const auto index = nlohmann::json::parse(in);
+      for (const auto& [name, file] : index.at("weight_map").items()) {
+        const auto f = file.get<std::string>();
+        if (std::find(files.begin(), files.end(), f) == files.end()) {
+          files.push_back(f);
+        }
+      }
+    } catch (const nlohmann::json::exception& e) {
+      DNPO_FAIL(DataError, index_path, ": not a valid index: ", e.what());
+    }
+  }
+  for (const auto& file : files) {
+    const auto path = dir_ + "/" + file;
+    DNPO_CHECK_WITH(DataError,
+                    std::filesystem::exists(path),
+                    dir_,
+                    ": weight file '",
+                    file,
+                    "' does not exist");
+    for (auto& entry : read_safetensors_header(path)) {
+      auto name = entry.name;
+      entries_[name] = {path, std::move(entry)};
+    }
+  }
+}
+
+const HfTensorReader::Located& HfTensorReader::at(const std::string& name) const {
+  const auto it = entries_.find(name);
+  DNPO_CHECK_WITH(DataError, it != entries_.end(), dir_, ": no tensor '", name, "'");
+  return it->second;
+}
+
+const std::vector<std::int64_t>& HfTensorReader::shape(const std::string& name) const {
+  return at(name).entry.shape;
+}
+
+at::Tensor HfTensorReader::read(const std::string& name,
+                                std::int64_t offset,
+                                std::int64_t numel) const {
+  const auto& located = at(name);
+  return read_safetensors_range(located.path, located.entry, offset, numel).to(at::kFloat);
+}
+
 LlamaModel load_hf_model(const std::string& dir, const config::ModelConfig& base) {
   const auto cfg = read_hf_config(dir, base);
   return {cfg, read_hf_tensors(dir)};

@@ -263,6 +263,16 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   return x1 + mlp;
 }
 
+std::vector<std::int64_t> parameter_shape(const config::ModelConfig& cfg, const std::string& name) {
+  for (const auto& spec : parameter_specs(cfg)) {
+    if (spec.name == name) {
+      return spec.shape;
+    }
+  }
+  DNPO_FAIL(Error, "the model config has no parameter '", name, "'");
+  return {};
+}
+
 at::Tensor initial_parameter(const config::ModelConfig& cfg,
                              const std::string& name,
                              std::uint64_t seed) {

@@ -1,6 +1,7 @@
 // safetensors reader/writer; see safetensors.h. Header JSON via nlohmann-json.
 #include "dnpo/model/safetensors.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
@@ -53,7 +54,15 @@ const char* name_from_dtype(at::ScalarType type) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::string& path) {
+std::int64_t SafetensorsEntry::numel() const {
+  std::int64_t n = 1;
+  for (const auto dim : shape) {
+    n *= dim;
+  }
+  return n;
+}
+
+std::vector<SafetensorsEntry> read_safetensors_header(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '", path, "'");
   const auto file_size = static_cast<std::uint64_t>(std::filesystem::file_size(path));
@@ -80,22 +89,18 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
     DNPO_FAIL(DataError, path, ": safetensors header is not valid JSON: ", e.what());
   }
   DNPO_CHECK_WITH(DataError, meta.is_object(), path, ": safetensors header is not a JSON object");
-  const std::uint64_t data_size = file_size - 8 - header_len;
-  std::vector<char> data(data_size);
-  in.read(data.data(), static_cast<std::streamsize>(data_size));
-  DNPO_CHECK_WITH(DataError,
-                  static_cast<std::uint64_t>(in.gcount()) == data_size,
-                  path,
-                  ": short read of tensor data");
-
-  std::vector<std::tuple<std::uint64_t, std::string, at::Tensor>> ordered;
+  const std::uint64_t data_start = 8 + header_len;
+  const std::uint64_t data_size = file_size - data_start;
+  std::vector<SafetensorsEntry> entries;
   for (const auto& [name, info] : meta.items()) {
     if (name == "__metadata__") {
       continue;
     }
     try {
-      const auto type = dtype_from_name(info.at("dtype").get<std::string>(), path, name);
-      const auto shape = info.at("shape").get<std::vector<std::int64_t>>();
+      SafetensorsEntry e;
+      e.name = name;
+      e.dtype = dtype_from_name(info.at("dtype").get<std::string>(), path, name);
+      e.shape = info.at("shape").get<std::vector<std::int64_t>>();
       const auto offsets = info.at("data_offsets").get<std::vector<std::uint64_t>>();
       DNPO_CHECK_WITH(DataError,
                       offsets.size() == 2 && offsets[0] <= offsets[1] && offsets[1] <= data_size,
@@ -103,12 +108,10 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
                       ": tensor '",
                       name,
                       "' has data_offsets outside the file");
-      std::int64_t numel = 1;
-      for (const auto dim : shape) {
+      for (const auto dim : e.shape) {
         DNPO_CHECK_WITH(DataError, dim >= 0, path, ": tensor '", name, "' has a negative dim");
-        numel *= dim;
       }
-      const auto bytes = static_cast<std::uint64_t>(numel) * at::elementSize(type);
+      const auto bytes = static_cast<std::uint64_t>(e.numel()) * at::elementSize(e.dtype);
       DNPO_CHECK_WITH(DataError,
                       bytes == offsets[1] - offsets[0],
                       path,
@@ -118,20 +121,51 @@ std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::stri
                       offsets[1] - offsets[0],
                       " bytes; its shape and dtype need ",
                       bytes);
-      auto tensor = at::empty(shape, at::TensorOptions().dtype(type));
-      std::memcpy(tensor.data_ptr(), data.data() + offsets[0], bytes);
-      ordered.emplace_back(offsets[0], name, tensor);
+      e.data_begin = data_start + offsets[0];
+      entries.push_back(std::move(e));
     } catch (const nlohmann::json::exception& e) {
       DNPO_FAIL(DataError, path, ": tensor '", name, "' has a malformed header entry: ", e.what());
     }
   }
-  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
-    return std::get<0>(a) < std::get<0>(b);
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+    return a.data_begin < b.data_begin;
   });
+  return entries;
+}
+
+at::Tensor read_safetensors_range(const std::string& path,
+                                  const SafetensorsEntry& entry,
+                                  std::int64_t offset,
+                                  std::int64_t numel) {
+  DNPO_CHECK_WITH(DataError,
+                  offset >= 0 && numel >= 0 && offset + numel <= entry.numel(),
+                  path,
+                  ": elements [",
+                  offset,
+                  ", ",
+                  offset + numel,
+                  ") are outside tensor '",
+                  entry.name,
+                  "' of ",
+                  entry.numel());
+  auto out = at::empty({numel}, at::TensorOptions().dtype(entry.dtype));
+  if (numel == 0) {
+    return out;
+  }
+  std::ifstream in(path, std::ios::binary);
+  DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '", path, "'");
+  const auto element = static_cast<std::int64_t>(at::elementSize(entry.dtype));
+  in.seekg(static_cast<std::streamoff>(entry.data_begin + offset * element));
+  in.read(static_cast<char*>(out.data_ptr()), static_cast<std::streamsize>(numel * element));
+  DNPO_CHECK_WITH(
+      DataError, in.gcount() == numel * element, path, ": short read of tensor '", entry.name, "'");
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> read_safetensors(const std::string& path) {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  out.reserve(ordered.size());
-  for (auto& [offset, name, tensor] : ordered) {
-    out.emplace_back(name, tensor);
+  for (const auto& e : read_safetensors_header(path)) {
+    out.emplace_back(e.name, read_safetensors_range(path, e, 0, e.numel()).view(e.shape));
   }
   return out;
 }

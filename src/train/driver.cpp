@@ -40,15 +40,9 @@ void set_threads(const config::RunConfig& cfg, const dist::Comm* comm) {
   at::set_num_threads(threads);
 }
 
-model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::string& init) {
-  const std::string dir = init.empty() ? cfg.model.init_from : init;
-  if (dir.empty()) {
-    log::info_rank0("model: random init (seed {})", cfg.run.seed);
-    return {cfg.model, cfg.run.seed};
-  }
-  log::info_rank0("model: loading {}", dir);
-  auto model = model::load_hf_model(dir, cfg.model);
-  const auto& m = model.config();
+void check_same_model(const config::ModelConfig& m,
+                      const config::RunConfig& cfg,
+                      const std::string& dir) {
   DNPO_CHECK_WITH(ConfigError,
                   m.vocab_size == cfg.model.vocab_size && m.hidden_size == cfg.model.hidden_size &&
                       m.num_hidden_layers == cfg.model.num_hidden_layers,
@@ -67,13 +61,61 @@ model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::st
                   ", layers ",
                   cfg.model.num_hidden_layers,
                   "); hint: make [model] match the HF config.json");
+}
+
+model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::string& init) {
+  const std::string dir = init.empty() ? cfg.model.init_from : init;
+  if (dir.empty()) {
+    log::info_rank0("model: random init (seed {})", cfg.run.seed);
+    return {cfg.model, cfg.run.seed};
+  }
+  log::info_rank0("model: loading {}", dir);
+  auto model = model::load_hf_model(dir, cfg.model);
+  check_same_model(model.config(), cfg, dir);
   return model;
 }
 
+// The policy as FSDP units, built a unit at a time: the counter-based init, or an HF directory
+// of which each rank reads only its own pieces. No rank ever holds the whole model.
+std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
+                                          const std::string& init,
+                                          dist::Comm* comm) {
+  const std::string dir = init.empty() ? cfg.model.init_from : init;
+  const bool sharded = comm != nullptr && comm->world_size() > 1;
+  if (dir.empty()) {
+    log::info_rank0("model: random init (seed {})", cfg.run.seed);
+    const auto model_cfg = cfg.model;
+    const auto seed = cfg.run.seed;
+    return std::make_unique<ShardedLlama>(
+        model_cfg,
+        [&](const std::string& name) { return model::initial_parameter(model_cfg, name, seed); },
+        comm,
+        unit_precision(cfg.train),
+        true,
+        sharded);
+  }
+  log::info_rank0("model: loading {} (each rank reads its shard)", dir);
+  const auto model_cfg = model::read_hf_config(dir, cfg.model);
+  check_same_model(model_cfg, cfg, dir);
+  const model::HfTensorReader reader(dir);
+  auto policy = std::make_unique<ShardedLlama>(
+      model_cfg,
+      [&](const std::string& name) {
+        return at::zeros(model::parameter_shape(model_cfg, name), at::kFloat);
+      },
+      comm,
+      unit_precision(cfg.train),
+      true,
+      sharded);
+  policy->load_hf(reader);
+  return policy;
+}
+
 void save_model(const config::RunConfig& cfg,
-                const model::LlamaModel& model,
+                const config::ModelConfig& model_cfg,
+                const model::NamedTensors& tensors,
                 const std::string& dir) {
-  model::save_hf_model(dir, model);
+  model::save_hf_tensors(dir, model_cfg, tensors);
   if (cfg.tokenizer.kind == "sentencepiece" && !cfg.tokenizer.path.empty()) {
     fs::copy_file(
         cfg.tokenizer.path, dir + "/tokenizer.model", fs::copy_options::overwrite_existing);
@@ -161,10 +203,10 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Co
   DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
   const auto records = data::read_prompts_jsonl(cfg.data.train_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
-  auto policy = load_or_init_model(cfg, options.init_model);
-  log::info_rank0("model: {} parameters", policy.num_parameters());
+  auto policy = make_policy(cfg, options.init_model, comm);
+  log::info_rank0("model: {} parameters", policy->num_parameters());
   MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
-  Trainer trainer(cfg, policy, *tokenizer, metrics, comm);
+  Trainer trainer(cfg, *policy, *tokenizer, metrics, comm);
   Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
   trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
   const auto summary = trainer.train_sft(records);
@@ -173,9 +215,10 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Co
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
+  const auto tensors = policy->gather_parameters(is_rank0(comm));  // collective
   if (is_rank0(comm)) {
     const auto out = output_dir(cfg, options, "sft");
-    save_model(cfg, policy, out);
+    save_model(cfg, policy->config(), tensors, out);
     write_summary(out + "/summary.json", summary_json(summary));
   }
   barrier(comm);  // the model is on disk before any rank goes on
@@ -186,9 +229,9 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
   DNPO_CHECK_WITH(ConfigError, !cfg.data.pairs_file.empty(), "train needs data.pairs_file");
   const auto pairs = data::read_pairs_jsonl(cfg.data.pairs_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
-  auto policy = load_or_init_model(cfg, options.init_model);
+  auto policy = make_policy(cfg, options.init_model, comm);
   MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
-  Trainer trainer(cfg, policy, *tokenizer, metrics, comm);
+  Trainer trainer(cfg, *policy, *tokenizer, metrics, comm);
   Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
   trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
   const auto summary = trainer.train_preference(pairs);
@@ -198,9 +241,10 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
+  const auto tensors = policy->gather_parameters(is_rank0(comm));  // collective
   if (is_rank0(comm)) {
     const auto out = output_dir(cfg, options, "train");
-    save_model(cfg, policy, out);
+    save_model(cfg, policy->config(), tensors, out);
     write_summary(out + "/summary.json", summary_json(summary));
   }
   barrier(comm);

@@ -207,6 +207,52 @@ std::vector<at::Tensor> ShardedLlama::shards() const {
   return out;
 }
 
+void ShardedLlama::load_hf(const model::HfTensorReader& reader) {
+  at::NoGradGuard no_grad;
+  for (auto& unit : units_) {
+    const auto shard = unit->shard().detach();
+    for (const auto& piece : unit->shard_pieces()) {
+      const auto& spec = unit->specs()[piece.spec];
+      DNPO_CHECK_WITH(DataError,
+                      reader.shape(spec.name) == spec.shape,
+                      reader.dir(),
+                      ": tensor '",
+                      spec.name,
+                      "' has shape ",
+                      at::IntArrayRef(reader.shape(spec.name)),
+                      "; the model config needs ",
+                      at::IntArrayRef(spec.shape));
+      if (piece.numel > 0) {
+        shard.narrow(0, piece.shard_offset, piece.numel)
+            .copy_(reader.read(spec.name, piece.tensor_offset, piece.numel));
+      }
+    }
+  }
+}
+
+model::NamedTensors ShardedLlama::gather_parameters(bool keep) {
+  model::NamedTensors out;
+  at::NoGradGuard no_grad;
+  for (auto& unit : units_) {
+    auto full = unit->gather_full();
+    if (!keep) {
+      continue;
+    }
+    for (std::size_t i = 0; i < full.size(); ++i) {
+      out.emplace_back(unit->specs()[i].name, std::move(full[i]));
+    }
+  }
+  // HF order (embed, layers, norm, lm_head), whatever the units' grouping
+  std::map<std::string, at::Tensor> by_name(out.begin(), out.end());
+  model::NamedTensors ordered;
+  for (const auto& name : model::parameter_names(cfg_)) {
+    if (const auto it = by_name.find(name); it != by_name.end()) {
+      ordered.emplace_back(name, it->second);
+    }
+  }
+  return ordered;
+}
+
 void ShardedLlama::copy_to(model::LlamaModel& model) {
   std::map<std::string, at::Tensor> by_name(model.named_parameters().begin(),
                                             model.named_parameters().end());

@@ -92,13 +92,6 @@ std::string format_status(double loss, double margin, double lr, double ms, doub
                      tok_s / 1e3);
 }
 
-dist::UnitPrecision precision(const config::TrainConfig& cfg) {
-  dist::UnitPrecision p;
-  p.compute = cfg.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  p.reduce = at::kFloat;  // Gloo cannot sum bf16; fp32 reduction is also the accurate choice
-  return p;
-}
-
 // Which micro-batches of a step's global list this rank runs: a contiguous range, padded with
 // weight-0 repeats to the busiest rank's count so every rank issues the same collectives.
 struct MicroShare {
@@ -175,6 +168,13 @@ int world_of(const dist::Comm* comm) {
 
 }  // namespace
 
+dist::UnitPrecision unit_precision(const config::TrainConfig& cfg) {
+  dist::UnitPrecision p;
+  p.compute = cfg.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  p.reduce = at::kFloat;  // Gloo cannot sum bf16; fp32 reduction is also the accurate choice
+  return p;
+}
+
 std::vector<std::int64_t> epoch_order(std::int64_t n,
                                       std::uint64_t seed,
                                       std::uint64_t iteration,
@@ -231,7 +231,7 @@ ShardedLlama& Trainer::begin_policy() {
   if (whole_policy_ != nullptr) {
     // Sharded FSDP needs recompute; one process keeps units and activations instead.
     owned_policy_ = std::make_unique<ShardedLlama>(
-        *whole_policy_, comm_, precision(cfg_.train), true, world_of(comm_) > 1);
+        *whole_policy_, comm_, unit_precision(cfg_.train), true, world_of(comm_) > 1);
     owned_policy_->set_prefetch(cfg_.dist.prefetch);
     return *owned_policy_;
   }

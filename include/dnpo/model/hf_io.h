@@ -4,10 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "dnpo/config/config.h"
 #include "dnpo/model/llama.h"
+#include "dnpo/model/safetensors.h"
 
 namespace dnpo::model {
 
@@ -30,6 +33,32 @@ void save_hf_tensors(const std::string& dir,
 /// The tensors of an HF directory, sharded (the index) or not; throws DataError naming the file
 /// on a missing shard or a tensor the index names but no shard holds.
 NamedTensors read_hf_tensors(const std::string& dir);
+/// Reads pieces of an HF directory's tensors (sharded or not) without loading whole files:
+/// only the headers on construction, then just the bytes asked for.
+class HfTensorReader {
+ public:
+  explicit HfTensorReader(std::string dir);
+  const std::string& dir() const {
+    return dir_;
+  }
+  bool contains(const std::string& name) const {
+    return entries_.count(name) == 1;
+  }
+  /// The stored shape; throws DataError naming the directory when the tensor is absent.
+  const std::vector<std::int64_t>& shape(const std::string& name) const;
+  /// Elements [offset, offset + numel) of the tensor's flattening, as fp32.
+  at::Tensor read(const std::string& name, std::int64_t offset, std::int64_t numel) const;
+
+ private:
+  struct Located {
+    std::string path;
+    SafetensorsEntry entry;
+  };
+  const Located& at(const std::string& name) const;
+  std::string dir_;
+  std::map<std::string, Located> entries_;
+};
+
 /// Loads dir/config.json and the weights.
 LlamaModel load_hf_model(const std::string& dir, const config::ModelConfig& base = {});
 /// save_hf_tensors of a model's parameters (fp32 or bf16), creating dir.

@@ -136,6 +136,9 @@ class LlamaModel {
 /// HF names of the parameters of a config, in a stable order (embed, layers, norm, lm_head).
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg);
 
+/// The shape of a parameter of this config (throws for a name the config has no parameter of).
+std::vector<std::int64_t> parameter_shape(const config::ModelConfig& cfg, const std::string& name);
+
 /// One parameter of LlamaModel(cfg, seed), made on its own (sharded init builds a unit at a time).
 at::Tensor initial_parameter(const config::ModelConfig& cfg,
                              const std::string& name,

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "dnpo/dist/sharded_unit.h"
+#include "dnpo/model/hf_io.h"
 #include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
 
@@ -38,6 +39,14 @@ class ShardedLlama {
                dist::UnitPrecision precision,
                bool trainable,
                bool recompute);
+
+  /// Fills this rank's shards from an HF directory, reading only this rank's piece of each tensor
+  /// (no rank reads or holds the whole model). Throws DataError naming the directory and tensor
+  /// on a missing tensor or another shape.
+  void load_hf(const model::HfTensorReader& reader);
+  /// collective: the full parameters under their HF names, unit by unit; kept only where
+  /// `keep` (e.g. on the rank that writes them), dropped elsewhere after each unit.
+  model::NamedTensors gather_parameters(bool keep);
 
   /// The same parameters as a frozen model (params only), copied shard by shard.
   std::unique_ptr<ShardedLlama> frozen_copy() const;

@@ -115,6 +115,9 @@ class Trainer {
   std::optional<std::string> resume_from_;
 };
 
+/// How FSDP units gather and reduce for train.dtype (bf16 gathers bf16, reduces in fp32).
+dist::UnitPrecision unit_precision(const config::TrainConfig& cfg);
+
 /// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).
 std::vector<std::int64_t> epoch_order(std::int64_t n,
                                       std::uint64_t seed,
