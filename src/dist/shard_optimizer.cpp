@@ -22,19 +22,24 @@ ShardOptimizer::ShardOptimizer(const config::TrainConfig& cfg, std::vector<at::T
                     "' is unknown; expected \"adamw\" or \"rmsprop\"");
     state_names_ = {"square_avg"};
   }
-  for (const auto& p : params_) {
-    std::vector<at::Tensor> buffers;
-    for (std::size_t i = 0; i < state_names_.size(); ++i) {
-      buffers.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
-    }
-    state_.push_back(std::move(buffers));
-  }
+  // Allocated at the first step (or when a checkpoint fills them), not here: a training step's
+  // peak (gathered units, activations) then does not stack on top of the optimizer's state.
+  state_.assign(params_.size(), std::vector<at::Tensor>(state_names_.size()));
   steps_.assign(params_.size(), 0);
+}
+
+void ShardOptimizer::allocate_state(std::size_t param) {
+  for (auto& buffer : state_.at(param)) {
+    if (!buffer.defined()) {
+      buffer = at::zeros_like(params_[param], at::MemoryFormat::Contiguous);
+    }
+  }
 }
 
 at::Tensor& ShardOptimizer::state(std::size_t param, const std::string& name) {
   for (std::size_t i = 0; i < state_names_.size(); ++i) {
     if (state_names_[i] == name) {
+      allocate_state(param);
       return state_.at(param)[i];
     }
   }
@@ -50,6 +55,7 @@ void ShardOptimizer::step() {
     if (!grad.defined()) {
       continue;
     }
+    allocate_state(i);
     const auto step = ++steps_[i];
     if (cfg_.optimizer == "adamw") {
       // Decoupled weight decay, then Adam with bias correction (torch.optim.AdamW, amsgrad off).

@@ -36,7 +36,7 @@ class ShardOptimizer {
   const std::vector<std::string>& state_names() const {
     return state_names_;
   }
-  /// State buffer `name` of parameter i (allocated, zero, before the first step).
+  /// State buffer `name` of parameter i (zeros before the first step; allocated on first use).
   at::Tensor& state(std::size_t param, const std::string& name);
   /// Updates taken by parameter i (AdamW's bias correction uses it).
   std::int64_t steps_taken(std::size_t param) const {
@@ -47,6 +47,7 @@ class ShardOptimizer {
   }
 
  private:
+  void allocate_state(std::size_t param);
   config::TrainConfig cfg_;
   double lr_;
   std::vector<at::Tensor> params_;
