@@ -2,6 +2,7 @@
 #include "dnpo/judge/judge.h"
 
 #include "dnpo/common/error.h"
+#include "dnpo/judge/client.h"
 #include "dnpo/judge/rule_judge.h"
 
 namespace dnpo::judge {
@@ -14,6 +15,8 @@ const char* outcome_name(Outcome outcome) {
       return "spin_fallback";
     case Outcome::kDropped:
       return "dropped";
+    case Outcome::kFailed:
+      return "failed";
   }
   return "?";
 }
@@ -22,10 +25,12 @@ std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, JudgeCache* ca
   if (cfg.backend == "rule") {
     return std::make_unique<RuleJudge>(cfg.imperfection, cfg.seed, cache);
   }
-  DNPO_FAIL(ConfigError,
-            "judge.backend = \"",
-            cfg.backend,
-            "\": not available in this build; expected \"rule\"");
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.backend == "http",
+                  "judge.backend = \"",
+                  cfg.backend,
+                  "\": expected \"rule\" or \"http\"");
+  return std::make_unique<JudgeClient>(cfg, cache);
 }
 
 }  // namespace dnpo::judge

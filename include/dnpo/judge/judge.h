@@ -20,14 +20,17 @@ struct JudgeRequest {
   std::string answer;
 };
 
-/// What became of a request. Under failure_policy "fail" a failed request's future throws
-/// JudgeError instead of holding a result.
+/// What became of a request. Retries exhausted, a non-retryable error, or an unparseable reply
+/// give the outcome judge.failure_policy names; under "fail" a future throws JudgeError instead
+/// (a callback receives kFailed).
 enum class Outcome {
   kScored,        ///< `score` holds the judge's score on 0..100
-  kSpinFallback,  ///< retries exhausted / unparseable: label this pair as SPIN would
-  kDropped,       ///< retries exhausted / unparseable: drop this pair
+  kSpinFallback,  ///< policy "spin": label this pair as SPIN would
+  kDropped,       ///< policy "drop": drop this pair
+  kFailed,        ///< policy "fail": the run must stop
 };
-const char* outcome_name(Outcome outcome);  ///< "scored" | "spin_fallback" | "dropped"
+/// "scored" | "spin_fallback" | "dropped" | "failed"
+const char* outcome_name(Outcome outcome);
 
 struct JudgeResult {
   Outcome outcome = Outcome::kScored;
