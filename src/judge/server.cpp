@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -16,6 +17,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
+#include <sys/socket.h>
 
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
@@ -64,6 +66,7 @@ struct JudgeServer::Impl {
   std::atomic<int> connections{0};
   std::mutex mutex;  // guards attempts and log
   std::map<std::uint64_t, int> attempts;
+  std::set<tcp::socket*> open_sockets;  // guarded by mutex; shut down when the server stops
   std::ofstream log;
 
   explicit Impl(ServerOptions o)
@@ -268,7 +271,35 @@ struct JudgeServer::Impl {
     return send(res);
   }
 
+  /// Shuts every open connection down (unblocking its thread) and waits for the threads, so no
+  /// thread outlives the server.
+  void close_connections() {
+    while (connections.load() > 0) {
+      {
+        const std::lock_guard<std::mutex> lock(mutex);
+        for (auto* s : open_sockets) {
+          ::shutdown(s->native_handle(), SHUT_RDWR);
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
   void serve(tcp::socket socket) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      open_sockets.insert(&socket);
+    }
+    serve_requests(socket);
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      open_sockets.erase(&socket);
+    }
+    boost::system::error_code ec;
+    socket.close(ec);
+  }
+
+  void serve_requests(tcp::socket& socket) {
     boost::beast::flat_buffer buffer;
     boost::system::error_code ec;
     for (;;) {
@@ -294,7 +325,6 @@ struct JudgeServer::Impl {
       }
     }
     socket.shutdown(tcp::socket::shutdown_both, ec);
-    socket.close(ec);
   }
 };
 
@@ -316,6 +346,7 @@ void JudgeServer::run() {
   });
   impl_->accept();
   impl_->ioc.run();
+  impl_->close_connections();
 }
 
 void JudgeServer::stop() {
