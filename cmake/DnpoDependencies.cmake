@@ -14,6 +14,8 @@ if(NOT DNPO_CORE_ONLY)
   # Parallel HDF5 (Open MPI build) for checkpoints; zlib (its dependency) for their CRC-32s.
   pkg_check_modules(HDF5 REQUIRED IMPORTED_TARGET hdf5-openmpi)
   find_package(ZLIB REQUIRED)
+  # The judge's HTTP client and server (Asio + Beast, header-only; Debian libboost-dev).
+  find_package(Boost 1.74 REQUIRED)
 endif()
 
 # LibTorch's exported flags are global-ish; wrap them in one interface target with SYSTEM includes.

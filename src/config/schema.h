@@ -222,7 +222,26 @@ inline const auto& tables() {
             key("every_steps", &CheckpointConfig::every_steps, non_negative()),
             key("every_minutes", &CheckpointConfig::every_minutes, non_negative()),
             key("keep_last", &CheckpointConfig::keep_last, at_least(1)),
-            key("resume", &CheckpointConfig::resume, non_empty())));
+            key("resume", &CheckpointConfig::resume, non_empty())),
+      table("judge",
+            &RunConfig::judge,
+            key("backend", &JudgeConfig::backend, one_of({"rule", "http"})),
+            key("base_url", &JudgeConfig::base_url, containing("://")),
+            key("model", &JudgeConfig::model, non_empty()),
+            key("template", &JudgeConfig::prompt_template, non_empty()),
+            key("api_key_env", &JudgeConfig::api_key_env),
+            key("concurrency", &JudgeConfig::concurrency, at_least(1)),
+            key("requests_per_minute", &JudgeConfig::requests_per_minute, non_negative()),
+            key("timeout_s", &JudgeConfig::timeout_s, positive()),
+            key("max_retries", &JudgeConfig::max_retries, non_negative()),
+            key("backoff_base_s", &JudgeConfig::backoff_base_s, non_negative()),
+            key("backoff_max_s", &JudgeConfig::backoff_max_s, non_negative()),
+            key("failure_policy", &JudgeConfig::failure_policy, one_of({"spin", "drop", "fail"})),
+            key("imperfection", &JudgeConfig::imperfection, closed(0, 1)),
+            key("seed", &JudgeConfig::seed),
+            key("temperature", &JudgeConfig::temperature, non_negative()),
+            key("max_tokens", &JudgeConfig::max_tokens, at_least(1)),
+            key("cache_file", &JudgeConfig::cache_file)));
   return registry;
 }
 

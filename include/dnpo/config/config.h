@@ -160,6 +160,28 @@ struct CheckpointConfig {
   std::string resume = "none";  ///< "none" | "auto" (newest valid in dir) | a checkpoint file
 };
 
+/// [judge] — the judge that scores answers (DESIGN.md "Judge", ALGORITHM.md §2).
+struct JudgeConfig {
+  std::string backend = "rule";  ///< "rule" (in-process verifier) | "http" (OpenAI-compatible)
+  std::string base_url = "http://127.0.0.1:8000";  ///< POSTs go to {base_url}/v1/chat/completions
+  std::string model = "rule";                      ///< the requests' "model"; part of the cache key
+  std::string prompt_template = "configs/judge/default_0_100.txt";  ///< key "template"
+  std::string api_key_env;         ///< environment variable holding the API key; "" = no key
+  int concurrency = 16;            ///< requests in flight at once (per client)
+  double requests_per_minute = 0;  ///< attempts started per minute, retries included; 0 = no limit
+  double timeout_s = 60;           ///< deadline of one attempt (connect, send, reply)
+  int max_retries = 5;             ///< retries after the first attempt
+  double backoff_base_s = 0.5;     ///< first retry waits in [base/2, base]; doubles per retry
+  double backoff_max_s = 30;       ///< cap on one backoff delay (Retry-After may exceed it)
+  std::string failure_policy =
+      "spin";               ///< retries exhausted: "spin" (SPIN label) | "drop" | "fail"
+  double imperfection = 0;  ///< rule judge: fraction of scores perturbed (a real judge errs)
+  std::uint64_t seed = 0;   ///< keys the retry jitter and the rule judge's perturbations
+  double temperature = 0;   ///< sampling temperature asked of the judge model
+  int max_tokens = 512;     ///< reply length asked of the judge model
+  std::string cache_file;   ///< "" = no cache file; else loaded at start, saved at the end
+};
+
 /// The whole resolved configuration of a job.
 struct RunConfig {
   RunSection run;
@@ -176,6 +198,7 @@ struct RunConfig {
   EvalConfig eval;
   DistConfig dist;
   CheckpointConfig checkpoint;
+  JudgeConfig judge;
 };
 
 }  // namespace dnpo::config

@@ -69,6 +69,23 @@ RunConfig all_non_default() {
   c.dsl.threshold = -0.5;
   c.sample = {0.7, 0.9, 40, 16, 8};
   c.eval = {100, false};
+  c.judge.backend = "http";
+  c.judge.base_url = "https://judge.example:8443/api";
+  c.judge.model = "gpt-4o-mini";
+  c.judge.prompt_template = "configs/judge/mt_bench_single_v1.txt";
+  c.judge.api_key_env = "OPENAI_API_KEY";
+  c.judge.concurrency = 64;
+  c.judge.requests_per_minute = 500;
+  c.judge.timeout_s = 12.5;
+  c.judge.max_retries = 2;
+  c.judge.backoff_base_s = 0.25;
+  c.judge.backoff_max_s = 8;
+  c.judge.failure_policy = "drop";
+  c.judge.imperfection = 0.05;
+  c.judge.seed = 11;
+  c.judge.temperature = 0.2;
+  c.judge.max_tokens = 1024;
+  c.judge.cache_file = "judge_cache.jsonl";
   return c;
 }
 
@@ -146,6 +163,23 @@ void expect_equal(const RunConfig& a, const RunConfig& b) {
   EXPECT_EQ(a.sample.batch_size, b.sample.batch_size);
   EXPECT_EQ(a.eval.max_prompts, b.eval.max_prompts);
   EXPECT_EQ(a.eval.greedy_too, b.eval.greedy_too);
+  EXPECT_EQ(a.judge.backend, b.judge.backend);
+  EXPECT_EQ(a.judge.base_url, b.judge.base_url);
+  EXPECT_EQ(a.judge.model, b.judge.model);
+  EXPECT_EQ(a.judge.prompt_template, b.judge.prompt_template);
+  EXPECT_EQ(a.judge.api_key_env, b.judge.api_key_env);
+  EXPECT_EQ(a.judge.concurrency, b.judge.concurrency);
+  EXPECT_EQ(a.judge.requests_per_minute, b.judge.requests_per_minute);
+  EXPECT_EQ(a.judge.timeout_s, b.judge.timeout_s);
+  EXPECT_EQ(a.judge.max_retries, b.judge.max_retries);
+  EXPECT_EQ(a.judge.backoff_base_s, b.judge.backoff_base_s);
+  EXPECT_EQ(a.judge.backoff_max_s, b.judge.backoff_max_s);
+  EXPECT_EQ(a.judge.failure_policy, b.judge.failure_policy);
+  EXPECT_EQ(a.judge.imperfection, b.judge.imperfection);
+  EXPECT_EQ(a.judge.seed, b.judge.seed);
+  EXPECT_EQ(a.judge.temperature, b.judge.temperature);
+  EXPECT_EQ(a.judge.max_tokens, b.judge.max_tokens);
+  EXPECT_EQ(a.judge.cache_file, b.judge.cache_file);
 }
 
 // --- parsing ---
@@ -424,6 +458,18 @@ TEST(ConfigValidate, ListsEveryProblem) {
   EXPECT_CONTAINS(msg, "data.max_prompt_length (1024) must be < data.max_length (1024)");
   EXPECT_CONTAINS(msg, "tokenizer.path");
   EXPECT_CONTAINS(msg, "demo.tasks lists \"add\" twice");
+}
+
+TEST(ConfigLoader, JudgeKeysAreChecked) {
+  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.backend=\"grpc\""}); }),
+                  "config key 'judge.backend': expected one of \"rule\", \"http\"");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.failure_policy=\"retry\""}); }),
+                  "config key 'judge.failure_policy'");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.imperfection=1.5"}); }),
+                  "config key 'judge.imperfection'");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.concurrency=0"}); }),
+                  "config key 'judge.concurrency'");
+  EXPECT_EQ(load_config("", {"judge.template=\"t.txt\""}).judge.prompt_template, "t.txt");
 }
 
 TEST(ConfigValidate, OddHeadDimIsRejected) {

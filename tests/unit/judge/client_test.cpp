@@ -1,0 +1,120 @@
+// JudgeClient against an in-process JudgeServer on 127.0.0.1: scores, the callback interface and
+// the cache, the requests-per-minute limit, and configuration errors.
+#include "dnpo/judge/client.h"
+
+#include <chrono>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "dnpo/common/error.h"
+#include "dnpo/data/demo_world.h"
+#include "dnpo/judge/cache.h"
+#include "dnpo/judge/server.h"
+
+namespace dnpo::judge {
+namespace {
+
+const std::string kTemplate = std::string(DNPO_SOURCE_DIR) + "/configs/judge/default_0_100.txt";
+
+class ServerThread {
+ public:
+  ServerThread() : server_(options()), thread_([this] { server_.run(); }) {}
+  ~ServerThread() {
+    server_.stop();
+    thread_.join();
+  }
+  ServerThread(const ServerThread&) = delete;
+  ServerThread& operator=(const ServerThread&) = delete;
+  config::JudgeConfig client_config() const {
+    config::JudgeConfig cfg;
+    cfg.backend = "http";
+    cfg.base_url = "http://127.0.0.1:" + std::to_string(server_.port());
+    cfg.prompt_template = kTemplate;
+    cfg.timeout_s = 10;
+    return cfg;
+  }
+
+ private:
+  static ServerOptions options() {
+    ServerOptions o;
+    o.template_path = kTemplate;
+    return o;
+  }
+  JudgeServer server_;
+  std::thread thread_;
+};
+
+TEST(JudgeClient, ScoresLikeTheRuleJudgeAndCaches) {
+  const ServerThread server;
+  JudgeCache cache;
+  JudgeClient client(server.client_config(), &cache);
+  auto futures = client.submit({{"123+456=", "579"}, {"rev abc", "cab"}});
+  const auto r0 = futures[0].get();
+  EXPECT_EQ(r0.outcome, Outcome::kScored);
+  EXPECT_EQ(r0.score, 100);
+  EXPECT_EQ(r0.attempts, 1);
+  EXPECT_EQ(futures[1].get().score, data::verify_answer("rev abc", "cab"));
+  std::promise<JudgeResult> done;
+  client.submit({"123+456=", "579"}, [&done](JudgeResult r) { done.set_value(r); });
+  const auto again = done.get_future().get();
+  EXPECT_TRUE(again.cached);
+  EXPECT_EQ(again.score, 100);
+  const auto s = client.stats();
+  EXPECT_EQ(s.submitted, 3);
+  EXPECT_EQ(s.scored, 3);
+  EXPECT_EQ(s.cache_hits, 1);
+  EXPECT_EQ(s.attempts, 2);
+  EXPECT_EQ(s.pending, 0);
+}
+
+TEST(JudgeClient, RequestsPerMinuteHold) {
+  const ServerThread server;
+  auto cfg = server.client_config();
+  cfg.requests_per_minute = 600;  // one attempt every 100 ms
+  JudgeClient client(cfg);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<JudgeRequest> batch;
+  for (int i = 0; i < 6; ++i) {
+    batch.push_back({std::to_string(i) + "+1=", std::to_string(i + 1)});
+  }
+  for (auto& f : client.submit(batch)) {
+    EXPECT_EQ(f.get().score, 100);
+  }
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GE(elapsed, 0.49);  // 6 attempts: the last starts >= 500 ms after the first
+}
+
+TEST(JudgeClient, NonRetryableErrorsGiveThePolicyOutcome) {
+  const ServerThread server;
+  auto cfg = server.client_config();
+  cfg.failure_policy = "drop";
+  JudgeClient client(cfg);
+  const auto r = client.submit({{"not a demo question", "x"}})[0].get();  // server: 400
+  EXPECT_EQ(r.outcome, Outcome::kDropped);
+  EXPECT_EQ(r.attempts, 1);
+  EXPECT_NE(r.error.find("HTTP 400"), std::string::npos) << r.error;
+  cfg.failure_policy = "fail";
+  JudgeClient failing(cfg);
+  EXPECT_THROW(failing.submit({{"not a demo question", "x"}})[0].get(), JudgeError);
+  EXPECT_EQ(failing.stats().failed, 1);
+}
+
+TEST(JudgeClient, ConfigErrorsAreClear) {
+  config::JudgeConfig cfg;
+  cfg.prompt_template = kTemplate;
+  cfg.base_url = "https://api.openai.com";
+  EXPECT_THROW(JudgeClient{cfg}, ConfigError);
+  cfg.base_url = "http://127.0.0.1:9";
+  cfg.api_key_env = "DNPO_TEST_SURELY_UNSET_KEY_VARIABLE";
+  try {
+    JudgeClient client(cfg);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("judge.api_key_env"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace dnpo::judge
