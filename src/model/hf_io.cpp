@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -117,6 +118,64 @@ std::string shard_file_name(std::size_t index, std::size_t count) {
   return buf;
 }
 
+// The weight files of an HF directory: model.safetensors, or the shards its index names (each
+// checked to exist), in first-mention order, with the index's tensor → file map.
+struct WeightFiles {
+  std::vector<std::string> files;
+  std::map<std::string, std::string> file_of;  // empty without an index
+  std::string index_path;                      // "" without an index
+};
+
+WeightFiles weight_files(const std::string& dir) {
+  WeightFiles out;
+  const std::string index_path = dir + "/" + kIndexName;
+  if (!std::filesystem::exists(index_path)) {
+    out.files = {"model.safetensors"};
+    return out;
+  }
+  out.index_path = index_path;
+  try {
+    std::ifstream in(index_path);
+    const auto index = nlohmann::json::parse(in);
+    DNPO_CHECK_WITH(DataError,
+                    index.contains("weight_map") && index["weight_map"].is_object(),
+                    index_path,
+                    ": no \"weight_map\" object");
+    for (const auto& [name, file] : index["weight_map"].items()) {
+      const auto f = file.get<std::string>();
+      out.file_of[name] = f;
+      if (std::find(out.files.begin(), out.files.end(), f) == out.files.end()) {
+        out.files.push_back(f);
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    DNPO_FAIL(DataError, index_path, ": not a valid index: ", e.what());
+  }
+  for (const auto& file : out.files) {
+    DNPO_CHECK_WITH(DataError,
+                    std::filesystem::exists(dir + "/" + file),
+                    index_path,
+                    " names shard '",
+                    file,
+                    "', which does not exist");
+  }
+  return out;
+}
+
+// Every tensor the index maps must be in the files read.
+void check_index_complete(const WeightFiles& weights, const std::set<std::string>& found) {
+  for (const auto& [name, file] : weights.file_of) {
+    DNPO_CHECK_WITH(DataError,
+                    found.count(name) == 1,
+                    weights.index_path,
+                    ": tensor '",
+                    name,
+                    "' should be in ",
+                    file,
+                    " but is not");
+  }
+}
+
 }  // namespace
 
 void save_hf_tensors(const std::string& dir,
@@ -167,87 +226,31 @@ void save_hf_tensors(const std::string& dir,
 }
 
 NamedTensors read_hf_tensors(const std::string& dir) {
-  const std::string index_path = dir + "/" + kIndexName;
-  if (!std::filesystem::exists(index_path)) {
-    return read_safetensors(dir + "/model.safetensors");
-  }
-  nlohmann::json index;
-  try {
-    std::ifstream in(index_path);
-    index = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    DNPO_FAIL(DataError, index_path, ": not valid JSON: ", e.what());
-  }
-  DNPO_CHECK_WITH(DataError,
-                  index.contains("weight_map") && index["weight_map"].is_object(),
-                  index_path,
-                  ": no \"weight_map\" object");
-  std::vector<std::string> files;  // in first-mention order
-  for (const auto& [name, file] : index["weight_map"].items()) {
-    const auto f = file.get<std::string>();
-    if (std::find(files.begin(), files.end(), f) == files.end()) {
-      files.push_back(f);
-    }
-  }
-  std::map<std::string, at::Tensor> by_name;
+  const auto weights = weight_files(dir);
+  std::set<std::string> found;
   NamedTensors out;
-  for (const auto& file : files) {
-    const auto path = dir + "/" + file;
-    DNPO_CHECK_WITH(DataError,
-                    std::filesystem::exists(path),
-                    index_path,
-                    " names shard '",
-                    file,
-                    "', which does not exist");
-    for (auto& named : read_safetensors(path)) {
-      by_name[named.first] = named.second;
+  for (const auto& file : weights.files) {
+    for (auto& named : read_safetensors(dir + "/" + file)) {
+      found.insert(named.first);
       out.push_back(std::move(named));
     }
   }
-  for (const auto& [name, file] : index["weight_map"].items()) {
-    DNPO_CHECK_WITH(DataError,
-                    by_name.count(name) == 1,
-                    index_path,
-                    ": tensor '",
-                    name,
-                    "' should be in ",
-                    file.get<std::string>(),
-                    " but is not");
-  }
+  check_index_complete(weights, found);
   return out;
 }
 
 HfTensorReader::HfTensorReader(std::string dir) : dir_(std::move(dir)) {
-  const std::string index_path = dir_ + "/" + kIndexName;
-  std::vector<std::string> files{"model.safetensors"};
-  if (std::filesystem::exists(index_path)) {
-    files.clear();
-    try {
-      std::ifstream in(index_path);
-      const auto index = nlohmann::json::parse(in);
-      for (const auto& [name, file] : index.at("weight_map").items()) {
-        const auto f = file.get<std::string>();
-        if (std::find(files.begin(), files.end(), f) == files.end()) {
-          files.push_back(f);
-        }
-      }
-    } catch (const nlohmann::json::exception& e) {
-      DNPO_FAIL(DataError, index_path, ": not a valid index: ", e.what());
-    }
-  }
-  for (const auto& file : files) {
+  const auto weights = weight_files(dir_);
+  std::set<std::string> found;
+  for (const auto& file : weights.files) {
     const auto path = dir_ + "/" + file;
-    DNPO_CHECK_WITH(DataError,
-                    std::filesystem::exists(path),
-                    dir_,
-                    ": weight file '",
-                    file,
-                    "' does not exist");
     for (auto& entry : read_safetensors_header(path)) {
+      found.insert(entry.name);
       auto name = entry.name;
       entries_[name] = {path, std::move(entry)};
     }
   }
+  check_index_complete(weights, found);
 }
 
 const HfTensorReader::Located& HfTensorReader::at(const std::string& name) const {
