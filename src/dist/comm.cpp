@@ -3,6 +3,7 @@
 
 #include <array>
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <thread>
 
@@ -420,6 +421,30 @@ const std::string& Comm::reduce_scatter_method() const {
 
 Work Comm::barrier() {
   return impl_->make("barrier", impl_->group->barrier(c10d::BarrierOptions{}));
+}
+
+std::vector<std::string> all_gather_text(Comm* comm, const std::string& text) {
+  if (comm == nullptr || comm->world_size() == 1) {
+    return {text};
+  }
+  const int world = comm->world_size();
+  auto lengths = at::zeros({world}, at::kLong);
+  lengths[comm->rank()] = static_cast<std::int64_t>(text.size());
+  comm->all_reduce_sum(lengths).wait();
+  std::vector<std::string> out(static_cast<std::size_t>(world));
+  for (int r = 0; r < world; ++r) {
+    const auto n = lengths[r].item<std::int64_t>();
+    auto bytes = at::empty({n}, at::kByte);
+    if (r == comm->rank()) {
+      std::memcpy(bytes.data_ptr(), text.data(), text.size());
+    }
+    if (n > 0) {
+      comm->broadcast(bytes, r).wait();
+    }
+    out[static_cast<std::size_t>(r)].assign(static_cast<const char*>(bytes.data_ptr()),
+                                            static_cast<std::size_t>(n));
+  }
+  return out;
 }
 
 }  // namespace dnpo::dist

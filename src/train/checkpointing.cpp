@@ -163,6 +163,18 @@ LoopPosition read_position(const std::string& path) {
   return position_from(wanted, path);
 }
 
+std::map<std::string, std::string> read_stage_blobs(const std::string& path) {
+  ckpt::StateDict wanted;
+  ckpt::load_into(path, wanted);
+  std::map<std::string, std::string> blobs;
+  for (const auto& [key, bytes] : wanted.blobs) {
+    if (key.rfind("stage.", 0) == 0) {
+      blobs[key.substr(6)] = bytes;
+    }
+  }
+  return blobs;
+}
+
 void load_stage(const std::string& path, StageState& state) {
   ckpt::StateDict wanted;
   for (const auto& groups : {state.trained, state.frozen}) {
@@ -249,30 +261,67 @@ std::string Checkpointer::next_name() const {
   return ckpt::checkpoint_name(next);
 }
 
-void Checkpointer::after_step(const StageState& state) {
-  const auto& pos = state.position;
-  const int signal_number = preemption::requested_signal();
-  // Any rank's signal or clock decides for all: one small all-reduce per step.
+std::pair<bool, bool> Checkpointer::poll() const {
+  // Any rank's signal or clock decides for all: one small all-reduce.
   std::vector<double> flags{
-      signal_number != 0 ? 1.0 : 0.0,
+      preemption::requested_signal() != 0 ? 1.0 : 0.0,
       cfg_.every_minutes > 0 && since_save_.seconds() >= cfg_.every_minutes * 60.0 ? 1.0 : 0.0};
   if (comm_ != nullptr && comm_->world_size() > 1) {
     auto t = at::tensor(flags, at::kDouble);
     comm_->all_reduce_sum(t).wait();
     flags = {t[0].item<double>(), t[1].item<double>()};
   }
-  if (flags[0] > 0) {
+  return {flags[0] > 0, flags[1] > 0};
+}
+
+void Checkpointer::after_step(const StageState& state) {
+  const auto& pos = state.position;
+  const auto [stop, clock] = poll();
+  if (stop) {
     const auto path = save_stage(dir_, next_name(), state, false, cfg_.keep_last);
     log::info_rank0("preemption: saved {} at step {}", path, pos.steps_done);
-    throw Preempted(path, pos.steps_done, signal_number);
+    throw Preempted(path, pos.steps_done, preemption::requested_signal());
   }
   const bool last = pos.steps_done == pos.total_steps;  // save_final comes next
   const bool every = cfg_.every_steps > 0 && pos.steps_done % cfg_.every_steps == 0;
-  if (!last && (every || flags[1] > 0)) {
+  if (!last && (every || clock)) {
     const auto path = save_stage(dir_, next_name(), state, false, cfg_.keep_last);
     since_save_.reset();
     log::info_rank0("checkpoint: saved {} at step {}", path, pos.steps_done);
   }
+}
+
+void Checkpointer::at_boundary(const std::function<StageState()>& make_state,
+                               std::int64_t rounds_done) {
+  const auto [stop, clock] = poll();
+  const bool every = cfg_.every_steps > 0 && rounds_done % cfg_.every_steps == 0;
+  if (!stop && !clock && !every) {
+    return;
+  }
+  const auto state = make_state();
+  const auto path = save_stage(dir_, next_name(), state, false, cfg_.keep_last);
+  since_save_.reset();
+  if (stop) {
+    log::info_rank0("preemption: saved {} in {} after round {}",
+                    path,
+                    state.position.stage,
+                    rounds_done);
+    throw Preempted(path, rounds_done, preemption::requested_signal());
+  }
+  log::info_rank0("checkpoint: saved {} in {} after round {}",
+                  path,
+                  state.position.stage,
+                  rounds_done);
+}
+
+std::string Checkpointer::save_now(const StageState& state) {
+  const auto path = save_stage(dir_, next_name(), state, false, cfg_.keep_last);
+  since_save_.reset();
+  log::info_rank0("checkpoint: saved {} ({} of iteration {})",
+                  path,
+                  state.position.stage,
+                  state.position.iteration);
+  return path;
 }
 
 std::string Checkpointer::save_final(const StageState& state) {

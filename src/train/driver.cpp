@@ -16,6 +16,8 @@
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/model/hf_io.h"
 #include "dnpo/train/evaluate.h"
+#include "dnpo/train/selfplay.h"
+#include "driver_parts.h"
 #include "dnpo/train/trainer.h"
 
 #ifndef DNPO_GIT_SHA
@@ -25,11 +27,6 @@
 namespace dnpo::train {
 namespace fs = std::filesystem;
 namespace {
-
-std::string run_dir(const config::RunConfig& cfg) {
-  return cfg.run.out_dir + "/" + cfg.run.name;
-}
-
 // run.threads, or this node's cores shared by the ranks on it.
 void set_threads(const config::RunConfig& cfg, const dist::Comm* comm) {
   int threads = cfg.run.threads;
@@ -61,6 +58,14 @@ void check_same_model(const config::ModelConfig& m,
                   ", layers ",
                   cfg.model.num_hidden_layers,
                   "); hint: make [model] match the HF config.json");
+}
+
+}  // namespace
+
+namespace detail {
+
+std::string run_dir(const config::RunConfig& cfg) {
+  return cfg.run.out_dir + "/" + cfg.run.name;
 }
 
 model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::string& init) {
@@ -159,7 +164,9 @@ std::string checkpoint_dir(const config::RunConfig& cfg) {
   return cfg.checkpoint.dir.empty() ? run_dir(cfg) + "/checkpoints" : cfg.checkpoint.dir;
 }
 
-}  // namespace
+}  // namespace detail
+
+using namespace detail;  // NOLINT(google-build-using-namespace): this file defines them
 
 std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm) {
   auto dir = run_dir(cfg);
@@ -279,9 +286,7 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
 
 void run_job(const config::RunConfig& cfg, dist::Comm* comm) {
   ensure_demo_data(cfg, comm);
-  const auto sft_dir = run_dir(cfg) + "/sft";
-  run_sft(cfg, {}, comm);
-  run_eval(cfg, {sft_dir, run_dir(cfg) + "/sft_samples.jsonl", ""}, comm);
+  run_selfplay(cfg, comm);
 }
 
 }  // namespace dnpo::train

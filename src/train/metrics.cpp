@@ -32,8 +32,9 @@ void MetricsWriter::drop_after(const std::string& kind, std::int64_t step) {
     std::string line;
     while (std::getline(in, line)) {
       const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      const bool later_of_kind =
-          j.is_object() && j.value("kind", "") == kind && j.value("step", std::int64_t{0}) > step;
+      const bool later_of_kind = j.is_object() && j.value("kind", "") == kind &&
+                                 j.value("iteration", std::uint64_t{0}) == iteration_ &&
+                                 j.value("step", std::int64_t{0}) > step;
       if (!later_of_kind) {
         kept.push_back(line);
       }
@@ -58,11 +59,19 @@ void MetricsWriter::write(const std::string& kind,
   if (!out_.is_open()) {
     return;
   }
-  nlohmann::json j = {{"kind", kind}, {"step", step}};
+  nlohmann::json j = {{"kind", kind}, {"iteration", iteration_}, {"step", step}};
   for (const auto& [key, value] : values) {
     j[key] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
   }
   out_ << j.dump() << "\n";
+  out_.flush();
+}
+
+void MetricsWriter::write_object(const std::string& json_line) {
+  if (!out_.is_open()) {
+    return;
+  }
+  out_ << json_line << "\n";
   out_.flush();
 }
 

@@ -266,6 +266,8 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
   StageState state;
   state.position.stage = "sft";
   state.position.iteration = cfg_.train.iteration;
+  state.blobs = stage_blobs_;
+  metrics_.set_iteration(cfg_.train.iteration);
   state.position.total_steps = steps;
   state.trained = {{"policy", units}};
   state.optimizer = optimizer.get();
@@ -410,6 +412,8 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   StageState state;
   state.position.stage = loss_kind;
   state.position.iteration = cfg_.train.iteration;
+  state.blobs = stage_blobs_;
+  metrics_.set_iteration(cfg_.train.iteration);
   state.position.total_steps = steps;
   state.trained = {{"policy", policy.units()}};
   if (head) {

@@ -116,6 +116,20 @@ struct DslConfig {
   double threshold = 0.0;  ///< generated is positive when s' − s >= threshold
 };
 
+/// [selfplay] — the self-improvement loop (ALGORITHM.md §4): model_0 (SFT), SPIN iteration 0,
+/// then `iterations` iterations of generate → judge → label → train.
+struct SelfplayConfig {
+  /// What iterations ≥ 1 do (iteration 0 is always SPIN): "spin" (human positive, SPIN loss),
+  /// "dsl" (judge labels, SPIN loss), "npo" (human positive, NPO loss), "dnpo" (judge labels, NPO
+  /// loss), "fixed_noise" (dnpo with s ≡ npo.fixed_sigma).
+  std::string mode = "dnpo";
+  int iterations = 3;  ///< iterations after the SPIN warm-up (the paper's T)
+  int prompts = 0;     ///< first N prompts of data.train_file, the same every iteration; 0 = all
+  bool sft = true;     ///< train model_0 by SFT on data.train_file; false = model.init_from is it
+  double lr = 1e-5;    ///< peak learning rate of every self-play iteration (train.lr is SFT's)
+  int epochs = 1;      ///< epochs over an iteration's pairs (the paper's E)
+  bool eval_each_iteration = true;  ///< held-out accuracy and judge score after each iteration
+};
 /// [sample] — generation.
 struct SampleConfig {
   double temperature = 1.0;  ///< 0 = greedy
@@ -194,6 +208,7 @@ struct RunConfig {
   LossConfig loss;
   NpoConfig npo;
   DslConfig dsl;
+  SelfplayConfig selfplay;
   SampleConfig sample;
   EvalConfig eval;
   DistConfig dist;

@@ -79,4 +79,8 @@ class Comm {
   std::unique_ptr<Impl> impl_;
 };
 
+/// collective: every rank's `text`, in rank order, on every rank (small payloads: answers, scores;
+/// one broadcast per rank). comm null = one process.
+std::vector<std::string> all_gather_text(Comm* comm, const std::string& text);
+
 }  // namespace dnpo::dist

@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -70,6 +72,9 @@ std::string save_stage(const std::string& dir,
                        int keep_last);
 /// collective: the loop position stored in a checkpoint (no tensors read).
 LoopPosition read_position(const std::string& path);
+/// collective: the named stage blobs stored in a checkpoint (no tensors read).
+std::map<std::string, std::string> read_stage_blobs(const std::string& path);
+
 /// collective: fills the units' shards, the optimizer's state and the position from `path`
 /// (written at any world size). Throws CheckpointError naming the file and tensor on a missing
 /// tensor, a shape that differs (another model) or a damaged chunk.
@@ -85,11 +90,19 @@ class Checkpointer {
   /// collective: call after each optimizer step. Saves when due (every N steps / M minutes) or
   /// when any rank was asked to stop, in which case it throws Preempted after the save.
   void after_step(const StageState& state);
+  /// collective: at a boundary outside an optimizer loop (a round of generation): when any rank
+  /// was asked to stop, or the clock or `rounds_done` % every_steps says so, saves make_state()
+  /// (called on every rank, may be collective) and throws Preempted after a stop request.
+  void at_boundary(const std::function<StageState()>& make_state, std::int64_t rounds_done);
+  /// collective: a checkpoint now (not kept past keep_last); returns its path.
+  std::string save_now(const StageState& state);
   /// collective: the stage's final checkpoint (kept); returns its path.
   std::string save_final(const StageState& state);
 
  private:
   std::string next_name() const;
+  /// collective: {stop requested on any rank, save due by the clock on any rank}.
+  std::pair<bool, bool> poll() const;
   config::CheckpointConfig cfg_;
   std::string dir_;
   dist::Comm* comm_;

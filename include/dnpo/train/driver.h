@@ -33,7 +33,7 @@ void run_train(const config::RunConfig& cfg,
 double run_eval(const config::RunConfig& cfg,
                 const StageOptions& options,
                 dist::Comm* comm = nullptr);
-/// The whole job. Now: demo data → SFT → held-out eval; the selfplay issue adds the iterations.
+/// The whole job: demo data (when missing), then the self-play loop (selfplay.h).
 void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
 }  // namespace dnpo::train

@@ -11,7 +11,7 @@
 
 namespace dnpo::train {
 
-/// One flat JSON object per line: {"kind": ..., "step": ..., "<metric>": value, ...}.
+/// One flat JSON object per line: {"kind": ..., "iteration": ..., "step": ..., "<metric>": value}.
 class MetricsWriter {
  public:
   MetricsWriter() = default;
@@ -20,11 +20,19 @@ class MetricsWriter {
              std::int64_t step,
              const std::vector<std::pair<std::string, double>>& values);
 
-  /// Removes the lines of `kind` with a step after `step` (a resumed run redoes those steps).
+  /// The self-play iteration written into the following lines (default 0).
+  void set_iteration(std::uint64_t iteration) {
+    iteration_ = iteration;
+  }
+  /// Removes the lines of `kind` in the current iteration with a step after `step` (a resumed
+  /// run redoes those steps).
   void drop_after(const std::string& kind, std::int64_t step);
+  /// Appends one JSON object as a line (reports that are not per-step values).
+  void write_object(const std::string& json_line);
 
  private:
   std::string path_;
+  std::uint64_t iteration_ = 0;
   std::ofstream out_;
 };
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -69,6 +70,11 @@ class Trainer {
     resume_from_ = std::move(resume_from);
   }
 
+  /// Named blobs every checkpoint of the next stage carries (the self-play loop's state).
+  void set_stage_blobs(std::map<std::string, std::string> blobs) {
+    stage_blobs_ = std::move(blobs);
+  }
+
   /// Supervised fine-tuning: token-mean cross-entropy over answer tokens.
   TrainSummary train_sft(const std::vector<data::PromptRecord>& records);
 
@@ -113,6 +119,7 @@ class Trainer {
   GradientObserver gradient_observer_;
   Checkpointer* checkpointer_ = nullptr;
   std::optional<std::string> resume_from_;
+  std::map<std::string, std::string> stage_blobs_;
 };
 
 /// How FSDP units gather and reduce for train.dtype (bf16 gathers bf16, reduces in fp32).

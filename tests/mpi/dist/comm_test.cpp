@@ -104,6 +104,20 @@ TEST(Comm, AllReduceSumAndBroadcast) {
   comm().barrier().wait();
 }
 
+TEST(Comm, AllGatherTextGivesEveryRanksTextInOrder) {
+  const int world = comm().world_size();
+  // Rank 1 sends nothing; others send bytes that include a NUL and non-ASCII.
+  const auto text_of = [](int r) {
+    return r == 1 ? std::string() : "rank " + std::to_string(r) + std::string(1, '\0') + "\xc3\xa9";
+  };
+  const auto all = all_gather_text(&comm(), text_of(comm().rank()));
+  ASSERT_EQ(all.size(), static_cast<std::size_t>(world));
+  for (int r = 0; r < world; ++r) {
+    EXPECT_EQ(all[static_cast<std::size_t>(r)], text_of(r)) << "rank " << r;
+  }
+  EXPECT_EQ(all_gather_text(nullptr, "x"), std::vector<std::string>{"x"});
+}
+
 TEST(Comm, CollectivesOverlap) {
   // Two collectives in flight before either is waited on, completing in issue order.
   auto a = at::ones({1000});

@@ -1,0 +1,687 @@
+// The self-play loop: phases, their checkpoints, and the per-iteration report; see selfplay.h.
+#include "dnpo/train/selfplay.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <optional>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "dnpo/common/error.h"
+#include "dnpo/common/log.h"
+#include "dnpo/common/timer.h"
+#include "dnpo/config/loader.h"
+#include "dnpo/data/chat_template.h"
+#include "dnpo/data/jsonl.h"
+#include "dnpo/data/tokenizer.h"
+#include "dnpo/judge/judge.h"
+#include "dnpo/model/sampler.h"
+#include "dnpo/train/checkpointing.h"
+#include "dnpo/train/evaluate.h"
+#include "dnpo/train/labeling.h"
+#include "dnpo/train/metrics.h"
+#include "dnpo/train/trainer.h"
+#include "driver_parts.h"
+
+namespace dnpo::train {
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using detail::barrier;
+using detail::is_rank0;
+
+namespace {
+
+constexpr const char* kBlob = "selfplay";      // the loop's state in every checkpoint
+constexpr const char* kGenerate = "generate";  // the stage name of generation checkpoints
+
+// Answers are model output: a byte-level model may emit invalid UTF-8. Text written for people
+// replaces it; the loop's own state stores token ids, so a resumed run sees the exact bytes.
+std::string dump(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+judge::Outcome outcome_from(const std::string& name) {
+  for (const auto o : {judge::Outcome::kScored,
+                       judge::Outcome::kSpinFallback,
+                       judge::Outcome::kDropped,
+                       judge::Outcome::kFailed}) {
+    if (name == judge::outcome_name(o)) {
+      return o;
+    }
+  }
+  throw CheckpointError("self-play state: unknown judge outcome '" + name + "'");
+}
+
+Json verdict_json(const std::optional<Verdict>& v) {
+  if (!v) {
+    return nullptr;
+  }
+  return Json::array({judge::outcome_name(v->outcome), v->score});
+}
+
+std::optional<Verdict> verdict_from(const Json& j) {
+  if (j.is_null()) {
+    return std::nullopt;
+  }
+  return Verdict{outcome_from(j.at(0).get<std::string>()), j.at(1).get<double>()};
+}
+
+/// What the loop carries from phase to phase (and in every checkpoint, as JSON).
+struct LoopState {
+  std::uint64_t iteration = 0;
+  std::vector<SelfplaySample> samples;       // this iteration's, one per prompt, by index
+  std::vector<std::optional<Verdict>> human;  // human answers' verdicts, reused every iteration
+  Json reports = Json::array();               // model_0's and every finished iteration's
+
+  void start_iteration(std::uint64_t t) {
+    iteration = t;
+    for (std::size_t i = 0; i < samples.size(); ++i) {
+      samples[i] = SelfplaySample{};
+      samples[i].index = static_cast<std::int64_t>(i);
+    }
+  }
+};
+
+Json sample_json(const SelfplaySample& s) {
+  return {{"i", s.index},
+          {"g", s.generated},
+          {"t", s.tokens},
+          {"f", s.finished},
+          {"v", verdict_json(s.generated_verdict)}};
+}
+
+/// Restores a sample from its JSON (text re-decoded from the tokens).
+void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& state) {
+  const auto i = j.at("i").get<std::int64_t>();
+  DNPO_CHECK_WITH(CheckpointError,
+                  i >= 0 && i < static_cast<std::int64_t>(state.samples.size()),
+                  "self-play state: prompt index ",
+                  i,
+                  " is outside the ",
+                  state.samples.size(),
+                  " prompts of this run (selfplay.prompts or data.train_file changed?)");
+  auto& s = state.samples[static_cast<std::size_t>(i)];
+  s.index = i;
+  s.generated = j.at("g").get<bool>();
+  s.tokens = j.at("t").get<std::vector<std::int64_t>>();
+  s.answer = s.generated ? tokenizer.decode(s.tokens) : std::string();
+  s.finished = j.at("f").get<bool>();
+  s.generated_verdict = verdict_from(j.at("v"));
+}
+
+Json state_json(const LoopState& state) {
+  Json samples = Json::array();
+  for (const auto& s : state.samples) {
+    samples.push_back(sample_json(s));
+  }
+  Json human = Json::array();
+  for (const auto& v : state.human) {
+    human.push_back(verdict_json(v));
+  }
+  return {{"version", 1},
+          {"iteration", state.iteration},
+          {"samples", samples},
+          {"human", human},
+          {"reports", state.reports}};
+}
+
+void restore_state(const std::string& text,
+                   const std::string& path,
+                   const data::Tokenizer& tokenizer,
+                   LoopState& state) {
+  try {
+    const auto j = Json::parse(text);
+    DNPO_CHECK_WITH(CheckpointError,
+                    j.at("human").size() == state.human.size(),
+                    "checkpoint ",
+                    path,
+                    " holds a self-play run of ",
+                    j.at("human").size(),
+                    " prompts; this configuration has ",
+                    state.human.size(),
+                    " (selfplay.prompts or data.train_file differ)");
+    state.iteration = j.at("iteration").get<std::uint64_t>();
+    state.start_iteration(state.iteration);
+    for (const auto& s : j.at("samples")) {
+      restore_sample(s, tokenizer, state);
+    }
+    for (std::size_t i = 0; i < state.human.size(); ++i) {
+      state.human[i] = verdict_from(j.at("human")[i]);
+    }
+    state.reports = j.at("reports");
+  } catch (const Json::exception& e) {
+    throw CheckpointError("checkpoint " + path + ": unreadable self-play state: " + e.what());
+  }
+}
+
+/// The judge this rank uses: [judge] with the job-wide concurrency and rate shared by the ranks.
+std::unique_ptr<judge::Judge> make_rank_judge(const config::JudgeConfig& cfg, int world) {
+  auto mine = cfg;
+  mine.concurrency = std::max(1, cfg.concurrency / world);
+  mine.requests_per_minute = cfg.requests_per_minute / world;
+  return judge::make_judge(mine);
+}
+
+struct PhaseTimes {
+  double generate_s = 0;
+  double judge_wait_s = 0;  // from the end of generation until the last verdict was in
+  double train_s = 0;
+  double eval_s = 0;
+};
+
+Json eval_json(const EvalReport& r) {
+  Json j = {{"prompts", r.prompts},
+            {"sampled_exact", r.sampled.exact},
+            {"sampled_score", r.sampled.mean_score},
+            {"sampled_exact_by_task", r.sampled.exact_by_task}};
+  if (r.has_greedy) {
+    j["greedy_exact"] = r.greedy.exact;
+    j["greedy_score"] = r.greedy.mean_score;
+  }
+  return j;
+}
+
+class SelfplayLoop {
+ public:
+  SelfplayLoop(const config::RunConfig& cfg, dist::Comm* comm)
+      : cfg_(cfg),
+        comm_(comm),
+        rank_(comm == nullptr ? 0 : comm->rank()),
+        world_(comm == nullptr ? 1 : comm->world_size()),
+        dir_(prepare_run_dir(cfg, comm)),
+        tokenizer_(data::make_tokenizer(cfg.tokenizer)),
+        chat_(cfg.chat, *tokenizer_),
+        checkpointer_(cfg.checkpoint, detail::checkpoint_dir(cfg), comm),
+        metrics_(is_rank0(comm) ? dir_ + "/metrics.jsonl" : "") {}
+
+  void run();
+
+ private:
+  void load_data();
+  void train_model_0(const std::optional<std::string>& resume);
+  void generate_and_judge(std::int64_t rounds_done_before);
+  void share_my_results();
+  StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
+  TrainSummary train_iteration(const LabeledPairs& labeled, const std::optional<std::string>& resume);
+  std::optional<EvalReport> evaluate_policy();
+  void write_iteration_files(const LabeledPairs& labeled) const;
+  void write_reports() const;
+  bool mine(std::size_t index) const {
+    return static_cast<int>(index % static_cast<std::size_t>(world_)) == rank_;
+  }
+
+  const config::RunConfig& cfg_;
+  dist::Comm* comm_;
+  int rank_;
+  int world_;
+  std::string dir_;
+  std::unique_ptr<data::Tokenizer> tokenizer_;
+  data::ChatTemplate chat_;
+  Checkpointer checkpointer_;
+  MetricsWriter metrics_;
+  std::vector<data::PromptRecord> train_records_;
+  std::vector<data::PromptRecord> prompts_;  // the self-play prompts: the first selfplay.prompts
+  std::vector<data::PromptRecord> eval_records_;
+  std::unique_ptr<ShardedLlama> policy_;
+  LoopState state_;
+  PhaseTimes times_;
+};
+
+void SelfplayLoop::load_data() {
+  DNPO_CHECK_WITH(ConfigError, !cfg_.data.train_file.empty(), "selfplay needs data.train_file");
+  train_records_ = data::read_prompts_jsonl(cfg_.data.train_file);
+  prompts_ = train_records_;
+  if (cfg_.selfplay.prompts > 0 && static_cast<int>(prompts_.size()) > cfg_.selfplay.prompts) {
+    prompts_.resize(static_cast<std::size_t>(cfg_.selfplay.prompts));
+  }
+  if (!cfg_.data.eval_file.empty() && (cfg_.selfplay.eval_each_iteration)) {
+    eval_records_ = data::read_prompts_jsonl(cfg_.data.eval_file);
+  }
+  state_.samples.resize(prompts_.size());
+  state_.human.resize(prompts_.size());
+  state_.start_iteration(0);
+}
+
+void SelfplayLoop::train_model_0(const std::optional<std::string>& resume) {
+  Trainer trainer(cfg_, *policy_, *tokenizer_, metrics_, comm_);
+  trainer.set_checkpointing(&checkpointer_, resume);
+  const auto summary = trainer.train_sft(train_records_);
+  log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
+                  summary.steps,
+                  summary.first_loss,
+                  summary.last_loss,
+                  summary.mean_step_ms);
+  const auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
+  if (is_rank0(comm_)) {
+    detail::save_model(cfg_, policy_->config(), tensors, dir_ + "/sft");
+    detail::write_summary(dir_ + "/sft/summary.json", detail::summary_json(summary));
+  }
+  barrier(comm_);
+}
+
+StageState SelfplayLoop::generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total) {
+  StageState s;
+  s.position.stage = kGenerate;
+  s.position.iteration = state_.iteration;
+  s.position.steps_done = rounds_done;
+  s.position.total_steps = rounds_total;
+  s.trained = {{"policy", policy_->units()}};
+  s.resolved_config = config::to_toml(cfg_);
+  s.blobs[kBlob] = dump(state_json(state_));
+  return s;
+}
+
+// Every rank sends the samples and human verdicts of its own prompts; all ranks merge them, so
+// every rank then holds the same, complete state.
+void SelfplayLoop::share_my_results() {
+  Json mine_json = {{"s", Json::array()}, {"h", Json::array()}};
+  for (std::size_t i = 0; i < state_.samples.size(); ++i) {
+    if (mine(i)) {
+      mine_json["s"].push_back(sample_json(state_.samples[i]));
+      mine_json["h"].push_back(Json::array({i, verdict_json(state_.human[i])}));
+    }
+  }
+  for (const auto& text : dist::all_gather_text(comm_, mine_json.dump())) {
+    const auto j = Json::parse(text);
+    for (const auto& s : j.at("s")) {
+      restore_sample(s, *tokenizer_, state_);
+    }
+    for (const auto& h : j.at("h")) {
+      state_.human[h.at(0).get<std::size_t>()] = verdict_from(h.at(1));
+    }
+  }
+}
+
+void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
+  const auto t = state_.iteration;
+  // The whole policy on every rank while it samples (one gather per iteration).
+  const model::LlamaModel model(policy_->config(), policy_->gather_parameters(true));
+  auto judge = make_rank_judge(cfg_.judge, world_);
+  struct Pending {
+    std::size_t index;
+    bool human;
+    std::future<judge::JudgeResult> verdict;
+  };
+  std::vector<Pending> pending;
+  const auto submit = [&](std::vector<std::size_t> indices, bool human) {
+    std::vector<judge::JudgeRequest> batch;
+    for (const auto i : indices) {
+      batch.push_back({prompts_[i].prompt, human ? prompts_[i].answer : state_.samples[i].answer});
+    }
+    auto futures = judge->submit(std::move(batch));
+    for (std::size_t k = 0; k < indices.size(); ++k) {
+      pending.push_back({indices[k], human, std::move(futures[k])});
+    }
+  };
+  const auto harvest = [&](bool block) {
+    std::vector<Pending> still;
+    for (auto& p : pending) {
+      if (!block && p.verdict.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        still.push_back(std::move(p));
+        continue;
+      }
+      const auto r = p.verdict.get();  // throws JudgeError under failure_policy "fail"
+      const Verdict v{r.outcome, r.score};
+      if (p.human) {
+        state_.human[p.index] = v;
+      } else {
+        state_.samples[p.index].generated_verdict = v;
+      }
+    }
+    pending = std::move(still);
+  };
+
+  // What this rank still owes: human answers never judged, answers generated but not judged
+  // (a resumed run), and prompts not generated yet.
+  std::vector<std::size_t> human_todo;
+  std::vector<std::size_t> judge_todo;
+  std::vector<std::size_t> generate_todo;
+  for (std::size_t i = 0; i < prompts_.size(); ++i) {
+    if (!mine(i)) {
+      continue;
+    }
+    if (!state_.human[i]) {
+      human_todo.push_back(i);
+    }
+    const auto& s = state_.samples[i];
+    if (!s.generated) {
+      generate_todo.push_back(i);
+    } else if (!s.generated_verdict) {
+      judge_todo.push_back(i);
+    }
+  }
+  if (!human_todo.empty()) {
+    submit(human_todo, true);
+  }
+  if (!judge_todo.empty()) {
+    submit(judge_todo, false);
+  }
+  // Rounds of one generation batch per rank; every rank runs the same number of rounds, so the
+  // checkpoint boundaries (collective) line up.
+  const auto batch = static_cast<std::size_t>(cfg_.sample.batch_size);
+  const auto my_rounds = static_cast<std::int64_t>((generate_todo.size() + batch - 1) / batch);
+  std::int64_t total_rounds = my_rounds;
+  if (comm_ != nullptr && world_ > 1) {
+    auto all = at::zeros({world_}, at::kDouble);
+    all[rank_] = static_cast<double>(my_rounds);
+    comm_->all_reduce_sum(all).wait();
+    total_rounds = static_cast<std::int64_t>(all.max().item<double>());
+  }
+  log::info_rank0(
+      "iteration {}: generating for {} prompts on {} rank(s) ({} rounds of {} per rank)",
+      t,
+      prompts_.size(),
+      world_,
+      total_rounds,
+      batch);
+  std::optional<Progress> progress;
+  if (is_rank0(comm_)) {
+    progress.emplace("generate", total_rounds, cfg_.run.log_every);
+  }
+  Timer generate_timer;
+  for (std::int64_t round = 0; round < total_rounds; ++round) {
+    const auto begin = static_cast<std::size_t>(round) * batch;
+    if (begin < generate_todo.size()) {
+      const auto end = std::min(generate_todo.size(), begin + batch);
+      std::vector<std::size_t> indices(generate_todo.begin() + static_cast<std::ptrdiff_t>(begin),
+                                       generate_todo.begin() + static_cast<std::ptrdiff_t>(end));
+      std::vector<model::GenerationRequest> requests;
+      for (const auto i : indices) {
+        requests.push_back({chat_.encode_prompt(prompts_[i].prompt), i});
+      }
+      const auto generations = model::generate(model,
+                                               requests,
+                                               cfg_.sample,
+                                               tokenizer_->eos_id(),
+                                               tokenizer_->pad_id(),
+                                               {cfg_.run.seed, t});
+      for (std::size_t k = 0; k < indices.size(); ++k) {
+        auto& s = state_.samples[indices[k]];
+        s.generated = true;
+        s.tokens = generations[k].tokens;
+        s.answer = tokenizer_->decode(s.tokens);
+        s.finished = generations[k].finished;
+      }
+      submit(indices, false);  // judged while the next batch generates
+    }
+    harvest(false);
+    if (progress) {
+      progress->update(round + 1, fmt::format("{} verdicts pending", pending.size()));
+    }
+    const auto done = rounds_done_before + round + 1;
+    checkpointer_.at_boundary(
+        [&] {
+          share_my_results();
+          return generate_stage_state(done, rounds_done_before + total_rounds);
+        },
+        done);
+  }
+  if (progress) {
+    progress->finish();
+  }
+  times_.generate_s = generate_timer.seconds();
+  Timer wait_timer;
+  harvest(true);
+  times_.judge_wait_s = wait_timer.seconds();
+  const auto stats = judge->stats();
+  log::info_rank0(
+      "iteration {}: generated in {:.1f} s; waited {:.2f} s for the judge after generation "
+      "(rank 0: {} judged, {} from cache, {} retries)",
+      t,
+      times_.generate_s,
+      times_.judge_wait_s,
+      stats.scored,
+      stats.cache_hits,
+      stats.retries);
+  share_my_results();
+  // The phase's result is committed before training starts.
+  checkpointer_.save_now(
+      generate_stage_state(rounds_done_before + total_rounds, rounds_done_before + total_rounds));
+}
+
+TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,
+                                           const std::optional<std::string>& resume) {
+  const auto cfg_t = iteration_config(cfg_, state_.iteration);
+  Trainer trainer(cfg_t, *policy_, *tokenizer_, metrics_, comm_);
+  trainer.set_checkpointing(&checkpointer_, resume);
+  trainer.set_stage_blobs({{kBlob, dump(state_json(state_))}});
+  return trainer.train_preference(labeled.pairs);
+}
+
+std::optional<EvalReport> SelfplayLoop::evaluate_policy() {
+  if (eval_records_.empty()) {
+    return std::nullopt;
+  }
+  Timer timer;
+  auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
+  std::optional<EvalReport> report;
+  if (is_rank0(comm_)) {
+    const model::LlamaModel model(policy_->config(), tensors);
+    auto eval_cfg = cfg_;
+    eval_cfg.train.iteration = 0;  // the same draws for every model: differences are the model's
+    report = evaluate(eval_cfg, model, *tokenizer_, eval_records_);
+  }
+  barrier(comm_);
+  times_.eval_s = timer.seconds();
+  return report;
+}
+
+void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
+  if (!is_rank0(comm_)) {
+    return;
+  }
+  const auto dir = fmt::format("{}/iter_{}", dir_, state_.iteration);
+  fs::create_directories(dir);
+  std::ofstream out(dir + "/samples.jsonl");
+  DNPO_CHECK(out.good(), "cannot write '", dir, "/samples.jsonl'");
+  for (const auto& s : state_.samples) {
+    const auto& r = prompts_[static_cast<std::size_t>(s.index)];
+    const auto& g = s.generated_verdict;
+    const auto& h = state_.human[static_cast<std::size_t>(s.index)];
+    Json j = {{"id", r.id},
+              {"prompt", r.prompt},
+              {"human", r.answer},
+              {"generated", s.answer},
+              {"finished", s.finished},
+              {"outcome_generated", g ? judge::outcome_name(g->outcome) : "none"},
+              {"outcome_human", h ? judge::outcome_name(h->outcome) : "none"}};
+    if (g && g->outcome == judge::Outcome::kScored) {
+      j["score_generated"] = g->score;
+    }
+    if (h && h->outcome == judge::Outcome::kScored) {
+      j["score_human"] = h->score;
+    }
+    out << dump(j) << "\n";
+  }
+  // As data::write_pairs_jsonl, but invalid UTF-8 from a byte-level model is replaced, not fatal.
+  std::ofstream pairs(dir + "/pairs.jsonl");
+  DNPO_CHECK(pairs.good(), "cannot write '", dir, "/pairs.jsonl'");
+  for (const auto& p : labeled.pairs) {
+    Json j = {{"id", p.id}, {"prompt", p.prompt}, {"chosen", p.chosen}, {"rejected", p.rejected}};
+    if (p.score_chosen && p.score_rejected) {
+      j["score_chosen"] = *p.score_chosen;
+      j["score_rejected"] = *p.score_rejected;
+    }
+    pairs << dump(j) << "\n";
+  }
+}
+
+void SelfplayLoop::write_reports() const {
+  if (!is_rank0(comm_)) {
+    return;
+  }
+  const auto path = dir_ + "/selfplay.jsonl";
+  const auto tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& r : state_.reports) {
+      out << dump(r) << "\n";
+    }
+    DNPO_CHECK(out.good(), "cannot write '", tmp, "'");
+  }
+  fs::rename(tmp, path);
+}
+
+void SelfplayLoop::run() {
+  load_data();
+  const auto resume = resume_checkpoint(cfg_.checkpoint, checkpointer_.dir());
+  std::optional<LoopPosition> stored;
+  if (resume) {
+    stored = read_position(*resume);
+  }
+  const bool resume_in_sft = stored && stored->stage == "sft";
+  const bool resume_in_loop = stored && !resume_in_sft;
+
+  policy_ = detail::make_policy(cfg_, "", comm_);
+  log::info_rank0("model: {} parameters", policy_->num_parameters());
+  if (resume_in_loop) {
+    const auto blobs = read_stage_blobs(*resume);
+    const auto it = blobs.find(kBlob);
+    DNPO_CHECK_WITH(CheckpointError,
+                    it != blobs.end(),
+                    "checkpoint ",
+                    *resume,
+                    " (stage '",
+                    stored->stage,
+                    "') has no self-play state; was it written by `dnpo_dist train`?");
+    restore_state(it->second, *resume, *tokenizer_, state_);
+    log::info_rank0("resume: self-play iteration {} in stage '{}'", state_.iteration, stored->stage);
+  } else {
+    if (cfg_.selfplay.sft) {
+      train_model_0(resume_in_sft ? resume : std::nullopt);
+    }
+    Json report = {{"stage", "model_0"}, {"iteration", nullptr}};
+    if (const auto eval = evaluate_policy()) {
+      report["eval"] = eval_json(*eval);
+      log::info_rank0("model_0: sampled {}", format_scores(eval->sampled));
+    }
+    state_.reports = Json::array({report});
+    write_reports();
+  }
+
+  const auto first = state_.iteration;
+  const auto last = static_cast<std::uint64_t>(cfg_.selfplay.iterations);
+  for (std::uint64_t t = first; t <= last; ++t) {
+    const bool resuming_here = resume_in_loop && t == first;
+    const bool resume_generation = resuming_here && stored->stage == kGenerate;
+    const bool resume_training = resuming_here && !resume_generation;
+    times_ = PhaseTimes{};
+    if (resume_generation) {
+      // The checkpoint holds model_t and the answers and verdicts committed so far.
+      StageState s = generate_stage_state(0, 0);
+      load_stage(*resume, s);
+      generate_and_judge(s.position.steps_done);
+    } else if (!resume_training) {
+      state_.start_iteration(t);
+      generate_and_judge(0);
+    }
+    for (auto& sample : state_.samples) {
+      sample.human_verdict = state_.human[static_cast<std::size_t>(sample.index)];
+    }
+    const bool dsl = uses_dsl(cfg_.selfplay, t);
+    const auto labeled = label_pairs(
+        prompts_, state_.samples, dsl ? Labeling::kDsl : Labeling::kSpin, cfg_.dsl.threshold);
+    write_iteration_files(labeled);
+    const auto& c = labeled.counts;
+    const auto judged = static_cast<double>(std::max<std::int64_t>(1, c.win + c.tie + c.loss));
+    log::info_rank0(
+        "iteration {} ({} labels): {} prompts, {} identical skipped, {} pairs, {} with the "
+        "generated answer positive | generated vs human: win {:.1f}% tie {:.1f}% loss {:.1f}% | "
+        "mean score generated {:.1f}, human {:.1f}",
+        t,
+        dsl ? "dsl" : "spin",
+        c.prompts,
+        c.identical,
+        c.pairs,
+        c.generated_positive,
+        100.0 * static_cast<double>(c.win) / judged,
+        100.0 * static_cast<double>(c.tie) / judged,
+        100.0 * static_cast<double>(c.loss) / judged,
+        c.mean_score_generated,
+        c.mean_score_human);
+    Timer train_timer;
+    std::optional<TrainSummary> summary;
+    if (labeled.pairs.empty()) {
+      log::warn("iteration {}: no pairs to train on; the policy is unchanged", t);
+    } else {
+      summary = train_iteration(labeled, resume_training ? resume : std::nullopt);
+    }
+    times_.train_s = train_timer.seconds();
+    Json report = {{"stage", "iteration"},
+                   {"iteration", t},
+                   {"mode", cfg_.selfplay.mode},
+                   {"labels", dsl ? "dsl" : "spin"},
+                   {"loss", iteration_config(cfg_, t).train.loss},
+                   {"prompts", c.prompts},
+                   {"pairs", c.pairs},
+                   {"generated_positive", c.generated_positive},
+                   {"identical", c.identical},
+                   {"spin_fallback", c.spin_fallback},
+                   {"dropped", c.dropped},
+                   {"win", c.win},
+                   {"tie", c.tie},
+                   {"loss_count", c.loss},
+                   {"tie_different_text", c.tie_different_text},
+                   {"tie_rate", static_cast<double>(c.tie) / judged},
+                   {"generated_at_least_human", static_cast<double>(c.win + c.tie) / judged},
+                   {"mean_score_generated", c.mean_score_generated},
+                   {"mean_score_human", c.mean_score_human},
+                   {"generate_s", times_.generate_s},
+                   {"judge_wait_s", times_.judge_wait_s},
+                   {"train_s", times_.train_s}};
+    if (summary) {
+      report["train_steps"] = summary->steps;
+      report["model_loss_first"] = summary->first_loss;
+      report["model_loss_last"] = summary->last_loss;
+    }
+    if (const auto eval = evaluate_policy()) {
+      report["eval"] = eval_json(*eval);
+      log::info_rank0("iteration {} → model_{}: sampled {}{}",
+                      t,
+                      t + 1,
+                      format_scores(eval->sampled),
+                      eval->has_greedy ? fmt::format(" | greedy exact {:.3f}", eval->greedy.exact)
+                                       : std::string());
+    }
+    report["eval_s"] = times_.eval_s;
+    state_.reports.push_back(report);
+    metrics_.set_iteration(t);
+    metrics_.write_object(dump(Json{{"kind", "selfplay"}, {"iteration", t}, {"report", report}}));
+    write_reports();
+  }
+  const auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
+  if (is_rank0(comm_)) {
+    detail::save_model(cfg_, policy_->config(), tensors, dir_ + "/final");
+  }
+  barrier(comm_);
+  log::info_rank0("self-play done: reports in {}/selfplay.jsonl, final model in {}/final", dir_, dir_);
+}
+
+}  // namespace
+
+bool uses_dsl(const config::SelfplayConfig& cfg, std::uint64_t t) {
+  return t > 0 && (cfg.mode == "dsl" || cfg.mode == "dnpo" || cfg.mode == "fixed_noise");
+}
+
+config::RunConfig iteration_config(const config::RunConfig& cfg, std::uint64_t t) {
+  auto out = cfg;
+  const bool npo = t > 0 && (cfg.selfplay.mode == "npo" || cfg.selfplay.mode == "dnpo" ||
+                             cfg.selfplay.mode == "fixed_noise");
+  out.train.loss = npo ? "npo" : "spin";
+  out.train.lr = cfg.selfplay.lr;
+  out.train.epochs = cfg.selfplay.epochs;
+  out.train.max_steps = 0;
+  out.train.iteration = t;
+  out.npo.fixed_noise = cfg.npo.fixed_noise || cfg.selfplay.mode == "fixed_noise";
+  return out;
+}
+
+void run_selfplay(const config::RunConfig& cfg, dist::Comm* comm) {
+  SelfplayLoop loop(cfg, comm);
+  loop.run();
+}
+
+}  // namespace dnpo::train
