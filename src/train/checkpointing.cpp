@@ -291,26 +291,28 @@ void Checkpointer::after_step(const StageState& state) {
   }
 }
 
-void Checkpointer::at_boundary(const std::function<StageState()>& make_state,
+void Checkpointer::at_boundary(const std::function<StageState(bool stopping)>& make_state,
                                std::int64_t rounds_done) {
   const auto [stop, clock] = poll();
   const bool every = cfg_.every_steps > 0 && rounds_done % cfg_.every_steps == 0;
   if (!stop && !clock && !every) {
     return;
   }
-  const auto state = make_state();
+  const auto state = make_state(stop);
   const auto path = save_stage(dir_, next_name(), state, false, cfg_.keep_last);
   since_save_.reset();
   if (stop) {
-    log::info_rank0("preemption: saved {} in {} after round {}",
+    log::info_rank0("preemption: saved {} in {} of iteration {} after round {}",
                     path,
                     state.position.stage,
+                    state.position.iteration,
                     rounds_done);
     throw Preempted(path, rounds_done, preemption::requested_signal());
   }
-  log::info_rank0("checkpoint: saved {} in {} after round {}",
+  log::info_rank0("checkpoint: saved {} in {} of iteration {} after round {}",
                   path,
                   state.position.stage,
+                  state.position.iteration,
                   rounds_done);
 }
 

@@ -323,7 +323,12 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
         still.push_back(std::move(p));
         continue;
       }
-      const auto r = p.verdict.get();  // throws JudgeError under failure_policy "fail"
+      judge::JudgeResult r;
+      try {
+        r = p.verdict.get();  // throws JudgeError under failure_policy "fail"
+      } catch (const std::future_error&) {
+        continue;  // abandoned by a stopped judge: it stays unjudged, a resumed run asks again
+      }
       const Verdict v{r.outcome, r.score};
       if (p.human) {
         state_.human[p.index] = v;
@@ -332,6 +337,19 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       }
     }
     pending = std::move(still);
+  };
+
+  // Before a checkpoint: every verdict in so far, on every rank. Before a stop, the judge is shut
+  // first, so no request starts or completes unrecorded: a resumed run re-sends only the
+  // requests that were in flight.
+  const auto collect = [&](bool stopping) {
+    if (stopping) {
+      judge.reset();
+      harvest(true);
+    } else {
+      harvest(false);
+    }
+    share_my_results();
   };
 
   // What this rank still owes: human answers never judged, answers generated but not judged
@@ -413,8 +431,8 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
     }
     const auto done = rounds_done_before + round + 1;
     checkpointer_.at_boundary(
-        [&] {
-          share_my_results();
+        [&](bool stopping) {
+          collect(stopping);
           return generate_stage_state(done, rounds_done_before + total_rounds);
         },
         done);
@@ -423,8 +441,30 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
     progress->finish();
   }
   times_.generate_s = generate_timer.seconds();
+  // Wait for the last verdicts in short polls that are also checkpoint boundaries, so a job
+  // stopped while the judge is slow keeps every verdict already in.
   Timer wait_timer;
-  harvest(true);
+  std::int64_t boundary = rounds_done_before + total_rounds;
+  for (;;) {
+    if (!pending.empty()) {
+      pending.front().verdict.wait_for(std::chrono::milliseconds(100));
+    }
+    harvest(false);
+    auto left = at::tensor({static_cast<double>(pending.size())}, at::kDouble);
+    if (comm_ != nullptr && world_ > 1) {
+      comm_->all_reduce_sum(left).wait();
+    }
+    if (left.item<double>() == 0) {
+      break;
+    }
+    ++boundary;
+    checkpointer_.at_boundary(
+        [&](bool stopping) {
+          collect(stopping);
+          return generate_stage_state(boundary, boundary);
+        },
+        boundary);
+  }
   times_.judge_wait_s = wait_timer.seconds();
   const auto stats = judge->stats();
   log::info_rank0(
@@ -438,8 +478,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       stats.retries);
   share_my_results();
   // The phase's result is committed before training starts.
-  checkpointer_.save_now(
-      generate_stage_state(rounds_done_before + total_rounds, rounds_done_before + total_rounds));
+  checkpointer_.save_now(generate_stage_state(boundary, boundary));
 }
 
 TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,

@@ -91,9 +91,11 @@ class Checkpointer {
   /// when any rank was asked to stop, in which case it throws Preempted after the save.
   void after_step(const StageState& state);
   /// collective: at a boundary outside an optimizer loop (a round of generation): when any rank
-  /// was asked to stop, or the clock or `rounds_done` % every_steps says so, saves make_state()
-  /// (called on every rank, may be collective) and throws Preempted after a stop request.
-  void at_boundary(const std::function<StageState()>& make_state, std::int64_t rounds_done);
+  /// was asked to stop, or the clock or `rounds_done` % every_steps says so, saves
+  /// make_state(stopping) (called on every rank, may be collective) and throws Preempted after a
+  /// stop request.
+  void at_boundary(const std::function<StageState(bool stopping)>& make_state,
+                   std::int64_t rounds_done);
   /// collective: a checkpoint now (not kept past keep_last); returns its path.
   std::string save_now(const StageState& state);
   /// collective: the stage's final checkpoint (kept); returns its path.

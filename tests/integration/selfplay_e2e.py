@@ -1,0 +1,251 @@
+#!/usr/bin/python3
+"""The self-play loop end to end on np 2, judged over HTTP by `dnpo_judge serve` on 127.0.0.1.
+
+  reference  SFT -> SPIN iteration 0 -> DNPO iteration 1, uninterrupted:
+             - both iterations report; iteration 0 labels as SPIN (no flips), iteration 1 as DSL
+               with at least one flip, and the flips are exactly the pairs with s' - s >= threshold
+               (recounted here from iter_1/samples.jsonl and pairs.jsonl);
+             - every human answer is judged once (iteration 0) and reused: the server saw exactly
+               3 x prompts requests;
+             - metrics.jsonl has the SFT, SPIN and NPO steps and one report per iteration.
+  kill_generate  SIGKILL to the ranks during iteration 1's generation (checkpoints every round);
+             --resume auto ends with the reference's final model, byte for byte.
+  kill_train     the same during iteration 1's NPO training.
+  stop_judging   SIGUSR1 to mpirun while iteration 1's answers wait for a slow judge: exit 0;
+             the resumed run re-sends at most the requests that were in flight (judge.concurrency),
+             never one whose verdict the checkpoint holds, and ends with the reference's model.
+
+Env: DNPO_BIN (build/bin), DNPO_SOURCE_DIR.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BIN = os.environ["DNPO_BIN"]
+SRC = os.environ["DNPO_SOURCE_DIR"]
+TEMPLATE = f"{SRC}/configs/judge/default_0_100.txt"
+PROMPTS = 160
+CONCURRENCY = 4
+BOUND_S = 300  # generous functional bound on one run
+
+
+def environment():
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Server:
+    """`dnpo_judge serve` (the rule judge over HTTP) with a request log."""
+
+    def __init__(self, work, name, *args):
+        self.log = f"{work}/{name}.requests.jsonl"
+        self.proc = subprocess.Popen(
+            [f"{BIN}/dnpo_judge", "serve", "--port", "0", "--template", TEMPLATE,
+             "--request-log", self.log, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip().isdigit(), f"server printed no port: {line!r}"
+        self.port = int(line)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=20)
+        assert self.proc.returncode == 0, f"server exited {self.proc.returncode}"
+        return read_jsonl(self.log) if os.path.exists(self.log) else []
+
+
+def command(work, name, port, *extra):
+    sets = [
+        f'run.out_dir="{work}/runs"', f'run.name="{name}"', "run.log_every=1",
+        f'data.train_file="{work}/data/train.jsonl"', f'data.eval_file="{work}/data/eval.jsonl"',
+        "demo.train_size=1200", "demo.eval_size=40",
+        "train.epochs=3", "train.batch_size=64", "train.micro_batch_size=16",
+        f"selfplay.prompts={PROMPTS}", "selfplay.iterations=1", "selfplay.lr=1e-4",
+        "sample.batch_size=16", "npo.chunk_positions=16",
+        'judge.backend="http"', f'judge.base_url="http://127.0.0.1:{port}"',
+        f'judge.template="{TEMPLATE}"', f"judge.concurrency={CONCURRENCY}",
+        "judge.backoff_base_s=0.05", "judge.backoff_max_s=0.2",
+        "checkpoint.every_minutes=0",
+    ]
+    return ["mpirun", "-np", "2", "--oversubscribe", f"{BIN}/dnpo_dist", "run",
+            "--config", f"{SRC}/configs/demo.toml",
+            *[a for s in sets for a in ("--set", s)], *extra]
+
+
+def run(cmd, what):
+    done = subprocess.run(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=BOUND_S)
+    assert done.returncode == 0, f"{what}: exit {done.returncode}\n{done.stdout[-4000:]}"
+    return done.stdout
+
+
+def rank_pids(mpirun_pid):
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid == mpirun_pid:
+            pids.append(int(entry))
+    return pids
+
+
+def interrupt(cmd, what, triggers, action):
+    """Runs cmd; once lines of its output have contained each of `triggers` in order, applies
+    action(proc). Returns (exit code, output)."""
+    proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    timer = threading.Timer(BOUND_S, proc.kill)
+    timer.start()
+    fired = False
+    waiting = list(triggers)
+    for line in proc.stdout:
+        lines.append(line)
+        if waiting and waiting[0] in line:
+            waiting.pop(0)
+            if not waiting:
+                fired = True
+                action(proc)
+    proc.wait()
+    timer.cancel()
+    out = "".join(lines)
+    assert fired, f"{what}: never saw {waiting[0]!r}\n{out[-4000:]}"
+    return proc.returncode, out
+
+
+def kill_ranks(proc):
+    for pid in rank_pids(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def final_model(work, name):
+    with open(f"{work}/runs/{name}/final/model.safetensors", "rb") as f:
+        return f.read()
+
+
+def reports(work, name):
+    rows = read_jsonl(f"{work}/runs/{name}/selfplay.jsonl")
+    assert rows[0]["stage"] == "model_0", rows[0]
+    return rows[1:]
+
+
+def same_result(work, name, ref_reports, ref_model):
+    got = reports(work, name)
+    assert len(got) == len(ref_reports), f"{name}: {len(got)} iteration reports"
+    for r, ref in zip(got, ref_reports):
+        for key in ("pairs", "generated_positive", "identical", "win", "tie", "loss_count",
+                    "mean_score_generated", "model_loss_first", "model_loss_last"):
+            assert r[key] == ref[key], f"{name} iteration {r['iteration']} {key}: {r[key]} != {ref[key]}"
+        assert r["eval"] == ref["eval"], f"{name} iteration {r['iteration']}: eval differs"
+    assert final_model(work, name) == ref_model, f"{name}: final model differs from the reference"
+    print(f"{name}: reports and final model identical to the uninterrupted run")
+
+
+def check_reference(work, log):
+    name = "reference"
+    rows = reports(work, name)
+    assert [r["iteration"] for r in rows] == [0, 1], rows
+    it0, it1 = rows
+    assert it0["labels"] == "spin" and it0["loss"] == "spin", it0
+    assert it1["labels"] == "dsl" and it1["loss"] == "npo", it1
+    assert it0["generated_positive"] == 0, it0
+    assert it1["generated_positive"] >= 1, f"no label flipped in iteration 1: {it1}"
+
+    samples = read_jsonl(f"{work}/runs/{name}/iter_1/samples.jsonl")
+    pairs = read_jsonl(f"{work}/runs/{name}/iter_1/pairs.jsonl")
+    assert len(samples) == PROMPTS
+    different = [s for s in samples if s["generated"] != s["human"]]
+    clears = [s for s in different
+              if "score_generated" in s and "score_human" in s
+              and s["score_generated"] - s["score_human"] >= 0.0]
+    flipped_pairs = [p for p, s in zip(pairs, different) if p["chosen"] == s["generated"]]
+    assert len(pairs) == len(different) == it1["pairs"], (len(pairs), len(different), it1["pairs"])
+    assert len(clears) == it1["generated_positive"] == len(flipped_pairs), \
+        (len(clears), it1["generated_positive"], len(flipped_pairs))
+    assert it1["identical"] == PROMPTS - len(different)
+    print(f"reference: iteration 1 flipped {len(clears)} of {len(pairs)} pairs, exactly those "
+          f"with s' - s >= 0; {it1['identical']} identical answers skipped")
+
+    assert len(log) == 3 * PROMPTS, \
+        f"the judge saw {len(log)} requests; expected {3 * PROMPTS} (human answers once)"
+    print(f"reference: {len(log)} judge requests = 3 x {PROMPTS} (human answers judged once)")
+
+    metrics = read_jsonl(f"{work}/runs/{name}/metrics.jsonl")
+    kinds = {(m["kind"], m["iteration"]) for m in metrics}
+    for expected in [("sft", 0), ("spin", 0), ("npo", 1), ("selfplay", 0), ("selfplay", 1)]:
+        assert expected in kinds, f"metrics.jsonl lacks {expected}: {sorted(kinds)}"
+
+
+def main():
+    work = tempfile.mkdtemp()
+    server = Server(work, "reference")
+    run(command(work, "reference", server.port), "reference")
+    check_reference(work, server.stop())
+    ref_reports = reports(work, "reference")
+    ref_model = final_model(work, "reference")
+    every_round = ("--set", "checkpoint.every_steps=1")
+
+    # --- SIGKILL during iteration 1's generation, then --resume auto ---
+    small_batches = ("--set", "sample.batch_size=8")
+    server = Server(work, "kill_generate")
+    code, out = interrupt(command(work, "kill_generate", server.port, *every_round, *small_batches),
+                          "kill_generate", ["in generate of iteration 1 after round 2"], kill_ranks)
+    assert code != 0, "kill_generate: the job survived SIGKILL"
+    out = run(command(work, "kill_generate", server.port, *every_round, *small_batches,
+                      "--resume", "auto"), "kill_generate resume")
+    assert "resume: self-play iteration 1 in stage 'generate'" in out, out[-4000:]
+    server.stop()
+    same_result(work, "kill_generate", ref_reports, ref_model)
+
+    # --- SIGKILL during iteration 1's NPO training ---
+    server = Server(work, "kill_train")
+    code, out = interrupt(command(work, "kill_train", server.port, *every_round),
+                          "kill_train", ["train (npo)", "at step 2"], kill_ranks)
+    assert code != 0, "kill_train: the job survived SIGKILL"
+    out = run(command(work, "kill_train", server.port, *every_round, "--resume", "auto"),
+              "kill_train resume")
+    assert "resume: self-play iteration 1 in stage 'npo'" in out, out[-4000:]
+    server.stop()
+    same_result(work, "kill_train", ref_reports, ref_model)
+
+    # --- SIGUSR1 while iteration 1's answers wait for a slow judge ---
+    slow = ("--latency-ms", "100")
+    server = Server(work, "stop_judging", *slow)
+
+    def usr1_soon(proc):
+        time.sleep(0.5)  # generation has ended; about 3 s of judging remain
+        proc.send_signal(signal.SIGUSR1)
+    rounds = PROMPTS // 2 // 16
+    code, out = interrupt(command(work, "stop_judging", server.port), "stop_judging",
+                          ["iteration 1: generating", f"generate {rounds}/{rounds}"], usr1_soon)
+    assert code == 0, f"stop_judging: exit {code}\n{out[-4000:]}"
+    assert "preemption: saved" in out and "in generate of iteration 1" in out, out[-4000:]
+    before = {e["body"] for e in server.stop()}
+    server = Server(work, "stop_judging_resumed", *slow)
+    out = run(command(work, "stop_judging", server.port, "--resume", "auto"), "stop_judging resume")
+    after = [e["body"] for e in server.stop()]
+    resent = before.intersection(after)
+    assert len(resent) <= CONCURRENCY, \
+        f"{len(resent)} requests sent again after the resume (at most {CONCURRENCY} were in flight)"
+    assert len(after) < PROMPTS, f"the resumed run re-judged {len(after)} answers"
+    same_result(work, "stop_judging", ref_reports, ref_model)
+    print(f"stop_judging: {len(after)} requests after the resume, {len(resent)} of them re-sent "
+          f"(<= {CONCURRENCY} in flight)")
+
+
+if __name__ == "__main__":
+    main()
