@@ -23,6 +23,7 @@
 #include "dnpo/dist/mpi_env.h"
 #include "dnpo/train/checkpointing.h"
 #include "dnpo/train/driver.h"
+#include "dnpo/train/report.h"
 
 namespace {
 
@@ -34,6 +35,7 @@ struct Options {
   std::string pairs;
   std::string demo_out;
   std::string resume;
+  std::vector<std::string> report_runs;
 };
 
 void add_common(CLI::App* app, Options& o) {
@@ -74,7 +76,8 @@ int run_cli(int argc, char** argv) {
   Options o;
   add_common(&app, o);
 
-  auto* run = app.add_subcommand("run", "the whole job (default): demo data, SFT, held-out eval");
+  auto* run = app.add_subcommand(
+      "run", "the whole job (default): demo data, SFT, SPIN iteration 0, iterations 1..T");
   add_common(run, o);
   auto* sft =
       app.add_subcommand("sft", "supervised fine-tuning on prompt/answer JSONL (data.train_file)");
@@ -96,7 +99,31 @@ int run_cli(int argc, char** argv) {
   add_common(demo, o);
   demo->add_option("--out", o.demo_out, "directory (default: that of data.train_file)");
 
+  auto* report = app.add_subcommand(
+      "report", "print the self-play table of run directories side by side; redraw their plots");
+  report->add_option("runs", o.report_runs, "run directories (<run.out_dir>/<run.name>)")
+      ->required();
+
   CLI11_PARSE(app, argc, argv);
+  if (*report) {
+    // Reads files only: no config, no process group.
+    try {
+      for (const auto& dir : o.report_runs) {
+        if (rank == 0) {
+          for (const auto& png : dnpo::train::write_selfplay_plots(dir)) {
+            dnpo::log::info("plot: {}", png);
+          }
+        }
+      }
+      if (rank == 0) {
+        std::cout << dnpo::train::selfplay_table(o.report_runs);
+      }
+      return 0;
+    } catch (const std::exception& e) {
+      dnpo::log::error("fatal: {}", e.what());
+      return 1;
+    }
+  }
   try {
     if (!o.loss.empty()) {
       o.overrides.push_back("train.loss=" + o.loss);

@@ -67,6 +67,15 @@ void MetricsWriter::write(const std::string& kind,
   out_.flush();
 }
 
+void MetricsWriter::restart() {
+  if (!out_.is_open()) {
+    return;
+  }
+  out_.close();
+  out_.open(path_, std::ios::trunc);
+  DNPO_CHECK(out_.good(), "cannot open metrics file '", path_, "'");
+}
+
 void MetricsWriter::write_object(const std::string& json_line) {
   if (!out_.is_open()) {
     return;

@@ -23,6 +23,7 @@
 #include "dnpo/train/evaluate.h"
 #include "dnpo/train/labeling.h"
 #include "dnpo/train/metrics.h"
+#include "dnpo/train/report.h"
 #include "dnpo/train/trainer.h"
 #include "driver_parts.h"
 
@@ -562,6 +563,11 @@ void SelfplayLoop::write_reports() const {
     DNPO_CHECK(out.good(), "cannot write '", tmp, "'");
   }
   fs::rename(tmp, path);
+  try {
+    write_selfplay_plots(dir_);
+  } catch (const std::exception& e) {
+    log::warn("plots: {} (the run goes on)", e.what());  // a plot is never worth a lost run
+  }
 }
 
 void SelfplayLoop::run() {
@@ -570,6 +576,9 @@ void SelfplayLoop::run() {
   std::optional<LoopPosition> stored;
   if (resume) {
     stored = read_position(*resume);
+  }
+  if (!resume) {
+    metrics_.restart();  // a run that starts over: no lines of an earlier one
   }
   const bool resume_in_sft = stored && stored->stage == "sft";
   const bool resume_in_loop = stored && !resume_in_sft;
@@ -675,6 +684,7 @@ void SelfplayLoop::run() {
       report["train_steps"] = summary->steps;
       report["model_loss_first"] = summary->first_loss;
       report["model_loss_last"] = summary->last_loss;
+      report["checkpoint"] = summary->checkpoint;
     }
     if (const auto eval = evaluate_policy()) {
       report["eval"] = eval_json(*eval);
@@ -696,7 +706,15 @@ void SelfplayLoop::run() {
     detail::save_model(cfg_, policy_->config(), tensors, dir_ + "/final");
   }
   barrier(comm_);
-  log::info_rank0("self-play done: reports in {}/selfplay.jsonl, final model in {}/final", dir_, dir_);
+  if (is_rank0(comm_)) {
+    log::info_rank0("self-play done:\n{}", selfplay_table({dir_}));
+    log::info_rank0("reports: {}/selfplay.jsonl | plots: {}/plots | final model: {}/final | "
+                    "checkpoints: {}",
+                    dir_,
+                    dir_,
+                    dir_,
+                    checkpointer_.dir());
+  }
 }
 
 }  // namespace

@@ -646,6 +646,7 @@ bool Trainer::maybe_resume(StageState& state) {
                   state.position.total_steps,
                   " (train.batch_size, epochs, max_steps or the data differ)");
   load_stage(path, state);
+  restored_from_ = path;
   metrics_.drop_after(state.position.stage, state.position.steps_done);
   log::info_rank0("resume: {} at step {} of {}{}",
                   state.position.stage,
@@ -671,8 +672,9 @@ void Trainer::end_stage(StageState& state, TrainSummary& summary) {
   auto& pos = state.position;
   if (checkpointer_ != nullptr && !pos.finished) {
     pos.finished = true;
-    checkpointer_->save_final(state);
+    restored_from_ = checkpointer_->save_final(state);
   }
+  summary.checkpoint = restored_from_;
   pos.finished = true;
   summary.steps = pos.total_steps;
   summary.step_losses = pos.step_losses;

@@ -27,6 +27,8 @@ class MetricsWriter {
   /// Removes the lines of `kind` in the current iteration with a step after `step` (a resumed
   /// run redoes those steps).
   void drop_after(const std::string& kind, std::int64_t step);
+  /// Empties the file (a run that starts over, not resumed).
+  void restart();
   /// Appends one JSON object as a line (reports that are not per-step values).
   void write_object(const std::string& json_line);
 

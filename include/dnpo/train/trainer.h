@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "dnpo/config/config.h"
@@ -34,6 +35,7 @@ struct TrainSummary {
   double tokens_per_second = 0;
   std::int64_t truncated = 0;          ///< samples cut to data.max_length
   std::int64_t skipped_identical = 0;  ///< pairs whose chosen and rejected texts are equal
+  std::string checkpoint;  ///< the stage's final checkpoint ("" without checkpointing)
 };
 
 /// Sees the gradients of a step after backward, before clipping and the optimizer (tests).
@@ -120,6 +122,7 @@ class Trainer {
   Checkpointer* checkpointer_ = nullptr;
   std::optional<std::string> resume_from_;
   std::map<std::string, std::string> stage_blobs_;
+  std::string restored_from_;  // the checkpoint the stage was restored from, then its final one
 };
 
 /// How FSDP units gather and reduce for train.dtype (bf16 gathers bf16, reduces in fp32).

@@ -1,0 +1,190 @@
+// The self-play table and plots; see report.h.
+#include "dnpo/train/report.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "dnpo/common/error.h"
+#include "dnpo/common/log.h"
+
+namespace dnpo::train {
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+namespace {
+
+std::vector<Json> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  DNPO_CHECK_WITH(DataError, in.good(), "cannot read '", path, "'");
+  std::vector<Json> rows;
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty()) {
+      continue;
+    }
+    try {
+      rows.push_back(Json::parse(line));
+    } catch (const Json::exception& e) {
+      throw DataError(fmt::format("{}:{}: not JSON: {}", path, number, e.what()));
+    }
+  }
+  return rows;
+}
+
+double number_or(const Json& j, const char* key, double fallback) {
+  const auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : fallback;
+}
+
+std::string cell(const Json& j, const char* key, const char* format) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_number()) {
+    return "-";
+  }
+  return fmt::format(fmt::runtime(format), it->get<double>());
+}
+
+bool have_gnuplot() {
+  return std::system("command -v gnuplot > /dev/null 2>&1") == 0;
+}
+
+}  // namespace
+
+std::string selfplay_table(const std::vector<std::string>& run_dirs) {
+  std::string out = fmt::format("{:<14} {:<8} {:<10} {:>6} {:>6} {:>9} {:>8} {:>8} {:>6}\n",
+                                "run",
+                                "model",
+                                "trained",
+                                "pairs",
+                                "flips",
+                                "gen>=hum",
+                                "sampled",
+                                "greedy",
+                                "score");
+  for (const auto& dir : run_dirs) {
+    const auto name = fs::path(dir).filename().string();
+    for (const auto& r : read_lines(dir + "/selfplay.jsonl")) {
+      const bool model_0 = r.value("stage", "") == "model_0";
+      const auto eval = r.value("eval", Json::object());
+      const auto model =
+          model_0 ? std::string("model_0")
+                  : fmt::format("model_{}", r.value("iteration", std::uint64_t{0}) + 1);
+      const auto trained =
+          model_0 ? std::string("sft")
+                  : fmt::format("{}+{}", r.value("labels", "?"), r.value("loss", "?"));
+      out += fmt::format("{:<14} {:<8} {:<10} {:>6} {:>6} {:>9} {:>8} {:>8} {:>6}\n",
+                         name,
+                         model,
+                         trained,
+                         cell(r, "pairs", "{:.0f}"),
+                         cell(r, "generated_positive", "{:.0f}"),
+                         cell(r, "generated_at_least_human", "{:.3f}"),
+                         cell(eval, "sampled_exact", "{:.3f}"),
+                         cell(eval, "greedy_exact", "{:.3f}"),
+                         cell(eval, "sampled_score", "{:.1f}"));
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
+  const auto plots = run_dir + "/plots";
+  fs::create_directories(plots);
+  // --- per model: accuracy and win/tie/loss ---
+  {
+    std::ofstream csv(plots + "/iterations.csv");
+    csv << "model,sampled_exact,greedy_exact,sampled_score,win,tie,loss,mean_score_generated,"
+           "mean_score_human\n";
+    std::int64_t model = 0;
+    for (const auto& r : read_lines(run_dir + "/selfplay.jsonl")) {
+      const auto eval = r.value("eval", Json::object());
+      const double judged = number_or(r, "win", 0) + number_or(r, "tie", 0) +
+                            number_or(r, "loss_count", 0);
+      const auto share = [&](const char* key) {
+        return judged > 0 ? fmt::format("{}", number_or(r, key, 0) / judged) : std::string();
+      };
+      const auto value = [](const Json& j, const char* key) {
+        return j.contains(key) ? fmt::format("{}", j.at(key).get<double>()) : std::string();
+      };
+      csv << model++ << "," << value(eval, "sampled_exact") << "," << value(eval, "greedy_exact")
+          << "," << value(eval, "sampled_score") << "," << share("win") << "," << share("tie")
+          << "," << share("loss_count") << "," << value(r, "mean_score_generated") << ","
+          << value(r, "mean_score_human") << "\n";
+    }
+  }
+  // --- per training step of the self-play iterations (SFT steps left out) ---
+  {
+    std::ofstream csv(plots + "/steps.csv");
+    csv << "step,iteration,kind,loss,model_loss,noise_loss,reward_accuracy,margin,mean_s\n";
+    std::int64_t step = 0;
+    for (const auto& m : read_lines(run_dir + "/metrics.jsonl")) {
+      const auto kind = m.value("kind", "");
+      if (kind != "spin" && kind != "npo") {
+        continue;
+      }
+      const auto value = [&](const char* key) {
+        return m.contains(key) && m.at(key).is_number() ? fmt::format("{}", m.at(key).get<double>())
+                                                         : std::string();
+      };
+      csv << ++step << "," << m.value("iteration", std::uint64_t{0}) << "," << kind << ","
+          << value("loss") << "," << value("model_loss") << "," << value("noise_loss") << ","
+          << value("reward_accuracy") << "," << value("margin") << "," << value("mean_s") << "\n";
+    }
+  }
+  if (!have_gnuplot()) {
+    log::warn("plots: gnuplot not found; wrote the CSVs to {} only", plots);
+    return {};
+  }
+  const auto script = plots + "/plots.gp";
+  {
+    std::ofstream gp(script);
+    gp << "set terminal pngcairo size 900,540 noenhanced\n"
+          "set datafile separator ','\n"
+          "set key autotitle columnhead outside bottom center horizontal\n"
+          "set grid\n"
+          "cd '"
+       << plots
+       << "'\n"
+          "set output 'accuracy.png'\n"
+          "set title 'held-out exact accuracy per model (model_0 = SFT)'\n"
+          "set xlabel 'model'; set ylabel 'exact'; set xtics 1\n"
+          "plot 'iterations.csv' using 1:2 with linespoints lw 2, '' using 1:3 with linespoints "
+          "lw 2\n"
+          "set output 'win_tie_loss.png'\n"
+          "set title 'generated vs human answers by judge score (iteration = model - 1)'\n"
+          "set ylabel 'share of prompts'; set yrange [0:1]\n"
+          "plot 'iterations.csv' using ($1-1):5 with linespoints lw 2 title 'win', "
+          "'' using ($1-1):6 with linespoints lw 2 title 'tie', "
+          "'' using ($1-1):7 with linespoints lw 2 title 'loss'\n"
+          "set autoscale y; set xtics autofreq\n"
+          "set output 'losses.png'\n"
+          "set title 'training losses, all iterations in order'\n"
+          "set xlabel 'optimizer step'; set ylabel 'loss'\n"
+          "plot 'steps.csv' using 1:5 with lines lw 2 title 'model loss', "
+          "'' using 1:6 with lines lw 2 title 'noise loss'\n"
+          "set output 'reward.png'\n"
+          "set title 'reward accuracy, margin and mean noise scale s'\n"
+          "set ylabel 'value'\n"
+          "plot 'steps.csv' using 1:7 with lines lw 2 title 'reward accuracy', "
+          "'' using 1:8 with lines lw 2 title 'margin', "
+          "'' using 1:9 with lines lw 2 title 'mean s'\n";
+  }
+  const auto command = fmt::format("gnuplot '{}' 2> '{}/gnuplot.log'", script, plots);
+  if (std::system(command.c_str()) != 0) {
+    log::warn("plots: gnuplot failed (see {}/gnuplot.log); the CSVs are in {}", plots, plots);
+    return {};
+  }
+  std::vector<std::string> drawn;
+  for (const char* png : {"accuracy.png", "win_tie_loss.png", "losses.png", "reward.png"}) {
+    drawn.push_back(plots + "/" + png);
+  }
+  return drawn;
+}
+
+}  // namespace dnpo::train
