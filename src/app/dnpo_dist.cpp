@@ -52,6 +52,14 @@ void add_common(CLI::App* app, Options& o) {
 dnpo::config::RunConfig resolve(const Options& o, int world) {
   auto cfg = dnpo::config::load_config(o.config_path, o.overrides);
   dnpo::config::validate(cfg, world);
+#ifndef DNPO_WITH_CUDA
+  DNPO_CHECK_WITH(dnpo::ConfigError,
+                  cfg.run.device == "cpu",
+                  "run.device = \"",
+                  cfg.run.device,
+                  "\": this build has no CUDA (its LibTorch is CPU-only); build against a CUDA "
+                  "LibTorch (launch/device-debs) or set run.device = \"cpu\"");
+#else
   // Model, losses and sampling run on CUDA (launch/device-check); the trainer does not yet.
   DNPO_CHECK_WITH(dnpo::ConfigError,
                   cfg.run.device == "cpu",
@@ -59,6 +67,7 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
                   cfg.run.device,
                   "\": dnpo_dist trains on the CPU only in this version (the CUDA trainer is not "
                   "built yet); set run.device = \"cpu\"");
+#endif
   return cfg;
 }
 

@@ -26,7 +26,9 @@ expect_failure "wrong_type.toml:2:.*train.epochs" "$bin" sft --config wrong_type
 printf '[loss]\nbeta = -1\n' > bad_value.toml
 expect_failure "bad_value.toml:2:.*loss.beta" "$bin" sft --config bad_value.toml
 
-expect_failure 'run.device = "cuda": dnpo_dist trains on the CPU only' "$bin" sft --set run.device='"cuda"'
+expect_failure 'run.device = "cuda": this build has no CUDA' "$bin" sft --set run.device='"cuda"'
+# The paper's configuration validates, and this CPU-only build says it cannot run it.
+expect_failure 'run.device = "cuda": this build has no CUDA' "$bin" --config "${DNPO_SOURCE_DIR:?}/configs/zephyr-7b.toml"
 
 expect_failure "no_such.toml" "$bin" sft --config no_such.toml
 expect_failure "train.lrr" "$bin" sft --set train.lrr=1

@@ -509,8 +509,35 @@ TEST(ConfigDemo, DemoTomlValidatesAndMatchesDefaults) {
   expected.train.weight_decay = 0.0;
   expected.sample.max_new_tokens = 12;
   expected.sample.temperature = 1.0;
+  expected.selfplay.prompts = 3000;
   expect_equal(c, expected);
   EXPECT_EQ(to_toml(c), to_toml(expected));
+}
+
+TEST(ConfigZephyr, PaperSettingValidatesAtSixteenRanks) {
+  const RunConfig c = load_config(std::string(DNPO_SOURCE_DIR) + "/configs/zephyr-7b.toml");
+  EXPECT_NO_THROW(validate(c, 16));
+  // Table 3 of the paper, and the model_0 it names.
+  EXPECT_EQ(c.run.device, "cuda");
+  EXPECT_EQ(c.model.vocab_size, 32000);
+  EXPECT_EQ(c.model.num_key_value_heads, 8);
+  EXPECT_FALSE(c.model.tie_word_embeddings);
+  EXPECT_EQ(c.tokenizer.kind, "sentencepiece");
+  EXPECT_EQ(c.train.optimizer, "rmsprop");
+  EXPECT_EQ(c.train.dtype, "bf16");
+  EXPECT_EQ(c.train.micro_batch_size, 4);
+  EXPECT_DOUBLE_EQ(c.loss.beta, 0.1);
+  EXPECT_EQ(c.data.max_length, 1024);
+  EXPECT_EQ(c.data.max_prompt_length, 512);
+  EXPECT_EQ(c.selfplay.mode, "dnpo");
+  EXPECT_FALSE(c.selfplay.sft);
+  EXPECT_DOUBLE_EQ(c.selfplay.lr, 5e-7);
+  EXPECT_EQ(c.selfplay.epochs, 3);
+  EXPECT_EQ(c.selfplay.prompts, 20000);
+  EXPECT_EQ(c.sample.max_new_tokens, 256);
+  EXPECT_EQ(c.judge.backend, "http");
+  EXPECT_EQ(c.judge.model, "gpt-4o-mini");
+  EXPECT_EQ(c.judge.api_key_env, "OPENAI_API_KEY");
 }
 
 }  // namespace
