@@ -2,6 +2,7 @@
 #include "dnpo/train/labeling.h"
 
 #include "dnpo/common/error.h"
+#include "dnpo/train/dnpo_loss.h"
 
 namespace dnpo::train {
 
@@ -56,7 +57,7 @@ LabeledPairs label_pairs(const std::vector<data::PromptRecord>& records,
         continue;
       }
       if (g_scored && h_scored) {
-        generated_positive = g.score - h.score >= threshold;
+        generated_positive = dsl_generated_is_positive(g.score, h.score, threshold);
       } else {
         ++c.spin_fallback;  // never flip on a failed judgement
       }

@@ -175,6 +175,25 @@ std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
           "'' using 1:8 with lines lw 2 title 'margin', "
           "'' using 1:9 with lines lw 2 title 'mean s'\n";
   }
+  // One histogram per iteration of log π(y|x) under the model it trained (Fig. 2 and 10).
+  std::vector<std::string> histograms;
+  for (std::uint64_t t = 0; fs::exists(fmt::format("{}/logprobs_iter_{}.csv", plots, t)); ++t) {
+    histograms.push_back(fmt::format("logprobs_iter_{}", t));
+  }
+  {
+    std::ofstream gp(script, std::ios::app);
+    for (const auto& name : histograms) {
+      gp << "set output '" << name << ".png'\n"
+         << "set title 'log p(y|x) of the answers of iteration " << name.substr(14)
+         << " under the model it trained (first 1000 prompts)"
+         << "'\n"
+            "set xlabel 'log p(y|x)'; set ylabel 'answers'; set autoscale\n"
+            "plot '"
+         << name << ".csv' using 1:2 with steps lw 2 title 'positive', '' using 1:3 with steps lw 2 "
+         << "title 'negative', '' using 1:4 with steps lw 2 title 'generated'";
+      gp << "\n";
+    }
+  }
   const auto command = fmt::format("gnuplot '{}' 2> '{}/gnuplot.log'", script, plots);
   if (std::system(command.c_str()) != 0) {
     log::warn("plots: gnuplot failed (see {}/gnuplot.log); the CSVs are in {}", plots, plots);
@@ -183,6 +202,9 @@ std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
   std::vector<std::string> drawn;
   for (const char* png : {"accuracy.png", "win_tie_loss.png", "losses.png", "reward.png"}) {
     drawn.push_back(plots + "/" + png);
+  }
+  for (const auto& name : histograms) {
+    drawn.push_back(plots + "/" + name + ".png");
   }
   return drawn;
 }

@@ -2,6 +2,7 @@
 #include "dnpo/train/selfplay.h"
 
 #include <algorithm>
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -18,7 +19,9 @@
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/judge/judge.h"
+#include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
+#include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/checkpointing.h"
 #include "dnpo/train/evaluate.h"
 #include "dnpo/train/labeling.h"
@@ -207,7 +210,10 @@ class SelfplayLoop {
   void share_my_results();
   StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
   TrainSummary train_iteration(const LabeledPairs& labeled, const std::optional<std::string>& resume);
-  std::optional<EvalReport> evaluate_policy();
+  /// Held-out eval of the current policy (rank 0), and — after an iteration's training, given
+  /// its labels — the log-prob histogram data of its positive, negative and generated answers.
+  std::optional<EvalReport> evaluate_policy(const LabeledPairs* labeled = nullptr);
+  Json write_logprobs(const model::LlamaModel& model, const LabeledPairs& labeled) const;
   void write_iteration_files(const LabeledPairs& labeled) const;
   void write_reports() const;
   bool mine(std::size_t index) const {
@@ -229,6 +235,7 @@ class SelfplayLoop {
   std::unique_ptr<ShardedLlama> policy_;
   LoopState state_;
   PhaseTimes times_;
+  Json logprob_means_;  // rank 0: of the last iteration's answers under the model it trained
 };
 
 void SelfplayLoop::load_data() {
@@ -491,8 +498,8 @@ TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,
   return trainer.train_preference(labeled.pairs);
 }
 
-std::optional<EvalReport> SelfplayLoop::evaluate_policy() {
-  if (eval_records_.empty()) {
+std::optional<EvalReport> SelfplayLoop::evaluate_policy(const LabeledPairs* labeled) {
+  if (eval_records_.empty() && labeled == nullptr) {
     return std::nullopt;
   }
   Timer timer;
@@ -500,13 +507,92 @@ std::optional<EvalReport> SelfplayLoop::evaluate_policy() {
   std::optional<EvalReport> report;
   if (is_rank0(comm_)) {
     const model::LlamaModel model(policy_->config(), tensors);
-    auto eval_cfg = cfg_;
-    eval_cfg.train.iteration = 0;  // the same draws for every model: differences are the model's
-    report = evaluate(eval_cfg, model, *tokenizer_, eval_records_);
+    if (!eval_records_.empty()) {
+      auto eval_cfg = cfg_;
+      eval_cfg.train.iteration = 0;  // the same draws for every model: differences are the model's
+      report = evaluate(eval_cfg, model, *tokenizer_, eval_records_);
+    }
+    if (labeled != nullptr) {
+      logprob_means_ = write_logprobs(model, *labeled);
+    }
   }
   barrier(comm_);
   times_.eval_s = timer.seconds();
   return report;
+}
+
+// log π(y|x) under the model just trained, of up to kLogprobPairs pairs' positive and negative
+// answers and of those prompts' generated answers (paper Fig. 2 and 10): a histogram CSV
+// {logp (bin centre), positive, negative, generated} that report.cpp draws; returns the means.
+Json SelfplayLoop::write_logprobs(const model::LlamaModel& model,
+                                  const LabeledPairs& labeled) const {
+  constexpr std::size_t kLogprobPairs = 1000;
+  constexpr std::size_t kBatch = 64;
+  constexpr int kBins = 40;
+  const std::array<const char*, 3> kinds{"positive", "negative", "generated"};
+  struct Row {
+    std::size_t kind;
+    const std::string* prompt;
+    const std::string* answer;
+  };
+  std::vector<Row> rows;
+  for (std::size_t i = 0; i < labeled.pairs.size() && i < kLogprobPairs; ++i) {
+    const auto& p = labeled.pairs[i];
+    rows.push_back({0, &p.prompt, &p.chosen});
+    rows.push_back({1, &p.prompt, &p.rejected});
+  }
+  for (std::size_t i = 0; i < state_.samples.size() && i < kLogprobPairs; ++i) {
+    rows.push_back({2, &prompts_[i].prompt, &state_.samples[i].answer});
+  }
+  const at::NoGradGuard no_grad;
+  std::vector<double> logp;
+  for (std::size_t begin = 0; begin < rows.size(); begin += kBatch) {
+    const auto end = std::min(rows.size(), begin + kBatch);
+    std::vector<model::TokenSequence> seqs;
+    for (std::size_t i = begin; i < end; ++i) {
+      model::TokenSequence seq{chat_.encode_prompt(*rows[i].prompt),
+                               chat_.encode_response(*rows[i].answer)};
+      model::truncate_sequence(seq, cfg_.data.max_length, cfg_.data.max_prompt_length);
+      seqs.push_back(std::move(seq));
+    }
+    const auto batch = model::pad_batch(seqs, tokenizer_->pad_id());
+    const auto hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
+    const auto values =
+        sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask).contiguous();
+    const auto* v = values.data_ptr<float>();
+    logp.insert(logp.end(), v, v + (end - begin));
+  }
+  Json means = Json::object();
+  if (logp.empty()) {
+    return means;
+  }
+  const auto [lo_it, hi_it] = std::minmax_element(logp.begin(), logp.end());
+  const double lo = *lo_it;
+  const double width = std::max(1e-6, (*hi_it - lo) / kBins);
+  std::vector<std::array<std::int64_t, 3>> counts(kBins, {0, 0, 0});
+  std::array<double, 3> sums{0, 0, 0};
+  std::array<std::int64_t, 3> totals{0, 0, 0};
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto bin = std::min(kBins - 1, static_cast<int>((logp[i] - lo) / width));
+    counts[static_cast<std::size_t>(bin)][rows[i].kind] += 1;
+    sums[rows[i].kind] += logp[i];
+    totals[rows[i].kind] += 1;
+  }
+  fs::create_directories(dir_ + "/plots");
+  const auto path = fmt::format("{}/plots/logprobs_iter_{}.csv", dir_, state_.iteration);
+  std::ofstream out(path);
+  DNPO_CHECK(out.good(), "cannot write '", path, "'");
+  out << "logp,positive,negative,generated\n";
+  for (int b = 0; b < kBins; ++b) {
+    const auto& c = counts[static_cast<std::size_t>(b)];
+    out << lo + (b + 0.5) * width << "," << c[0] << "," << c[1] << "," << c[2] << "\n";
+  }
+  for (std::size_t k = 0; k < kinds.size(); ++k) {
+    if (totals[k] > 0) {
+      means[kinds[k]] = sums[k] / static_cast<double>(totals[k]);
+    }
+  }
+  return means;
 }
 
 void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
@@ -686,7 +772,7 @@ void SelfplayLoop::run() {
       report["model_loss_last"] = summary->last_loss;
       report["checkpoint"] = summary->checkpoint;
     }
-    if (const auto eval = evaluate_policy()) {
+    if (const auto eval = evaluate_policy(&labeled)) {
       report["eval"] = eval_json(*eval);
       log::info_rank0("iteration {} → model_{}: sampled {}{}",
                       t,
@@ -696,6 +782,9 @@ void SelfplayLoop::run() {
                                        : std::string());
     }
     report["eval_s"] = times_.eval_s;
+    if (is_rank0(comm_)) {
+      report["logp_mean_after"] = logprob_means_;  // rank 0's report is the one written
+    }
     state_.reports.push_back(report);
     metrics_.set_iteration(t);
     metrics_.write_object(dump(Json{{"kind", "selfplay"}, {"iteration", t}, {"report", report}}));

@@ -4,6 +4,8 @@
 //   iterations.csv, win_tie_loss.png generated vs human answers by judge score (paper Fig. 1)
 //   steps.csv, losses.png            model and noise loss of every training step (Fig. 9)
 //   steps.csv, reward.png            reward accuracy, margin and mean noise scale s per step
+//   logprobs_iter_<t>.csv/.png       log π(y|x) of positive, negative and generated answers under
+//                                    the model iteration t trained (Fig. 2 and 10)
 // Read from selfplay.jsonl and metrics.jsonl, so they can be redrawn after the run.
 #pragma once
 
