@@ -36,6 +36,7 @@ struct Options {
   std::string demo_out;
   std::string resume;
   std::vector<std::string> report_runs;
+  std::string report_metrics;
 };
 
 void add_common(CLI::App* app, Options& o) {
@@ -112,20 +113,37 @@ int run_cli(int argc, char** argv) {
       "report", "print the self-play table of run directories side by side; redraw their plots");
   report->add_option("runs", o.report_runs, "run directories (<run.out_dir>/<run.name>)")
       ->required();
+  report->add_option("--by-mode",
+                     o.report_metrics,
+                     "instead: mean ± std over the runs of each mode, per model, of these "
+                     "comma-separated metrics (sampled_exact, greedy_exact, sampled_score, "
+                     "generated_at_least_human)");
 
   CLI11_PARSE(app, argc, argv);
   if (*report) {
     // Reads files only: no config, no process group.
     try {
       for (const auto& dir : o.report_runs) {
-        if (rank == 0) {
+        if (rank == 0 && o.report_metrics.empty()) {
           for (const auto& png : dnpo::train::write_selfplay_plots(dir)) {
             dnpo::log::info("plot: {}", png);
           }
         }
       }
-      if (rank == 0) {
+      if (rank == 0 && o.report_metrics.empty()) {
         std::cout << dnpo::train::selfplay_table(o.report_runs);
+      }
+      std::vector<std::string> metrics;
+      for (std::size_t at = 0; at < o.report_metrics.size();) {
+        const auto comma = std::min(o.report_metrics.find(',', at), o.report_metrics.size());
+        metrics.push_back(o.report_metrics.substr(at, comma - at));
+        at = comma + 1;
+      }
+      for (const auto& metric : metrics) {
+        if (rank == 0) {
+          std::cout << metric << " (mean ± std over seeds, (runs)); model_k = after iteration k-1\n"
+                    << dnpo::train::selfplay_mode_table(o.report_runs, metric) << "\n";
+        }
       }
       return 0;
     } catch (const std::exception& e) {

@@ -1,7 +1,9 @@
 // The self-play table and plots; see report.h.
 #include "dnpo/train/report.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <map>
 #include <filesystem>
 #include <fstream>
 
@@ -89,6 +91,65 @@ std::string selfplay_table(const std::vector<std::string>& run_dirs) {
                          cell(eval, "greedy_exact", "{:.3f}"),
                          cell(eval, "sampled_score", "{:.1f}"));
     }
+  }
+  return out;
+}
+
+std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
+                                const std::string& metric) {
+  // mode → model index → values over the runs (seeds)
+  std::map<std::string, std::map<std::size_t, std::vector<double>>> values;
+  std::vector<std::string> order;  // modes in first-seen order
+  std::size_t models = 0;
+  for (const auto& dir : run_dirs) {
+    const auto rows = read_lines(dir + "/selfplay.jsonl");
+    std::string mode = "?";
+    for (const auto& r : rows) {
+      mode = r.value("mode", mode);
+    }
+    if (values.find(mode) == values.end()) {
+      order.push_back(mode);
+    }
+    auto& by_model = values[mode];
+    for (std::size_t m = 0; m < rows.size(); ++m) {
+      const auto eval = rows[m].value("eval", Json::object());
+      const auto& source = eval.contains(metric) ? eval : rows[m];
+      if (source.contains(metric) && source.at(metric).is_number()) {
+        by_model[m].push_back(source.at(metric).get<double>());
+      }
+    }
+    models = std::max(models, rows.size());
+  }
+  std::string out = fmt::format("{:<12}", "mode");
+  for (std::size_t m = 0; m < models; ++m) {
+    out += fmt::format(" {:>17}", fmt::format("model_{}", m));
+  }
+  out += "\n";
+  for (const auto& mode : order) {
+    out += fmt::format("{:<12}", mode);
+    for (std::size_t m = 0; m < models; ++m) {
+      const auto it = values[mode].find(m);
+      if (it == values[mode].end() || it->second.empty()) {
+        out += fmt::format(" {:>17}", "-");
+        continue;
+      }
+      const auto& v = it->second;
+      const double n = static_cast<double>(v.size());
+      double mean = 0;
+      for (const double x : v) {
+        mean += x / n;
+      }
+      double var = 0;
+      for (const double x : v) {
+        var += (x - mean) * (x - mean);
+      }
+      const double sd = v.size() > 1 ? std::sqrt(var / (n - 1)) : 0.0;
+      const bool percent_scale = metric != "sampled_score";
+      out += fmt::format(" {:>17}",
+                         percent_scale ? fmt::format("{:.3f} ± {:.3f} ({})", mean, sd, v.size())
+                                       : fmt::format("{:.2f} ± {:.2f} ({})", mean, sd, v.size()));
+    }
+    out += "\n";
   }
   return out;
 }

@@ -19,6 +19,12 @@ namespace dnpo::train {
 /// Throws DataError naming a run directory without a readable selfplay.jsonl.
 std::string selfplay_table(const std::vector<std::string>& run_dirs);
 
+/// Runs grouped by their self-play mode (several seeds of each), one row per mode and one column
+/// per model: mean ± sample standard deviation over the runs of `metric`, a key of the reports'
+/// "eval" ("sampled_exact", "greedy_exact", "sampled_score") or of the report itself
+/// ("generated_at_least_human"). Throws DataError naming an unreadable run.
+std::string selfplay_mode_table(const std::vector<std::string>& run_dirs, const std::string& metric);
+
 /// Writes the CSVs and, when gnuplot is installed, the PNGs; returns the PNG paths drawn.
 std::vector<std::string> write_selfplay_plots(const std::string& run_dir);
 
