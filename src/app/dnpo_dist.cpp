@@ -105,6 +105,12 @@ int run_cli(int argc, char** argv) {
   add_common(eval, o);
   eval->add_option("--model", o.stage.init_model, "HF model directory to evaluate")->required();
   eval->add_option("--samples-out", o.stage.samples_out, "write generated answers as JSONL");
+  eval->add_option("--choices",
+                   o.stage.choices_file,
+                   "instead: multiple-choice accuracy (acc, acc_norm) on a JSONL of "
+                   "{question, choices, label|answer}");
+  eval->add_option(
+      "--choices-out", o.stage.choices_out, "per-question log-likelihoods and predictions (JSONL)");
   auto* demo = app.add_subcommand("demo-data", "write the demo world's train/eval JSONL");
   add_common(demo, o);
   demo->add_option("--out", o.demo_out, "directory (default: that of data.train_file)");

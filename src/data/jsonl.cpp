@@ -23,6 +23,10 @@ constexpr const char* kPairSchema =
     R"({"id": str|int, "prompt": str, "chosen": str|messages, "rejected": str|messages)"
     R"([, "score_chosen": number, "score_rejected": number]})";
 
+constexpr const char* kChoiceSchema =
+    R"({"id": str|int, "question": str, "choices": [str, ...], "label"|"answer": )"
+    R"(index|choice text|letter})";
+
 /// Where a record came from, for error messages.
 struct LineContext {
   const std::string& path;
@@ -243,6 +247,49 @@ PairRecord parse_pair(const Json& object, const LineContext& ctx) {
   return record;
 }
 
+ChoiceRecord parse_choice(const Json& object, const LineContext& ctx) {
+  ChoiceRecord record;
+  record.id = get_id(object, ctx);
+  record.question = get_string(object, "question", ctx);
+  const auto choices = object.find("choices");
+  if (choices == object.end() || !choices->is_array() || choices->size() < 2) {
+    fail(ctx, "\"choices\" must be an array of at least two strings");
+  }
+  for (const auto& c : *choices) {
+    if (!c.is_string()) {
+      fail(ctx, std::string("every choice must be a string, got ") + c.type_name());
+    }
+    record.choices.push_back(c.get<std::string>());
+  }
+  auto answer = object.find("label");
+  if (answer == object.end()) {
+    answer = object.find("answer");
+  }
+  if (answer == object.end()) {
+    fail(ctx, "missing field \"label\" (or \"answer\")");
+  }
+  const auto n = static_cast<std::int64_t>(record.choices.size());
+  std::int64_t index = -1;
+  if (answer->is_number_integer()) {
+    index = answer->get<std::int64_t>();
+  } else if (answer->is_string()) {
+    const auto text = answer->get<std::string>();
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (record.choices[static_cast<std::size_t>(i)] == text) {
+        index = i;
+      }
+    }
+    if (index < 0 && text.size() == 1 && text[0] >= 'A' && text[0] < 'A' + n) {
+      index = text[0] - 'A';
+    }
+  }
+  if (index < 0 || index >= n) {
+    fail(ctx, "the answer " + answer->dump() + " is none of the " + std::to_string(n) + " choices");
+  }
+  record.label = static_cast<int>(index);
+  return record;
+}
+
 /// Writes one ordered JSON object per record; make(record) builds the object.
 template <typename Record, typename Make>
 void write_jsonl(const std::string& path, const std::vector<Record>& records, Make make) {
@@ -282,6 +329,10 @@ std::vector<PromptRecord> read_prompts_jsonl(const std::string& path) {
 
 std::vector<PairRecord> read_pairs_jsonl(const std::string& path) {
   return read_jsonl<PairRecord>(path, kPairSchema, parse_pair);
+}
+
+std::vector<ChoiceRecord> read_choices_jsonl(const std::string& path) {
+  return read_jsonl<ChoiceRecord>(path, kChoiceSchema, parse_choice);
 }
 
 void write_prompts_jsonl(const std::string& path, const std::vector<PromptRecord>& records) {

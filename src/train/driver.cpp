@@ -262,9 +262,38 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
   if (!is_rank0(comm)) {
     return 0;  // one rank evaluates for now
   }
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  if (!options.choices_file.empty()) {
+    const auto questions = data::read_choices_jsonl(options.choices_file);
+    const auto model = load_or_init_model(cfg, options.init_model);
+    const auto r = score_choices(cfg, model, *tokenizer, questions);
+    log::info_rank0("multiple choice ({}): {} questions, acc {:.4f}, acc_norm {:.4f}",
+                    options.choices_file,
+                    r.questions,
+                    r.acc,
+                    r.acc_norm);
+    write_summary(dir + "/eval_choices.json",
+                  {{"file", options.choices_file},
+                   {"questions", r.questions},
+                   {"acc", r.acc},
+                   {"acc_norm", r.acc_norm}});
+    if (!options.choices_out.empty()) {
+      std::ofstream out(options.choices_out);
+      DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", options.choices_out, "'");
+      for (std::size_t i = 0; i < questions.size(); ++i) {
+        out << nlohmann::json{{"id", questions[i].id},
+                              {"label", questions[i].label},
+                              {"loglik", r.loglik[i]},
+                              {"predicted", r.predicted[i]},
+                              {"predicted_norm", r.predicted_norm[i]}}
+                   .dump()
+            << "\n";
+      }
+    }
+    return r.acc;
+  }
   DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval needs data.eval_file");
   const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
-  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   const auto model = load_or_init_model(cfg, options.init_model);
   const auto report = evaluate(cfg, model, *tokenizer, records, options.samples_out);
   log::info_rank0("eval on {} prompts ({} scorable)", report.prompts, report.scorable);

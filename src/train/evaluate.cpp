@@ -1,6 +1,7 @@
 // Held-out evaluation with the single-process sampler and the demo world's verifier.
 #include "dnpo/train/evaluate.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -10,7 +11,9 @@
 #include "dnpo/common/log.h"
 #include "dnpo/data/chat_template.h"
 #include "dnpo/data/demo_world.h"
+#include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
+#include "dnpo/train/dnpo_loss.h"
 
 namespace dnpo::train {
 namespace {
@@ -65,6 +68,79 @@ Scored generate_and_score(const config::RunConfig& cfg,
 }
 
 }  // namespace
+
+namespace {
+
+/// UTF-8 characters (code points) of `text`: lm-eval-harness normalises by len() of the str.
+std::int64_t characters(const std::string& text) {
+  std::int64_t n = 0;
+  for (const char c : text) {
+    n += (static_cast<unsigned char>(c) & 0xC0U) != 0x80U ? 1 : 0;
+  }
+  return n;
+}
+
+std::size_t argmax(const std::vector<double>& v) {
+  return static_cast<std::size_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+}  // namespace
+
+ChoiceReport score_choices(const config::RunConfig& cfg,
+                           const model::LlamaModel& model,
+                           const data::Tokenizer& tokenizer,
+                           const std::vector<data::ChoiceRecord>& questions) {
+  DNPO_CHECK_WITH(DataError, !questions.empty(), "eval: no multiple-choice questions");
+  const at::NoGradGuard no_grad;
+  const auto max_tokens = static_cast<std::size_t>(cfg.model.max_position_embeddings);
+  ChoiceReport report;
+  report.questions = static_cast<std::int64_t>(questions.size());
+  double correct = 0;
+  double correct_norm = 0;
+  for (const auto& q : questions) {
+    std::vector<std::int64_t> context;
+    if (cfg.chat.add_bos) {
+      context.push_back(tokenizer.bos_id());
+    }
+    const auto question = tokenizer.encode(q.question);
+    context.insert(context.end(), question.begin(), question.end());
+    std::vector<model::TokenSequence> seqs;
+    for (const auto& choice : q.choices) {
+      model::TokenSequence seq{context, tokenizer.encode(" " + choice)};
+      DNPO_CHECK_WITH(DataError,
+                      seq.response.size() < max_tokens,
+                      "eval: a choice of question '",
+                      q.id,
+                      "' is longer than model.max_position_embeddings");
+      if (seq.prompt.size() + seq.response.size() > max_tokens) {  // keep the question's end
+        seq.prompt.erase(seq.prompt.begin(),
+                         seq.prompt.end() - static_cast<std::ptrdiff_t>(max_tokens -
+                                                                        seq.response.size()));
+      }
+      seqs.push_back(std::move(seq));
+    }
+    const auto batch = model::pad_batch(seqs, tokenizer.pad_id());
+    const auto hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
+    const auto values =
+        sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask).contiguous();
+    std::vector<double> loglik(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
+    std::vector<double> normed;
+    for (std::size_t c = 0; c < q.choices.size(); ++c) {
+      normed.push_back(loglik[c] / static_cast<double>(std::max<std::int64_t>(
+                                       1, characters(q.choices[c]))));
+    }
+    const auto pred = static_cast<int>(argmax(loglik));
+    const auto pred_norm = static_cast<int>(argmax(normed));
+    correct += pred == q.label ? 1 : 0;
+    correct_norm += pred_norm == q.label ? 1 : 0;
+    report.loglik.push_back(std::move(loglik));
+    report.predicted.push_back(pred);
+    report.predicted_norm.push_back(pred_norm);
+  }
+  report.acc = correct / static_cast<double>(questions.size());
+  report.acc_norm = correct_norm / static_cast<double>(questions.size());
+  return report;
+}
 
 std::string format_scores(const EvalScores& scores) {
   std::string tasks;

@@ -42,6 +42,19 @@ std::vector<PromptRecord> read_prompts_jsonl(const std::string& path);
 /// Errors as read_prompts_jsonl.
 std::vector<PairRecord> read_pairs_jsonl(const std::string& path);
 
+/// A multiple-choice question (ARC-, HellaSwag-style), scored by log-likelihood.
+struct ChoiceRecord {
+  std::string id;
+  std::string question;
+  std::vector<std::string> choices;
+  int label = 0;  ///< index of the correct choice
+};
+
+/// Reads {"id": str|int, "question": str, "choices": [str, ...], "label"|"answer": X} lines, where
+/// X is the correct choice's index, its text, or its letter ("A" = 0, ...). At least two choices.
+/// Errors as read_prompts_jsonl.
+std::vector<ChoiceRecord> read_choices_jsonl(const std::string& path);
+
 /// Writes {"id","prompt","answer"[,"task","truth"]} lines ("task"/"truth" only when non-empty).
 /// Overwrites `path`; its directory must exist. Throws DataError naming the path (or the record
 /// id, for text that is not valid UTF-8).

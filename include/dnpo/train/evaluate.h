@@ -36,6 +36,24 @@ EvalReport evaluate(const config::RunConfig& cfg,
                     const std::vector<data::PromptRecord>& records,
                     const std::string& samples_out = "");
 
+/// Multiple-choice accuracy by log-likelihood, as lm-eval-harness defines it: each choice is the
+/// continuation " " + choice of the question (BOS first when chat.add_bos); the prediction is the
+/// choice of highest Σ log p(continuation tokens) (acc), or of highest log-likelihood divided by
+/// the choice's length in characters (acc_norm).
+struct ChoiceReport {
+  std::int64_t questions = 0;
+  double acc = 0;
+  double acc_norm = 0;
+  std::vector<std::vector<double>> loglik;  ///< per question, per choice
+  std::vector<int> predicted;               ///< argmax of loglik
+  std::vector<int> predicted_norm;          ///< argmax of loglik / characters
+};
+
+ChoiceReport score_choices(const config::RunConfig& cfg,
+                           const model::LlamaModel& model,
+                           const data::Tokenizer& tokenizer,
+                           const std::vector<data::ChoiceRecord>& questions);
+
 /// "exact 0.83 (add 0.71, reverse 0.95, sort 0.84) | score 91.2"
 std::string format_scores(const EvalScores& scores);
 
