@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
 #include <optional>
 
 #include <fmt/format.h>
@@ -27,6 +28,7 @@
 #include "dnpo/train/labeling.h"
 #include "dnpo/train/metrics.h"
 #include "dnpo/train/report.h"
+#include "dnpo/train/text_metrics.h"
 #include "dnpo/train/trainer.h"
 #include "driver_parts.h"
 
@@ -216,6 +218,10 @@ class SelfplayLoop {
   Json write_logprobs(const model::LlamaModel& model, const LabeledPairs& labeled) const;
   void write_iteration_files(const LabeledPairs& labeled) const;
   void write_reports() const;
+  /// Rank 0: BLEU and ROUGE-L of this iteration's answers against the previous iteration's
+  /// positives (its pairs' chosen answers; the human answer where the pair was skipped as
+  /// identical), over the tokenizer's ids (App. F). Empty at iteration 0.
+  Json similarity_to_previous_positives() const;
   bool mine(std::size_t index) const {
     return static_cast<int>(index % static_cast<std::size_t>(world_)) == rank_;
   }
@@ -635,6 +641,30 @@ void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
   }
 }
 
+Json SelfplayLoop::similarity_to_previous_positives() const {
+  const auto t = state_.iteration;
+  const auto path = fmt::format("{}/iter_{}/pairs.jsonl", dir_, t - 1);
+  if (t == 0 || !is_rank0(comm_) || !fs::exists(path)) {
+    return nullptr;
+  }
+  std::map<std::string, std::string> chosen;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = Json::parse(line);
+    chosen[j.at("id").get<std::string>()] = j.at("chosen").get<std::string>();
+  }
+  std::vector<TokenIds> generated;
+  std::vector<TokenIds> previous;
+  for (std::size_t i = 0; i < prompts_.size(); ++i) {
+    const auto it = chosen.find(prompts_[i].id);
+    generated.push_back(state_.samples[i].tokens);
+    previous.push_back(tokenizer_->encode(it != chosen.end() ? it->second : prompts_[i].answer));
+  }
+  return {{"bleu", corpus_bleu(generated, previous)},
+          {"rouge_l", mean_rouge_l(generated, previous)}};
+}
+
 void SelfplayLoop::write_reports() const {
   if (!is_rank0(comm_)) {
     return;
@@ -781,6 +811,7 @@ void SelfplayLoop::run() {
                       eval->has_greedy ? fmt::format(" | greedy exact {:.3f}", eval->greedy.exact)
                                        : std::string());
     }
+    report["vs_previous_positives"] = similarity_to_previous_positives();
     report["eval_s"] = times_.eval_s;
     if (is_rank0(comm_)) {
       report["logp_mean_after"] = logprob_means_;  // rank 0's report is the one written
