@@ -103,7 +103,19 @@ int run_cli(int argc, char** argv) {
   train->add_option("--pairs", o.pairs, "pairs JSONL (sets data.pairs_file)");
   auto* eval = app.add_subcommand("eval", "held-out accuracy and verifier score of a model");
   add_common(eval, o);
-  eval->add_option("--model", o.stage.init_model, "HF model directory to evaluate")->required();
+  auto* eval_model =
+      eval->add_option("--model", o.stage.init_model, "HF model directory to evaluate");
+  auto* eval_compare = eval->add_option("--compare",
+                                        o.stage.compare,
+                                        "instead: two HF model directories A B; win/tie/loss of "
+                                        "A's judged answers against B's on data.eval_file")
+                           ->expected(2);
+  eval_model->excludes(eval_compare);
+  eval->callback([eval_model, eval_compare] {
+    if (eval_model->count() == 0 && eval_compare->count() == 0) {
+      throw CLI::RequiredError("--model or --compare");
+    }
+  });
   eval->add_option("--samples-out", o.stage.samples_out, "write generated answers as JSONL");
   eval->add_option("--choices",
                    o.stage.choices_file,

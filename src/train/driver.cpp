@@ -263,6 +263,39 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
     return 0;  // one rank evaluates for now
   }
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  if (options.compare.size() == 2) {
+    DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval --compare needs data.eval_file");
+    const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
+    const auto a = load_or_init_model(cfg, options.compare[0]);
+    const auto b = load_or_init_model(cfg, options.compare[1]);
+    const auto r = compare_models(cfg, a, b, *tokenizer, records);
+    const auto share = [&](std::int64_t n) {
+      return r.judged > 0 ? static_cast<double>(n) / static_cast<double>(r.judged) : 0.0;
+    };
+    log::info_rank0(
+        "compare on {} prompts ({} judged): A wins {:.1f}%, ties {:.1f}%, loses {:.1f}% | mean "
+        "score A {:.1f}, B {:.1f} | A = {}, B = {}",
+        r.prompts,
+        r.judged,
+        100 * share(r.win),
+        100 * share(r.tie),
+        100 * share(r.loss),
+        r.mean_score_a,
+        r.mean_score_b,
+        options.compare[0],
+        options.compare[1]);
+    write_summary(dir + "/compare.json",
+                  {{"a", options.compare[0]},
+                   {"b", options.compare[1]},
+                   {"prompts", r.prompts},
+                   {"judged", r.judged},
+                   {"win", r.win},
+                   {"tie", r.tie},
+                   {"loss", r.loss},
+                   {"mean_score_a", r.mean_score_a},
+                   {"mean_score_b", r.mean_score_b}});
+    return share(r.win);
+  }
   if (!options.choices_file.empty()) {
     const auto questions = data::read_choices_jsonl(options.choices_file);
     const auto model = load_or_init_model(cfg, options.init_model);

@@ -11,6 +11,7 @@
 #include "dnpo/common/log.h"
 #include "dnpo/data/chat_template.h"
 #include "dnpo/data/demo_world.h"
+#include "dnpo/judge/judge.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
 #include "dnpo/train/dnpo_loss.h"
@@ -139,6 +140,55 @@ ChoiceReport score_choices(const config::RunConfig& cfg,
   }
   report.acc = correct / static_cast<double>(questions.size());
   report.acc_norm = correct_norm / static_cast<double>(questions.size());
+  return report;
+}
+
+CompareReport compare_models(const config::RunConfig& cfg,
+                             const model::LlamaModel& a,
+                             const model::LlamaModel& b,
+                             const data::Tokenizer& tokenizer,
+                             const std::vector<data::PromptRecord>& records_in) {
+  DNPO_CHECK_WITH(DataError, !records_in.empty(), "eval --compare: no prompts");
+  auto records = records_in;
+  if (cfg.eval.max_prompts > 0 && static_cast<int>(records.size()) > cfg.eval.max_prompts) {
+    records.resize(static_cast<std::size_t>(cfg.eval.max_prompts));
+  }
+  const data::ChatTemplate chat(cfg.chat, tokenizer);
+  std::vector<model::GenerationRequest> requests;
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    requests.push_back({chat.encode_prompt(records[i].prompt), i});
+  }
+  const auto judge = judge::make_judge(cfg.judge);
+  const auto answers_of = [&](const model::LlamaModel& m) {
+    const auto generations = model::generate(
+        m, requests, cfg.sample, tokenizer.eos_id(), tokenizer.pad_id(), {cfg.run.seed, 0});
+    std::vector<judge::JudgeRequest> batch;
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      batch.push_back({records[i].prompt, tokenizer.decode(generations[i].tokens)});
+    }
+    return judge->submit(std::move(batch));  // judged while the other model generates
+  };
+  auto verdicts_a = answers_of(a);
+  auto verdicts_b = answers_of(b);
+  CompareReport report;
+  report.prompts = static_cast<std::int64_t>(records.size());
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    const auto va = verdicts_a[i].get();
+    const auto vb = verdicts_b[i].get();
+    if (va.outcome != judge::Outcome::kScored || vb.outcome != judge::Outcome::kScored) {
+      continue;
+    }
+    ++report.judged;
+    report.win += va.score > vb.score ? 1 : 0;
+    report.tie += va.score == vb.score ? 1 : 0;
+    report.loss += va.score < vb.score ? 1 : 0;
+    report.mean_score_a += va.score;
+    report.mean_score_b += vb.score;
+  }
+  if (report.judged > 0) {
+    report.mean_score_a /= static_cast<double>(report.judged);
+    report.mean_score_b /= static_cast<double>(report.judged);
+  }
   return report;
 }
 

@@ -190,11 +190,35 @@ def check_reference(work, log):
         assert expected in kinds, f"metrics.jsonl lacks {expected}: {sorted(kinds)}"
 
 
+def check_compare(work):
+    """eval --compare of the final model against model_0 equals win/tie/loss recounted from each
+    model's own `eval --samples-out` (same draws, the rule judge's scores)."""
+    runs = f"{work}/runs/reference"
+    base = [f"{BIN}/dnpo_dist", "eval", "--config", f"{SRC}/configs/demo.toml",
+            "--set", f'run.out_dir="{work}/compare"',
+            "--set", f'data.eval_file="{work}/data/eval.jsonl"']
+    run(base + ["--compare", f"{runs}/final", f"{runs}/sft"], "compare")
+    got = json.load(open(f"{work}/compare/demo/compare.json"))
+    scores = {}
+    for name in ("final", "sft"):
+        run(base + ["--model", f"{runs}/{name}", "--samples-out", f"{work}/{name}.jsonl"], name)
+        scores[name] = [r["score_generated"] for r in read_jsonl(f"{work}/{name}.jsonl")]
+    pairs = list(zip(scores["final"], scores["sft"]))
+    expected = {"win": sum(a > b for a, b in pairs), "tie": sum(a == b for a, b in pairs),
+                "loss": sum(a < b for a, b in pairs)}
+    assert got["judged"] == len(pairs) == 40, got
+    for key, value in expected.items():
+        assert got[key] == value, f"compare {key}: {got[key]} != {value} recounted"
+    print(f"compare final vs model_0: win {got['win']} tie {got['tie']} loss {got['loss']} "
+          "of 40, as recounted from the samples")
+
+
 def main():
     work = tempfile.mkdtemp()
     server = Server(work, "reference")
     run(command(work, "reference", server.port), "reference")
     check_reference(work, server.stop())
+    check_compare(work)
     ref_reports = reports(work, "reference")
     ref_model = final_model(work, "reference")
     every_round = ("--set", "checkpoint.every_steps=1")

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "dnpo/config/config.h"
 #include "dnpo/dist/comm.h"
@@ -18,6 +19,7 @@ struct StageOptions {
   std::string output_dir;   ///< where the trained model goes; "" = <run_dir>/<stage>
   std::string choices_file;  ///< eval: multiple-choice JSONL scored by log-likelihood instead
   std::string choices_out;   ///< eval: per-question log-likelihoods and predictions (JSONL)
+  std::vector<std::string> compare;  ///< eval: two HF directories, A and B, judged side by side
 };
 
 /// The run directory, created with resolved_config.toml written into it (by rank 0).

@@ -54,6 +54,24 @@ ChoiceReport score_choices(const config::RunConfig& cfg,
                            const data::Tokenizer& tokenizer,
                            const std::vector<data::ChoiceRecord>& questions);
 
+/// Two models' answers to the same prompts (the same sampling draws), judged by [judge]: how often
+/// A's scores above, equal to or below B's (paper Fig. 7), over prompts where both were scored.
+struct CompareReport {
+  std::int64_t prompts = 0;
+  std::int64_t judged = 0;  ///< both answers scored
+  std::int64_t win = 0;     ///< A above B
+  std::int64_t tie = 0;
+  std::int64_t loss = 0;
+  double mean_score_a = 0;
+  double mean_score_b = 0;
+};
+
+CompareReport compare_models(const config::RunConfig& cfg,
+                             const model::LlamaModel& a,
+                             const model::LlamaModel& b,
+                             const data::Tokenizer& tokenizer,
+                             const std::vector<data::PromptRecord>& records);
+
 /// "exact 0.83 (add 0.71, reverse 0.95, sort 0.84) | score 91.2"
 std::string format_scores(const EvalScores& scores);
 
