@@ -75,12 +75,50 @@ std::optional<Verdict> verdict_from(const Json& j) {
   return Verdict{outcome_from(j.at(0).get<std::string>()), j.at(1).get<double>()};
 }
 
+/// Text that may not be valid UTF-8 (a byte-level model's answer): a JSON string when it is
+/// valid, else its bytes as an array, so a checkpoint restores it exactly.
+Json text_json(const std::string& text) {
+  try {
+    return Json::parse(Json(text).dump());
+  } catch (const Json::exception&) {
+    return Json(std::vector<std::uint8_t>(text.begin(), text.end()));
+  }
+}
+
+std::string text_from(const Json& j) {
+  if (j.is_string()) {
+    return j.get<std::string>();
+  }
+  const auto bytes = j.get<std::vector<std::uint8_t>>();
+  return {bytes.begin(), bytes.end()};
+}
+
+/// Verdicts already in for a prompt, by answer text (scored ones only: a failure is asked again).
+using KnownVerdicts = std::map<std::string, Verdict>;
+
+Json known_json(const KnownVerdicts& known) {
+  Json out = Json::array();
+  for (const auto& [text, v] : known) {
+    out.push_back(Json::array({text_json(text), verdict_json(v)}));
+  }
+  return out;
+}
+
+KnownVerdicts known_from(const Json& j) {
+  KnownVerdicts known;
+  for (const auto& entry : j) {
+    known[text_from(entry.at(0))] = *verdict_from(entry.at(1));
+  }
+  return known;
+}
+
 /// What the loop carries from phase to phase (and in every checkpoint, as JSON).
 struct LoopState {
   std::uint64_t iteration = 0;
   std::vector<SelfplaySample> samples;       // this iteration's, one per prompt, by index
   std::vector<std::optional<Verdict>> human;  // human answers' verdicts, reused every iteration
-  Json reports = Json::array();               // model_0's and every finished iteration's
+  std::vector<KnownVerdicts> known;  // per prompt, every answer judged so far: never asked twice
+  Json reports = Json::array();      // model_0's and every finished iteration's
 
   void start_iteration(std::uint64_t t) {
     iteration = t;
@@ -127,10 +165,15 @@ Json state_json(const LoopState& state) {
   for (const auto& v : state.human) {
     human.push_back(verdict_json(v));
   }
+  Json known = Json::array();
+  for (const auto& k : state.known) {
+    known.push_back(known_json(k));
+  }
   return {{"version", 1},
           {"iteration", state.iteration},
           {"samples", samples},
           {"human", human},
+          {"known", known},
           {"reports", state.reports}};
 }
 
@@ -156,6 +199,7 @@ void restore_state(const std::string& text,
     }
     for (std::size_t i = 0; i < state.human.size(); ++i) {
       state.human[i] = verdict_from(j.at("human")[i]);
+      state.known[i] = known_from(j.at("known")[i]);
     }
     state.reports = j.at("reports");
   } catch (const Json::exception& e) {
@@ -242,6 +286,8 @@ class SelfplayLoop {
   LoopState state_;
   PhaseTimes times_;
   Json logprob_means_;  // rank 0: of the last iteration's answers under the model it trained
+  std::int64_t judge_requests_ = 0;  // this iteration, this rank: answers sent to the judge
+  std::int64_t judge_reused_ = 0;    // ... and answers that took an earlier or in-flight verdict
 };
 
 void SelfplayLoop::load_data() {
@@ -256,6 +302,7 @@ void SelfplayLoop::load_data() {
   }
   state_.samples.resize(prompts_.size());
   state_.human.resize(prompts_.size());
+  state_.known.resize(prompts_.size());
   state_.start_iteration(0);
 }
 
@@ -295,7 +342,8 @@ void SelfplayLoop::share_my_results() {
   for (std::size_t i = 0; i < state_.samples.size(); ++i) {
     if (mine(i)) {
       mine_json["s"].push_back(sample_json(state_.samples[i]));
-      mine_json["h"].push_back(Json::array({i, verdict_json(state_.human[i])}));
+      mine_json["h"].push_back(
+          Json::array({i, verdict_json(state_.human[i]), known_json(state_.known[i])}));
     }
   }
   for (const auto& text : dist::all_gather_text(comm_, mine_json.dump())) {
@@ -304,7 +352,9 @@ void SelfplayLoop::share_my_results() {
       restore_sample(s, *tokenizer_, state_);
     }
     for (const auto& h : j.at("h")) {
-      state_.human[h.at(0).get<std::size_t>()] = verdict_from(h.at(1));
+      const auto i = h.at(0).get<std::size_t>();
+      state_.human[i] = verdict_from(h.at(1));
+      state_.known[i] = known_from(h.at(2));
     }
   }
 }
@@ -314,43 +364,75 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   // The whole policy on every rank while it samples (one gather per iteration).
   const model::LlamaModel model(policy_->config(), policy_->gather_parameters(true));
   auto judge = make_rank_judge(cfg_.judge, world_);
+  // One request per distinct (prompt, answer): a generated answer equal to one judged before
+  // (the human answer, or an earlier iteration's) takes that verdict; one equal to an answer in
+  // flight waits for it.
   struct Pending {
-    std::size_t index;
-    bool human;
+    bool human = false;      // the verdict is the human answer's
+    bool generated = false;  // ... and/or this iteration's generated answer's
     std::future<judge::JudgeResult> verdict;
   };
-  std::vector<Pending> pending;
-  const auto submit = [&](std::vector<std::size_t> indices, bool human) {
-    std::vector<judge::JudgeRequest> batch;
-    for (const auto i : indices) {
-      batch.push_back({prompts_[i].prompt, human ? prompts_[i].answer : state_.samples[i].answer});
+  std::map<std::pair<std::size_t, std::string>, Pending> pending;
+  const auto apply = [&](std::size_t i, const Pending& p, const Verdict& v) {
+    if (p.human) {
+      state_.human[i] = v;
     }
+    if (p.generated) {
+      state_.samples[i].generated_verdict = v;
+    }
+  };
+  const auto submit = [&](const std::vector<std::size_t>& indices, bool human) {
+    std::vector<judge::JudgeRequest> batch;
+    std::vector<std::pair<std::size_t, std::string>> keys;
+    for (const auto i : indices) {
+      const auto& text = human ? prompts_[i].answer : state_.samples[i].answer;
+      Pending target;
+      target.human = human;
+      target.generated = !human;
+      if (const auto known = state_.known[i].find(text); known != state_.known[i].end()) {
+        apply(i, target, known->second);
+        ++judge_reused_;
+        continue;
+      }
+      const auto key = std::make_pair(i, text);
+      if (const auto in_flight = pending.find(key); in_flight != pending.end()) {
+        in_flight->second.human |= human;
+        in_flight->second.generated |= !human;
+        ++judge_reused_;
+        continue;
+      }
+      pending.emplace(key, std::move(target));
+      keys.push_back(key);
+      batch.push_back({prompts_[i].prompt, text});
+    }
+    judge_requests_ += static_cast<std::int64_t>(batch.size());
     auto futures = judge->submit(std::move(batch));
-    for (std::size_t k = 0; k < indices.size(); ++k) {
-      pending.push_back({indices[k], human, std::move(futures[k])});
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      pending.at(keys[k]).verdict = std::move(futures[k]);
     }
   };
   const auto harvest = [&](bool block) {
-    std::vector<Pending> still;
-    for (auto& p : pending) {
+    for (auto it = pending.begin(); it != pending.end();) {
+      auto& p = it->second;
       if (!block && p.verdict.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-        still.push_back(std::move(p));
+        ++it;
         continue;
       }
       judge::JudgeResult r;
       try {
         r = p.verdict.get();  // throws JudgeError under failure_policy "fail"
       } catch (const std::future_error&) {
-        continue;  // abandoned by a stopped judge: it stays unjudged, a resumed run asks again
+        it = pending.erase(it);  // abandoned by a stopped judge: a resumed run asks again
+        continue;
       }
       const Verdict v{r.outcome, r.score};
-      if (p.human) {
-        state_.human[p.index] = v;
-      } else {
-        state_.samples[p.index].generated_verdict = v;
+      const auto i = it->first.first;
+      if (r.outcome == judge::Outcome::kScored) {
+        state_.known[i][it->first.second] = v;
       }
+      apply(i, p, v);
+      it = pending.erase(it);
     }
-    pending = std::move(still);
   };
 
   // Before a checkpoint: every verdict in so far, on every rank. Before a stop, the judge is shut
@@ -461,7 +543,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   std::int64_t boundary = rounds_done_before + total_rounds;
   for (;;) {
     if (!pending.empty()) {
-      pending.front().verdict.wait_for(std::chrono::milliseconds(100));
+      pending.begin()->second.verdict.wait_for(std::chrono::milliseconds(100));
     }
     harvest(false);
     auto left = at::tensor({static_cast<double>(pending.size())}, at::kDouble);
@@ -733,6 +815,8 @@ void SelfplayLoop::run() {
     const bool resume_generation = resuming_here && stored->stage == kGenerate;
     const bool resume_training = resuming_here && !resume_generation;
     times_ = PhaseTimes{};
+    judge_requests_ = 0;
+    judge_reused_ = 0;
     if (resume_generation) {
       // The checkpoint holds model_t and the answers and verdicts committed so far.
       StageState s = generate_stage_state(0, 0);
@@ -744,6 +828,11 @@ void SelfplayLoop::run() {
     }
     for (auto& sample : state_.samples) {
       sample.human_verdict = state_.human[static_cast<std::size_t>(sample.index)];
+    }
+    auto judge_counts = at::tensor(
+        {static_cast<double>(judge_requests_), static_cast<double>(judge_reused_)}, at::kDouble);
+    if (comm_ != nullptr && world_ > 1) {
+      comm_->all_reduce_sum(judge_counts).wait();
     }
     const bool dsl = uses_dsl(cfg_.selfplay, t);
     const auto labeled = label_pairs(
@@ -795,6 +884,8 @@ void SelfplayLoop::run() {
                    {"mean_score_human", c.mean_score_human},
                    {"generate_s", times_.generate_s},
                    {"judge_wait_s", times_.judge_wait_s},
+                   {"judge_requests", judge_counts[0].item<double>()},
+                   {"judge_reused", judge_counts[1].item<double>()},
                    {"train_s", times_.train_s}};
     if (summary) {
       report["train_steps"] = summary->steps;

@@ -5,8 +5,8 @@
              - both iterations report; iteration 0 labels as SPIN (no flips), iteration 1 as DSL
                with at least one flip, and the flips are exactly the pairs with s' - s >= threshold
                (recounted here from iter_1/samples.jsonl and pairs.jsonl);
-             - every human answer is judged once (iteration 0) and reused: the server saw exactly
-               3 x prompts requests;
+             - nothing is judged twice: the server saw one request per distinct (prompt, answer)
+               over the human answers and both iterations' generations;
              - metrics.jsonl has the SFT, SPIN and NPO steps and one report per iteration.
   kill_generate  SIGKILL to the ranks during iteration 1's generation (checkpoints every round);
              --resume auto ends with the reference's final model, byte for byte.
@@ -180,9 +180,21 @@ def check_reference(work, log):
     print(f"reference: iteration 1 flipped {len(clears)} of {len(pairs)} pairs, exactly those "
           f"with s' - s >= 0; {it1['identical']} identical answers skipped")
 
-    assert len(log) == 3 * PROMPTS, \
-        f"the judge saw {len(log)} requests; expected {3 * PROMPTS} (human answers once)"
-    print(f"reference: {len(log)} judge requests = 3 x {PROMPTS} (human answers judged once)")
+    # One request per distinct (prompt, answer) over the human answers and both iterations'
+    # generations: an answer judged once (the human one, or an earlier iteration's) never again.
+    distinct = set()
+    for t in (0, 1):
+        for s in read_jsonl(f"{work}/runs/{name}/iter_{t}/samples.jsonl"):
+            distinct.add((s["prompt"], s["human"]))
+            distinct.add((s["prompt"], s["generated"]))
+    assert len(log) == len(distinct), \
+        f"the judge saw {len(log)} requests; {len(distinct)} distinct (prompt, answer) pairs"
+    assert len({e["body"] for e in log}) == len(log), "a request body was sent twice"
+    assert it0["judge_requests"] + it1["judge_requests"] == len(log), (it0, it1)
+    assert it0["judge_requests"] + it0["judge_reused"] == 2 * PROMPTS, it0
+    assert it1["judge_requests"] + it1["judge_reused"] == PROMPTS, it1
+    print(f"reference: {len(log)} judge requests for {len(distinct)} distinct (prompt, answer) "
+          f"pairs ({3 * PROMPTS} answers; reused {it0['judge_reused'] + it1['judge_reused']:.0f})")
 
     metrics = read_jsonl(f"{work}/runs/{name}/metrics.jsonl")
     kinds = {(m["kind"], m["iteration"]) for m in metrics}
