@@ -17,8 +17,8 @@
 #include "dnpo/model/hf_io.h"
 #include "dnpo/train/evaluate.h"
 #include "dnpo/train/selfplay.h"
-#include "driver_parts.h"
 #include "dnpo/train/trainer.h"
+#include "driver_parts.h"
 
 #ifndef DNPO_GIT_SHA
 #define DNPO_GIT_SHA "unknown"
@@ -264,7 +264,8 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
   }
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   if (options.compare.size() == 2) {
-    DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval --compare needs data.eval_file");
+    DNPO_CHECK_WITH(
+        ConfigError, !cfg.data.eval_file.empty(), "eval --compare needs data.eval_file");
     const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
     const auto a = load_or_init_model(cfg, options.compare[0]);
     const auto b = load_or_init_model(cfg, options.compare[1]);

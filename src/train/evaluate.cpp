@@ -114,9 +114,9 @@ ChoiceReport score_choices(const config::RunConfig& cfg,
                       q.id,
                       "' is longer than model.max_position_embeddings");
       if (seq.prompt.size() + seq.response.size() > max_tokens) {  // keep the question's end
-        seq.prompt.erase(seq.prompt.begin(),
-                         seq.prompt.end() - static_cast<std::ptrdiff_t>(max_tokens -
-                                                                        seq.response.size()));
+        seq.prompt.erase(
+            seq.prompt.begin(),
+            seq.prompt.end() - static_cast<std::ptrdiff_t>(max_tokens - seq.response.size()));
       }
       seqs.push_back(std::move(seq));
     }
@@ -127,8 +127,8 @@ ChoiceReport score_choices(const config::RunConfig& cfg,
     std::vector<double> loglik(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
     std::vector<double> normed;
     for (std::size_t c = 0; c < q.choices.size(); ++c) {
-      normed.push_back(loglik[c] / static_cast<double>(std::max<std::int64_t>(
-                                       1, characters(q.choices[c]))));
+      normed.push_back(loglik[c] /
+                       static_cast<double>(std::max<std::int64_t>(1, characters(q.choices[c]))));
     }
     const auto pred = static_cast<int>(argmax(loglik));
     const auto pred_norm = static_cast<int>(argmax(normed));

@@ -3,9 +3,9 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <map>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -74,12 +74,12 @@ std::string selfplay_table(const std::vector<std::string>& run_dirs) {
     for (const auto& r : read_lines(dir + "/selfplay.jsonl")) {
       const bool model_0 = r.value("stage", "") == "model_0";
       const auto eval = r.value("eval", Json::object());
-      const auto model =
-          model_0 ? std::string("model_0")
-                  : fmt::format("model_{}", r.value("iteration", std::uint64_t{0}) + 1);
-      const auto trained =
-          model_0 ? std::string("sft")
-                  : fmt::format("{}+{}", r.value("labels", "?"), r.value("loss", "?"));
+      const auto model = model_0
+                             ? std::string("model_0")
+                             : fmt::format("model_{}", r.value("iteration", std::uint64_t{0}) + 1);
+      const auto trained = model_0
+                               ? std::string("sft")
+                               : fmt::format("{}+{}", r.value("labels", "?"), r.value("loss", "?"));
       out += fmt::format("{:<14} {:<8} {:<10} {:>6} {:>6} {:>9} {:>8} {:>8} {:>6}\n",
                          name,
                          model,
@@ -165,8 +165,8 @@ std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
     std::int64_t model = 0;
     for (const auto& r : read_lines(run_dir + "/selfplay.jsonl")) {
       const auto eval = r.value("eval", Json::object());
-      const double judged = number_or(r, "win", 0) + number_or(r, "tie", 0) +
-                            number_or(r, "loss_count", 0);
+      const double judged =
+          number_or(r, "win", 0) + number_or(r, "tie", 0) + number_or(r, "loss_count", 0);
       const auto share = [&](const char* key) {
         return judged > 0 ? fmt::format("{}", number_or(r, key, 0) / judged) : std::string();
       };
@@ -191,7 +191,7 @@ std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
       }
       const auto value = [&](const char* key) {
         return m.contains(key) && m.at(key).is_number() ? fmt::format("{}", m.at(key).get<double>())
-                                                         : std::string();
+                                                        : std::string();
       };
       csv << ++step << "," << m.value("iteration", std::uint64_t{0}) << "," << kind << ","
           << value("loss") << "," << value("model_loss") << "," << value("noise_loss") << ","
@@ -250,7 +250,8 @@ std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
          << "'\n"
             "set xlabel 'log p(y|x)'; set ylabel 'answers'; set autoscale\n"
             "plot '"
-         << name << ".csv' using 1:2 with steps lw 2 title 'positive', '' using 1:3 with steps lw 2 "
+         << name
+         << ".csv' using 1:2 with steps lw 2 title 'positive', '' using 1:3 with steps lw 2 "
          << "title 'negative', '' using 1:4 with steps lw 2 title 'generated'";
       gp << "\n";
     }

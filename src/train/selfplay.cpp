@@ -22,8 +22,8 @@
 #include "dnpo/judge/judge.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
-#include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/checkpointing.h"
+#include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/evaluate.h"
 #include "dnpo/train/labeling.h"
 #include "dnpo/train/metrics.h"
@@ -115,7 +115,7 @@ KnownVerdicts known_from(const Json& j) {
 /// What the loop carries from phase to phase (and in every checkpoint, as JSON).
 struct LoopState {
   std::uint64_t iteration = 0;
-  std::vector<SelfplaySample> samples;       // this iteration's, one per prompt, by index
+  std::vector<SelfplaySample> samples;        // this iteration's, one per prompt, by index
   std::vector<std::optional<Verdict>> human;  // human answers' verdicts, reused every iteration
   std::vector<KnownVerdicts> known;  // per prompt, every answer judged so far: never asked twice
   Json reports = Json::array();      // model_0's and every finished iteration's
@@ -255,7 +255,8 @@ class SelfplayLoop {
   void generate_and_judge(std::int64_t rounds_done_before);
   void share_my_results();
   StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
-  TrainSummary train_iteration(const LabeledPairs& labeled, const std::optional<std::string>& resume);
+  TrainSummary train_iteration(const LabeledPairs& labeled,
+                               const std::optional<std::string>& resume);
   /// Held-out eval of the current policy (rank 0), and — after an iteration's training, given
   /// its labels — the log-prob histogram data of its positive, negative and generated answers.
   std::optional<EvalReport> evaluate_policy(const LabeledPairs* labeled = nullptr);
@@ -794,7 +795,8 @@ void SelfplayLoop::run() {
                     stored->stage,
                     "') has no self-play state; was it written by `dnpo_dist train`?");
     restore_state(it->second, *resume, *tokenizer_, state_);
-    log::info_rank0("resume: self-play iteration {} in stage '{}'", state_.iteration, stored->stage);
+    log::info_rank0(
+        "resume: self-play iteration {} in stage '{}'", state_.iteration, stored->stage);
   } else {
     if (cfg_.selfplay.sft) {
       train_model_0(resume_in_sft ? resume : std::nullopt);
@@ -919,12 +921,13 @@ void SelfplayLoop::run() {
   barrier(comm_);
   if (is_rank0(comm_)) {
     log::info_rank0("self-play done:\n{}", selfplay_table({dir_}));
-    log::info_rank0("reports: {}/selfplay.jsonl | plots: {}/plots | final model: {}/final | "
-                    "checkpoints: {}",
-                    dir_,
-                    dir_,
-                    dir_,
-                    checkpointer_.dir());
+    log::info_rank0(
+        "reports: {}/selfplay.jsonl | plots: {}/plots | final model: {}/final | "
+        "checkpoints: {}",
+        dir_,
+        dir_,
+        dir_,
+        checkpointer_.dir());
   }
 }
 

@@ -56,7 +56,8 @@ double corpus_bleu(const std::vector<TokenIds>& hypotheses,
     if (matched[static_cast<std::size_t>(n)] == 0) {
       return 0.0;
     }
-    log_precision += std::log(matched[static_cast<std::size_t>(n)] / total[static_cast<std::size_t>(n)]);
+    log_precision +=
+        std::log(matched[static_cast<std::size_t>(n)] / total[static_cast<std::size_t>(n)]);
   }
   const double brevity = hyp_length < ref_length ? std::exp(1.0 - ref_length / hyp_length) : 1.0;
   return brevity * std::exp(log_precision / max_n);
@@ -85,7 +86,8 @@ double rouge_l_f1(const TokenIds& hypothesis, const TokenIds& reference) {
   return 2 * precision * recall / (precision + recall);
 }
 
-double mean_rouge_l(const std::vector<TokenIds>& hypotheses, const std::vector<TokenIds>& references) {
+double mean_rouge_l(const std::vector<TokenIds>& hypotheses,
+                    const std::vector<TokenIds>& references) {
   DNPO_CHECK(hypotheses.size() == references.size(),
              "mean_rouge_l: ",
              hypotheses.size(),

@@ -9,11 +9,11 @@
 
 #include <cstdint>
 #include <functional>
-#include <utility>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dnpo/common/timer.h"

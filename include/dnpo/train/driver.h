@@ -14,9 +14,9 @@
 namespace dnpo::train {
 
 struct StageOptions {
-  std::string init_model;   ///< HF directory to start from (overrides model.init_from)
-  std::string samples_out;  ///< eval: JSONL of generated answers
-  std::string output_dir;   ///< where the trained model goes; "" = <run_dir>/<stage>
+  std::string init_model;    ///< HF directory to start from (overrides model.init_from)
+  std::string samples_out;   ///< eval: JSONL of generated answers
+  std::string output_dir;    ///< where the trained model goes; "" = <run_dir>/<stage>
   std::string choices_file;  ///< eval: multiple-choice JSONL scored by log-likelihood instead
   std::string choices_out;   ///< eval: per-question log-likelihoods and predictions (JSONL)
   std::vector<std::string> compare;  ///< eval: two HF directories, A and B, judged side by side

@@ -22,11 +22,11 @@ struct Verdict {
 
 /// One prompt of an iteration: the human answer and the policy's answer with their verdicts.
 struct SelfplaySample {
-  std::int64_t index = 0;  ///< global prompt index (keys the sampling draws)
-  bool generated = false;  ///< `answer` holds the policy's answer
+  std::int64_t index = 0;            ///< global prompt index (keys the sampling draws)
+  bool generated = false;            ///< `answer` holds the policy's answer
   std::vector<std::int64_t> tokens;  ///< the generated answer's tokens (EOS excluded)
   std::string answer;                ///< the same, detokenized
-  bool finished = false;   ///< ended with EOS (else cut at sample.max_new_tokens)
+  bool finished = false;             ///< ended with EOS (else cut at sample.max_new_tokens)
   std::optional<Verdict> generated_verdict;
   std::optional<Verdict> human_verdict;
 };

@@ -23,7 +23,8 @@ std::string selfplay_table(const std::vector<std::string>& run_dirs);
 /// per model: mean ± sample standard deviation over the runs of `metric`, a key of the reports'
 /// "eval" ("sampled_exact", "greedy_exact", "sampled_score") or of the report itself
 /// ("generated_at_least_human"). Throws DataError naming an unreadable run.
-std::string selfplay_mode_table(const std::vector<std::string>& run_dirs, const std::string& metric);
+std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
+                                const std::string& metric);
 
 /// Writes the CSVs and, when gnuplot is installed, the PNGs; returns the PNG paths drawn.
 std::vector<std::string> write_selfplay_plots(const std::string& run_dir);

@@ -22,6 +22,7 @@ double corpus_bleu(const std::vector<TokenIds>& hypotheses,
 double rouge_l_f1(const TokenIds& hypothesis, const TokenIds& reference);
 
 /// The mean of rouge_l_f1 over the pairs.
-double mean_rouge_l(const std::vector<TokenIds>& hypotheses, const std::vector<TokenIds>& references);
+double mean_rouge_l(const std::vector<TokenIds>& hypotheses,
+                    const std::vector<TokenIds>& references);
 
 }  // namespace dnpo::train

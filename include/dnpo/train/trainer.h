@@ -35,7 +35,7 @@ struct TrainSummary {
   double tokens_per_second = 0;
   std::int64_t truncated = 0;          ///< samples cut to data.max_length
   std::int64_t skipped_identical = 0;  ///< pairs whose chosen and rejected texts are equal
-  std::string checkpoint;  ///< the stage's final checkpoint ("" without checkpointing)
+  std::string checkpoint;              ///< the stage's final checkpoint ("" without checkpointing)
 };
 
 /// Sees the gradients of a step after backward, before clipping and the optimizer (tests).
