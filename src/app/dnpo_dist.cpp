@@ -37,6 +37,8 @@ struct Options {
   std::string resume;
   std::vector<std::string> report_runs;
   std::string report_metrics;
+  std::string prompts_file;
+  std::string generate_out;
 };
 
 void add_common(CLI::App* app, Options& o) {
@@ -123,6 +125,15 @@ int run_cli(int argc, char** argv) {
                    "{question, choices, label|answer}");
   eval->add_option(
       "--choices-out", o.stage.choices_out, "per-question log-likelihoods and predictions (JSONL)");
+  auto* generate = app.add_subcommand(
+      "generate", "answers to a prompts JSONL, split across the ranks (sampling per [sample])");
+  add_common(generate, o);
+  generate->add_option(
+      "--model", o.stage.init_model, "HF model directory (default model.init_from)");
+  generate
+      ->add_option("--prompts", o.prompts_file, "prompts JSONL ({\"id\",\"prompt\"[,\"answer\"]})")
+      ->required();
+  generate->add_option("--out", o.generate_out, "answers JSONL to write")->required();
   auto* demo = app.add_subcommand("demo-data", "write the demo world's train/eval JSONL");
   add_common(demo, o);
   demo->add_option("--out", o.demo_out, "directory (default: that of data.train_file)");
@@ -194,6 +205,8 @@ int run_cli(int argc, char** argv) {
       dnpo::train::run_sft(cfg, o.stage, comm.get());
     } else if (*train) {
       dnpo::train::run_train(cfg, o.stage, comm.get());
+    } else if (*generate) {
+      dnpo::train::run_generate(cfg, o.stage, o.prompts_file, o.generate_out, comm.get());
     } else if (*eval) {
       dnpo::train::run_eval(cfg, o.stage, comm.get());
     } else if (*demo) {

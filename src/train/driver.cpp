@@ -10,11 +10,14 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/timer.h"
 #include "dnpo/config/loader.h"
+#include "dnpo/data/chat_template.h"
 #include "dnpo/data/demo_world.h"
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/model/hf_io.h"
+#include "dnpo/model/sampler.h"
 #include "dnpo/train/evaluate.h"
 #include "dnpo/train/selfplay.h"
 #include "dnpo/train/trainer.h"
@@ -337,6 +340,10 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
                       {"sampled_exact", report.sampled.exact},
                       {"sampled_score", report.sampled.mean_score},
                       {"sampled_exact_by_task", report.sampled.exact_by_task}};
+  if (report.sampled.judged > 0) {
+    j["sampled_judge_score"] = report.sampled.judge_score;
+    j["sampled_judged"] = report.sampled.judged;
+  }
   if (report.has_greedy) {
     log::info_rank0("  greedy:        {}", format_scores(report.greedy));
     j["greedy_exact"] = report.greedy.exact;
@@ -345,6 +352,67 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
   }
   write_summary(dir + "/eval.json", j);
   return report.sampled.exact;
+}
+
+void run_generate(const config::RunConfig& cfg,
+                  const StageOptions& options,
+                  const std::string& prompts_file,
+                  const std::string& out,
+                  dist::Comm* comm) {
+  const auto dir = prepare_run_dir(cfg, comm);
+  const auto records = data::read_prompts_jsonl(prompts_file);
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  const data::ChatTemplate chat(cfg.chat, *tokenizer);
+  const auto model = load_or_init_model(cfg, options.init_model);
+  const int rank = comm == nullptr ? 0 : comm->rank();
+  const int world = comm == nullptr ? 1 : comm->world_size();
+  std::vector<model::GenerationRequest> requests;
+  std::vector<std::size_t> mine;
+  for (std::size_t i = static_cast<std::size_t>(rank); i < records.size();
+       i += static_cast<std::size_t>(world)) {
+    requests.push_back({chat.encode_prompt(records[i].prompt), i});
+    mine.push_back(i);
+  }
+  Timer timer;
+  const auto generations = model::generate(model,
+                                           requests,
+                                           cfg.sample,
+                                           tokenizer->eos_id(),
+                                           tokenizer->pad_id(),
+                                           {cfg.run.seed, cfg.train.iteration});
+  // Token ids travel (exact bytes); rank 0 decodes and writes in prompt order.
+  nlohmann::json mine_json = nlohmann::json::array();
+  for (std::size_t k = 0; k < mine.size(); ++k) {
+    mine_json.push_back({mine[k], generations[k].tokens, generations[k].finished});
+  }
+  const auto all = dist::all_gather_text(comm, mine_json.dump());
+  if (!is_rank0(comm)) {
+    return;
+  }
+  std::vector<std::pair<std::vector<std::int64_t>, bool>> answers(records.size());
+  for (const auto& text : all) {
+    for (const auto& a : nlohmann::json::parse(text)) {
+      answers[a.at(0).get<std::size_t>()] = {a.at(1).get<std::vector<std::int64_t>>(),
+                                             a.at(2).get<bool>()};
+    }
+  }
+  std::ofstream file(out);
+  DNPO_CHECK_WITH(DataError, file.good(), "cannot write '", out, "'");
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    const nlohmann::json j = {{"id", records[i].id},
+                              {"prompt", records[i].prompt},
+                              {"answer", records[i].answer},
+                              {"generated", tokenizer->decode(answers[i].first)},
+                              {"finished", answers[i].second}};
+    // A byte-level model can emit invalid UTF-8: written as U+FFFD, not fatal.
+    file << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
+  log::info_rank0("generate: {} answers from {} on {} rank(s) in {:.1f} s → {}",
+                  records.size(),
+                  options.init_model.empty() ? cfg.model.init_from : options.init_model,
+                  world,
+                  timer.seconds(),
+                  out);
 }
 
 void run_job(const config::RunConfig& cfg, dist::Comm* comm) {

@@ -62,6 +62,23 @@ Scored generate_and_score(const config::RunConfig& cfg,
     out.scores.exact = correct / static_cast<double>(scorable);
     out.scores.mean_score = score_sum / static_cast<double>(scorable);
   }
+  if (cfg.judge.backend == "http") {  // the rule judge is the verifier above
+    const auto judge = judge::make_judge(cfg.judge);
+    std::vector<judge::JudgeRequest> batch;
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      batch.push_back({records[i].prompt, out.texts[i]});
+    }
+    double sum = 0;
+    for (auto& verdict : judge->submit(std::move(batch))) {
+      const auto r = verdict.get();
+      if (r.outcome == judge::Outcome::kScored) {
+        sum += r.score;
+        ++out.scores.judged;
+      }
+    }
+    out.scores.judge_score =
+        out.scores.judged > 0 ? sum / static_cast<double>(out.scores.judged) : 0;
+  }
   for (const auto& [task, counts] : by_task) {
     out.scores.exact_by_task[task] = counts.first / counts.second;
   }
@@ -197,7 +214,12 @@ std::string format_scores(const EvalScores& scores) {
   for (const auto& [task, exact] : scores.exact_by_task) {
     tasks += fmt::format("{}{} {:.3f}", tasks.empty() ? "" : ", ", task, exact);
   }
-  return fmt::format("exact {:.3f} ({}) | score {:.1f}", scores.exact, tasks, scores.mean_score);
+  auto text =
+      fmt::format("exact {:.3f} ({}) | score {:.1f}", scores.exact, tasks, scores.mean_score);
+  if (scores.judged > 0) {
+    text += fmt::format(" | judge {:.1f} ({} judged)", scores.judge_score, scores.judged);
+  }
+  return text;
 }
 
 EvalReport evaluate(const config::RunConfig& cfg,

@@ -227,6 +227,9 @@ Json eval_json(const EvalReport& r) {
             {"sampled_exact", r.sampled.exact},
             {"sampled_score", r.sampled.mean_score},
             {"sampled_exact_by_task", r.sampled.exact_by_task}};
+  if (r.sampled.judged > 0) {
+    j["sampled_judge_score"] = r.sampled.judge_score;
+  }
   if (r.has_greedy) {
     j["greedy_exact"] = r.greedy.exact;
     j["greedy_score"] = r.greedy.mean_score;
@@ -599,6 +602,7 @@ std::optional<EvalReport> SelfplayLoop::evaluate_policy(const LabeledPairs* labe
     if (!eval_records_.empty()) {
       auto eval_cfg = cfg_;
       eval_cfg.train.iteration = 0;  // the same draws for every model: differences are the model's
+      eval_cfg.judge.backend = "rule";  // the verifier; `dnpo_dist eval` asks an http judge
       report = evaluate(eval_cfg, model, *tokenizer_, eval_records_);
     }
     if (labeled != nullptr) {

@@ -224,6 +224,34 @@ def check_compare(work):
     print(f"compare final vs model_0: win {got['win']} tie {got['tie']} loss {got['loss']} "
           "of 40, as recounted from the samples")
 
+    # eval with the judge over HTTP: the rule judge behind it scores as the verifier does.
+    server = Server(work, "eval")
+    run(base + ["--model", f"{runs}/final", "--set", 'judge.backend="http"',
+                "--set", f'judge.base_url="http://127.0.0.1:{server.port}"',
+                "--set", f'judge.template="{TEMPLATE}"'], "eval with the http judge")
+    server.stop()
+    summary = json.load(open(f"{work}/compare/demo/eval.json"))
+    assert summary["sampled_judged"] == 40, summary
+    assert abs(summary["sampled_judge_score"] - summary["sampled_score"]) < 1e-9, summary
+    print(f"eval over HTTP: judge score {summary['sampled_judge_score']:.2f} = verifier score")
+
+    # generate: np 1 gives eval's samples exactly (same draws, same batches); np 2 every prompt,
+    # in order, the answers equal up to float rounding in other batch shapes.
+    gen = [f"{BIN}/dnpo_dist", "generate", "--config", f"{SRC}/configs/demo.toml",
+           "--set", f'run.out_dir="{work}/compare"', "--model", f"{runs}/final",
+           "--prompts", f"{work}/data/eval.jsonl"]
+    run(gen + ["--out", f"{work}/gen1.jsonl"], "generate np 1")
+    run(["mpirun", "-np", "2", "--oversubscribe"] + gen + ["--out", f"{work}/gen2.jsonl"],
+        "generate np 2")
+    sampled = [r["generated"] for r in read_jsonl(f"{work}/final.jsonl")]
+    one = read_jsonl(f"{work}/gen1.jsonl")
+    two = read_jsonl(f"{work}/gen2.jsonl")
+    assert [r["generated"] for r in one] == sampled, "generate at np 1 differs from eval's samples"
+    assert [r["id"] for r in two] == [r["id"] for r in one], "generate at np 2: other prompts"
+    same = sum(a["generated"] == b["generated"] for a, b in zip(one, two)) / len(one)
+    assert same >= 0.9, f"generate at np 2 agrees with np 1 on only {same:.2f} of the answers"
+    print(f"generate: np 1 = eval's samples; np 2 agrees on {same:.2f} of the answers")
+
 
 def main():
     work = tempfile.mkdtemp()

@@ -37,6 +37,16 @@ void run_train(const config::RunConfig& cfg,
 double run_eval(const config::RunConfig& cfg,
                 const StageOptions& options,
                 dist::Comm* comm = nullptr);
+/// Distributed generation: every rank loads the model (options.init_model, or model.init_from)
+/// and answers its share of the prompts of `prompts_file` (prompt i on rank i mod N, sampling
+/// draws keyed on (seed, train.iteration, i), so the output does not depend on N beyond float
+/// rounding); rank 0 writes {"id","prompt","answer","generated","finished"} lines to `out`, in
+/// prompt order. collective.
+void run_generate(const config::RunConfig& cfg,
+                  const StageOptions& options,
+                  const std::string& prompts_file,
+                  const std::string& out,
+                  dist::Comm* comm = nullptr);
 /// The whole job: demo data (when missing), then the self-play loop (selfplay.h).
 void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 

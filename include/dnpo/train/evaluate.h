@@ -16,6 +16,10 @@ namespace dnpo::train {
 struct EvalScores {
   double exact = 0;       ///< share of answers equal to the truth
   double mean_score = 0;  ///< mean verifier score 0..100
+  /// With judge.backend "http": the judge's mean score over the answers it scored (any prompts,
+  /// not only the demo world's), and how many it scored; judged = 0 otherwise.
+  double judge_score = 0;
+  std::int64_t judged = 0;
   std::map<std::string, double> exact_by_task;
 };
 
