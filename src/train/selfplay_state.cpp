@@ -1,0 +1,163 @@
+// The self-play state's JSON form; see selfplay_state.h.
+#include "selfplay_state.h"
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::train::detail {
+namespace {
+
+judge::Outcome outcome_from(const std::string& name) {
+  for (const auto o : {judge::Outcome::kScored,
+                       judge::Outcome::kSpinFallback,
+                       judge::Outcome::kDropped,
+                       judge::Outcome::kFailed}) {
+    if (name == judge::outcome_name(o)) {
+      return o;
+    }
+  }
+  throw CheckpointError("self-play state: unknown judge outcome '" + name + "'");
+}
+
+}  // namespace
+
+// Answers are model output: a byte-level model may emit invalid UTF-8. Text written for people
+// replaces it; the loop's own state stores token ids, so a resumed run sees the exact bytes.
+std::string dump(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Json verdict_json(const std::optional<Verdict>& v) {
+  if (!v) {
+    return nullptr;
+  }
+  return Json::array({judge::outcome_name(v->outcome), v->score});
+}
+
+std::optional<Verdict> verdict_from(const Json& j) {
+  if (j.is_null()) {
+    return std::nullopt;
+  }
+  return Verdict{outcome_from(j.at(0).get<std::string>()), j.at(1).get<double>()};
+}
+
+/// Text that may not be valid UTF-8 (a byte-level model's answer): a JSON string when it is
+/// valid, else its bytes as an array, so a checkpoint restores it exactly.
+Json text_json(const std::string& text) {
+  try {
+    return Json::parse(Json(text).dump());
+  } catch (const Json::exception&) {
+    return Json(std::vector<std::uint8_t>(text.begin(), text.end()));
+  }
+}
+
+std::string text_from(const Json& j) {
+  if (j.is_string()) {
+    return j.get<std::string>();
+  }
+  const auto bytes = j.get<std::vector<std::uint8_t>>();
+  return {bytes.begin(), bytes.end()};
+}
+
+Json known_json(const KnownVerdicts& known) {
+  Json out = Json::array();
+  for (const auto& [text, v] : known) {
+    out.push_back(Json::array({text_json(text), verdict_json(v)}));
+  }
+  return out;
+}
+
+KnownVerdicts known_from(const Json& j) {
+  KnownVerdicts known;
+  for (const auto& entry : j) {
+    known[text_from(entry.at(0))] = *verdict_from(entry.at(1));
+  }
+  return known;
+}
+
+void LoopState::start_iteration(std::uint64_t t) {
+  iteration = t;
+  for (std::size_t i = 0; i < samples.size(); ++i) {
+    samples[i] = SelfplaySample{};
+    samples[i].index = static_cast<std::int64_t>(i);
+  }
+}
+
+Json sample_json(const SelfplaySample& s) {
+  return {{"i", s.index},
+          {"g", s.generated},
+          {"t", s.tokens},
+          {"f", s.finished},
+          {"v", verdict_json(s.generated_verdict)}};
+}
+
+/// Restores a sample from its JSON (text re-decoded from the tokens).
+void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& state) {
+  const auto i = j.at("i").get<std::int64_t>();
+  DNPO_CHECK_WITH(CheckpointError,
+                  i >= 0 && i < static_cast<std::int64_t>(state.samples.size()),
+                  "self-play state: prompt index ",
+                  i,
+                  " is outside the ",
+                  state.samples.size(),
+                  " prompts of this run (selfplay.prompts or data.train_file changed?)");
+  auto& s = state.samples[static_cast<std::size_t>(i)];
+  s.index = i;
+  s.generated = j.at("g").get<bool>();
+  s.tokens = j.at("t").get<std::vector<std::int64_t>>();
+  s.answer = s.generated ? tokenizer.decode(s.tokens) : std::string();
+  s.finished = j.at("f").get<bool>();
+  s.generated_verdict = verdict_from(j.at("v"));
+}
+
+Json state_json(const LoopState& state) {
+  Json samples = Json::array();
+  for (const auto& s : state.samples) {
+    samples.push_back(sample_json(s));
+  }
+  Json human = Json::array();
+  for (const auto& v : state.human) {
+    human.push_back(verdict_json(v));
+  }
+  Json known = Json::array();
+  for (const auto& k : state.known) {
+    known.push_back(known_json(k));
+  }
+  return {{"version", 1},
+          {"iteration", state.iteration},
+          {"samples", samples},
+          {"human", human},
+          {"known", known},
+          {"reports", state.reports}};
+}
+
+void restore_state(const std::string& text,
+                   const std::string& path,
+                   const data::Tokenizer& tokenizer,
+                   LoopState& state) {
+  try {
+    const auto j = Json::parse(text);
+    DNPO_CHECK_WITH(CheckpointError,
+                    j.at("human").size() == state.human.size(),
+                    "checkpoint ",
+                    path,
+                    " holds a self-play run of ",
+                    j.at("human").size(),
+                    " prompts; this configuration has ",
+                    state.human.size(),
+                    " (selfplay.prompts or data.train_file differ)");
+    state.iteration = j.at("iteration").get<std::uint64_t>();
+    state.start_iteration(state.iteration);
+    for (const auto& s : j.at("samples")) {
+      restore_sample(s, tokenizer, state);
+    }
+    for (std::size_t i = 0; i < state.human.size(); ++i) {
+      state.human[i] = verdict_from(j.at("human")[i]);
+      state.known[i] = known_from(j.at("known")[i]);
+    }
+    state.reports = j.at("reports");
+  } catch (const Json::exception& e) {
+    throw CheckpointError("checkpoint " + path + ": unreadable self-play state: " + e.what());
+  }
+}
+
+}  // namespace dnpo::train::detail
