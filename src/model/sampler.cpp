@@ -48,14 +48,52 @@ std::int64_t pick_token(const at::Tensor& logits, const config::SampleConfig& cf
   return order[chosen].item<std::int64_t>();
 }
 
+namespace {
+
+/// A whole model as a Decoder.
+class WholeDecoder : public Decoder {
+ public:
+  explicit WholeDecoder(const LlamaModel& model) : model_(model) {}
+  KVCache make_cache(std::int64_t batch, std::int64_t capacity) override {
+    return model_.make_cache(batch, capacity);
+  }
+  at::Tensor forward_hidden(const at::Tensor& input_ids,
+                            const at::Tensor& attention_mask,
+                            KVCache* cache) override {
+    return model_.forward_hidden(input_ids, attention_mask, cache);
+  }
+  at::Tensor logits(const at::Tensor& hidden) override {
+    return model_.logits(hidden);
+  }
+  at::Device device() const override {
+    return model_.weights().embed_tokens.device();
+  }
+
+ private:
+  const LlamaModel& model_;
+};
+
+}  // namespace
+
 std::vector<Generation> generate(const LlamaModel& model,
                                  const std::vector<GenerationRequest>& requests,
                                  const config::SampleConfig& cfg,
                                  std::int64_t eos_id,
                                  std::int64_t pad_id,
                                  const SamplingKeys& keys) {
+  WholeDecoder decoder(model);
+  return generate(decoder, requests, cfg, eos_id, pad_id, keys);
+}
+
+std::vector<Generation> generate(Decoder& model,
+                                 const std::vector<GenerationRequest>& requests,
+                                 const config::SampleConfig& cfg,
+                                 std::int64_t eos_id,
+                                 std::int64_t pad_id,
+                                 const SamplingKeys& keys,
+                                 bool fixed_steps) {
   at::NoGradGuard no_grad;
-  const auto device = model.weights().embed_tokens.device();
+  const auto device = model.device();
   std::vector<Generation> results(requests.size());
   const auto batch_size = static_cast<std::size_t>(std::max(1, cfg.batch_size));
   for (std::size_t begin = 0; begin < requests.size(); begin += batch_size) {
@@ -76,7 +114,7 @@ std::vector<Generation> generate(const LlamaModel& model,
     auto hidden = model.forward_hidden(batch.input_ids.to(device), mask, &cache);
     std::vector<bool> done(rows, false);
     std::int64_t remaining = rows;
-    for (int step = 0; step < cfg.max_new_tokens && remaining > 0; ++step) {
+    for (int step = 0; step < cfg.max_new_tokens && (remaining > 0 || fixed_steps); ++step) {
       // logits of the last position: (rows, V) fp32
       // (picking runs on the host: one (rows, V) copy per step)
       auto logits =
@@ -104,7 +142,7 @@ std::vector<Generation> generate(const LlamaModel& model,
         }
         next[r][0] = token;
       }
-      if (remaining == 0 || step + 1 == cfg.max_new_tokens) {
+      if ((remaining == 0 && !fixed_steps) || step + 1 == cfg.max_new_tokens) {
         break;
       }
       mask = at::cat({mask, at::ones({rows, 1}, mask.options())}, 1);

@@ -212,8 +212,14 @@ void SelfplayLoop::share_my_results() {
 
 void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   const auto t = state_.iteration;
-  // The whole policy on every rank while it samples (one gather per iteration).
-  const model::LlamaModel model(policy_->config(), policy_->gather_parameters(true));
+  // The policy while it samples: whole on every rank (one gather per iteration), or gathered a
+  // layer at a time with every rank decoding in lockstep (each forward is collective).
+  const bool per_layer = cfg_.selfplay.generation == "per_layer";
+  std::optional<model::LlamaModel> whole;
+  if (!per_layer) {
+    whole.emplace(policy_->config(), policy_->gather_parameters(true));
+  }
+  ShardedDecoder layered(*policy_);
   auto judge = make_rank_judge(cfg_.judge, world_);
   // One request per distinct (prompt, answer): a generated answer equal to one judged before
   // (the human answer, or an earlier iteration's) takes that verdict; one equal to an answer in
@@ -349,6 +355,17 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   Timer generate_timer;
   for (std::int64_t round = 0; round < total_rounds; ++round) {
     const auto begin = static_cast<std::size_t>(round) * batch;
+    if (per_layer && begin >= generate_todo.size()) {
+      // Nothing left here: decode a one-token stand-in so the others' gathers are matched.
+      const std::vector<model::GenerationRequest> stand_in{{{tokenizer_->bos_id()}, 0}};
+      model::generate(layered,
+                      stand_in,
+                      cfg_.sample,
+                      tokenizer_->eos_id(),
+                      tokenizer_->pad_id(),
+                      {cfg_.run.seed, t},
+                      true);
+    }
     if (begin < generate_todo.size()) {
       const auto end = std::min(generate_todo.size(), begin + batch);
       std::vector<std::size_t> indices(generate_todo.begin() + static_cast<std::ptrdiff_t>(begin),
@@ -357,12 +374,19 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       for (const auto i : indices) {
         requests.push_back({chat_.encode_prompt(prompts_[i].prompt), i});
       }
-      const auto generations = model::generate(model,
-                                               requests,
-                                               cfg_.sample,
-                                               tokenizer_->eos_id(),
-                                               tokenizer_->pad_id(),
-                                               {cfg_.run.seed, t});
+      const auto generations = per_layer ? model::generate(layered,
+                                                           requests,
+                                                           cfg_.sample,
+                                                           tokenizer_->eos_id(),
+                                                           tokenizer_->pad_id(),
+                                                           {cfg_.run.seed, t},
+                                                           true)
+                                         : model::generate(*whole,
+                                                           requests,
+                                                           cfg_.sample,
+                                                           tokenizer_->eos_id(),
+                                                           tokenizer_->pad_id(),
+                                                           {cfg_.run.seed, t});
       for (std::size_t k = 0; k < indices.size(); ++k) {
         auto& s = state_.samples[indices[k]];
         s.generated = true;

@@ -183,6 +183,70 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
           tied ? head[0] : head[1]};
 }
 
+ShardedLlama::Output ShardedLlama::forward_cached(const at::Tensor& input_ids,
+                                                  const at::Tensor& attention_mask,
+                                                  model::KVCache* cache) {
+  const at::NoGradGuard no_grad;
+  const std::int64_t past = cache != nullptr ? cache->length : 0;
+  const auto prefetch = [this](dist::ShardedUnit* unit) {
+    if (prefetch_ && unit != nullptr) {
+      unit->prefetch();
+    }
+  };
+  const bool tied = head_ == embed_;
+  auto embed = embed_->gathered();
+  prefetch(blocks_.empty() ? head_ : blocks_.front());
+  auto x = at::embedding(embed[0], input_ids);
+  embed.clear();
+  if (!tied) {
+    embed_->release();
+  }
+  const auto ctx = model::make_attention_context(cfg_, attention_mask, past, compute_dtype_);
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    auto p = blocks_[i]->gathered();
+    prefetch(i + 1 < blocks_.size() ? blocks_[i + 1] : head_);
+    const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+    x = model::block_forward(cfg_, w, x, ctx, cache, i);
+    blocks_[i]->release();
+  }
+  if (cache != nullptr) {
+    cache->length += input_ids.size(1);
+  }
+  const auto head = head_->gathered();
+  return {model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps),
+          tied ? head[0] : head[1]};
+}
+
+model::KVCache ShardedLlama::make_cache(std::int64_t batch, std::int64_t capacity) const {
+  model::KVCache cache;
+  cache.capacity = capacity;
+  const auto head_dim = cfg_.hidden_size / cfg_.num_attention_heads;
+  const auto options = at::TensorOptions().dtype(compute_dtype_);
+  for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
+    cache.keys.push_back(at::zeros({batch, cfg_.num_key_value_heads, capacity, head_dim}, options));
+    cache.values.push_back(
+        at::zeros({batch, cfg_.num_key_value_heads, capacity, head_dim}, options));
+  }
+  return cache;
+}
+
+at::Tensor ShardedDecoder::forward_hidden(const at::Tensor& input_ids,
+                                          const at::Tensor& attention_mask,
+                                          model::KVCache* cache) {
+  auto out = model_.forward_cached(input_ids, attention_mask, cache);
+  lm_head_ = out.lm_head;
+  return out.hidden;
+}
+
+at::Tensor ShardedDecoder::logits(const at::Tensor& hidden) {
+  DNPO_CHECK(lm_head_.defined(), "ShardedDecoder: logits() before forward_hidden()");
+  const at::NoGradGuard no_grad;
+  auto out = at::linear(hidden, lm_head_);
+  lm_head_ = at::Tensor();
+  model_.release();
+  return out;
+}
+
 void ShardedLlama::release() {
   for (auto& unit : units_) {
     unit->release();

@@ -8,6 +8,8 @@
              - nothing is judged twice: the server saw one request per distinct (prompt, answer)
                over the human answers and both iterations' generations;
              - metrics.jsonl has the SFT, SPIN and NPO steps and one report per iteration.
+  per_layer  the same run generating with the policy gathered a layer at a time (lockstep
+             decoding): the same answers and final model as the reference.
   kill_generate  SIGKILL to the ranks during iteration 1's generation (checkpoints every round);
              --resume auto ends with the reference's final model, byte for byte.
   kill_train     the same during iteration 1's NPO training.
@@ -262,6 +264,13 @@ def main():
     ref_reports = reports(work, "reference")
     ref_model = final_model(work, "reference")
     every_round = ("--set", "checkpoint.every_steps=1")
+
+    # --- generation with the policy gathered layer by layer ---
+    server = Server(work, "per_layer")
+    run(command(work, "per_layer", server.port, "--set", 'selfplay.generation="per_layer"'),
+        "per_layer")
+    server.stop()
+    same_result(work, "per_layer", ref_reports, ref_model)
 
     # --- SIGKILL during iteration 1's generation, then --resume auto ---
     small_batches = ("--set", "sample.batch_size=8")

@@ -129,6 +129,10 @@ struct SelfplayConfig {
   double lr = 1e-5;    ///< peak learning rate of every self-play iteration (train.lr is SFT's)
   int epochs = 1;      ///< epochs over an iteration's pairs (the paper's E)
   bool eval_each_iteration = true;  ///< held-out accuracy and judge score after each iteration
+  /// How generation holds the policy: "whole" (every rank gathers all of it once per iteration;
+  /// fastest, needs the model to fit one rank) | "per_layer" (each layer gathered as it computes,
+  /// the next prefetched, ranks decoding in lockstep; for models that do not fit one rank).
+  std::string generation = "whole";
 };
 /// [sample] — generation.
 struct SampleConfig {

@@ -26,6 +26,32 @@ struct SamplingKeys {
   std::uint64_t iteration = 0;
 };
 
+/// What generation needs of a model: a forward over the KV cache and the logits. LlamaModel is
+/// one (whole parameters); train/ has one that gathers each sharded layer as it computes.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual KVCache make_cache(std::int64_t batch, std::int64_t capacity) = 0;
+  /// As LlamaModel::forward_hidden (advances cache->length).
+  virtual at::Tensor forward_hidden(const at::Tensor& input_ids,
+                                    const at::Tensor& attention_mask,
+                                    KVCache* cache) = 0;
+  /// Logits of the hidden states the last forward_hidden returned (or a part of them).
+  virtual at::Tensor logits(const at::Tensor& hidden) = 0;
+  virtual at::Device device() const = 0;
+};
+
+/// Generates for every request, in batches of cfg.batch_size. temperature 0 = greedy.
+/// fixed_steps: every batch runs 1 + (max_new_tokens − 1) forwards even when all its rows have
+/// ended (ranks decoding in lockstep, where each forward is collective); the results are the same.
+std::vector<Generation> generate(Decoder& model,
+                                 const std::vector<GenerationRequest>& requests,
+                                 const config::SampleConfig& cfg,
+                                 std::int64_t eos_id,
+                                 std::int64_t pad_id,
+                                 const SamplingKeys& keys,
+                                 bool fixed_steps = false);
+
 /// Generates for every request, in batches of cfg.batch_size. temperature 0 = greedy.
 std::vector<Generation> generate(const LlamaModel& model,
                                  const std::vector<GenerationRequest>& requests,

@@ -15,6 +15,7 @@
 #include "dnpo/model/hf_io.h"
 #include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
+#include "dnpo/model/sampler.h"
 
 namespace dnpo::train {
 
@@ -67,6 +68,14 @@ class ShardedLlama {
   Output forward(const at::Tensor& input_ids, const at::Tensor& attention_mask);
   /// Drops every gathered buffer; call after the micro-batch's backward.
   void release();
+  /// collective, no gradients: the forward over a KV cache, for generation. Each unit is
+  /// gathered as it computes (the next one prefetched) and released after, so a rank holds at
+  /// most two blocks; the head unit stays gathered (Output::lm_head) until release().
+  Output forward_cached(const at::Tensor& input_ids,
+                        const at::Tensor& attention_mask,
+                        model::KVCache* cache);
+  /// An empty KV cache for forward_cached, in the compute dtype.
+  model::KVCache make_cache(std::int64_t batch, std::int64_t capacity) const;
   /// Whether the next unit's all-gather starts while the current one computes (default on).
   void set_prefetch(bool on) {
     prefetch_ = on;
@@ -90,6 +99,29 @@ class ShardedLlama {
   dist::ShardedUnit* embed_ = nullptr;
   std::vector<dist::ShardedUnit*> blocks_;
   dist::ShardedUnit* head_ = nullptr;  // == embed_ when tied
+};
+
+/// The sharded policy as a model::Decoder: generation with the layers gathered one at a time.
+/// Every rank must decode in lockstep (model::generate with fixed_steps, the same number of
+/// batches), since every forward is collective.
+class ShardedDecoder : public model::Decoder {
+ public:
+  explicit ShardedDecoder(ShardedLlama& model) : model_(model) {}
+  model::KVCache make_cache(std::int64_t batch, std::int64_t capacity) override {
+    return model_.make_cache(batch, capacity);
+  }
+  at::Tensor forward_hidden(const at::Tensor& input_ids,
+                            const at::Tensor& attention_mask,
+                            model::KVCache* cache) override;
+  /// Logits from the head gathered by the last forward; releases it.
+  at::Tensor logits(const at::Tensor& hidden) override;
+  at::Device device() const override {
+    return at::kCPU;
+  }
+
+ private:
+  ShardedLlama& model_;
+  at::Tensor lm_head_;
 };
 
 /// The noise head as one unit (d × V, like the lm_head), gathered in fp32.
