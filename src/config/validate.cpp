@@ -196,11 +196,6 @@ void check_cross_fields(const RunConfig& config, int world_size, Problems& probl
                                       ") must be >= 256 when tokenizer.kind = \"byte\" (one id per "
                                       "byte, plus special tokens)"));
   }
-  if (!config.npo.fresh_head_each_iteration) {
-    problems.emplace_back(
-        "npo.fresh_head_each_iteration = false (carrying the noise head from one self-play "
-        "iteration to the next) is not supported yet; every iteration starts a fresh head");
-  }
   std::set<std::string> seen;
   for (const auto& task : config.demo.tasks) {
     if (!seen.insert(task).second) {

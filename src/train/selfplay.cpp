@@ -105,6 +105,10 @@ class SelfplayLoop {
   void generate_and_judge(std::int64_t rounds_done_before);
   void share_my_results();
   StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
+  /// Whether iteration t trains a noise head (NPO with a learned head).
+  bool trains_noise_head(std::uint64_t t) const;
+  /// An empty sharded head for the one carried over iterations (filled by a copy or a load).
+  void make_carried_head();
   TrainSummary train_iteration(const LabeledPairs& labeled,
                                const std::optional<std::string>& resume);
   /// Held-out eval of the current policy (rank 0), and — after an iteration's training, given
@@ -137,6 +141,9 @@ class SelfplayLoop {
   LoopState state_;
   PhaseTimes times_;
   Json logprob_means_;  // rank 0: of the last iteration's answers under the model it trained
+  // npo.fresh_head_each_iteration = false: the last NPO iteration's trained head, which the next
+  // one starts from (and which generation checkpoints carry).
+  std::unique_ptr<ShardedNoiseHead> carried_head_;
   std::int64_t judge_requests_ = 0;  // this iteration, this rank: answers sent to the judge
   std::int64_t judge_reused_ = 0;    // ... and answers that took an earlier or in-flight verdict
 };
@@ -181,9 +188,22 @@ StageState SelfplayLoop::generate_stage_state(std::int64_t rounds_done, std::int
   s.position.steps_done = rounds_done;
   s.position.total_steps = rounds_total;
   s.trained = {{"policy", policy_->units()}};
+  if (carried_head_) {
+    s.trained.push_back({"noise_head", {carried_head_->unit()}});
+  }
   s.resolved_config = config::to_toml(cfg_);
   s.blobs[kBlob] = dump(state_json(state_));
   return s;
+}
+
+bool SelfplayLoop::trains_noise_head(std::uint64_t t) const {
+  const auto cfg_t = iteration_config(cfg_, t);
+  return cfg_t.train.loss == "npo" && !cfg_t.npo.fixed_noise;
+}
+
+void SelfplayLoop::make_carried_head() {
+  carried_head_ = std::make_unique<ShardedNoiseHead>(
+      cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, cfg_.run.seed, comm_);
 }
 
 // Every rank sends the samples and human verdicts of its own prompts; all ranks merge them, so
@@ -458,7 +478,15 @@ TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,
   Trainer trainer(cfg_t, *policy_, *tokenizer_, metrics_, comm_);
   trainer.set_checkpointing(&checkpointer_, resume);
   trainer.set_stage_blobs({{kBlob, dump(state_json(state_))}});
-  return trainer.train_preference(labeled.pairs);
+  trainer.set_initial_noise_head(carried_head_.get());
+  auto summary = trainer.train_preference(labeled.pairs);
+  if (!cfg_.npo.fresh_head_each_iteration && trainer.noise_head() != nullptr) {
+    if (!carried_head_) {
+      make_carried_head();
+    }
+    carried_head_->unit()->load_shard_of(*trainer.noise_head()->unit());  // for the next one
+  }
+  return summary;
 }
 
 std::optional<EvalReport> SelfplayLoop::evaluate_policy(const LabeledPairs* labeled) {
@@ -696,6 +724,9 @@ void SelfplayLoop::run() {
     judge_reused_ = 0;
     if (resume_generation) {
       // The checkpoint holds model_t and the answers and verdicts committed so far.
+      if (!cfg_.npo.fresh_head_each_iteration && t > 0 && trains_noise_head(t - 1)) {
+        make_carried_head();  // the head carried over from iteration t - 1 is in the checkpoint
+      }
       StageState s = generate_stage_state(0, 0);
       load_stage(*resume, s);
       generate_and_judge(s.position.steps_done);

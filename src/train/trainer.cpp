@@ -404,6 +404,9 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   if (npo && !cfg_.npo.fixed_noise) {
     head = std::make_unique<ShardedNoiseHead>(
         cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed, comm_);
+    if (initial_noise_head_ != nullptr) {
+      head->unit()->load_shard_of(*initial_noise_head_->unit());
+    }
     units.push_back(head->unit());
     trained.push_back(head->unit()->shard());
   }

@@ -13,6 +13,8 @@
   kill_generate  SIGKILL to the ranks during iteration 1's generation (checkpoints every round);
              --resume auto ends with the reference's final model, byte for byte.
   kill_train     the same during iteration 1's NPO training.
+  carry      npo.fresh_head_each_iteration = false over two DNPO iterations: differs from fresh
+             heads, and a SIGKILL in iteration 2's generation resumes to the same final model.
   stop_judging   SIGUSR1 to mpirun while iteration 1's answers wait for a slow judge: exit 0;
              the resumed run re-sends at most the requests that were in flight (judge.concurrency),
              never one whose verdict the checkpoint holds, and ends with the reference's model.
@@ -294,6 +296,24 @@ def main():
     assert "resume: self-play iteration 1 in stage 'npo'" in out, out[-4000:]
     server.stop()
     same_result(work, "kill_train", ref_reports, ref_model)
+
+    # --- npo.fresh_head_each_iteration = false over two DNPO iterations: the head carried into
+    # iteration 2 survives a SIGKILL in its generation (it is in the generation checkpoints) ---
+    carry = ("--set", "selfplay.iterations=2", "--set", "npo.fresh_head_each_iteration=false")
+    server = Server(work, "carry")
+    run(command(work, "carry", server.port, *carry), "carry")
+    run(command(work, "fresh2", server.port, "--set", "selfplay.iterations=2"), "fresh2")
+    code, out = interrupt(command(work, "carry_killed", server.port, *carry, *every_round),
+                          "carry_killed", ["in generate of iteration 2 after round 2"], kill_ranks)
+    assert code != 0, "carry_killed: the job survived SIGKILL"
+    out = run(command(work, "carry_killed", server.port, *carry, *every_round, "--resume", "auto"),
+              "carry_killed resume")
+    assert "resume: self-play iteration 2 in stage 'generate'" in out, out[-4000:]
+    server.stop()
+    same_result(work, "carry_killed", reports(work, "carry"), final_model(work, "carry"))
+    assert final_model(work, "carry") != final_model(work, "fresh2"), \
+        "carrying the noise head over changed nothing"
+    print("carry: a carried-over noise head changes the run and survives a kill")
 
     # --- SIGUSR1 while iteration 1's answers wait for a slow judge ---
     slow = ("--latency-ms", "100")

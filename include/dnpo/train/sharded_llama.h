@@ -142,6 +142,9 @@ class ShardedNoiseHead {
   dist::ShardedUnit* unit() {
     return unit_.get();
   }
+  const dist::ShardedUnit* unit() const {
+    return unit_.get();
+  }
   /// collective: writes the full parameters back into `head`.
   void copy_to(model::NoiseHead& head);
 

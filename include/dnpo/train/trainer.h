@@ -72,6 +72,13 @@ class Trainer {
     resume_from_ = std::move(resume_from);
   }
 
+  /// NPO's noise head starts from this one's parameters instead of a fresh one (the self-play
+  /// loop carrying the head over iterations, npo.fresh_head_each_iteration = false); null = fresh.
+  /// Not owned; must outlive the next train_preference().
+  void set_initial_noise_head(const ShardedNoiseHead* head) {
+    initial_noise_head_ = head;
+  }
+
   /// Named blobs every checkpoint of the next stage carries (the self-play loop's state).
   void set_stage_blobs(std::map<std::string, std::string> blobs) {
     stage_blobs_ = std::move(blobs);
@@ -122,6 +129,7 @@ class Trainer {
   Checkpointer* checkpointer_ = nullptr;
   std::optional<std::string> resume_from_;
   std::map<std::string, std::string> stage_blobs_;
+  const ShardedNoiseHead* initial_noise_head_ = nullptr;
   std::string restored_from_;  // the checkpoint the stage was restored from, then its final one
 };
 

@@ -472,12 +472,6 @@ TEST(ConfigLoader, JudgeKeysAreChecked) {
   EXPECT_EQ(load_config("", {"judge.template=\"t.txt\""}).judge.prompt_template, "t.txt");
 }
 
-TEST(ConfigValidate, CarryingTheNoiseHeadOverIsRefusedNotIgnored) {
-  RunConfig c;
-  c.npo.fresh_head_each_iteration = false;
-  EXPECT_CONTAINS(config_error([&] { validate(c); }), "npo.fresh_head_each_iteration = false");
-}
-
 TEST(ConfigValidate, OddHeadDimIsRejected) {
   RunConfig c;
   c.model.hidden_size = 20;  // head_dim 5

@@ -125,6 +125,31 @@ TEST(Trainer, NpoRunsChangesThePolicyAndSkipsIdenticalPairs) {
   EXPECT_TRUE(run.has_head);
 }
 
+TEST(Trainer, NpoCanStartFromAnotherRunsNoiseHead) {
+  auto cfg = tiny_run("npo");
+  cfg.train.max_steps = 4;
+  model::LlamaModel policy(cfg.model, cfg.run.seed);
+  const data::ByteTokenizer tokenizer;
+  MetricsWriter metrics;
+  Trainer first(cfg, policy, tokenizer, metrics);
+  first.train_preference(pairs());
+  const auto trained = first.noise_head()->unit()->gather_full()[0];
+  // A later iteration (another fresh-head seed) at a learning rate too small to move anything:
+  // its head ends where it started.
+  auto later = cfg;
+  later.train.iteration = 1;
+  later.train.lr = 1e-12;
+  later.train.max_steps = 1;
+  const auto final_head = [&](const ShardedNoiseHead* initial) {
+    Trainer trainer(later, policy, tokenizer, metrics);
+    trainer.set_initial_noise_head(initial);
+    trainer.train_preference(pairs());
+    return trainer.noise_head()->unit()->gather_full()[0];
+  };
+  EXPECT_LT((final_head(first.noise_head()) - trained).abs().max().item<double>(), 1e-9);
+  EXPECT_GT((final_head(nullptr) - trained).abs().max().item<double>(), 1e-3);  // fresh
+}
+
 TEST(Trainer, NpoFixedNoiseHasNoHead) {
   auto cfg = tiny_run("npo");
   cfg.npo.fixed_noise = true;
