@@ -7,7 +7,8 @@
                (recounted here from iter_1/samples.jsonl and pairs.jsonl);
              - nothing is judged twice: the server saw one request per distinct (prompt, answer)
                over the human answers and both iterations' generations;
-             - metrics.jsonl has the SFT, SPIN and NPO steps and one report per iteration.
+             - metrics.jsonl has the SFT, SPIN and NPO steps and one report per iteration; the
+               plots (accuracy, win/tie/loss, losses, reward, log-prob histograms) are drawn.
   per_layer  the same run generating with the policy gathered a layer at a time (lockstep
              decoding): the same answers and final model as the reference.
   kill_generate  SIGKILL to the ranks during iteration 1's generation (checkpoints every round);
@@ -40,6 +41,11 @@ BOUND_S = 300  # generous functional bound on one run
 
 def environment():
     return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def read_lines_csv(path):
+    with open(path) as f:
+        return [line for line in f if line.strip()]
 
 
 def read_jsonl(path):
@@ -200,6 +206,12 @@ def check_reference(work, log):
     print(f"reference: {len(log)} judge requests for {len(distinct)} distinct (prompt, answer) "
           f"pairs ({3 * PROMPTS} answers; reused {it0['judge_reused'] + it1['judge_reused']:.0f})")
 
+    plots = f"{work}/runs/{name}/plots"
+    for png in ("accuracy", "win_tie_loss", "losses", "reward", "logprobs_iter_0",
+                "logprobs_iter_1"):
+        assert os.path.getsize(f"{plots}/{png}.png") > 1000, f"plot {png}.png missing or empty"
+        if png.startswith("logprobs"):
+            assert len(read_lines_csv(f"{plots}/{png}.csv")) > 1, f"{png}.csv is empty"
     metrics = read_jsonl(f"{work}/runs/{name}/metrics.jsonl")
     kinds = {(m["kind"], m["iteration"]) for m in metrics}
     for expected in [("sft", 0), ("spin", 0), ("npo", 1), ("selfplay", 0), ("selfplay", 1)]:
