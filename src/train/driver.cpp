@@ -147,6 +147,21 @@ nlohmann::json summary_json(const TrainSummary& s) {
           {"skipped_identical", s.skipped_identical}};
 }
 
+void save_trained_model(const config::RunConfig& cfg,
+                        ShardedLlama& policy,
+                        const TrainSummary* summary,
+                        const std::string& dir,
+                        dist::Comm* comm) {
+  const auto tensors = policy.gather_parameters(is_rank0(comm));  // collective
+  if (is_rank0(comm)) {
+    save_model(cfg, policy.config(), tensors, dir);
+    if (summary != nullptr) {
+      write_summary(dir + "/summary.json", summary_json(*summary));
+    }
+  }
+  barrier(comm);  // the model is on disk before any rank goes on
+}
+
 bool is_rank0(const dist::Comm* comm) {
   return comm == nullptr || comm->rank() == 0;
 }
@@ -225,13 +240,7 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Co
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
-  const auto tensors = policy->gather_parameters(is_rank0(comm));  // collective
-  if (is_rank0(comm)) {
-    const auto out = output_dir(cfg, options, "sft");
-    save_model(cfg, policy->config(), tensors, out);
-    write_summary(out + "/summary.json", summary_json(summary));
-  }
-  barrier(comm);  // the model is on disk before any rank goes on
+  save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, "sft"), comm);
 }
 
 void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
@@ -251,13 +260,7 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
-  const auto tensors = policy->gather_parameters(is_rank0(comm));  // collective
-  if (is_rank0(comm)) {
-    const auto out = output_dir(cfg, options, "train");
-    save_model(cfg, policy->config(), tensors, out);
-    write_summary(out + "/summary.json", summary_json(summary));
-  }
-  barrier(comm);
+  save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, "train"), comm);
 }
 
 double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {

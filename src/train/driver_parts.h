@@ -31,6 +31,13 @@ void save_model(const config::RunConfig& cfg,
                 const config::ModelConfig& model_cfg,
                 const model::NamedTensors& tensors,
                 const std::string& dir);
+/// collective: the policy gathered onto rank 0 and written there as an HF directory `dir` (with
+/// summary.json when `summary` is given); every rank returns once it is on disk.
+void save_trained_model(const config::RunConfig& cfg,
+                        ShardedLlama& policy,
+                        const TrainSummary* summary,
+                        const std::string& dir,
+                        dist::Comm* comm);
 void write_summary(const std::string& path, const nlohmann::json& j);
 nlohmann::json summary_json(const TrainSummary& s);
 bool is_rank0(const dist::Comm* comm);

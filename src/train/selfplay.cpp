@@ -173,12 +173,7 @@ void SelfplayLoop::train_model_0(const std::optional<std::string>& resume) {
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
-  const auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
-  if (is_rank0(comm_)) {
-    detail::save_model(cfg_, policy_->config(), tensors, dir_ + "/sft");
-    detail::write_summary(dir_ + "/sft/summary.json", detail::summary_json(summary));
-  }
-  barrier(comm_);
+  detail::save_trained_model(cfg_, *policy_, &summary, dir_ + "/sft", comm_);
 }
 
 StageState SelfplayLoop::generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total) {
@@ -820,11 +815,7 @@ void SelfplayLoop::run() {
     metrics_.write_object(dump(Json{{"kind", "selfplay"}, {"iteration", t}, {"report", report}}));
     write_reports();
   }
-  const auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
-  if (is_rank0(comm_)) {
-    detail::save_model(cfg_, policy_->config(), tensors, dir_ + "/final");
-  }
-  barrier(comm_);
+  detail::save_trained_model(cfg_, *policy_, nullptr, dir_ + "/final", comm_);
   if (is_rank0(comm_)) {
     log::info_rank0("self-play done:\n{}", selfplay_table({dir_}));
     log::info_rank0(

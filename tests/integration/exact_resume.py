@@ -28,14 +28,13 @@ import time
 import h5py
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mpi_jobs  # noqa: E402
+
 BIN = os.path.join(os.environ["DNPO_BIN"], "dnpo_dist")
 SRC = os.environ["DNPO_SOURCE_DIR"]
 BOUND_S = 120  # generous functional bound on each run
 STEPS = 32  # the interrupts come after steps 4-10: a wide margin on a loaded machine
-
-
-def environment():
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def write_pairs(path):
@@ -80,31 +79,13 @@ def final_tensors(work, name):
 
 
 def run(cmd, what):
-    done = subprocess.run(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=BOUND_S)
-    assert done.returncode == 0, f"{what}: exit {done.returncode}\n{done.stdout[-3000:]}"
-    return done.stdout
-
-
-def rank_pids(mpirun_pid):
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if ppid == mpirun_pid:
-            pids.append(int(entry))
-    return pids
+    return mpi_jobs.run(cmd, what, BOUND_S)
 
 
 def interrupt(work, name, after_steps, action, *extra):
     """Starts the np 2 job, waits until `after_steps` steps are in metrics.jsonl, applies
     action(mpirun pid); returns (exit code, output)."""
-    proc = subprocess.Popen(command(work, name, 2, *extra), env=environment(),
+    proc = subprocess.Popen(command(work, name, 2, *extra), env=mpi_jobs.environment(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + BOUND_S
     while steps_logged(work, name) < after_steps:
@@ -155,7 +136,7 @@ def main():
 
         # --- SIGTERM to the ranks ---
         def term_ranks(proc):
-            for pid in rank_pids(proc.pid):
+            for pid in mpi_jobs.rank_pids(proc.pid):
                 os.kill(pid, signal.SIGTERM)
         code, out = interrupt(work, "term", 7, term_ranks)
         assert code == 0, f"term: exit {code}\n{out[-3000:]}"
@@ -166,7 +147,7 @@ def main():
         # --- SIGKILL a few steps after a periodic checkpoint ---
         every = ("--set", "checkpoint.every_steps=4")
         def kill_ranks(proc):
-            for pid in rank_pids(proc.pid):
+            for pid in mpi_jobs.rank_pids(proc.pid):
                 os.kill(pid, signal.SIGKILL)
         code, _ = interrupt(work, "kill9", 10, kill_ranks, *every)
         assert code != 0, "kill9: mpirun reported success after its ranks were killed"

@@ -31,16 +31,15 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mpi_jobs  # noqa: E402
+
 BIN = os.environ["DNPO_BIN"]
 SRC = os.environ["DNPO_SOURCE_DIR"]
 TEMPLATE = f"{SRC}/configs/judge/default_0_100.txt"
 PROMPTS = 160
 CONCURRENCY = 4
 BOUND_S = 300  # generous functional bound on one run
-
-
-def environment():
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 
 
 def read_lines_csv(path):
@@ -92,31 +91,13 @@ def command(work, name, port, *extra):
 
 
 def run(cmd, what):
-    done = subprocess.run(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=BOUND_S)
-    assert done.returncode == 0, f"{what}: exit {done.returncode}\n{done.stdout[-4000:]}"
-    return done.stdout
-
-
-def rank_pids(mpirun_pid):
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if ppid == mpirun_pid:
-            pids.append(int(entry))
-    return pids
+    return mpi_jobs.run(cmd, what, BOUND_S)
 
 
 def interrupt(cmd, what, triggers, action):
     """Runs cmd; once lines of its output have contained each of `triggers` in order, applies
     action(proc). Returns (exit code, output)."""
-    proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=mpi_jobs.environment(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
     timer = threading.Timer(BOUND_S, proc.kill)
@@ -138,7 +119,7 @@ def interrupt(cmd, what, triggers, action):
 
 
 def kill_ranks(proc):
-    for pid in rank_pids(proc.pid):
+    for pid in mpi_jobs.rank_pids(proc.pid):
         os.kill(pid, signal.SIGKILL)
 
 

@@ -1,0 +1,32 @@
+"""Helpers the integration tests share for starting and interrupting mpirun jobs."""
+import os
+import subprocess
+
+
+def environment():
+    """os.environ plus what Open MPI needs to run as root (CI machines do)."""
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def run(cmd, what, timeout):
+    """Runs cmd to the end; asserts exit 0 (naming `what`); returns its output."""
+    done = subprocess.run(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"{what}: exit {done.returncode}\n{done.stdout[-4000:]}"
+    return done.stdout
+
+
+def rank_pids(mpirun_pid):
+    """The pids of mpirun's children: the ranks of the job on this machine."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid == mpirun_pid:
+            pids.append(int(entry))
+    return pids
