@@ -16,6 +16,8 @@ if(NOT DNPO_CORE_ONLY)
   find_package(ZLIB REQUIRED)
   # The judge's HTTP client and server (Asio + Beast, header-only; Debian libboost-dev).
   find_package(Boost 1.74 REQUIRED)
+  # HTTPS for the judge (Asio's SSL streams over OpenSSL; Debian libssl-dev).
+  find_package(OpenSSL 3 REQUIRED)
 endif()
 
 # LibTorch's exported flags are global-ish; wrap them in one interface target with SYSTEM includes.

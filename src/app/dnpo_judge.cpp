@@ -133,7 +133,12 @@ void add_serve(CLI::App& app, dnpo::judge::ServerOptions& o) {
       ->capture_default_str();
   serve->add_option("--max-connections", o.max_connections, "more connections get 503")
       ->capture_default_str();
-  serve->add_option("--request-log", o.request_log, "JSONL: t, body hash, attempt, outcome");
+  serve->add_option(
+      "--request-log", o.request_log, "JSONL: t, t_start, in_flight, body hash, attempt, outcome");
+  serve->add_option("--tls-cert", o.tls_cert, "serve HTTPS with this PEM certificate (chain)")
+      ->check(CLI::ExistingFile);
+  serve->add_option("--tls-key", o.tls_key, "the certificate's PEM private key")
+      ->check(CLI::ExistingFile);
   serve->add_option("--api-key-env",
                     o.api_key_env,
                     "require 'Authorization: Bearer <key>' with the key from this variable");
@@ -168,7 +173,10 @@ int run_cli(int argc, char** argv) {
       serve_options.faults.seed = serve_options.seed;
       dnpo::judge::JudgeServer server(serve_options);
       std::cout << server.port() << std::endl;  // tests read the port from this line
-      dnpo::log::info("dnpo_judge serving on {}:{}", serve_options.host, server.port());
+      dnpo::log::info("dnpo_judge serving on {}://{}:{}",
+                      serve_options.tls_cert.empty() ? "http" : "https",
+                      serve_options.host,
+                      server.port());
       server.run();
       dnpo::log::info("dnpo_judge stopped");
     }

@@ -238,6 +238,8 @@ inline const auto& tables() {
             &RunConfig::judge,
             key("backend", &JudgeConfig::backend, one_of({"rule", "http"})),
             key("base_url", &JudgeConfig::base_url, containing("://")),
+            key("ca_file", &JudgeConfig::ca_file),
+            key("tls_verify", &JudgeConfig::tls_verify),
             key("model", &JudgeConfig::model, non_empty()),
             key("template", &JudgeConfig::prompt_template, non_empty()),
             key("api_key_env", &JudgeConfig::api_key_env),

@@ -1,6 +1,7 @@
 // JudgeClient on Boost.Asio/Beast (see client.h). Everything after submit() runs on one I/O
 // thread: a ready queue, at most judge.concurrency attempts in flight, idle keep-alive
-// connections reused, retries scheduled on timers so a waiting request holds no slot.
+// connections (plain or TLS) reused, retries scheduled on timers so a waiting request holds no
+// slot.
 #include "dnpo/judge/client.h"
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <nlohmann/json.hpp>
 
 #include "dnpo/common/counter_rng.h"
@@ -21,6 +23,7 @@
 #include "dnpo/judge/backoff.h"
 #include "dnpo/judge/cache.h"
 #include "dnpo/judge/prompt_template.h"
+#include "tls.h"
 
 namespace dnpo::judge {
 namespace {
@@ -35,6 +38,7 @@ using Clock = std::chrono::steady_clock;
 constexpr std::size_t kMaxReplyBytes = 8U << 20U;
 
 struct Url {
+  bool https = false;
   std::string host;
   std::string port;
   std::string path;  // prefix before /v1/chat/completions, without a trailing '/'
@@ -44,20 +48,15 @@ Url parse_url(const std::string& url) {
   const auto scheme_end = url.find("://");
   const std::string scheme = url.substr(0, scheme_end);
   DNPO_CHECK_WITH(ConfigError,
-                  scheme != "https",
+                  scheme_end != std::string::npos && (scheme == "http" || scheme == "https"),
                   "judge.base_url = \"",
                   url,
-                  "\": HTTPS is not built yet in this version; use an http:// endpoint (e.g. "
-                  "a local proxy)");
-  DNPO_CHECK_WITH(ConfigError,
-                  scheme_end != std::string::npos && scheme == "http",
-                  "judge.base_url = \"",
-                  url,
-                  "\": expected http://host[:port][/path]");
+                  "\": expected http[s]://host[:port][/path]");
   const std::string rest = url.substr(scheme_end + 3);
   const auto slash = rest.find('/');
   const std::string authority = rest.substr(0, slash);
   Url u;
+  u.https = scheme == "https";
   u.path = slash == std::string::npos ? "" : rest.substr(slash);
   while (!u.path.empty() && u.path.back() == '/') {
     u.path.pop_back();
@@ -68,7 +67,7 @@ Url parse_url(const std::string& url) {
     u.port = authority.substr(colon + 1);
   } else {
     u.host = authority;
-    u.port = "80";
+    u.port = u.https ? "443" : "80";
   }
   if (u.host.size() > 2 && u.host.front() == '[' && u.host.back() == ']') {
     u.host = u.host.substr(1, u.host.size() - 2);
@@ -77,7 +76,7 @@ Url parse_url(const std::string& url) {
                   !u.host.empty(),
                   "judge.base_url = \"",
                   url,
-                  "\": no host; expected http://host[:port]");
+                  "\": no host; expected http[s]://host[:port]");
   return u;
 }
 
@@ -122,9 +121,29 @@ struct JudgeClient::Impl {
     Callback done;
   };
   using JobPtr = std::shared_ptr<Job>;
+  /// A keep-alive connection, plain or TLS.
   struct Conn {
-    explicit Conn(asio::io_context& ioc) : stream(ioc) {}
-    beast::tcp_stream stream;
+    Conn(asio::io_context& ioc, asio::ssl::context* tls) {
+      if (tls != nullptr) {
+        secure.emplace(ioc, *tls);
+      } else {
+        plain.emplace(ioc);
+      }
+    }
+    beast::tcp_stream& tcp() {
+      return secure ? beast::get_lowest_layer(*secure) : *plain;
+    }
+    /// Calls f with the stream HTTP goes over.
+    template <typename F>
+    void with_stream(F&& f) {
+      if (secure) {
+        f(*secure);
+      } else {
+        f(*plain);
+      }
+    }
+    std::optional<beast::tcp_stream> plain;
+    std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
     beast::flat_buffer buffer;
     bool connected = false;
   };
@@ -135,6 +154,7 @@ struct JudgeClient::Impl {
   JudgeCache* cache;
   std::string api_key;
   Url url;
+  std::optional<asio::ssl::context> tls;  // set for https:// endpoints
   std::string target;
   BackoffPolicy backoff;
   asio::io_context ioc;
@@ -158,6 +178,9 @@ struct JudgeClient::Impl {
         cache(cache_in),
         url(parse_url(c.base_url)) {
     target = url.path + "/v1/chat/completions";
+    if (url.https) {
+      tls.emplace(tls::client_context(cfg.tls_verify, cfg.ca_file));
+    }
     if (!cfg.api_key_env.empty()) {
       auto key = env::get(cfg.api_key_env.c_str());
       DNPO_CHECK_WITH(ConfigError,
@@ -292,10 +315,48 @@ struct JudgeClient::Impl {
                       const std::string& error,
                       std::optional<double> after = std::nullopt) {
     boost::system::error_code ignored;
-    conn->stream.socket().close(ignored);
+    conn->tcp().socket().close(ignored);
     --active;
     retry_or_fail(job, error, after);
     pump();
+  }
+
+  /// A failure another attempt cannot fix (a refused certificate): the failure policy at once.
+  void attempt_refused(const JobPtr& job, const ConnPtr& conn, const std::string& error) {
+    boost::system::error_code ignored;
+    conn->tcp().socket().close(ignored);
+    --active;
+    finish_failed(job, error);
+    pump();
+  }
+
+  /// TLS: SNI, the peer-name check and the handshake, then `then`.
+  template <typename Then>
+  void handshake(const JobPtr& job, const ConnPtr& conn, Then then) {
+    if (!tls::prepare_client(conn->secure->native_handle(), url.host, cfg.tls_verify)) {
+      attempt_failed(job, conn, "TLS setup failed (out of memory?)");
+      return;
+    }
+    conn->secure->async_handshake(
+        asio::ssl::stream_base::client, [this, job, conn, then](beast::error_code ec) {
+          if (!ec) {
+            then();
+            return;
+          }
+          const std::string where = "TLS handshake with " + url.host + ":" + url.port;
+          const std::string problem = tls::certificate_problem(conn->secure->native_handle());
+          if (!problem.empty()) {
+            attempt_refused(job,
+                            conn,
+                            where + " failed: the server's certificate was refused (" + problem +
+                                "); hint: judge.ca_file = \"" + cfg.ca_file +
+                                "\" must hold the CA that signed it (\"\" = the system's CAs), "
+                                "and the certificate must name " +
+                                url.host);
+            return;
+          }
+          attempt_failed(job, conn, where + " failed: " + ec.message());
+        });
   }
 
   void send(const JobPtr& job) {
@@ -304,7 +365,7 @@ struct JudgeClient::Impl {
       conn = idle.back();
       idle.pop_back();
     } else {
-      conn = std::make_shared<Conn>(ioc);
+      conn = std::make_shared<Conn>(ioc, tls ? &*tls : nullptr);
     }
     ++job->attempts;
     ++attempts;
@@ -318,53 +379,61 @@ struct JudgeClient::Impl {
     req->keep_alive(true);
     req->body() = job->body;
     req->prepare_payload();
-    conn->stream.expires_after(
+    // One deadline covers connect, handshake, send and reply (TLS runs over the tcp_stream).
+    conn->tcp().expires_after(
         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.timeout_s)));
     auto write = [this, job, conn, req] {
-      http::async_write(
-          conn->stream, *req, [this, job, conn, req](beast::error_code ec, std::size_t) {
-            if (ec) {
-              attempt_failed(job, conn, "sending failed: " + ec.message());
-              return;
-            }
-            read(job, conn);
-          });
+      conn->with_stream([&](auto& stream) {
+        http::async_write(stream, *req, [this, job, conn, req](beast::error_code ec, std::size_t) {
+          if (ec) {
+            attempt_failed(job, conn, "sending failed: " + ec.message());
+            return;
+          }
+          read(job, conn);
+        });
+      });
     };
     if (conn->connected) {
       write();
       return;
     }
-    conn->stream.async_connect(endpoints,
-                               [this, job, conn, write](beast::error_code ec, const auto&) {
-                                 if (ec) {
-                                   attempt_failed(job, conn, "connect failed: " + ec.message());
-                                   return;
-                                 }
-                                 conn->connected = true;
-                                 write();
-                               });
+    conn->tcp().async_connect(endpoints,
+                              [this, job, conn, write](beast::error_code ec, const auto&) {
+                                if (ec) {
+                                  attempt_failed(job, conn, "connect failed: " + ec.message());
+                                  return;
+                                }
+                                conn->connected = true;
+                                if (conn->secure) {
+                                  handshake(job, conn, write);
+                                } else {
+                                  write();
+                                }
+                              });
   }
 
   void read(const JobPtr& job, const ConnPtr& conn) {
     auto parser = std::make_shared<http::response_parser<http::string_body>>();
     parser->body_limit(kMaxReplyBytes);
-    http::async_read(conn->stream,
-                     conn->buffer,
-                     *parser,
-                     [this, job, conn, parser](beast::error_code ec, std::size_t) {
-                       if (ec == beast::error::timeout) {
-                         attempt_failed(job,
-                                        conn,
-                                        "deadline of " + std::to_string(cfg.timeout_s) +
-                                            " s exceeded (judge.timeout_s)");
-                         return;
-                       }
-                       if (ec) {
-                         attempt_failed(job, conn, "reading the reply failed: " + ec.message());
-                         return;
-                       }
-                       on_response(job, conn, parser->release());
-                     });
+    conn->with_stream([&](auto& stream) {
+      http::async_read(stream,
+                       conn->buffer,
+                       *parser,
+                       [this, job, conn, parser](beast::error_code ec, std::size_t) {
+                         if (ec == beast::error::timeout) {
+                           attempt_failed(job,
+                                          conn,
+                                          "deadline of " + std::to_string(cfg.timeout_s) +
+                                              " s exceeded (judge.timeout_s)");
+                           return;
+                         }
+                         if (ec) {
+                           attempt_failed(job, conn, "reading the reply failed: " + ec.message());
+                           return;
+                         }
+                         on_response(job, conn, parser->release());
+                       });
+    });
   }
 
   void on_response(const JobPtr& job, const ConnPtr& conn, http::response<http::string_body> res) {
@@ -372,7 +441,7 @@ struct JudgeClient::Impl {
       idle.push_back(conn);
     } else {
       boost::system::error_code ignored;
-      conn->stream.socket().close(ignored);
+      conn->tcp().socket().close(ignored);
     }
     --active;
     const int status = res.result_int();

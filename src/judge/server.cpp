@@ -1,6 +1,6 @@
 // The judge server on Boost.Beast (see server.h): an asynchronous accept loop and one thread per
-// connection with synchronous reads and writes, which keeps fault injection (sleeps, partial
-// writes, dropped sockets) plain. A test server, not a production one.
+// connection with synchronous reads and writes (over TLS when configured), which keeps fault
+// injection (sleeps, partial writes, dropped sockets) plain. A test server, not a production one.
 #include "dnpo/judge/server.h"
 
 #include <atomic>
@@ -16,6 +16,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <nlohmann/json.hpp>
 #include <sys/socket.h>
 
@@ -24,6 +25,7 @@
 #include "dnpo/common/log.h"
 #include "dnpo/judge/prompt_template.h"
 #include "dnpo/judge/rule_judge.h"
+#include "tls.h"
 
 namespace dnpo::judge {
 namespace {
@@ -68,6 +70,8 @@ struct JudgeServer::Impl {
   std::map<std::uint64_t, int> attempts;
   std::set<tcp::socket*> open_sockets;  // guarded by mutex; shut down when the server stops
   std::ofstream log;
+  std::optional<asio::ssl::context> tls;  // set when serving HTTPS
+  std::atomic<int> in_flight{0};          // POSTs being answered now (logged with each)
 
   explicit Impl(ServerOptions o)
       : options(std::move(o)),
@@ -81,6 +85,12 @@ struct JudgeServer::Impl {
                       options.api_key_env,
                       ": the environment variable is not set");
       api_key = *key;
+    }
+    DNPO_CHECK_WITH(JudgeError,
+                    options.tls_cert.empty() == options.tls_key.empty(),
+                    "--tls-cert and --tls-key go together (a certificate and its private key)");
+    if (!options.tls_cert.empty()) {
+      tls.emplace(tls::server_context(options.tls_cert, options.tls_key));
     }
     if (!options.request_log.empty()) {
       log.open(options.request_log, std::ios::app);
@@ -99,12 +109,23 @@ struct JudgeServer::Impl {
     acceptor.listen(asio::socket_base::max_listen_connections);
   }
 
-  void write_log(std::uint64_t body_hash, int attempt, const std::string& outcome) {
+  /// One POST as the log records it: when it arrived and how many were being answered then.
+  struct Arrival {
+    double t = 0;
+    int in_flight = 0;
+  };
+
+  void write_log(std::uint64_t body_hash,
+                 int attempt,
+                 const std::string& outcome,
+                 const Arrival& arrival) {
     if (!log.is_open()) {
       return;
     }
     const std::lock_guard<std::mutex> lock(mutex);
     log << Json{{"t", now_s()},
+                {"t_start", arrival.t},
+                {"in_flight", arrival.in_flight},
                 {"body", hex64(body_hash)},
                 {"attempt", attempt},
                 {"outcome", outcome}}
@@ -188,11 +209,13 @@ struct JudgeServer::Impl {
     return make_response(req, http::status::ok, reply.dump());
   }
 
-  /// Handles one request; false when the connection must close.
-  bool handle(tcp::socket& socket, const Request& req) {
+  /// Handles one request arriving over `stream` (the socket itself, or TLS over it); false
+  /// when the connection must close.
+  template <typename Stream>
+  bool handle(Stream& stream, tcp::socket& socket, const Request& req) {
     boost::system::error_code ec;
     const auto send = [&](const Response& res) {
-      http::write(socket, res, ec);
+      http::write(stream, res, ec);
       return !ec && res.keep_alive();
     };
     if (req.target() == "/health" && req.method() == http::verb::get) {
@@ -207,6 +230,13 @@ struct JudgeServer::Impl {
                                 http::status::method_not_allowed,
                                 error_body("use POST", "invalid_request_error", true)));
     }
+    const Arrival arrival{now_s(), ++in_flight};
+    struct Leave {
+      std::atomic<int>& n;
+      ~Leave() {
+        --n;
+      }
+    } leave{in_flight};
     const std::uint64_t body_hash = hash_text(req.body());
     int attempt = 0;
     {
@@ -214,7 +244,7 @@ struct JudgeServer::Impl {
       attempt = attempts[body_hash]++;
     }
     if (!api_key.empty() && req[http::field::authorization] != "Bearer " + api_key) {
-      write_log(body_hash, attempt, "401");
+      write_log(body_hash, attempt, "401", arrival);
       return send(make_response(req,
                                 http::status::unauthorized,
                                 error_body("invalid API key", "invalid_request_error", true)));
@@ -224,7 +254,7 @@ struct JudgeServer::Impl {
       std::this_thread::sleep_for(std::chrono::milliseconds(options.faults.latency_ms));
     }
     if (fault != Fault::kNone) {
-      write_log(body_hash, attempt, fault_name(fault));
+      write_log(body_hash, attempt, fault_name(fault), arrival);
     }
     switch (fault) {
       case Fault::kTooManyRequests: {
@@ -255,11 +285,11 @@ struct JudgeServer::Impl {
         const std::string all = text.str();
         const auto header_end = all.find("\r\n\r\n") + 4;
         constexpr int kPieces = 10;
-        asio::write(socket, asio::buffer(all.data(), header_end), ec);
+        asio::write(stream, asio::buffer(all.data(), header_end), ec);
         const std::size_t piece = (all.size() - header_end + kPieces - 1) / kPieces;
         for (std::size_t at = header_end; at < all.size() && !ec; at += piece) {
           std::this_thread::sleep_for(std::chrono::milliseconds(options.faults.slow_ms / kPieces));
-          asio::write(socket, asio::buffer(all.data() + at, std::min(piece, all.size() - at)), ec);
+          asio::write(stream, asio::buffer(all.data() + at, std::min(piece, all.size() - at)), ec);
         }
         return !ec && req.keep_alive();
       }
@@ -267,7 +297,7 @@ struct JudgeServer::Impl {
         break;
     }
     auto res = answer(req, body_hash);
-    write_log(body_hash, attempt, res.result() == http::status::ok ? "ok" : "400");
+    write_log(body_hash, attempt, res.result() == http::status::ok ? "ok" : "400", arrival);
     return send(res);
   }
 
@@ -290,7 +320,16 @@ struct JudgeServer::Impl {
       const std::lock_guard<std::mutex> lock(mutex);
       open_sockets.insert(&socket);
     }
-    serve_requests(socket);
+    if (tls) {
+      asio::ssl::stream<tcp::socket&> secure(socket, *tls);
+      boost::system::error_code ec;
+      secure.handshake(asio::ssl::stream_base::server, ec);
+      if (!ec) {  // a refused handshake is the client's to report
+        serve_requests(secure, socket);
+      }
+    } else {
+      serve_requests(socket, socket);
+    }
     {
       const std::lock_guard<std::mutex> lock(mutex);
       open_sockets.erase(&socket);
@@ -299,18 +338,19 @@ struct JudgeServer::Impl {
     socket.close(ec);
   }
 
-  void serve_requests(tcp::socket& socket) {
+  template <typename Stream>
+  void serve_requests(Stream& stream, tcp::socket& socket) {
     boost::beast::flat_buffer buffer;
     boost::system::error_code ec;
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.body_limit(options.max_body_bytes);
-      http::read(socket, buffer, parser, ec);
+      http::read(stream, buffer, parser, ec);
       if (ec == http::error::body_limit) {
         Request req;
         req.version(11);
         req.keep_alive(false);
-        http::write(socket,
+        http::write(stream,
                     make_response(req,
                                   http::status::payload_too_large,
                                   error_body("request body over " +
@@ -320,7 +360,7 @@ struct JudgeServer::Impl {
                     ec);
         break;
       }
-      if (ec || !handle(socket, parser.get())) {
+      if (ec || !handle(stream, socket, parser.get())) {
         break;
       }
     }

@@ -91,12 +91,12 @@ class Server:
         return read_jsonl(self.log)
 
 
-def score(work, name, port, rows, *sets, env=None, expect_rc=0):
+def score(work, name, port, rows, *sets, env=None, expect_rc=0, scheme="http"):
     inp, out = f"{work}/{name}.in.jsonl", f"{work}/{name}.out.jsonl"
     write_jsonl(inp, rows)
     cmd = [BIN, "score", "--in", inp, "--out", out,
            "--set", f'judge.template="{TEMPLATE}"', "--set", 'judge.backend="http"',
-           "--set", f'judge.base_url="http://127.0.0.1:{port}"',
+           "--set", f'judge.base_url="{scheme}://127.0.0.1:{port}"',
            "--set", "judge.backoff_base_s=0.05", "--set", "judge.backoff_max_s=0.2",
            *[a for s in sets for a in ("--set", s)]]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env or os.environ, timeout=120)

@@ -182,11 +182,14 @@ struct CheckpointConfig {
 struct JudgeConfig {
   std::string backend = "rule";  ///< "rule" (in-process verifier) | "http" (OpenAI-compatible)
   std::string base_url = "http://127.0.0.1:8000";  ///< POSTs go to {base_url}/v1/chat/completions
-  std::string model = "rule";                      ///< the requests' "model"; part of the cache key
+  std::string ca_file;     ///< https: PEM file of the CA(s) to trust; "" = the system's CAs
+  bool tls_verify = true;  ///< https: verify the server's certificate and name (off: testing only)
+  std::string model = "rule";  ///< the requests' "model"; part of the cache key
   std::string prompt_template = "configs/judge/default_0_100.txt";  ///< key "template"
   std::string api_key_env;         ///< environment variable holding the API key; "" = no key
-  int concurrency = 16;            ///< requests in flight at once (per client)
-  double requests_per_minute = 0;  ///< attempts started per minute, retries included; 0 = no limit
+  int concurrency = 16;            ///< requests in flight at once, job-wide (ranks share it)
+  double requests_per_minute = 0;  ///< attempts started per minute, job-wide, retries included;
+                                   ///< 0 = no limit
   double timeout_s = 60;           ///< deadline of one attempt (connect, send, reply)
   int max_retries = 5;             ///< retries after the first attempt
   double backoff_base_s = 0.5;     ///< first retry waits in [base/2, base]; doubles per retry

@@ -1,7 +1,7 @@
 // The judge server behind `dnpo_judge serve`: OpenAI Chat Completions (POST
 // /v1/chat/completions) answered by the rule judge, GET /health, limits on body size and
-// connections, and fault injection for tests (faults.h). Plain HTTP; Boost.Beast stays in
-// server.cpp.
+// connections, and fault injection for tests (faults.h). HTTP, or HTTPS with a certificate and
+// key; Boost.Beast stays in server.cpp.
 #pragma once
 
 #include <cstddef>
@@ -25,11 +25,15 @@ struct ServerOptions {
   /// "" = no authentication; else requests must carry "Authorization: Bearer <value of this
   /// environment variable>" (401 otherwise). The key is never logged.
   std::string api_key_env;
+  /// Both set: serve HTTPS with this PEM certificate chain and private key; both "": plain HTTP.
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 class JudgeServer {
  public:
-  /// Binds and listens. Throws JudgeError naming the address, ConfigError for a bad template.
+  /// Binds and listens. Throws JudgeError naming the address or an unusable certificate/key,
+  /// ConfigError for a bad template.
   explicit JudgeServer(ServerOptions options);
   ~JudgeServer();
   JudgeServer(const JudgeServer&) = delete;
