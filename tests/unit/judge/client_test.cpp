@@ -104,8 +104,19 @@ TEST(JudgeClient, NonRetryableErrorsGiveThePolicyOutcome) {
 TEST(JudgeClient, ConfigErrorsAreClear) {
   config::JudgeConfig cfg;
   cfg.prompt_template = kTemplate;
-  cfg.base_url = "https://api.openai.com";
+  cfg.base_url = "ftp://127.0.0.1";
   EXPECT_THROW(JudgeClient{cfg}, ConfigError);
+  cfg.base_url = "https://127.0.0.1:9";
+  cfg.ca_file = "/nonexistent/ca.pem";
+  try {
+    JudgeClient client(cfg);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("judge.ca_file = \"/nonexistent/ca.pem\""),
+              std::string::npos)
+        << e.what();
+  }
+  cfg.ca_file = "";
   cfg.base_url = "http://127.0.0.1:9";
   cfg.api_key_env = "DNPO_TEST_SURELY_UNSET_KEY_VARIABLE";
   try {
