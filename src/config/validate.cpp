@@ -196,6 +196,13 @@ void check_cross_fields(const RunConfig& config, int world_size, Problems& probl
                                       ") must be >= 256 when tokenizer.kind = \"byte\" (one id per "
                                       "byte, plus special tokens)"));
   }
+  if (config.judge.backend == "http" && config.judge.concurrency < world_size) {
+    problems.push_back(detail::concat("judge.concurrency (",
+                                      config.judge.concurrency,
+                                      ") is job-wide and must be >= world_size (",
+                                      world_size,
+                                      "): each rank needs a request in flight"));
+  }
   std::set<std::string> seen;
   for (const auto& task : config.demo.tasks) {
     if (!seen.insert(task).second) {

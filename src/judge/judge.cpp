@@ -21,6 +21,25 @@ const char* outcome_name(Outcome outcome) {
   return "?";
 }
 
+config::JudgeConfig rank_share(const config::JudgeConfig& cfg, int rank, int world) {
+  DNPO_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of ", world);
+  config::JudgeConfig mine = cfg;
+  if (cfg.backend != "http") {
+    return mine;  // the rule judge runs in-process: nothing to share
+  }
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.concurrency >= world,
+                  "judge.concurrency = ",
+                  cfg.concurrency,
+                  " is job-wide and below the ",
+                  world,
+                  " ranks, each of which needs a request in flight; hint: set it to at least ",
+                  world);
+  mine.concurrency = cfg.concurrency / world + (rank < cfg.concurrency % world ? 1 : 0);
+  mine.requests_per_minute = cfg.requests_per_minute / world;
+  return mine;
+}
+
 std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, JudgeCache* cache) {
   if (cfg.backend == "rule") {
     return std::make_unique<RuleJudge>(cfg.imperfection, cfg.seed, cache);

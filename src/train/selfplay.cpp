@@ -53,14 +53,42 @@ namespace {
 
 constexpr const char* kBlob = "selfplay";      // the loop's state in every checkpoint
 constexpr const char* kGenerate = "generate";  // the stage name of generation checkpoints
+constexpr double kJudgeReportEveryS = 10;      // progress while waiting for the last verdicts
 
-/// The judge this rank uses: [judge] with the job-wide concurrency and rate shared by the ranks.
-std::unique_ptr<judge::Judge> make_rank_judge(const config::JudgeConfig& cfg, int world) {
-  auto mine = cfg;
-  mine.concurrency = std::max(1, cfg.concurrency / world);
-  mine.requests_per_minute = cfg.requests_per_minute / world;
-  return judge::make_judge(mine);
-}
+/// The judge's counts summed over the ranks (collective), for the progress line.
+struct JudgeProgress {
+  double judged = 0;  // scored (cache hits included)
+  double pending = 0;
+  double failed = 0;  // fell back to SPIN, dropped or failed
+  double attempts = 0;
+  double unharvested = 0;  // verdicts the loop still waits for (its own count)
+
+  static JudgeProgress of_job(const judge::Judge& judge,
+                              std::size_t unharvested,
+                              dist::Comm* comm,
+                              int world) {
+    const auto s = judge.stats();
+    auto t = at::tensor({static_cast<double>(s.scored),
+                         static_cast<double>(s.pending),
+                         static_cast<double>(s.spin_fallback + s.dropped + s.failed),
+                         static_cast<double>(s.attempts),
+                         static_cast<double>(unharvested)},
+                        at::kDouble);
+    if (comm != nullptr && world > 1) {
+      comm->all_reduce_sum(t).wait();
+    }
+    const auto* v = t.data_ptr<double>();
+    return {v[0], v[1], v[2], v[3], v[4]};
+  }
+  /// "judge: 1200 judged, 35 pending, 0 failed, 41.3 req/s"
+  std::string text(double seconds) const {
+    return fmt::format("judge: {:.0f} judged, {:.0f} pending, {:.0f} failed, {:.1f} req/s",
+                       judged,
+                       pending,
+                       failed,
+                       seconds > 0 ? attempts / seconds : 0.0);
+  }
+};
 
 struct PhaseTimes {
   double generate_s = 0;
@@ -235,7 +263,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
     whole.emplace(policy_->config(), policy_->gather_parameters(true));
   }
   ShardedDecoder layered(*policy_);
-  auto judge = make_rank_judge(cfg_.judge, world_);
+  auto judge = judge::make_judge(judge::rank_share(cfg_.judge, rank_, world_));
   // One request per distinct (prompt, answer): a generated answer equal to one judged before
   // (the human answer, or an earlier iteration's) takes that verdict; one equal to an answer in
   // flight waits for it.
@@ -412,8 +440,9 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       submit(indices, false);  // judged while the next batch generates
     }
     harvest(false);
+    const auto judging = JudgeProgress::of_job(*judge, pending.size(), comm_, world_);
     if (progress) {
-      progress->update(round + 1, fmt::format("{} verdicts pending", pending.size()));
+      progress->update(round + 1, judging.text(generate_timer.seconds()));
     }
     const auto done = rounds_done_before + round + 1;
     checkpointer_.at_boundary(
@@ -430,18 +459,21 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   // Wait for the last verdicts in short polls that are also checkpoint boundaries, so a job
   // stopped while the judge is slow keeps every verdict already in.
   Timer wait_timer;
+  double last_report_s = 0;
   std::int64_t boundary = rounds_done_before + total_rounds;
   for (;;) {
     if (!pending.empty()) {
       pending.begin()->second.verdict.wait_for(std::chrono::milliseconds(100));
     }
     harvest(false);
-    auto left = at::tensor({static_cast<double>(pending.size())}, at::kDouble);
-    if (comm_ != nullptr && world_ > 1) {
-      comm_->all_reduce_sum(left).wait();
-    }
-    if (left.item<double>() == 0) {
+    const auto judging = JudgeProgress::of_job(*judge, pending.size(), comm_, world_);
+    if (judging.unharvested == 0) {
       break;
+    }
+    if (wait_timer.seconds() - last_report_s >= kJudgeReportEveryS) {  // rank 0 decides alone
+      last_report_s = wait_timer.seconds();
+      log::info_rank0(
+          "iteration {}: waiting for the judge; {}", t, judging.text(generate_timer.seconds()));
     }
     ++boundary;
     checkpointer_.at_boundary(
@@ -452,16 +484,13 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
         boundary);
   }
   times_.judge_wait_s = wait_timer.seconds();
-  const auto stats = judge->stats();
+  const auto judged = JudgeProgress::of_job(*judge, 0, comm_, world_);
   log::info_rank0(
-      "iteration {}: generated in {:.1f} s; waited {:.2f} s for the judge after generation "
-      "(rank 0: {} judged, {} from cache, {} retries)",
+      "iteration {}: generated in {:.1f} s; waited {:.2f} s for the judge after generation; {}",
       t,
       times_.generate_s,
       times_.judge_wait_s,
-      stats.scored,
-      stats.cache_hits,
-      stats.retries);
+      judged.text(generate_timer.seconds()));
   share_my_results();
   // The phase's result is committed before training starts.
   checkpointer_.save_now(generate_stage_state(boundary, boundary));

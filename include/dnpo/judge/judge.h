@@ -63,6 +63,11 @@ class Judge {
   virtual JudgeStats stats() const = 0;
 };
 
+/// The [judge] one rank of `world` uses so that judge.concurrency and judge.requests_per_minute
+/// hold for the whole job: each rank gets its share (the concurrency's remainder goes to the
+/// first ranks). Throws ConfigError when the http backend's concurrency is below the rank count.
+config::JudgeConfig rank_share(const config::JudgeConfig& cfg, int rank, int world);
+
 /// The backend judge.backend names: "rule" (RuleJudge) or "http" (JudgeClient). A non-null
 /// `cache` is consulted before and filled after scoring. Throws ConfigError / JudgeError.
 std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, JudgeCache* cache = nullptr);

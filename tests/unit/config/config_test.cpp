@@ -442,6 +442,19 @@ TEST(ConfigValidate, BatchRuleNamesEveryFactor) {
   EXPECT_CONTAINS(config_error([&] { grad_accum_steps(c.train, 16); }), "world_size (16)");
 }
 
+TEST(ConfigValidate, JudgeConcurrencyIsJobWide) {
+  RunConfig c;
+  c.judge.backend = "http";
+  c.judge.concurrency = 2;
+  c.train.batch_size = 64;
+  c.train.micro_batch_size = 16;
+  EXPECT_NO_THROW(validate(c, 2));
+  EXPECT_CONTAINS(config_error([&] { validate(c, 4); }),
+                  "judge.concurrency (2) is job-wide and must be >= world_size (4)");
+  c.judge.backend = "rule";
+  EXPECT_NO_THROW(validate(c, 4));
+}
+
 TEST(ConfigValidate, ListsEveryProblem) {
   RunConfig c;
   c.model.hidden_size = 130;        // not divisible by 4 heads
