@@ -19,6 +19,8 @@ const char* fault_name(Fault fault) {
       return "slow";
     case Fault::kMalformed:
       return "malformed";
+    case Fault::kQuota:
+      return "quota";
   }
   return "?";
 }
@@ -35,7 +37,8 @@ Fault draw_fault(const FaultOptions& options, std::uint64_t body_hash, int attem
                                             {options.p_500, Fault::kServerError},
                                             {options.p_drop, Fault::kDrop},
                                             {options.p_slow, Fault::kSlow},
-                                            {options.p_malformed, Fault::kMalformed}};
+                                            {options.p_malformed, Fault::kMalformed},
+                                            {options.p_quota, Fault::kQuota}};
   for (const auto& [p, fault] : kinds) {
     edge += p;
     if (u < edge) {

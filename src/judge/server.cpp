@@ -266,6 +266,13 @@ struct JudgeServer::Impl {
                 std::to_string(static_cast<int>(std::ceil(options.faults.retry_after_s))));
         return send(res);
       }
+      case Fault::kQuota: {  // OpenAI's shape: a 429 that waiting does not cure
+        Json inner{{"message", "You exceeded your current quota (injected)"},
+                   {"type", "insufficient_quota"},
+                   {"code", "insufficient_quota"}};
+        return send(
+            make_response(req, http::status::too_many_requests, Json{{"error", inner}}.dump()));
+      }
       case Fault::kServerError:  // the bare error shape some servers use
         return send(make_response(req,
                                   http::status::internal_server_error,

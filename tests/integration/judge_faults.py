@@ -8,7 +8,8 @@
             than Retry-After; every slow reply (deadline exceeded) was retried.
   outage:   every attempt gets 500: after max_retries the fallback (SPIN labeling) is applied
             and counted; under failure_policy "fail" the run ends with exit 1 and a clear error.
-  auth:     a wrong API key gets 401, which is not retried.
+  auth:     a wrong API key gets 401, which is not retried; neither is an exhausted quota (429
+            insufficient_quota) nor a wrong path (404).
   secrecy:  the API key appears in no output and no file the runs wrote.
 
 Env: DNPO_BIN (build/bin), DNPO_SOURCE_DIR.
@@ -190,6 +191,20 @@ def main():
     log = server.stop()
     check(all(r["attempts"] == 1 and "HTTP 401" in r["error"] for r in results), f"{results}")
     check(len(log) == 2, f"401 retried: {log}")
+
+    # --- an exhausted quota (429 insufficient_quota) and a wrong path (404): not retried ---
+    server = Server(work, "quota", "--p-quota", "1")
+    results, stats, _ = score(work, "quota", server.port, few[:3], "judge.max_retries=3")
+    check(all(r["outcome"] == "spin_fallback" and r["attempts"] == 1 and
+              "exceeded your current quota" in r["error"] for r in results), f"quota: {results}")
+    check(stats["retries"] == 0 and stats["spin_fallback"] == 3, f"quota: stats {stats}")
+    results, stats, _ = score(work, "not_found", f"{server.port}/wrong/prefix", few[:2],
+                              "judge.max_retries=3")
+    check(all(r["attempts"] == 1 and "HTTP 404" in r["error"] for r in results),
+          f"404: {results}")
+    log = server.stop()
+    check(len(log) == 3 and all(e["outcome"] == "quota" for e in log), f"quota log: {log}")
+    print("quota and 404: not retried, fallback applied")
 
     # --- the key is nowhere ---
     for text in OUTPUTS:

@@ -11,6 +11,8 @@ being answered then.
                one-second window holds more than 20 + 4 (each rank's first request, timer
                slack).
   progress:    the run's progress line shows judged / pending / failed and requests/s.
+  secrecy:     the judge's API key (the server requires it) appears in no output and in no file
+               the runs wrote (metrics, resolved config, checkpoints, samples, logs).
 
 Env: DNPO_BIN (build/bin), DNPO_SOURCE_DIR.
 """
@@ -19,7 +21,7 @@ import os
 import tempfile
 
 import mpi_jobs
-from judge_faults import Server, check, read_jsonl
+from judge_faults import KEY, Server, check, read_jsonl
 
 BIN = os.environ["DNPO_BIN"]
 SRC = os.environ["DNPO_SOURCE_DIR"]
@@ -37,7 +39,8 @@ def selfplay_iteration0(work, name, port, *sets):
            "--set", "selfplay.iterations=0", "--set", "selfplay.eval_each_iteration=false",
            "--set", "run.log_every=1",
            "--set", 'judge.backend="http"', "--set", f'judge.base_url="http://127.0.0.1:{port}"',
-           "--set", f'judge.template="{TEMPLATE}"', *[a for s in sets for a in ("--set", s)]]
+           "--set", f'judge.template="{TEMPLATE}"', "--set", 'judge.api_key_env="DNPO_TEST_JUDGE_KEY"',
+           *[a for s in sets for a in ("--set", s)]]
     out = mpi_jobs.run(cmd, name, timeout=600)
     report = read_jsonl(f"{work}/runs/{name}/selfplay.jsonl")[-1]
     return out, report
@@ -45,10 +48,14 @@ def selfplay_iteration0(work, name, port, *sets):
 
 def main():
     work = tempfile.mkdtemp(prefix="dnpo_judge_limits_")
+    os.environ["DNPO_TEST_JUDGE_KEY"] = KEY  # the server and both ranks read it
+    outputs = []
 
     # --- concurrency ---
-    server = Server(work, "concurrency", "--latency-ms", "150")
+    server = Server(work, "concurrency", "--latency-ms", "150", "--api-key-env",
+                    "DNPO_TEST_JUDGE_KEY")
     out, report = selfplay_iteration0(work, "concurrency", server.port, "judge.concurrency=3")
+    outputs.append(out)
     log = server.stop()
     check(len(log) == report["judge_requests"] and len(log) >= PROMPTS,
           f"{len(log)} requests logged, the loop reports {report['judge_requests']}")
@@ -70,9 +77,10 @@ def main():
 
     # --- requests per minute ---
     rate = 20.0
-    server = Server(work, "rate")
-    _, report = selfplay_iteration0(work, "rate", server.port, "judge.concurrency=8",
-                                    f"judge.requests_per_minute={rate * 60:.0f}")
+    server = Server(work, "rate", "--api-key-env", "DNPO_TEST_JUDGE_KEY")
+    out, report = selfplay_iteration0(work, "rate", server.port, "judge.concurrency=8",
+                                      f"judge.requests_per_minute={rate * 60:.0f}")
+    outputs.append(out)
     log = server.stop()
     starts = sorted(e["t_start"] for e in log)
     check(len(starts) == report["judge_requests"], f"{len(starts)} logged")
@@ -83,6 +91,19 @@ def main():
     check(worst <= rate + 4, f"{worst} requests arrived within one second (limit {rate}/s)")
     print(f"rate: {len(starts)} requests at {mean_rate:.2f}/s (limit {rate}/s), "
           f"at most {worst} in any second")
+
+    # --- the key is nowhere ---
+    check(all(e["outcome"] == "ok" for e in log), "requests were refused: the key was not sent")
+    for text in outputs:
+        check(KEY not in text, "the API key appears in a run's output")
+    files = 0
+    for folder, _, names in os.walk(work):
+        for name in names:
+            files += 1
+            with open(os.path.join(folder, name), "rb") as f:
+                check(KEY.encode() not in f.read(), f"the API key appears in {folder}/{name}")
+    check(files > 10, f"only {files} files were written")
+    print(f"secrecy: the key is in none of {files} files and no output")
     print("judge_limits: all checks passed")
 
 

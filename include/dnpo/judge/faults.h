@@ -14,8 +14,10 @@ enum class Fault {
   kDrop,             ///< the connection is closed without a reply
   kSlow,             ///< the reply body trickles out over FaultOptions::slow_ms
   kMalformed,        ///< 200 with a truncated JSON body
+  kQuota,            ///< 429 "insufficient_quota" (OpenAI's exhausted quota; not retryable)
 };
-const char* fault_name(Fault fault);  ///< "ok", "429", "500", "drop", "slow", "malformed"
+/// "ok", "429", "500", "drop", "slow", "malformed", "quota"
+const char* fault_name(Fault fault);
 
 /// Fractions of attempts meeting each fault (their sum must be <= 1).
 struct FaultOptions {
@@ -25,6 +27,7 @@ struct FaultOptions {
   double p_drop = 0;
   double p_slow = 0;
   double p_malformed = 0;
+  double p_quota = 0;
   int first_k = 0;           ///< faults only on attempts 0..first_k-1 of a body; 0 = on all
   double retry_after_s = 1;  ///< Retry-After sent with 429 (whole seconds, rounded up)
   int slow_ms = 2000;        ///< how long a slow body takes
