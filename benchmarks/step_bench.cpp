@@ -1,10 +1,16 @@
 // Single-process step benchmark: SPIN vs NPO (or SFT) optimizer steps on the same model and batch.
-// Prints one JSON line per metric: median step time and peak resident memory added by training.
+// Prints one JSON line per metric: median step time and peak resident memory added by training,
+// and the first step's loss. With --dump DIR it first writes what a peer needs to do the same
+// work (benchmarks/peers/step_peer.py): the initial policy (HF directory), the noise head, the
+// padded token batch of the first step, its NPO noise draws, and the settings.
 // Usage: dnpo_step_bench --loss spin|npo|sft [--vocab V --hidden C --layers L --batch B
-//                         --prompt-len P --response-len R --steps N --threads T]
+//                         --prompt-len P --response-len R --steps N --threads T
+//                         --dump DIR [--dump-only]]
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include <ATen/Parallel.h>
@@ -12,15 +18,115 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_common.h"
+#include "dnpo/common/counter_rng.h"
 #include "dnpo/common/log.h"
 #include "dnpo/config/config.h"
+#include "dnpo/data/chat_template.h"
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
+#include "dnpo/model/batch.h"
+#include "dnpo/model/hf_io.h"
 #include "dnpo/model/llama.h"
+#include "dnpo/model/noise_head.h"
+#include "dnpo/model/random.h"
+#include "dnpo/model/safetensors.h"
+#include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/metrics.h"
 #include "dnpo/train/trainer.h"
 
 namespace {
+
+using dnpo::model::NamedTensors;
+
+/// The first step's batch as the trainer builds it (one micro-batch: all samples, or all chosen
+/// then all rejected), from the same synthetic texts as bench::train_synthetic.
+dnpo::model::TokenBatch first_batch(const dnpo::config::RunConfig& cfg,
+                                    const dnpo::data::Tokenizer& tokenizer,
+                                    int batch,
+                                    int prompt_len,
+                                    int response_len) {
+  using dnpo::bench::text_of;
+  const dnpo::data::ChatTemplate chat(cfg.chat, tokenizer);
+  const auto sequence = [&](const std::string& prompt, const std::string& answer) {
+    dnpo::model::TokenSequence s{chat.encode_prompt(prompt), chat.encode_response(answer)};
+    dnpo::model::truncate_sequence(s, cfg.data.max_length, cfg.data.max_prompt_length);
+    return s;
+  };
+  std::vector<dnpo::model::TokenSequence> seqs;
+  for (int i = 0; i < batch; ++i) {  // SFT answers, or the chosen ones
+    seqs.push_back(sequence(text_of(prompt_len, i), text_of(response_len - 1, i + 1)));
+  }
+  if (cfg.train.loss != "sft") {
+    for (int i = 0; i < batch; ++i) {
+      seqs.push_back(sequence(text_of(prompt_len, i), text_of(response_len - 1, i + 2)));
+    }
+  }
+  return dnpo::model::pad_batch(seqs, tokenizer.pad_id());
+}
+
+/// Writes the peer's inputs into `dir` (see the file comment).
+void dump_case(const std::string& dir,
+               const dnpo::config::RunConfig& cfg,
+               const dnpo::data::Tokenizer& tokenizer,
+               const dnpo::model::LlamaModel& policy,
+               int batch,
+               int prompt_len,
+               int response_len) {
+  std::filesystem::create_directories(dir);
+  dnpo::model::save_hf_model(dir + "/policy", policy);
+  const auto b = first_batch(cfg, tokenizer, batch, prompt_len, response_len);
+  NamedTensors tensors{
+      {"input_ids", b.input_ids}, {"attention_mask", b.attention_mask}, {"loss_mask", b.loss_mask}};
+  if (cfg.train.loss == "npo") {
+    // The trainer's fresh head and its ε draws for step 0 (keys as in Trainer::train_preference;
+    // pair i is row i here).
+    const dnpo::model::NoiseHead head(cfg.npo,
+                                      cfg.model.hidden_size,
+                                      cfg.model.vocab_size,
+                                      dnpo::fold_key(cfg.run.seed, cfg.train.iteration));
+    dnpo::model::write_safetensors(dir + "/head.safetensors", head.named_parameters());
+    const auto rows = b.input_ids.size(0) / 2;
+    const auto rr = dnpo::train::response_rows(b.input_ids.narrow(0, rows, rows),
+                                               b.loss_mask.narrow(0, rows, rows));
+    std::vector<std::uint64_t> keys1, keys2;
+    for (std::int64_t j = 0; j < rr.sample.numel(); ++j) {
+      const auto pair = static_cast<std::uint64_t>(rr.sample[j].item<std::int64_t>());
+      const auto pos = static_cast<std::uint64_t>(rr.position[j].item<std::int64_t>());
+      keys1.push_back(dnpo::draw_key(
+          cfg.run.seed, cfg.train.iteration, 0, pair, pos, dnpo::RandomStream::kNoiseEps1));
+      keys2.push_back(dnpo::draw_key(
+          cfg.run.seed, cfg.train.iteration, 0, pair, pos, dnpo::RandomStream::kNoiseEps2));
+    }
+    tensors.emplace_back("eps1", dnpo::model::counter_normal_rows(keys1, cfg.model.vocab_size));
+    tensors.emplace_back("eps2", dnpo::model::counter_normal_rows(keys2, cfg.model.vocab_size));
+  }
+  dnpo::model::write_safetensors(dir + "/batch.safetensors", tensors);
+  const auto& t = cfg.train;
+  const auto& n = cfg.npo;
+  std::ofstream(dir + "/settings.json")
+      << nlohmann::json{{"loss", t.loss},
+                        {"beta", cfg.loss.beta},
+                        {"optimizer", t.optimizer},
+                        {"lr", t.lr},
+                        {"warmup_ratio", t.warmup_ratio},
+                        {"lr_schedule", t.lr_schedule},
+                        {"min_lr_ratio", t.min_lr_ratio},
+                        {"total_steps", t.max_steps},
+                        {"weight_decay", t.weight_decay},
+                        {"adam_beta1", t.adam_beta1},
+                        {"adam_beta2", t.adam_beta2},
+                        {"eps", t.eps},
+                        {"grad_clip", t.grad_clip},
+                        {"npo",
+                         {{"head", n.head},
+                          {"scale", n.scale},
+                          {"penalty", n.penalty},
+                          {"alpha", n.alpha},
+                          {"penalty_positions", n.penalty_positions},
+                          {"max_sigma", n.max_sigma}}}}
+             .dump(2)
+      << "\n";
+}
 
 /// The benchmark; main() only adds a last-resort catch around it.
 int run_bench(int argc, char** argv) {
@@ -38,6 +144,11 @@ int run_bench(int argc, char** argv) {
   app.add_option("--steps", steps);
   app.add_option("--threads", threads);
   app.add_option("--chunk", chunk, "npo.chunk_positions");
+  std::string dump;
+  app.add_option("--dump", dump, "write the peer's inputs (weights, batch, draws) into DIR");
+  bool dump_only = false;
+  app.add_flag(
+      "--dump-only", dump_only, "exit after --dump (timed runs then measure memory alone)");
   CLI11_PARSE(app, argc, argv);
   dnpo::log::init(0, "warn");  // stdout carries only the JSON results
   at::set_num_threads(threads);
@@ -62,6 +173,12 @@ int run_bench(int argc, char** argv) {
 
   dnpo::data::ByteTokenizer tokenizer;
   dnpo::model::LlamaModel policy(cfg.model, 1);
+  if (!dump.empty()) {
+    dump_case(dump, cfg, tokenizer, policy, batch, prompt_len, response_len);
+    if (dump_only) {
+      return 0;
+    }
+  }
   dnpo::train::MetricsWriter metrics;
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
   const double rss_before = dnpo::bench::peak_rss_mib();
@@ -92,6 +209,17 @@ int run_bench(int argc, char** argv) {
                               {"unit", "MiB"}}
                    .dump()
             << "\n";
+  // The losses before any update and after the first: what a peer must reproduce.
+  for (const auto& [metric, step] : {std::pair<const char*, int>{"first_step_loss", 0},
+                                     std::pair<const char*, int>{"second_step_loss", 1}}) {
+    std::cout << nlohmann::json{{"name", "step." + loss},
+                                {"config", config},
+                                {"metric", metric},
+                                {"value", summary.step_losses.at(static_cast<std::size_t>(step))},
+                                {"unit", ""}}
+                     .dump()
+              << "\n";
+  }
   return 0;
 }
 
