@@ -15,6 +15,7 @@
 
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <nlohmann/json.hpp>
 
 #include "bench_common.h"
@@ -146,6 +147,8 @@ int run_bench(int argc, char** argv) {
   app.add_option("--chunk", chunk, "npo.chunk_positions");
   std::string dump;
   app.add_option("--dump", dump, "write the peer's inputs (weights, batch, draws) into DIR");
+  std::string profile;
+  app.add_option("--profile", profile, "write LibTorch's op trace of every step (chrome JSON)");
   bool dump_only = false;
   app.add_flag(
       "--dump-only", dump_only, "exit after --dump (timed runs then measure memory alone)");
@@ -182,7 +185,12 @@ int run_bench(int argc, char** argv) {
   dnpo::train::MetricsWriter metrics;
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
   const double rss_before = dnpo::bench::peak_rss_mib();
+  std::optional<torch::autograd::profiler::RecordProfile> tracing;
+  if (!profile.empty()) {
+    tracing.emplace(profile);
+  }
   const auto summary = dnpo::bench::train_synthetic(trainer, loss, batch, prompt_len, response_len);
+  tracing.reset();
   std::vector<double> timed(summary.step_ms.begin() + 2, summary.step_ms.end());
   std::sort(timed.begin(), timed.end());
   const double median = timed[timed.size() / 2];

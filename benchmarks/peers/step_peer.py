@@ -123,6 +123,7 @@ def main():
     ap.add_argument("--dump", required=True, help="the directory dnpo_step_bench --dump wrote")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after two warm-up steps)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--profile", help="write LibTorch's op trace of every step (chrome JSON)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -219,6 +220,9 @@ def main():
         return model_loss - noise_loss + npo["alpha"] * penalty, model_loss
 
     times, losses = [], []
+    profiler = torch.autograd.profiler.profile(use_kineto=False) if args.profile else None  # dnpo_step_bench uses the legacy profiler too
+    if profiler:
+        profiler.__enter__()
     for step in range(total_steps):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -231,6 +235,9 @@ def main():
         times.append((time.perf_counter() - start) * 1e3)
         if step < 2:
             losses.append(reported.item())
+    if profiler:
+        profiler.__exit__(None, None, None)
+        profiler.export_chrome_trace(args.profile)
     timed = sorted(times[2:])
     name = {"sft": "peer.sft", "spin": "peer.spin_trl", "npo": "peer.npo_authors"}[loss_kind]
     config = {"loss": loss_kind, "threads": args.threads, "batch": B if loss_kind != "sft" else
