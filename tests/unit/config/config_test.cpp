@@ -527,6 +527,28 @@ TEST(ConfigDemo, DemoTomlValidatesAndMatchesDefaults) {
   EXPECT_EQ(to_toml(c), to_toml(expected));
 }
 
+TEST(ConfigFiles, ScalingStudyConfigsLoadAtEveryStudiedWorldSize) {
+  // launch/scaling-study reads these with Python's tomllib; dnpo must accept them too.
+  for (const char* name : {"s1m", "s10m", "s30m", "s100m"}) {
+    const RunConfig c =
+        load_config(std::string(DNPO_SOURCE_DIR) + "/configs/scaling/" + name + ".toml");
+    for (const int world : {1, 2, 4}) {
+      EXPECT_NO_THROW(validate(c, world)) << name << " at world " << world;
+    }
+    EXPECT_EQ(c.train.loss, "npo") << name;
+  }
+  // The largest is at least 100M parameters (the range): tied embedding, square
+  // projections (as many key/value heads as heads), SwiGLU, two norms a layer and a final one.
+  const auto m = load_config(std::string(DNPO_SOURCE_DIR) + "/configs/scaling/s100m.toml").model;
+  ASSERT_TRUE(m.tie_word_embeddings);
+  ASSERT_EQ(m.num_key_value_heads, m.num_attention_heads);
+  const std::int64_t d = m.hidden_size;
+  const std::int64_t params =
+      std::int64_t{m.vocab_size} * d +
+      m.num_hidden_layers * (4 * d * d + 3 * d * std::int64_t{m.intermediate_size} + 2 * d) + d;
+  EXPECT_GE(params, 100'000'000);
+}
+
 TEST(ConfigZephyr, PaperSettingValidatesAtSixteenRanks) {
   const RunConfig c = load_config(std::string(DNPO_SOURCE_DIR) + "/configs/zephyr-7b.toml");
   EXPECT_NO_THROW(validate(c, 16));
