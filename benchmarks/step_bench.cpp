@@ -15,8 +15,8 @@
 
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
-#include <torch/csrc/autograd/profiler_legacy.h>
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "bench_common.h"
 #include "dnpo/common/counter_rng.h"
