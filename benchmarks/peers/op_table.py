@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Top operators of a LibTorch chrome trace (dnpo_step_bench --profile, step_peer.py --profile):
-self time (time not spent in nested ops of the same thread), calls, and share of the total.
+self time (time not spent in nested ops of the same thread), calls, and share of the total; then
+the inclusive time of the named step phases ("dnpo::…" in trainer.cpp, "peer::…" in the peers).
 Usage: op_table.py TRACE.json [TOP]"""
 import collections
 import json
@@ -42,6 +43,14 @@ def main():
     for name, us in total.most_common(top):
         print(f"{name[:48]:48} {us / 1e3:9.1f} {us / all_us:6.1%} {calls[name]:7d}")
     print(f"{'all ops':48} {all_us / 1e3:9.1f}        {sum(calls.values()):7d}")
+    phases = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e["name"].startswith(("dnpo::", "peer::")):
+            phases[e["name"]] += e["dur"]
+    if phases:
+        print(f"\n{'phase (inclusive)':48} {'ms':>9} {'share':>6}")
+        for name, us in phases.most_common():
+            print(f"{name:48} {us / 1e3:9.1f} {us / sum(phases.values()):6.1%}")
 
 
 if __name__ == "__main__":

@@ -185,15 +185,20 @@ def main():
         e2[rows[:, 0], rows[:, 1] - 1] = batch["eps2"]
         return e1, e2
 
+    def phase(name):
+        """Names a phase for the profiler, as dnpo's trainer does (op_table.py sums them)."""
+        return torch.autograd.profiler.record_function(f"peer::{name}")
+
     def step_loss(step):
         """The loss to backpropagate and the one dnpo reports (the model loss for NPO)."""
-        hidden, lm_head = policy(ids, mask)
-        logps = sequence_logps(hidden @ lm_head.T, ids, loss_mask)
+        with phase("policy_forward"):
+            hidden, lm_head = policy(ids, mask)
+            logps = sequence_logps(hidden @ lm_head.T, ids, loss_mask)
         if loss_kind == "sft":
             loss = -logps.sum() / loss_mask.sum()
             return loss, loss
         pc, pr = logps[:B], logps[B:]
-        with torch.no_grad():
+        with torch.no_grad(), phase("reference_forward"):
             ref_hidden, ref_lm_head = reference(ids, mask)
             ref_logits = ref_hidden @ ref_lm_head.T
             ref_logps = sequence_logps(ref_logits, ids, loss_mask)
@@ -227,11 +232,14 @@ def main():
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss, reported = step_loss(step)
-        loss.backward()
-        if settings["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, settings["grad_clip"])
-        opt.step()
-        sched.step()
+        with phase("backward"):
+            loss.backward()
+        with phase("clip_grad_norm"):
+            if settings["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(params, settings["grad_clip"])
+        with phase("optimizer"):
+            opt.step()
+            sched.step()
         times.append((time.perf_counter() - start) * 1e3)
         if step < 2:
             losses.append(reported.item())

@@ -13,6 +13,7 @@
 #include <numeric>
 #include <optional>
 
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include "dnpo/common/counter_rng.h"
@@ -28,6 +29,29 @@
 #include "dnpo/train/sharded_llama.h"
 
 namespace dnpo::train {
+
+namespace {
+
+/// Names the phases of a step for LibTorch's profiler (dnpo_step_bench --profile): each phase
+/// ends when the next begins or the Phase goes. Free when no profiler is on.
+class Phase {
+ public:
+  void begin(const char* name) {
+    current_.reset();
+    current_.emplace(at::RecordScope::USER_SCOPE);
+    if (current_->isActive()) {
+      current_->before(name);
+    }
+  }
+  void end() {
+    current_.reset();
+  }
+
+ private:
+  std::optional<at::RecordFunction> current_;
+};
+
+}  // namespace
 namespace {
 
 std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
@@ -448,6 +472,8 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
     optimizer->set_lr(lr);
+    Phase phase;
+    phase.begin("dnpo::batches");
     // --- micro-batches: chosen and rejected padded together, one concatenated forward ---
     struct Micro {
       model::TokenBatch batch;  // rows [0, m) chosen, [m, 2m) rejected
@@ -498,6 +524,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       const auto rows = static_cast<std::int64_t>(m.pair_index.size());
       const auto& b = m.batch;
       // policy: log π_θ(y+), log π_θ(y−)
+      phase.begin("dnpo::policy_forward");
       auto logps = [&] {
         const auto out = policy.forward(b.input_ids, b.attention_mask);
         return sequence_logprobs(out.hidden, out.lm_head, b.input_ids, b.loss_mask);
@@ -505,6 +532,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       auto policy_chosen = logps.narrow(0, 0, rows);
       auto policy_rejected = logps.narrow(0, rows, rows);
       // frozen reference: clean log-probs and the negatives' hidden states
+      phase.begin("dnpo::reference_forward");
       at::Tensor ref_hidden, ref_logps, ref_lm_head;
       {
         at::NoGradGuard no_grad;
@@ -521,6 +549,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       // lm_head, which autograd frees once that term's backward has run.
       reference.release();
 
+      phase.begin("dnpo::loss");
       at::Tensor loss, margins;
       double model_loss = 0;
       if (!npo) {
@@ -562,11 +591,13 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         stats[kSumS] += weight * terms.sum_s;
         stats[kNumS] += weight * static_cast<double>(terms.num_s);
       }
+      phase.begin("dnpo::backward");
       (loss * weight).backward();
       policy.release();
       if (head) {
         head->release();
       }
+      phase.begin("dnpo::step_stats");
       stats[kLoss] += weight * loss.item<double>();
       stats[kModel] += weight * model_loss;
       stats[kMargin] += weight * margins.sum().item<double>();
@@ -578,10 +609,13 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     if (gradient_observer_) {
       gradient_observer_(step, units);
     }
+    phase.begin("dnpo::clip_grad_norm");
     const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
+    phase.begin("dnpo::optimizer");
     optimizer->step();
     optimizer->zero_grad();
     sum_over_ranks(stats, comm_);
+    phase.end();
 
     const double ms = step_timer.millis();
     const auto step_tokens = static_cast<std::int64_t>(stats[kTokens]);
