@@ -167,12 +167,20 @@ void ShardedUnit::release() {
 at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grads) {
   DNPO_INTERNAL_ASSERT(grads.size() == specs_.size());
   at::NoGradGuard no_grad;
-  auto flat = at::zeros({shard_numel_ * world_}, at::TensorOptions().dtype(precision_.reduce));
+  // The flat gradient in parameter order (offsets are contiguous), zero for a parameter that got
+  // none and for the padding: one concatenation, not a zero-filled buffer and a copy per tensor.
+  const auto reduce = at::TensorOptions().dtype(precision_.reduce);
+  std::vector<at::Tensor> parts;
+  parts.reserve(specs_.size() + 1);
   for (std::size_t i = 0; i < specs_.size(); ++i) {
-    if (grads[i].defined()) {
-      flat.narrow(0, offsets_[i], specs_[i].numel()).copy_(grads[i].reshape({-1}));
-    }
+    parts.push_back(grads[i].defined() ? grads[i].reshape({-1}).to(precision_.reduce)
+                                       : at::zeros({specs_[i].numel()}, reduce));
   }
+  if (shard_numel_ * world_ > numel_) {
+    parts.push_back(at::zeros({shard_numel_ * world_ - numel_}, reduce));
+  }
+  auto flat = at::cat(parts);
+  parts.clear();
   at::Tensor shard_grad = flat;
   if (world_ > 1) {
     shard_grad = at::empty({shard_numel_}, flat.options());
