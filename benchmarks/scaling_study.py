@@ -19,16 +19,25 @@ import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peers"))
-from compare_steps import gemm_gflops  # noqa: E402
+from compare_steps import gemm_gflops, model_flops  # noqa: E402
 
 PROMPT_LEN, RESPONSE_LEN = 32, 32  # the study's samples (the configs' data lengths fit them)
 MIB = 1024 * 1024
 
 
 def model_shape(path):
-    with open(path, "rb") as f:
-        cfg = tomllib.load(f)
+    """The study's view of a dnpo config; exits naming the file and key when one is missing."""
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        sys.exit(f"scaling-study: {path}: {e}")
     m, t = cfg.get("model", {}), cfg.get("train", {})
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+                "num_attention_heads"):
+        if key not in m:
+            sys.exit(f"scaling-study: {path}: [model] {key} is missing (the study needs the "
+                     "model's shape spelled out)")
     return {"config": os.path.basename(path)[:-5], "vocab": m["vocab_size"],
             "hidden": m["hidden_size"], "layers": m["num_hidden_layers"],
             "intermediate": m["intermediate_size"], "heads": m["num_attention_heads"],
@@ -44,15 +53,14 @@ def approx_params(s):
     return s["vocab"] * d * (1 if s["tied"] else 2) + s["layers"] * per_layer + d
 
 
-def flops_per_step(s, params):
-    """NPO: policy 6N + 12·L·d·T per token, reference 2N + 4·L·d·T, noise head 6·d·V per negative
-    response token; N = parameters in matrix products (the output projection counted once)."""
-    d, L, V = s["hidden"], s["layers"], s["vocab"]
-    n_matmul = params - (0 if s["tied"] else V * d) - (2 * L + 1) * d  # less the lookup and norms
-    T = PROMPT_LEN + RESPONSE_LEN + 1  # BOS
-    tokens = 2 * s["batch"] * T
-    return ((6 * n_matmul + 12 * L * d * T) + (2 * n_matmul + 4 * L * d * T)) * tokens + \
-        6 * d * V * s["batch"] * (RESPONSE_LEN + 1)
+def flops_per_step(s):
+    """compare_steps.model_flops of the study's NPO step: 2 × batch sequences of BOS + prompt +
+    response tokens, the negatives' response tokens noised."""
+    dims = {"hidden_size": s["hidden"], "num_hidden_layers": s["layers"],
+            "vocab_size": s["vocab"], "intermediate_size": s["intermediate"],
+            "num_attention_heads": s["heads"], "num_key_value_heads": s["kv_heads"]}
+    return model_flops(dims, 2 * s["batch"], 1 + PROMPT_LEN + RESPONSE_LEN,
+                       s["batch"] * RESPONSE_LEN, "npo")
 
 
 def state_mib(s, params, world):
@@ -144,7 +152,7 @@ def main():
             print(f"scaling-study: {s['config']} at np {world} ...", file=sys.stderr, flush=True)
             r = run(args.bin, s, world, args.steps, args.warmup, args.threads)
             params = r["config"]["params"]
-            flops = flops_per_step(s, params)
+            flops = flops_per_step(s)
             ms = r["value"]
             rss = r["peak_rss_mib"]
             baseline = r["rss_before_model_mib"]

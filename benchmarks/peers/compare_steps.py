@@ -47,22 +47,28 @@ def run_json(cmd):
     return {r["metric"]: r for r in (json.loads(line) for line in out.splitlines() if line)}
 
 
-def step_flops(cfg, batch, loss):
-    """Model FLOPs of one optimizer step (see the module docstring)."""
+def model_flops(cfg, rows, seq_len, negative_response_tokens, loss):
+    """Model FLOPs of one optimizer step (see the module docstring) for `rows` sequences of
+    seq_len positions; cfg holds the model's HF config keys (hidden_size, vocab_size, ...)."""
     d, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     inter = cfg["intermediate_size"]
-    kv = d * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    heads = cfg["num_attention_heads"]
+    kv = d * cfg.get("num_key_value_heads", heads) // heads
     n_matmul = L * (2 * d * d + 2 * d * kv + 3 * d * inter) + d * V
-    ids = batch["attention_mask"]
-    rows, T = ids.shape
-    tokens = rows * T
-    flops = (6 * n_matmul + 12 * L * d * T) * tokens
+    tokens = rows * seq_len
+    flops = (6 * n_matmul + 12 * L * d * seq_len) * tokens
     if loss != "sft":
-        flops += (2 * n_matmul + 4 * L * d * T) * tokens
+        flops += (2 * n_matmul + 4 * L * d * seq_len) * tokens
     if loss == "npo":
-        negative_response = int(batch["loss_mask"][rows // 2:].sum())
-        flops += 6 * d * V * negative_response
+        flops += 6 * d * V * negative_response_tokens
     return flops
+
+
+def step_flops(cfg, batch, loss):
+    """model_flops of the padded batch dnpo_step_bench dumped."""
+    rows, seq_len = batch["attention_mask"].shape
+    negative_response = int(batch["loss_mask"][rows // 2:].sum()) if loss == "npo" else 0
+    return model_flops(cfg, rows, seq_len, negative_response, loss)
 
 
 def main():

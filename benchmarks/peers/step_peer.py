@@ -32,14 +32,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import safetensors_io  # noqa: E402  (the repository's own reader, also used by the golden tests)
 
 
+def trainable(weights):
+    """fp32 copies of named tensors as parameters ('.' is not allowed in ParameterDict keys)."""
+    return torch.nn.ParameterDict(
+        {k.replace(".", "/"): torch.nn.Parameter(v.float().clone()) for k, v in weights.items()})
+
+
 class Llama(torch.nn.Module):
     """Llama as in HF transformers (RMSNorm, rotary, grouped-query attention, SwiGLU), fp32."""
 
     def __init__(self, cfg, weights):
         super().__init__()
         self.cfg = cfg
-        self.params = torch.nn.ParameterDict(
-            {k.replace(".", "/"): torch.nn.Parameter(v.float().clone()) for k, v in weights.items()})
+        self.params = trainable(weights)
 
     def w(self, name):
         return self.params[name.replace(".", "/")]
@@ -104,8 +109,7 @@ class NoiseHead(torch.nn.Module):
     def __init__(self, settings, weights):
         super().__init__()
         self.s = settings
-        self.params = torch.nn.ParameterDict(
-            {k.replace(".", "/"): torch.nn.Parameter(v.float().clone()) for k, v in weights.items()})
+        self.params = trainable(weights)
 
     def forward(self, h):
         p = {k.replace("/", "."): v for k, v in self.params.items()}

@@ -180,7 +180,6 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
     parts.push_back(at::zeros({shard_numel_ * world_ - numel_}, reduce));
   }
   auto flat = at::cat(parts);
-  parts.clear();
   at::Tensor shard_grad = flat;
   if (world_ > 1) {
     shard_grad = at::empty({shard_numel_}, flat.options());

@@ -310,23 +310,22 @@ struct JudgeClient::Impl {
     send(job);
   }
 
+  /// An attempt that ended without a reply: the connection goes, its slot frees, and the job is
+  /// retried (after the backoff, or `after`) or — when another attempt cannot fix it, e.g. a
+  /// refused certificate — gets the failure policy at once.
   void attempt_failed(const JobPtr& job,
                       const ConnPtr& conn,
                       const std::string& error,
-                      std::optional<double> after = std::nullopt) {
+                      std::optional<double> after = std::nullopt,
+                      bool retryable = true) {
     boost::system::error_code ignored;
     conn->tcp().socket().close(ignored);
     --active;
-    retry_or_fail(job, error, after);
-    pump();
-  }
-
-  /// A failure another attempt cannot fix (a refused certificate): the failure policy at once.
-  void attempt_refused(const JobPtr& job, const ConnPtr& conn, const std::string& error) {
-    boost::system::error_code ignored;
-    conn->tcp().socket().close(ignored);
-    --active;
-    finish_failed(job, error);
+    if (retryable) {
+      retry_or_fail(job, error, after);
+    } else {
+      finish_failed(job, error);
+    }
     pump();
   }
 
@@ -346,13 +345,15 @@ struct JudgeClient::Impl {
           const std::string where = "TLS handshake with " + url.host + ":" + url.port;
           const std::string problem = tls::certificate_problem(conn->secure->native_handle());
           if (!problem.empty()) {
-            attempt_refused(job,
-                            conn,
-                            where + " failed: the server's certificate was refused (" + problem +
-                                "); hint: judge.ca_file = \"" + cfg.ca_file +
-                                "\" must hold the CA that signed it (\"\" = the system's CAs), "
-                                "and the certificate must name " +
-                                url.host);
+            attempt_failed(job,
+                           conn,
+                           where + " failed: the server's certificate was refused (" + problem +
+                               "); hint: judge.ca_file = \"" + cfg.ca_file +
+                               "\" must hold the CA that signed it (\"\" = the system's CAs), "
+                               "and the certificate must name " +
+                               url.host,
+                           std::nullopt,
+                           /*retryable=*/false);
             return;
           }
           attempt_failed(job, conn, where + " failed: " + ec.message());

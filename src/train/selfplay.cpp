@@ -460,13 +460,14 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   // stopped while the judge is slow keeps every verdict already in.
   Timer wait_timer;
   double last_report_s = 0;
+  JudgeProgress judging;  // the job's counts as of the last poll
   std::int64_t boundary = rounds_done_before + total_rounds;
   for (;;) {
     if (!pending.empty()) {
       pending.begin()->second.verdict.wait_for(std::chrono::milliseconds(100));
     }
     harvest(false);
-    const auto judging = JudgeProgress::of_job(*judge, pending.size(), comm_, world_);
+    judging = JudgeProgress::of_job(*judge, pending.size(), comm_, world_);
     if (judging.unharvested == 0) {
       break;
     }
@@ -484,13 +485,12 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
         boundary);
   }
   times_.judge_wait_s = wait_timer.seconds();
-  const auto judged = JudgeProgress::of_job(*judge, 0, comm_, world_);
   log::info_rank0(
       "iteration {}: generated in {:.1f} s; waited {:.2f} s for the judge after generation; {}",
       t,
       times_.generate_s,
       times_.judge_wait_s,
-      judged.text(generate_timer.seconds()));
+      judging.text(generate_timer.seconds()));
   share_my_results();
   // The phase's result is committed before training starts.
   checkpointer_.save_now(generate_stage_state(boundary, boundary));

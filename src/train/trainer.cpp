@@ -37,8 +37,7 @@ namespace {
 class Phase {
  public:
   void begin(const char* name) {
-    current_.reset();
-    current_.emplace(at::RecordScope::USER_SCOPE);
+    current_.emplace(at::RecordScope::USER_SCOPE);  // ends the previous phase first
     if (current_->isActive()) {
       current_->before(name);
     }
@@ -50,9 +49,6 @@ class Phase {
  private:
   std::optional<at::RecordFunction> current_;
 };
-
-}  // namespace
-namespace {
 
 std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
   const std::int64_t per_epoch = (samples + cfg.batch_size - 1) / cfg.batch_size;

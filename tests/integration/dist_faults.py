@@ -16,6 +16,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mpi_jobs  # noqa: E402
+from mpi_jobs import rank_pid  # noqa: E402
+
 BIN = os.path.join(os.environ["DNPO_BIN"], "dnpo_dist")
 SRC = os.environ["DNPO_SOURCE_DIR"]
 TIMEOUT_S = 5  # dist.timeout_s of the stall case
@@ -33,27 +37,7 @@ def command(work, name, *extra):
 
 
 def environment(**extra):
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               DNPO_PROGRESS="1")
-    env.update(extra)
-    return env
-
-
-def rank_pid(mpirun_pid, rank):
-    """The pid of our dnpo_dist process with that MPI rank (a child of mpirun)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if ppid == mpirun_pid and f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
-            return int(entry)
-    raise AssertionError(f"no process of rank {rank} under mpirun {mpirun_pid}")
+    return mpi_jobs.environment(DNPO_PROGRESS="1", **extra)
 
 
 def run_until_step(cmd, env, step, action):

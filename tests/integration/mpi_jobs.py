@@ -3,9 +3,10 @@ import os
 import subprocess
 
 
-def environment():
-    """os.environ plus what Open MPI needs to run as root (CI machines do)."""
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+def environment(**extra):
+    """os.environ plus what Open MPI needs to run as root (CI machines do), plus `extra`."""
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                **extra)
 
 
 def run(cmd, what, timeout):
@@ -30,3 +31,16 @@ def rank_pids(mpirun_pid):
         if ppid == mpirun_pid:
             pids.append(int(entry))
     return pids
+
+
+def rank_pid(mpirun_pid, rank):
+    """The pid of the process with that MPI rank among mpirun's children."""
+    for pid in rank_pids(mpirun_pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process of rank {rank} under mpirun {mpirun_pid}")
