@@ -80,13 +80,15 @@ struct JudgeProgress {
     const auto* v = t.data_ptr<double>();
     return {v[0], v[1], v[2], v[3], v[4]};
   }
-  /// "judge: 1200 judged, 35 pending, 0 failed, 41.3 req/s"
+  /// "judge: 1200 judged, 35 pending, 0 failed, 41.3 req/s" (no rate for the in-process rule
+  /// judge, which sends no requests)
   std::string text(double seconds) const {
-    return fmt::format("judge: {:.0f} judged, {:.0f} pending, {:.0f} failed, {:.1f} req/s",
-                       judged,
-                       pending,
-                       failed,
-                       seconds > 0 ? attempts / seconds : 0.0);
+    auto line =
+        fmt::format("judge: {:.0f} judged, {:.0f} pending, {:.0f} failed", judged, pending, failed);
+    if (attempts > 0 && seconds > 0) {
+      line += fmt::format(", {:.1f} req/s", attempts / seconds);
+    }
+    return line;
   }
 };
 
