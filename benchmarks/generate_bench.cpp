@@ -3,18 +3,20 @@
 // With --dump DIR it first writes what the Python peer (benchmarks/peers/generate_peer.py) needs:
 // the model (HF directory), the prompts, and the tokens dnpo generated, to compare.
 // Usage: dnpo_generate_bench [--vocab V --hidden C --layers L --batch B --prompt-len P
-//                             --new-tokens N --reps R --threads T --dump DIR]
+//                             --new-tokens N --reps R --threads T --dump DIR --profile FILE]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "dnpo/common/log.h"
 #include "dnpo/config/config.h"
@@ -30,6 +32,7 @@ int run_bench(int argc, char** argv) {
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 16, new_tokens = 32;
   int reps = 5, threads = 1;
   std::string dump;
+  std::string profile;
   app.add_option("--vocab", vocab);
   app.add_option("--hidden", hidden);
   app.add_option("--layers", layers);
@@ -39,6 +42,7 @@ int run_bench(int argc, char** argv) {
   app.add_option("--reps", reps, "timed repetitions (after one warm-up)");
   app.add_option("--threads", threads);
   app.add_option("--dump", dump, "write the model, prompts and generated tokens into DIR");
+  app.add_option("--profile", profile, "write LibTorch's op trace of the timed runs (chrome JSON)");
   CLI11_PARSE(app, argc, argv);
   dnpo::log::init(0, "warn");
   at::set_num_threads(threads);
@@ -72,12 +76,17 @@ int run_bench(int argc, char** argv) {
   };
   const auto first = run();  // warm-up
   std::vector<double> ms;
+  std::optional<torch::autograd::profiler::RecordProfile> tracing;
+  if (!profile.empty()) {
+    tracing.emplace(profile);
+  }
   for (int r = 0; r < reps; ++r) {
     const auto start = std::chrono::steady_clock::now();
     run();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                      .count());
   }
+  tracing.reset();
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
   if (!dump.empty()) {

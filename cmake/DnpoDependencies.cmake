@@ -47,4 +47,19 @@ endif()
 if(DNPO_CUDA_ENABLED)
   target_compile_definitions(dnpo_torch INTERFACE DNPO_WITH_CUDA=1)
 endif()
-message(STATUS "dnpo: LibTorch ${Torch_VERSION} at ${Torch_DIR}; CUDA ${DNPO_CUDA_ENABLED}")
+# CBLAS (Debian libblas-dev's cblas.h; libblas.so.3 is OpenBLAS at run time): attention's small
+# batched GEMMs on CPU call it directly, because LibTorch 1.13's bmm dispatches once per matrix
+# (src/model/batched_matmul.cpp). Optional: without it (the GPU machine's build) at::matmul runs.
+add_library(dnpo_cblas INTERFACE)
+find_package(BLAS QUIET)
+include(CheckIncludeFileCXX)
+check_include_file_cxx(cblas.h DNPO_HAVE_CBLAS_H)
+if(BLAS_FOUND AND DNPO_HAVE_CBLAS_H)
+  target_link_libraries(dnpo_cblas INTERFACE ${BLAS_LIBRARIES})
+  set(DNPO_CBLAS_FOUND ON)
+  set(dnpo_cblas_status "CBLAS ${BLAS_LIBRARIES}")
+else()
+  set(dnpo_cblas_status "no CBLAS (attention uses at::matmul)")
+endif()
+
+message(STATUS "dnpo: LibTorch ${Torch_VERSION} at ${Torch_DIR}; CUDA ${DNPO_CUDA_ENABLED}; ${dnpo_cblas_status}")

@@ -12,6 +12,7 @@
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
+#include "dnpo/model/batched_matmul.h"
 #include "dnpo/model/random.h"
 
 namespace dnpo::model {
@@ -59,10 +60,10 @@ at::Tensor attention(const at::Tensor& q,
   // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
   auto qg = q.reshape({batch, kv_heads, heads / kv_heads, steps, hd});
   auto scores =
-      at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
+      batched_matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
   scores = scores + ctx.bias;  // (B, KV, group, T, Tk)
   auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  return at::matmul(probs, v.unsqueeze(2)).reshape({batch, heads, steps, hd});
+  return batched_matmul(probs, v.unsqueeze(2)).reshape({batch, heads, steps, hd});
 }
 
 struct ParamSpec {

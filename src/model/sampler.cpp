@@ -115,23 +115,30 @@ std::vector<Generation> generate(Decoder& model,
     std::vector<bool> done(rows, false);
     std::int64_t remaining = rows;
     for (int step = 0; step < cfg.max_new_tokens && (remaining > 0 || fixed_steps); ++step) {
-      // logits of the last position: (rows, V) fp32
-      // (picking runs on the host: one (rows, V) copy per step)
-      auto logits =
-          model.logits(hidden.select(1, hidden.size(1) - 1)).to(at::kCPU, at::kFloat).contiguous();
-      auto next = at::full({rows, 1}, pad_id, at::kLong);
+      // logits of the last position: (rows, V) fp32; greedy takes every row's argmax at once,
+      // sampling picks on the host (one (rows, V) copy per step)
+      auto logits = model.logits(hidden.select(1, hidden.size(1) - 1));
+      const bool greedy = cfg.temperature <= 0.0;
+      const auto picked = greedy ? logits.argmax(-1).to(at::kCPU).contiguous()
+                                 : logits.to(at::kCPU, at::kFloat).contiguous();
+      std::vector<std::int64_t> next(static_cast<std::size_t>(rows), pad_id);
       for (std::int64_t r = 0; r < rows; ++r) {
         if (done[r]) {
           continue;
         }
         const auto& request = requests[begin + r];
-        const auto key = draw_key(keys.seed,
-                                  keys.iteration,
-                                  0,
-                                  request.sample_id,
-                                  static_cast<std::uint64_t>(step),
-                                  RandomStream::kSampling);
-        const auto token = pick_token(logits[r], cfg, uniform01(key, 0));
+        std::int64_t token = 0;
+        if (greedy) {
+          token = picked.data_ptr<std::int64_t>()[r];
+        } else {
+          const auto key = draw_key(keys.seed,
+                                    keys.iteration,
+                                    0,
+                                    request.sample_id,
+                                    static_cast<std::uint64_t>(step),
+                                    RandomStream::kSampling);
+          token = pick_token(picked[r], cfg, uniform01(key, 0));
+        }
         auto& result = results[begin + r];
         if (token == eos_id) {
           result.finished = true;
@@ -140,13 +147,14 @@ std::vector<Generation> generate(Decoder& model,
         } else {
           result.tokens.push_back(token);
         }
-        next[r][0] = token;
+        next[static_cast<std::size_t>(r)] = token;
       }
       if ((remaining == 0 && !fixed_steps) || step + 1 == cfg.max_new_tokens) {
         break;
       }
       mask = at::cat({mask, at::ones({rows, 1}, mask.options())}, 1);
-      hidden = model.forward_hidden(next.to(device), mask, &cache);
+      const auto next_ids = at::tensor(next, at::kLong).view({rows, 1}).to(device);
+      hidden = model.forward_hidden(next_ids, mask, &cache);
     }
   }
   return results;
