@@ -342,13 +342,17 @@ std::vector<at::Tensor> gather_params(ShardedUnit& unit,
 }
 
 double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
-  double local = 0;
+  // One fp32 norm per shard (a single pass, no fp64 copy of the gradients, as PyTorch's
+  // clip_grad_norm_), their squares summed in fp64, one host read.
+  std::vector<at::Tensor> norms;
   for (const auto* unit : units) {
     const auto& g = unit->shard().grad();
     if (g.defined()) {
-      local += g.to(at::kDouble).pow(2).sum().item<double>();
+      norms.push_back(g.norm().reshape({1}));
     }
   }
+  double local =
+      norms.empty() ? 0.0 : at::cat(norms).to(at::kDouble).pow(2).sum().item<double>();
   if (comm != nullptr && comm->world_size() > 1) {
     auto t = at::full({1}, local, at::kDouble);
     comm->all_reduce_sum(t).wait();
