@@ -5,20 +5,21 @@
 // peak RSS of every rank.
 // Usage: mpirun -np N dnpo_fsdp_bench --loss npo|sft [--vocab V --hidden C --layers L
 //          --intermediate I --heads H --batch B --micro M --prompt-len P --response-len R
-//          --steps S --warmup W --threads T --prefetch 0|1 --reduce-scatter
-//          ring|mpi|allreduce|reduce
-//          --all-gather gloo|ring]
+//          --steps S --warmup W --threads T --prefetch 0|1 --reshard-after-forward 0|1
+//          --reduce-scatter ring|mpi|allreduce|reduce --all-gather gloo|ring --profile FILE]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "bench_common.h"
 #include "dnpo/common/allocator.h"
@@ -54,6 +55,7 @@ int run_bench(int argc, char** argv) {
   std::string loss = "npo", reduce_scatter = "ring";
   int vocab = 260, hidden = 128, layers = 4, intermediate = 0, heads = 0, batch = 16, micro = 0;
   int prompt_len = 24, response_len = 24, steps = 6, warmup = 2, threads = 1, prefetch = 1;
+  int reshard_after_forward = 1;
   bool tied = false;
   app.add_option("--loss", loss);
   app.add_option("--vocab", vocab);
@@ -68,7 +70,12 @@ int run_bench(int argc, char** argv) {
   app.add_option("--steps", steps, "timed steps");
   app.add_option("--warmup", warmup, "untimed steps first");
   app.add_option("--threads", threads);
+  std::string profile;
+  app.add_option("--profile", profile, "rank 0 writes LibTorch's op trace of every step (JSON)");
   app.add_option("--prefetch", prefetch);
+  app.add_option("--reshard-after-forward",
+                 reshard_after_forward,
+                 "dist.reshard_after_forward: 0 keeps units gathered for the step");
   app.add_option("--reduce-scatter", reduce_scatter);
   std::string all_gather = dnpo::config::DistConfig{}.all_gather;
   app.add_option("--all-gather", all_gather);
@@ -97,6 +104,7 @@ int run_bench(int argc, char** argv) {
   cfg.train.lr = 1e-5;
   cfg.run.log_every = 1000000;
   cfg.dist.prefetch = prefetch != 0;
+  cfg.dist.reshard_after_forward = reshard_after_forward != 0;
   cfg.dist.reduce_scatter = reduce_scatter;
   cfg.dist.all_gather = all_gather;
 
@@ -128,7 +136,12 @@ int run_bench(int argc, char** argv) {
   trainer.set_gradient_observer([&](std::int64_t, const std::vector<dnpo::dist::ShardedUnit*>&) {
     at_step.push_back(comm ? comm->bytes() : dnpo::dist::CommBytes{});
   });
+  std::optional<torch::autograd::profiler::RecordProfile> tracing;
+  if (!profile.empty() && mpi.rank() == 0) {
+    tracing.emplace(profile);
+  }
   const auto summary = dnpo::bench::train_synthetic(trainer, loss, batch, prompt_len, response_len);
+  tracing.reset();
   // With no timed steps (a memory-only run) the byte counts are left at zero.
   const bool timed_steps = steps > 0 && warmup > 0;
   const auto& first =
@@ -138,8 +151,11 @@ int run_bench(int argc, char** argv) {
   // Theory per micro-batch, from the unit sizes: the policy gathers every unit in forward and
   // again in backward except the head (held through the loss; a tied embedding's backward reuses
   // that held buffer), the reference gathers each unit once (a tied embedding twice), the noise
-  // head once; every trained unit is reduce-scattered once per use.
-  double gather_theory = 0, scatter_theory = 0;
+  // head once; every trained unit is reduce-scattered once per use. Units kept gathered
+  // (--reshard-after-forward 0) are gathered once per step, policy and reference alike, and the
+  // policy's gradients are reduce-scattered once per step; the noise head's stay per micro-batch.
+  const bool keep = reshard_after_forward == 0;
+  double gather_theory = 0, scatter_theory = 0, gather_once = 0, scatter_once = 0;
   {
     const auto units = policy.units();
     const auto bytes = [world](const dnpo::dist::ShardedUnit* u) {
@@ -151,8 +167,13 @@ int run_bench(int argc, char** argv) {
       const double uses = is_head ? 1 : 2;  // policy gathers
       const double ref_uses = is_embed && tied ? 2 : 1;
       const double rs = is_embed && tied ? 2 : 1;
-      gather_theory += (uses + (loss == "sft" ? 0 : ref_uses)) * bytes(units[i]);
-      scatter_theory += rs * bytes(units[i]);
+      if (keep) {
+        gather_once += (loss == "sft" ? 1 : 2) * bytes(units[i]);
+        scatter_once += bytes(units[i]);
+      } else {
+        gather_theory += (uses + (loss == "sft" ? 0 : ref_uses)) * bytes(units[i]);
+        scatter_theory += rs * bytes(units[i]);
+      }
     }
     if (loss == "npo") {
       // W (V×C) plus b (V) for "linear", or LayerNorm weight and bias (2C) for "ln_gelu_linear"
@@ -164,8 +185,8 @@ int run_bench(int argc, char** argv) {
     }
     const double micro_per_rank =
         std::ceil(static_cast<double>(batch) / cfg.train.micro_batch_size / world);
-    gather_theory *= world > 1 ? micro_per_rank : 0;
-    scatter_theory *= world > 1 ? micro_per_rank : 0;
+    gather_theory = world > 1 ? gather_theory * micro_per_rank + gather_once : 0;
+    scatter_theory = world > 1 ? scatter_theory * micro_per_rank + scatter_once : 0;
   }
   const auto rss = per_rank(dnpo::bench::peak_rss_mib(), comm.get());
   const auto rss_at_start = per_rank(rss_start, comm.get());
@@ -191,6 +212,7 @@ int run_bench(int argc, char** argv) {
                                  {"response_len", response_len},
                                  {"threads", threads},
                                  {"prefetch", prefetch != 0},
+                                 {"reshard_after_forward", reshard_after_forward != 0},
                                  {"reduce_scatter", reduce_scatter},
                                  {"all_gather", all_gather},
                                  {"params", policy.num_parameters()},

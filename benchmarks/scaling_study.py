@@ -73,7 +73,7 @@ def state_mib(s, params, world):
             "optimizer_mib": 4 * 2 * (shard(params) + shard(head)) / MIB}
 
 
-def run(bin_dir, s, world, steps, warmup, threads):
+def run(bin_dir, s, world, steps, warmup, threads, reshard):
     micro = max(1, min(s["micro"], s["batch"] // world))
     cmd = ["mpirun", "-np", str(world), "--oversubscribe", "--bind-to", "none",
            f"{bin_dir}/dnpo_fsdp_bench", "--loss", "npo", "--vocab", str(s["vocab"]),
@@ -81,7 +81,8 @@ def run(bin_dir, s, world, steps, warmup, threads):
            "--intermediate", str(s["intermediate"]), "--heads", str(s["heads"]),
            "--batch", str(s["batch"]), "--micro", str(micro), "--prompt-len", str(PROMPT_LEN),
            "--response-len", str(RESPONSE_LEN), "--steps", str(steps), "--warmup", str(warmup),
-           "--threads", str(threads)] + (["--tied"] if s["tied"] else [])
+           "--threads", str(threads), "--reshard-after-forward", str(reshard)] + (
+               ["--tied"] if s["tied"] else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -138,6 +139,8 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
+    ap.add_argument("--reshard-after-forward", type=int, choices=(0, 1), default=1,
+                    help="dist.reshard_after_forward: 0 keeps units gathered for the step")
     args = ap.parse_args()
     configs = args.configs or glob.glob(os.path.join(HERE, "..", "configs", "scaling", "*.toml"))
     shapes = {path: model_shape(path) for path in configs}
@@ -150,13 +153,15 @@ def main():
         s = shapes[path]
         for world in worlds:
             print(f"scaling-study: {s['config']} at np {world} ...", file=sys.stderr, flush=True)
-            r = run(args.bin, s, world, args.steps, args.warmup, args.threads)
+            r = run(args.bin, s, world, args.steps, args.warmup, args.threads,
+                    args.reshard_after_forward)
             params = r["config"]["params"]
             flops = flops_per_step(s)
             ms = r["value"]
             rss = r["peak_rss_mib"]
             baseline = r["rss_before_model_mib"]
             row = {"config": s["config"], "params": params, "world": world,
+                   "reshard_after_forward": bool(args.reshard_after_forward),
                    "oversubscribed": world * args.threads > cores, "step_ms": ms,
                    "tokens_per_s": r["tokens_per_s"],
                    "mfu": flops / (ms / 1e3) / (world * gemm * 1e9),
@@ -180,7 +185,9 @@ def main():
         w.writeheader()
         w.writerows(rows)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(f"NPO steps, global batch {model_shape(configs[0])['batch']} pairs of "
+        kept = "" if args.reshard_after_forward else (
+            "Units kept gathered for the step (dist.reshard_after_forward = false). ")
+        f.write(f"{kept}NPO steps, global batch {model_shape(configs[0])['batch']} pairs of "
                 f"{PROMPT_LEN} + {RESPONSE_LEN} tokens, one thread per rank; fp32 GEMM rate "
                 f"{gemm:.0f} GFLOP/s per thread; {cores} cores (larger worlds oversubscribed: "
                 "time columns not meaningful).\n\n")

@@ -180,6 +180,14 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
     parts.push_back(at::zeros({shard_numel_ * world_ - numel_}, reduce));
   }
   auto flat = at::cat(parts);
+  if (defer_reduction_) {  // summed in fp32 whatever the reduction dtype
+    if (pending_grad_.defined()) {
+      pending_grad_.add_(flat);
+    } else {
+      pending_grad_ = flat.to(at::kFloat);
+    }
+    return {};
+  }
   at::Tensor shard_grad = flat;
   if (world_ > 1) {
     shard_grad = at::empty({shard_numel_}, flat.options());
@@ -187,6 +195,34 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
   }
   shard_grad = shard_grad.to(at::kFloat);
   return grad_scale_ == 1.0 ? shard_grad : shard_grad * grad_scale_;
+}
+
+void ShardedUnit::set_defer_reduction(bool defer) {
+  DNPO_CHECK(!pending_grad_.defined(), "unit ", name_, ": unflushed gradients");
+  defer_reduction_ = defer && world_ > 1 && trainable_;
+}
+
+void ShardedUnit::flush_grads() {
+  if (!defer_reduction_) {
+    return;
+  }
+  at::NoGradGuard no_grad;
+  auto flat = pending_grad_.defined() ? pending_grad_.to(precision_.reduce)
+                                      : at::zeros({shard_numel_ * world_},
+                                                  at::TensorOptions().dtype(precision_.reduce));
+  pending_grad_ = at::Tensor();
+  auto shard_grad = at::empty({shard_numel_}, flat.options());
+  comm_->reduce_scatter_flat(shard_grad, flat).wait();
+  flat = at::Tensor();
+  shard_grad = shard_grad.to(at::kFloat);
+  if (grad_scale_ != 1.0) {
+    shard_grad.mul_(grad_scale_);
+  }
+  if (shard_.grad().defined()) {
+    shard_.mutable_grad().add_(shard_grad);
+  } else {
+    shard_.mutable_grad() = shard_grad;
+  }
 }
 
 namespace {
@@ -351,8 +387,7 @@ double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
       norms.push_back(g.norm().reshape({1}));
     }
   }
-  double local =
-      norms.empty() ? 0.0 : at::cat(norms).to(at::kDouble).pow(2).sum().item<double>();
+  double local = norms.empty() ? 0.0 : at::cat(norms).to(at::kDouble).pow(2).sum().item<double>();
   if (comm != nullptr && comm->world_size() > 1) {
     auto t = at::full({1}, local, at::kDouble);
     comm->all_reduce_sum(t).wait();

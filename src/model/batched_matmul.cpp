@@ -33,10 +33,12 @@ MatrixLayout layout_of(std::int64_t rows,
                        std::int64_t row_stride,
                        std::int64_t col_stride) {
   // A dimension of size 1 has no meaningful stride; BLAS still needs ld >= the other extent.
-  if ((cols == 1 || col_stride == 1) && (rows == 1 || row_stride >= std::max<std::int64_t>(cols, 1))) {
+  if ((cols == 1 || col_stride == 1) &&
+      (rows == 1 || row_stride >= std::max<std::int64_t>(cols, 1))) {
     return {CblasNoTrans, rows == 1 ? std::max<std::int64_t>(cols, 1) : row_stride, true};
   }
-  if ((rows == 1 || row_stride == 1) && (cols == 1 || col_stride >= std::max<std::int64_t>(rows, 1))) {
+  if ((rows == 1 || row_stride == 1) &&
+      (cols == 1 || col_stride >= std::max<std::int64_t>(rows, 1))) {
     return {CblasTrans, cols == 1 ? std::max<std::int64_t>(rows, 1) : col_stride, true};
   }
   return {};
@@ -51,7 +53,8 @@ struct Operand {
 Operand operand(const at::Tensor& t, const std::vector<std::int64_t>& shape) {
   auto view = t.expand(shape);
   const auto d = view.dim();
-  auto layout = layout_of(view.size(d - 2), view.size(d - 1), view.stride(d - 2), view.stride(d - 1));
+  auto layout =
+      layout_of(view.size(d - 2), view.size(d - 1), view.stride(d - 2), view.stride(d - 1));
   if (!layout.usable || layout.ld > INT32_MAX) {
     view = view.contiguous();
     layout = layout_of(view.size(d - 2), view.size(d - 1), view.stride(d - 2), view.stride(d - 1));
@@ -64,7 +67,8 @@ at::Tensor gemm_batches(const at::Tensor& a, const at::Tensor& b) {
   const auto m = a.size(-2);
   const auto k = a.size(-1);
   const auto n = b.size(-1);
-  TORCH_CHECK(b.size(-2) == k, "batched_matmul: shapes ", a.sizes(), " and ", b.sizes(), " do not chain");
+  TORCH_CHECK(
+      b.size(-2) == k, "batched_matmul: shapes ", a.sizes(), " and ", b.sizes(), " do not chain");
   auto batch = at::infer_size(a.sizes().slice(0, a.dim() - 2), b.sizes().slice(0, b.dim() - 2));
   auto shape_a = batch;
   shape_a.insert(shape_a.end(), {m, k});
@@ -148,8 +152,8 @@ struct BatchedMatmulFunction : public torch::autograd::Function<BatchedMatmulFun
 
 bool takes_cblas_path(const at::Tensor& a, const at::Tensor& b) {
   return a.device().is_cpu() && b.device().is_cpu() && a.scalar_type() == at::kFloat &&
-         b.scalar_type() == at::kFloat && a.dim() >= 3 && b.dim() >= 3 &&
-         a.size(-1) <= INT32_MAX && a.size(-2) <= INT32_MAX && b.size(-1) <= INT32_MAX;
+         b.scalar_type() == at::kFloat && a.dim() >= 3 && b.dim() >= 3 && a.size(-1) <= INT32_MAX &&
+         a.size(-2) <= INT32_MAX && b.size(-1) <= INT32_MAX;
 }
 
 }  // namespace

@@ -128,6 +128,7 @@ std::unique_ptr<ShardedLlama> ShardedLlama::frozen_copy() const {
       false,
       recompute_);
   copy->prefetch_ = prefetch_;
+  copy->keep_gathered_ = keep_gathered_;
   for (std::size_t i = 0; i < units_.size(); ++i) {
     copy->units_[i]->load_shard_of(*units_[i]);
   }
@@ -149,12 +150,15 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
              input_ids.sizes(),
              " and ",
              attention_mask.sizes());
-  release();
+  if (!keep_gathered_) {
+    release();
+  }
+  const bool recompute = recompute_ && !keep_gathered_;
   auto* first_block = !prefetch_ ? nullptr : blocks_.empty() ? head_ : blocks_.front();
   const auto embed_fn = [](const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& in) {
     return std::vector<at::Tensor>{at::embedding(p[0], in[0])};
   };
-  auto x = dist::apply_unit(*embed_, embed_fn, {input_ids}, {first_block, nullptr}, recompute_)[0];
+  auto x = dist::apply_unit(*embed_, embed_fn, {input_ids}, {first_block, nullptr}, recompute)[0];
 
   const auto ctx = model::make_attention_context(cfg_, attention_mask, 0, compute_dtype_);
   const auto cfg = cfg_;
@@ -171,13 +175,13 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
       next = {};
     }
     x = dist::apply_unit(
-        *blocks_[i], block_fn, {x, ctx.cos, ctx.sin, ctx.bias}, next, recompute_)[0];
+        *blocks_[i], block_fn, {x, ctx.cos, ctx.sin, ctx.bias}, next, recompute)[0];
   }
   // The head stays gathered through the loss; in backward it hands over to the last block and,
   // once its gradients are in, drops its buffer (a tied embedding is gathered again for its
-  // own backward).
-  const auto head =
-      dist::gather_params(*head_, blocks_.empty() || !prefetch_ ? nullptr : blocks_.back(), true);
+  // own backward) unless units are kept gathered for the step.
+  const auto head = dist::gather_params(
+      *head_, blocks_.empty() || !prefetch_ ? nullptr : blocks_.back(), !keep_gathered_);
   const bool tied = head_ == embed_;
   return {model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps),
           tied ? head[0] : head[1]};
@@ -245,6 +249,19 @@ at::Tensor ShardedDecoder::logits(const at::Tensor& hidden) {
   lm_head_ = at::Tensor();
   model_.release();
   return out;
+}
+
+void ShardedLlama::set_keep_gathered(bool keep) {
+  keep_gathered_ = keep;
+  for (auto& unit : units_) {
+    unit->set_defer_reduction(keep);
+  }
+}
+
+void ShardedLlama::flush_grads() {
+  for (auto& unit : units_) {
+    unit->flush_grads();
+  }
 }
 
 void ShardedLlama::release() {

@@ -253,9 +253,11 @@ ShardedLlama& Trainer::begin_policy() {
     owned_policy_ = std::make_unique<ShardedLlama>(
         *whole_policy_, comm_, unit_precision(cfg_.train), true, world_of(comm_) > 1);
     owned_policy_->set_prefetch(cfg_.dist.prefetch);
+    owned_policy_->set_keep_gathered(!cfg_.dist.reshard_after_forward);
     return *owned_policy_;
   }
   sharded_policy_->set_prefetch(cfg_.dist.prefetch);
+  sharded_policy_->set_keep_gathered(!cfg_.dist.reshard_after_forward);
   return *sharded_policy_;
 }
 
@@ -334,10 +336,14 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
           share.weight[k];
       out = {};  // the graph holds what backward needs
       loss.backward();
-      policy.release();
+      if (!policy.keep_gathered()) {
+        policy.release();
+      }
       stats[0] += loss.item<double>();
       stats[1] += share.weight[k] * batch.attention_mask.sum().item<double>();
     }
+    policy.flush_grads();
+    policy.release();  // kept units are stale once the optimizer steps
     if (gradient_observer_) {
       gradient_observer_(step, units);
     }
@@ -541,9 +547,11 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       }
       auto ref_chosen = ref_logps.narrow(0, 0, rows);
       auto ref_rejected = ref_logps.narrow(0, rows, rows);
-      // The reference's gathered units go now: the noisy term keeps its own reference to the
-      // lm_head, which autograd frees once that term's backward has run.
-      reference.release();
+      // The reference's gathered units go now (unless kept for the step): the noisy term keeps
+      // its own reference to the lm_head, which autograd frees once that term's backward has run.
+      if (!reference.keep_gathered()) {
+        reference.release();
+      }
 
       phase.begin("dnpo::loss");
       at::Tensor loss, margins;
@@ -589,7 +597,9 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       }
       phase.begin("dnpo::backward");
       (loss * weight).backward();
-      policy.release();
+      if (!policy.keep_gathered()) {
+        policy.release();
+      }
       if (head) {
         head->release();
       }
@@ -602,6 +612,9 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       stats[kRejected] += weight * policy_rejected.detach().sum().item<double>();
       stats[kTokens] += weight * b.attention_mask.sum().item<double>();
     }
+    policy.flush_grads();
+    policy.release();  // kept units are stale once the optimizer steps
+    reference.release();
     if (gradient_observer_) {
       gradient_observer_(step, units);
     }

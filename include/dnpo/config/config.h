@@ -166,6 +166,12 @@ struct DistConfig {
   std::string all_gather = "ring";  // faster here (benchmarks/RESULTS.md)
   /// Start the next FSDP unit's all-gather while the current unit computes (forward and backward).
   bool prefetch = true;
+  /// true (ZeRO-3): a unit's gathered parameters go after its forward; backward gathers them
+  /// again and recomputes the unit's activations. false: each unit stays gathered, with its
+  /// activations, from the step's first forward to its last backward: one all-gather per unit
+  /// per step and no recompute, at the memory of the whole model in train.dtype plus every
+  /// micro-batch's activations per rank (gradients and optimizer state stay sharded).
+  bool reshard_after_forward = true;
 };
 
 /// [checkpoint] — saving and resuming (DESIGN.md "Checkpoints"). Each training stage also saves

@@ -93,8 +93,16 @@ class ShardedUnit {
     return full_.defined();
   }
   /// Σ over ranks of the full-size gradients (spec order; undefined = zero), this rank's slice,
-  /// fp32 (shard_numel,). Blocks until the reduction is done.
+  /// fp32 (shard_numel,). Blocks until the reduction is done. With deferred reduction it only
+  /// adds them to a full-size local sum and returns an undefined tensor.
   at::Tensor reduce_scatter_grads(const std::vector<at::Tensor>& grads);
+  /// Deferred reduction (more than one rank, trainable units): gradients of a step's
+  /// micro-batches are summed locally and reduce-scattered once by flush_grads(), at the memory of
+  /// the unit's full fp32 gradient.
+  void set_defer_reduction(bool defer);
+  /// collective when deferring: reduce-scatters the local sum (zero if this rank had none) and
+  /// adds this rank's slice to the shard's gradient. A no-op otherwise.
+  void flush_grads();
 
  private:
   std::string name_;
@@ -108,6 +116,8 @@ class ShardedUnit {
   std::int64_t numel_ = 0;
   std::int64_t shard_numel_ = 0;
   double grad_scale_ = 1.0;  // 1 except under the fault-injection test hook (see .cpp)
+  bool defer_reduction_ = false;
+  at::Tensor pending_grad_;  // deferred: Σ of full flat gradients since the last flush
   at::Tensor shard_;
   at::Tensor full_;  // gathered (or being gathered) flat buffer, compute dtype
   Work in_flight_;   // the gather into full_, until waited on

@@ -68,6 +68,9 @@ class ShardedLlama {
   Output forward(const at::Tensor& input_ids, const at::Tensor& attention_mask);
   /// Drops every gathered buffer; call after the micro-batch's backward.
   void release();
+  /// collective: with units kept gathered, reduce-scatters the gradients the step's micro-batches
+  /// summed locally (one reduction per unit per step); call after the last backward.
+  void flush_grads();
   /// collective, no gradients: the forward over a KV cache, for generation. Each unit is
   /// gathered as it computes (the next one prefetched) and released after, so a rank holds at
   /// most two blocks; the head unit stays gathered (Output::lm_head) until release().
@@ -80,6 +83,14 @@ class ShardedLlama {
   void set_prefetch(bool on) {
     prefetch_ = on;
   }
+  /// keep = true (dist.reshard_after_forward = false): units gathered by forward stay gathered,
+  /// with their activations, until release(), so later micro-batches of the step reuse them and
+  /// backward neither gathers again nor recomputes; trainable units also sum their gradients
+  /// locally until flush_grads(). false (default): as constructed.
+  void set_keep_gathered(bool keep);
+  bool keep_gathered() const {
+    return keep_gathered_;
+  }
 
   /// The units (embedding first, blocks, then the head unit when untied).
   std::vector<dist::ShardedUnit*> units();
@@ -91,8 +102,9 @@ class ShardedLlama {
  private:
   config::ModelConfig cfg_;
   at::ScalarType compute_dtype_;
-  bool recompute_;
+  bool recompute_;  // as constructed; keep_gathered_ overrides it
   bool prefetch_ = true;
+  bool keep_gathered_ = false;
   std::vector<std::unique_ptr<dist::ShardedUnit>> units_;
   dist::Comm* comm_;
   dist::UnitPrecision precision_;

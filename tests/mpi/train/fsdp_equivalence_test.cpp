@@ -3,8 +3,10 @@
 // norm-wise over all parameters), and the parameter change θ_N − θ_0 — for SFT and for NPO, with
 // a short last batch so that padding micro-batches are exercised. A deliberately mis-scaled
 // reduce-scatter (DNPO_TEST_GRAD_SCALE) must fail the same comparison.
+#include <cmath>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -82,23 +84,26 @@ struct Trace {
   at::Tensor change;              // θ_N − θ_0 of the policy, flattened
 };
 
-Trace train(const config::RunConfig& cfg, dist::Comm* comm) {
+// observe_gradients: gather every step's full gradients (a collective of its own).
+Trace train(const config::RunConfig& cfg, dist::Comm* comm, bool observe_gradients = true) {
   model::LlamaModel policy(cfg.model, cfg.run.seed);
   const auto before = policy.clone();
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
   Trainer trainer(cfg, policy, tokenizer, metrics, comm);
   Trace trace;
-  trainer.set_gradient_observer(
-      [&trace](std::int64_t, const std::vector<dist::ShardedUnit*>& units) {
-        std::vector<at::Tensor> flat;
-        for (auto* unit : units) {
-          for (const auto& g : unit->gather_full(true)) {  // collective
-            flat.push_back(g.reshape({-1}));
+  if (observe_gradients) {
+    trainer.set_gradient_observer(
+        [&trace](std::int64_t, const std::vector<dist::ShardedUnit*>& units) {
+          std::vector<at::Tensor> flat;
+          for (auto* unit : units) {
+            for (const auto& g : unit->gather_full(true)) {  // collective
+              flat.push_back(g.reshape({-1}));
+            }
           }
-        }
-        trace.grads.push_back(at::cat(flat));
-      });
+          trace.grads.push_back(at::cat(flat));
+        });
+  }
   const auto summary = cfg.train.loss == "sft" ? trainer.train_sft(sft_records())
                                                : trainer.train_preference(pair_records());
   trace.losses = summary.step_losses;
@@ -120,11 +125,15 @@ struct Gap {
   double change = 0;
 };
 
-Gap compare(const std::string& loss, bool tied = false, const std::string& dtype = "fp32") {
+Gap compare(const std::string& loss,
+            bool tied = false,
+            const std::string& dtype = "fp32",
+            bool reshard_after_forward = true) {
   at::set_num_threads(1);
   auto cfg = tiny_run(loss);
   cfg.model.tie_word_embeddings = tied;
   cfg.train.dtype = dtype;
+  cfg.dist.reshard_after_forward = reshard_after_forward;
   const auto single = train(cfg, nullptr);
   const auto sharded = train(cfg, &comm());
   EXPECT_EQ(sharded.losses.size(), single.losses.size());
@@ -139,10 +148,11 @@ Gap compare(const std::string& loss, bool tied = false, const std::string& dtype
   }
   gap.change = relative(sharded.change, single.change);
   if (test::mpi().rank() == 0) {
-    std::printf("[np %d] %s%s %s: loss gap %.2e, gradient gap %.2e, parameter-change gap %.2e\n",
+    std::printf("[np %d] %s%s%s %s: loss gap %.2e, gradient gap %.2e, parameter-change gap %.2e\n",
                 test::mpi().world_size(),
                 loss.c_str(),
                 tied ? " tied" : "",
+                reshard_after_forward ? "" : " kept gathered",
                 dtype.c_str(),
                 gap.loss,
                 gap.grad,
@@ -170,6 +180,68 @@ TEST(FsdpEquivalence, NpoWithTiedEmbeddingMatches) {
   EXPECT_LT(gap.loss, 1e-5);
   EXPECT_LT(gap.grad, 1e-4);
   EXPECT_LT(gap.change, 1e-3);
+}
+
+// dist.reshard_after_forward = false: units stay gathered across the step's micro-batches and
+// backward neither regathers nor recomputes; the results are the same as the default's.
+TEST(FsdpEquivalence, KeptGatheredSftMatches) {
+  const auto gap = compare("sft", false, "fp32", false);
+  EXPECT_LT(gap.loss, 1e-5);
+  EXPECT_LT(gap.grad, 1e-4);
+  EXPECT_LT(gap.change, 1e-3);
+}
+
+TEST(FsdpEquivalence, KeptGatheredNpoWithTiedEmbeddingMatches) {
+  const auto gap = compare("npo", true, "fp32", false);
+  EXPECT_LT(gap.loss, 1e-5);
+  EXPECT_LT(gap.grad, 1e-4);
+  EXPECT_LT(gap.change, 1e-3);
+}
+
+// What keeping buys: the policy is gathered once per step instead of in forward and again in
+// backward for every micro-batch. SFT (no reference, no noise head): 4 steps of 16, 4, 16, 4
+// samples in micro-batches of 2 run 10 micro-batches per rank at np 2 and 6 at np 4, so the
+// default gathers about (2 × 10 or 2 × 6) − the head's reuse units' worth, kept units 4. A
+// regression to one gather per micro-batch would sit near 1.8× below the default, not 2.7×+.
+TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
+  const int world = test::mpi().world_size();
+  if (world == 1) {
+    GTEST_SKIP() << "nothing is gathered on one rank";
+  }
+  at::set_num_threads(1);
+  auto cfg = tiny_run("sft");
+  const auto moved = [&](bool reshard) {
+    cfg.dist.reshard_after_forward = reshard;
+    auto& c = comm();
+    const auto before = c.bytes();
+    train(cfg, &c, false);
+    return std::pair<double, double>(
+        static_cast<double>(c.bytes().all_gather - before.all_gather),
+        static_cast<double>(c.bytes().reduce_scatter - before.reduce_scatter));
+  };
+  const auto [gathered, scattered] = moved(true);
+  const auto [kept_gathered, kept_scattered] = moved(false);
+  // Gradients are reduce-scattered once per step instead of once per micro-batch: the ratio is
+  // micro-batches per rank over steps, Σ ceil(micro-batches / world) / 4 for the steps above.
+  double micro_per_rank = 0;
+  for (const int samples : {16, 4, 16, 4}) {
+    micro_per_rank += std::ceil(samples / 2.0 / world);
+  }
+  if (test::mpi().rank() == 0) {
+    std::printf(
+        "[np %d] all-gathered %.0f B kept, %.0f B resharded (%.2fx); reduce-scattered "
+        "%.0f B kept, %.0f B resharded (%.2fx)\n",
+        world,
+        kept_gathered,
+        gathered,
+        gathered / kept_gathered,
+        kept_scattered,
+        scattered,
+        scattered / kept_scattered);
+  }
+  EXPECT_LT(kept_gathered, gathered / 2.2);
+  EXPECT_GT(kept_gathered, 0);
+  EXPECT_NEAR(scattered / kept_scattered, micro_per_rank / 4, 1e-9);
 }
 
 // bf16 compute: parameters gathered as bf16 (moved as raw 16-bit words by Gloo), gradients
