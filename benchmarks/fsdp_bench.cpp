@@ -237,7 +237,10 @@ int run_bench(int argc, char** argv) {
        static_cast<double>(last.reduce_scatter_ops - first.reduce_scatter_ops) / spans},
       {"peak_rss_mib", rss},
       {"rss_before_model_mib", rss_at_start},
-      {"peak_rss_after_policy_mib", rss_after_build}};
+      {"peak_rss_after_policy_mib", rss_after_build},
+      // what a peer on the same weights and batch must reproduce (benchmarks/peers/ddp_peer.py)
+      {"first_step_loss", summary.step_losses.empty() ? 0.0 : summary.step_losses.front()},
+      {"second_step_loss", summary.step_losses.size() < 2 ? 0.0 : summary.step_losses[1]}};
   std::cout << out.dump() << "\n";
   return 0;
 }
