@@ -83,9 +83,9 @@ def main():
     sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "reference"))
     import safetensors_io
 
-    gemm = gemm_gflops(args.threads)
-    print(json.dumps({"name": "machine.gemm_fp32", "config": {"threads": args.threads, "n": 1024},
-                      "metric": "rate", "value": gemm, "unit": "GFLOP/s"}))
+    # The GEMM rate is measured before the runs and after each repetition; the best is the
+    # limit (this VM has slow phases: a single early measurement can land in one and put MFU > 1).
+    gemm_runs = [gemm_gflops(args.threads)]
     work = tempfile.mkdtemp(prefix="dnpo_peer_")
     losses = args.losses.split(",")
     runs = {loss: {"dnpo": [], "peer": []} for loss in losses}
@@ -101,6 +101,11 @@ def main():
             runs[loss]["peer"].append(run_json(
                 ["/usr/bin/python3", f"{HERE}/step_peer.py", "--dump", dump,
                  "--steps", str(args.steps), "--threads", str(args.threads)]))
+        gemm_runs.append(gemm_gflops(args.threads))
+    gemm = max(gemm_runs)
+    print(json.dumps({"name": "machine.gemm_fp32", "config": {"threads": args.threads, "n": 1024},
+                      "metric": "rate", "value": gemm, "unit": "GFLOP/s",
+                      "runs": [round(g, 1) for g in gemm_runs]}))
     for loss in losses:
         with open(f"{work}/{loss}/policy/config.json") as f:
             cfg = json.load(f)

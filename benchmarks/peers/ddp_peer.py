@@ -132,7 +132,12 @@ def main():
                                     ("second_step_loss", losses[1], "")):
             print(json.dumps({"name": f"peer.ddp_{loss_kind}", "config": config,
                               "metric": metric, "value": value, "unit": unit}))
-    dist.destroy_process_group()
+    # LibTorch 1.13's Gloo process group can deadlock in its destructor while DDP's reducer still
+    # holds it (a worker thread waits for the GIL the joining thread holds): leave without teardown
+    # once every rank is done.
+    sys.stdout.flush()
+    dist.barrier()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,22 @@ void ShardedUnit::release() {
 at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grads) {
   DNPO_INTERNAL_ASSERT(grads.size() == specs_.size());
   at::NoGradGuard no_grad;
+  if (world_ == 1 && precision_.reduce == at::kFloat && !defer_reduction_) {
+    // One process: add each gradient into its slice of the shard's gradient in place. A flat
+    // copy (a fresh, page-faulting buffer per unit and micro-batch) and autograd's accumulation
+    // of it cost half a second per step at 110M parameters.
+    if (!shard_.grad().defined()) {
+      shard_.mutable_grad() = at::zeros_like(shard_);
+    }
+    auto& shard_grad = shard_.mutable_grad();
+    for (std::size_t i = 0; i < specs_.size(); ++i) {
+      if (grads[i].defined()) {
+        shard_grad.narrow(0, offsets_[i], specs_[i].numel())
+            .add_(grads[i].reshape({-1}), grad_scale_);
+      }
+    }
+    return {};
+  }
   // The flat gradient in parameter order (offsets are contiguous), zero for a parameter that got
   // none and for the padding: one concatenation, not a zero-filled buffer and a copy per tensor.
   const auto reduce = at::TensorOptions().dtype(precision_.reduce);
