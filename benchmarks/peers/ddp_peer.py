@@ -2,7 +2,7 @@
 """Python peer of dnpo's multi-rank step: PyTorch DistributedDataParallel over Gloo, one process
 per rank (start it under mpirun; the rank and world come from Open MPI's environment), on the
 weights and batch `dnpo_step_bench --dump DIR` wrote. Each rank trains its contiguous share of the
-batch (for SPIN, its share of the pairs), DDP averages the gradients, then clipping and AdamW run
+batch (for SPIN, its share of the pairs), DDP averages the gradients, then clipping and the optimizer run
 on every replica, as a PyTorch user writes it. The model and the losses are step_peer.py's (SFT;
 SPIN in TRL's form); the first step's loss, summed over ranks, must equal dnpo's at the same world
 size. Rank 0 prints one JSON line per metric.
@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "reference"))
 import safetensors_io  # noqa: E402
-from step_peer import Llama, sequence_logps  # noqa: E402
+from step_peer import Llama, optimizer_and_schedule, sequence_logps  # noqa: E402
 
 
 class Policy(torch.nn.Module):
@@ -76,23 +76,10 @@ def main():
     policy = DistributedDataParallel(Policy(cfg, weights))
     reference = Policy(cfg, weights).requires_grad_(False) if loss_kind == "spin" else None
     params = list(policy.parameters())
-    opt = torch.optim.AdamW(params, lr=settings["lr"], eps=settings["eps"],
-                            betas=(settings["adam_beta1"], settings["adam_beta2"]),
-                            weight_decay=settings["weight_decay"])
     total_steps = args.steps + 2
-    if total_steps != settings["total_steps"] or settings["optimizer"] != "adamw":
-        sys.exit("ddp_peer: the dump's schedule or optimizer differs from this peer's")
-    warmup = int(settings["warmup_ratio"] * total_steps + 0.999999)
-
-    def lr_factor(k):  # dnpo's schedule, as in step_peer.py
-        if warmup > 0 and k < warmup:
-            return (k + 1) / warmup
-        if settings["lr_schedule"] == "constant":
-            return 1.0
-        progress = min(1.0, (k - warmup) / max(1, total_steps - warmup))
-        return 1.0 - progress * (1.0 - settings["min_lr_ratio"])
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    if total_steps != settings["total_steps"]:
+        sys.exit("ddp_peer: the dump's schedule has another step count than this peer's")
+    opt, sched = optimizer_and_schedule(settings, params, total_steps)
 
     def local_loss():
         """This rank's part of the global loss, scaled by world (DDP averages gradients)."""

@@ -122,6 +122,30 @@ class NoiseHead(torch.nn.Module):
         return s.clamp(max=self.s["max_sigma"]) if self.s["max_sigma"] > 0 else s
 
 
+def optimizer_and_schedule(settings, params, total_steps):
+    """torch.optim's AdamW or RMSprop with dnpo's hyperparameters, and dnpo's learning-rate schedule
+    (train/lr_schedule.h): linear warm-up over ceil(ratio × total) steps, then linear decay to
+    lr × min_lr_ratio, or constant."""
+    if settings["optimizer"] == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=settings["lr"], eps=settings["eps"],
+                                  weight_decay=settings["weight_decay"])
+    else:
+        opt = torch.optim.AdamW(params, lr=settings["lr"], eps=settings["eps"],
+                                betas=(settings["adam_beta1"], settings["adam_beta2"]),
+                                weight_decay=settings["weight_decay"])
+    warmup = int(settings["warmup_ratio"] * total_steps + 0.999999)
+
+    def lr_factor(k):
+        if warmup > 0 and k < warmup:
+            return (k + 1) / warmup
+        if settings["lr_schedule"] == "constant":
+            return 1.0
+        progress = min(1.0, (k - warmup) / max(1, total_steps - warmup))
+        return 1.0 - progress * (1.0 - settings["min_lr_ratio"])
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", required=True, help="the directory dnpo_step_bench --dump wrote")
@@ -153,30 +177,11 @@ def main():
         head = NoiseHead(settings["npo"],
                          safetensors_io.load_file(f"{args.dump}/head.safetensors"))
         params += list(head.parameters())
-    if settings["optimizer"] == "rmsprop":
-        opt = torch.optim.RMSprop(params, lr=settings["lr"], eps=settings["eps"],
-                                  weight_decay=settings["weight_decay"])
-    else:
-        opt = torch.optim.AdamW(params, lr=settings["lr"], eps=settings["eps"],
-                                betas=(settings["adam_beta1"], settings["adam_beta2"]),
-                                weight_decay=settings["weight_decay"])
     total_steps = args.steps + 2
     if total_steps != settings["total_steps"]:
         sys.exit(f"step_peer: --steps {args.steps} + 2 warm-up steps != dnpo's "
                  f"{settings['total_steps']} (the schedules would differ)")
-    # dnpo's schedule (train/lr_schedule.h): linear warm-up over ceil(ratio × total) steps, then
-    # linear decay to lr × min_lr_ratio, or constant.
-    warmup = int(settings["warmup_ratio"] * total_steps + 0.999999)
-
-    def lr_factor(k):
-        if warmup > 0 and k < warmup:
-            return (k + 1) / warmup
-        if settings["lr_schedule"] == "constant":
-            return 1.0
-        progress = min(1.0, (k - warmup) / max(1, total_steps - warmup))
-        return 1.0 - progress * (1.0 - settings["min_lr_ratio"])
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    opt, sched = optimizer_and_schedule(settings, params, total_steps)
 
     def npo_noise(step):
         """ε1, ε2 over [B, T, V]: dnpo's draws at the response rows on step 0, else randn."""

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -204,13 +205,18 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
     }
     return {};
   }
-  at::Tensor shard_grad = flat;
+  return reduced_slice(std::move(flat));
+}
+
+at::Tensor ShardedUnit::reduced_slice(at::Tensor flat) {
+  at::Tensor slice = flat;
   if (world_ > 1) {
-    shard_grad = at::empty({shard_numel_}, flat.options());
-    comm_->reduce_scatter_flat(shard_grad, flat).wait();
+    slice = at::empty({shard_numel_}, flat.options());
+    comm_->reduce_scatter_flat(slice, flat).wait();
   }
-  shard_grad = shard_grad.to(at::kFloat);
-  return grad_scale_ == 1.0 ? shard_grad : shard_grad * grad_scale_;
+  flat = at::Tensor();  // the full-size buffer goes before the fp32 copy is made
+  slice = slice.to(at::kFloat);
+  return grad_scale_ == 1.0 ? slice : slice * grad_scale_;
 }
 
 void ShardedUnit::set_defer_reduction(bool defer) {
@@ -227,13 +233,7 @@ void ShardedUnit::flush_grads() {
                                       : at::zeros({shard_numel_ * world_},
                                                   at::TensorOptions().dtype(precision_.reduce));
   pending_grad_ = at::Tensor();
-  auto shard_grad = at::empty({shard_numel_}, flat.options());
-  comm_->reduce_scatter_flat(shard_grad, flat).wait();
-  flat = at::Tensor();
-  shard_grad = shard_grad.to(at::kFloat);
-  if (grad_scale_ != 1.0) {
-    shard_grad.mul_(grad_scale_);
-  }
+  auto shard_grad = reduced_slice(std::move(flat));
   if (shard_.grad().defined()) {
     shard_.mutable_grad().add_(shard_grad);
   } else {

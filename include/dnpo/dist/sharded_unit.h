@@ -105,6 +105,10 @@ class ShardedUnit {
   void flush_grads();
 
  private:
+  /// collective: Σ over ranks of a flat full-size gradient (reduction dtype), this rank's slice
+  /// in fp32 (the test hook's scale applied).
+  at::Tensor reduced_slice(at::Tensor flat);
+
   std::string name_;
   std::vector<TensorSpec> specs_;
   std::vector<std::int64_t> offsets_;
