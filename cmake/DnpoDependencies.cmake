@@ -2,6 +2,13 @@
 # DNPO_CORE_ONLY (the GPU machine's build, launch/device-check) needs only LibTorch, spdlog,
 # nlohmann-json, toml++ and GoogleTest.
 find_package(Torch REQUIRED)
+# LibTorch 2.x bundles fmt 12 in its include folder, which would shadow the fmt 9 that Debian's
+# spdlog is built against; a folder named here (the GPU machine's unpacked Debian packages) is
+# searched before LibTorch's (as -I, ahead of every -isystem). c10d's headers accept fmt 9.
+set(DNPO_FIRST_INCLUDE_DIR "" CACHE PATH "dnpo: include folder searched before LibTorch's")
+if(DNPO_FIRST_INCLUDE_DIR)
+  include_directories(BEFORE "${DNPO_FIRST_INCLUDE_DIR}")
+endif()
 find_package(Threads REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(spdlog REQUIRED)
@@ -26,6 +33,10 @@ target_link_libraries(dnpo_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(dnpo_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 
 # LibTorch 1.13 (Debian, CPU) and 2.x (pip, CUDA) are both supported; code branches on these.
+if(Torch_VERSION VERSION_GREATER_EQUAL 2.0)
+  # c10d's process groups became Backends (ProcessGroupGloo/NCCL derive from c10d::Backend).
+  target_compile_definitions(dnpo_torch INTERFACE DNPO_TORCH2=1)
+endif()
 if(Torch_VERSION VERSION_GREATER_EQUAL 2.5)
   # at::scaled_dot_product_attention with enable_gqa (fused flash / memory-efficient kernels)
   target_compile_definitions(dnpo_torch INTERFACE DNPO_HAS_SDPA_GQA=1)
@@ -62,4 +73,21 @@ else()
   set(dnpo_cblas_status "no CBLAS (attention uses at::matmul)")
 endif()
 
-message(STATUS "dnpo: LibTorch ${Torch_VERSION} at ${Torch_DIR}; CUDA ${DNPO_CUDA_ENABLED}; ${dnpo_cblas_status}")
+# c10d backends. Gloo needs its own headers (Debian libgloo-dev; pip's LibTorch ships none, so the
+# GPU machine's build has NCCL only). NCCL comes with a CUDA LibTorch; its nccl.h must be the one
+# LibTorch was built with (pip's nvidia/nccl, DNPO_NCCL_INCLUDE_DIR), not an older system copy.
+check_include_file_cxx(gloo/config.h DNPO_HAVE_GLOO_H)
+set(dnpo_c10d_status "c10d:")
+if(DNPO_HAVE_GLOO_H)
+  string(APPEND dnpo_c10d_status " gloo")
+endif()
+set(DNPO_NCCL_INCLUDE_DIR "" CACHE PATH "dnpo: folder of the nccl.h matching LibTorch's NCCL")
+if(DNPO_CUDA_ENABLED)
+  string(APPEND dnpo_c10d_status " nccl")
+  if(DNPO_NCCL_INCLUDE_DIR)
+    find_library(DNPO_NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS "${DNPO_NCCL_INCLUDE_DIR}/../lib")
+    string(APPEND dnpo_c10d_status " (${DNPO_NCCL_INCLUDE_DIR}, ${DNPO_NCCL_LIBRARY})")
+  endif()
+endif()
+
+message(STATUS "dnpo: LibTorch ${Torch_VERSION} at ${Torch_DIR}; CUDA ${DNPO_CUDA_ENABLED}; ${dnpo_cblas_status}; ${dnpo_c10d_status}")

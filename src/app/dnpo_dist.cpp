@@ -62,14 +62,6 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
                   cfg.run.device,
                   "\": this build has no CUDA (its LibTorch is CPU-only); build against a CUDA "
                   "LibTorch (launch/device-debs) or set run.device = \"cpu\"");
-#else
-  // Model, losses and sampling run on CUDA (launch/device-check); the trainer does not yet.
-  DNPO_CHECK_WITH(dnpo::ConfigError,
-                  cfg.run.device == "cpu",
-                  "run.device = \"",
-                  cfg.run.device,
-                  "\": dnpo_dist trains on the CPU only in this version (the CUDA trainer is not "
-                  "built yet); set run.device = \"cpu\"");
 #endif
   return cfg;
 }
@@ -196,10 +188,12 @@ int run_cli(int argc, char** argv) {
     const auto cfg = resolve(o, world);
     dnpo::log::init(rank, cfg.run.log_level);
     dnpo::log::info_rank0("{}", blas);
-    // One process needs no process group; several share one (Gloo on CPU).
+    // One process on the CPU needs no process group; several share one (Gloo). On CUDA there is
+    // always one (NCCL, one GPU per rank by local rank): one GPU runs the same streams and events
+    // as many.
     std::unique_ptr<dnpo::dist::Comm> comm;
-    if (world > 1) {
-      comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist);
+    if (world > 1 || cfg.run.device == "cuda") {
+      comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist, cfg.run.device);
     }
     if (*sft) {
       dnpo::train::run_sft(cfg, o.stage, comm.get());

@@ -203,6 +203,20 @@ void check_cross_fields(const RunConfig& config, int world_size, Problems& probl
                                       world_size,
                                       "): each rank needs a request in flight"));
   }
+  const std::string backend_for_device = config.run.device == "cuda" ? "nccl" : "gloo";
+  if (config.dist.backend != "auto" && config.dist.backend != backend_for_device) {
+    problems.push_back(detail::concat("dist.backend = \"",
+                                      config.dist.backend,
+                                      "\" cannot move run.device = \"",
+                                      config.run.device,
+                                      "\" tensors; expected \"",
+                                      backend_for_device,
+                                      "\" or \"auto\""));
+  }
+  if (config.dist.reduce_dtype == "bf16" && config.run.device != "cuda") {
+    problems.emplace_back(
+        "dist.reduce_dtype = \"bf16\" needs run.device = \"cuda\" (NCCL); Gloo sums fp32 only");
+  }
   std::set<std::string> seen;
   for (const auto& task : config.demo.tasks) {
     if (!seen.insert(task).second) {

@@ -1,4 +1,5 @@
-// Comm over c10d's ProcessGroupGloo: store set-up, the Gloo-1.13 gap fillers, timeouts.
+// Comm over c10d's ProcessGroupGloo (CPU) or ProcessGroupNCCL (CUDA): store set-up, the
+// Gloo-1.13 gap fillers, timeouts.
 #include "dnpo/dist/comm.h"
 
 #include <array>
@@ -9,8 +10,16 @@
 
 #include <ATen/ATen.h>
 #include <mpi.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if DNPO_HAS_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#if DNPO_HAS_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#if DNPO_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 #include <unistd.h>
 
 #include "dnpo/common/error.h"
@@ -18,6 +27,14 @@
 
 namespace dnpo::dist {
 namespace {
+
+// LibTorch 2.x split process groups into a ProcessGroup front and Backends; Gloo and NCCL are
+// Backends there and ProcessGroups in 1.13. Both offer the collectives used here.
+#if DNPO_TORCH2
+using Group = c10d::Backend;
+#else
+using Group = c10d::ProcessGroup;
+#endif
 
 std::string this_hostname() {
   std::array<char, 256> name{};
@@ -147,6 +164,9 @@ struct Work::State {
   std::vector<c10::intrusive_ptr<c10d::Work>> works;  // c10d operations in flight
   MPI_Request request = MPI_REQUEST_NULL;             // or an MPI one
   std::chrono::milliseconds timeout{0};
+  // Gloo: block the host until done, at most `timeout`. NCCL: make the current CUDA stream wait
+  // on the collective's stream (a timeout there would block the host; NCCL's watchdog has it).
+  bool stream_wait = false;
   std::function<void()> then;  // runs once the collective is done (e.g. copy out a slice)
   bool finished = false;
 };
@@ -157,7 +177,11 @@ void Work::wait() {
   }
   try {
     for (auto& work : state_->works) {
-      work->wait(state_->timeout);
+      if (state_->stream_wait) {
+        work->wait();
+      } else {
+        work->wait(state_->timeout);
+      }
     }
     if (state_->request != MPI_REQUEST_NULL) {
       DNPO_CHECK_WITH(DistError,
@@ -190,7 +214,9 @@ struct Comm::Impl {
   std::string all_gather;
   std::chrono::milliseconds timeout{0};
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<Group> group;
+  bool nccl = false;
+  at::Device device{at::kCPU};
   CommBytes bytes;
 
   Work make(std::string what,
@@ -208,12 +234,14 @@ struct Comm::Impl {
     w.state_->what = std::move(what);
     w.state_->works = std::move(works);
     w.state_->timeout = timeout;
+    w.state_->stream_wait = nccl;
     w.state_->then = std::move(then);
     return w;
   }
 };
 
-Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg) : impl_(std::make_unique<Impl>()) {
+Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& device)
+    : impl_(std::make_unique<Impl>()) {
   auto& s = *impl_;
   s.rank = mpi.rank();
   s.world = mpi.world_size();
@@ -221,11 +249,31 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg) : impl_(std::make_u
   s.timeout = std::chrono::milliseconds(static_cast<long long>(cfg.timeout_s * 1000.0));
   s.reduce_scatter = cfg.reduce_scatter;
   s.all_gather = cfg.all_gather;
+  // --- which backend: Gloo moves host tensors, NCCL device tensors ---
+  const std::string backend = device == "cuda" ? "nccl" : "gloo";
   DNPO_CHECK_WITH(ConfigError,
-                  cfg.backend == "auto" || cfg.backend == "gloo",
-                  "dist.backend \"",
+                  cfg.backend == "auto" || cfg.backend == backend,
+                  "dist.backend = \"",
                   cfg.backend,
-                  "\" is not available in this build; expected \"auto\" or \"gloo\"");
+                  "\" cannot serve run.device = \"",
+                  device,
+                  "\"; set dist.backend = \"",
+                  backend,
+                  "\" or \"auto\"");
+#if !DNPO_HAS_GLOO
+  DNPO_CHECK_WITH(ConfigError,
+                  backend != "gloo",
+                  "this build has no Gloo (its LibTorch ships no gloo headers), so several ranks "
+                  "cannot run on the CPU; set run.device = \"cuda\"");
+#endif
+#if !DNPO_HAS_NCCL
+  DNPO_CHECK_WITH(ConfigError,
+                  backend != "nccl",
+                  "run.device = \"cuda\" needs NCCL, which this build lacks (a CPU-only "
+                  "LibTorch); build against a CUDA LibTorch (launch/device-check)");
+#endif
+  s.nccl = backend == "nccl";
+  s.device = rank_device(device, mpi.local_rank());
   // --- where rank 0's store is, and which address this rank's Gloo binds ---
   const bool one_node = mpi.local_world_size() == mpi.world_size();
   std::string store_host = cfg.host;
@@ -273,21 +321,52 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg) : impl_(std::make_u
     }
   }
   s.store = tcp;
-  // --- Gloo process group ---
-  auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
-  if (!cfg.interface.empty()) {
-    gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(cfg.interface));
+  if (s.nccl) {
+#if DNPO_HAS_NCCL
+    // --- NCCL process group on this rank's GPU, connected now (errors surface here) ---
+    auto nccl_opts = c10d::ProcessGroupNCCL::Options::create();
+    nccl_opts->timeout = s.timeout;
+    try {
+      auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(s.store, s.rank, s.world, nccl_opts);
+      group->setBoundDeviceId(s.device);
+      group->eagerConnectSingleDevice(s.device);
+      s.group = group;
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError,
+                "cannot form the NCCL process group of ",
+                s.world,
+                " ranks on ",
+                s.device.str(),
+                ": ",
+                first_line(e.what()));
+    }
+    s.reduce_scatter = "nccl";
+    s.all_gather = "nccl";
+#endif
   } else {
-    gloo_opts->devices.push_back(
-        c10d::ProcessGroupGloo::createDeviceForHostname(one_node ? "127.0.0.1" : this_hostname()));
+#if DNPO_HAS_GLOO
+    // --- Gloo process group ---
+    auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
+    if (!cfg.interface.empty()) {
+      gloo_opts->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForInterface(cfg.interface));
+    } else {
+      gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+          one_node ? "127.0.0.1" : this_hostname()));
+    }
+    try {
+      s.group = c10::make_intrusive<c10d::ProcessGroupGloo>(s.store, s.rank, s.world, gloo_opts);
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError, "cannot form the Gloo process group of ", s.world, " ranks: ", e.what());
+    }
+#endif
   }
-  try {
-    s.group = c10::make_intrusive<c10d::ProcessGroupGloo>(s.store, s.rank, s.world, gloo_opts);
-  } catch (const std::exception& e) {
-    DNPO_FAIL(DistError, "cannot form the Gloo process group of ", s.world, " ranks: ", e.what());
-  }
-  log::info_rank0(
-      "dist: {} ranks, gloo, store {}:{}, timeout {} s", s.world, store_host, port, cfg.timeout_s);
+  log::info_rank0("dist: {} ranks, {}, store {}:{}, timeout {} s",
+                  s.world,
+                  backend,
+                  store_host,
+                  port,
+                  cfg.timeout_s);
 }
 
 Comm::~Comm() = default;
@@ -302,7 +381,10 @@ int Comm::local_world_size() const {
   return impl_->local_world;
 }
 std::string Comm::backend() const {
-  return "gloo";
+  return impl_->nccl ? "nccl" : "gloo";
+}
+at::Device Comm::device() const {
+  return impl_->device;
 }
 
 Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
@@ -318,6 +400,11 @@ Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
   DNPO_CHECK(flat.scalar_type() == shard.scalar_type(), "all_gather_flat: dtypes differ");
   impl_->bytes.all_gather += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.all_gather_ops;
+  if (impl_->nccl) {  // straight into the flat buffer
+    auto out = flat.view({-1});
+    auto in = shard.view({-1});
+    return impl_->make("all_gather_flat", impl_->group->_allgather_base(out, in));
+  }
   if (impl_->all_gather == "ring") {
     ring_all_gather(flat, shard, impl_->rank, impl_->world, impl_->timeout);
     return impl_->make("all_gather_flat (ring)",
@@ -345,11 +432,18 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
              ") × shard (",
              n,
              ")");
-  DNPO_CHECK(flat.scalar_type() != at::kBFloat16,
-             "reduce_scatter_flat: Gloo cannot reduce bf16; reduce in fp32 (reduce dtype)");
   const auto rank = impl_->rank;
   impl_->bytes.reduce_scatter += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.reduce_scatter_ops;
+  if (impl_->nccl) {  // native, in any dtype, straight into the shard
+    DNPO_CHECK(shard.is_contiguous() && shard.scalar_type() == flat.scalar_type(),
+               "reduce_scatter_flat (nccl): shard must be contiguous and of flat's dtype");
+    auto out = shard.view({-1});
+    auto in = flat.view({-1});
+    return impl_->make("reduce_scatter_flat", impl_->group->_reduce_scatter_base(out, in));
+  }
+  DNPO_CHECK(flat.scalar_type() != at::kBFloat16,
+             "reduce_scatter_flat: Gloo cannot reduce bf16; reduce in fp32 (reduce dtype)");
   if (impl_->reduce_scatter == "ring") {
     DNPO_CHECK(flat.scalar_type() == at::kFloat || flat.scalar_type() == at::kDouble,
                "reduce_scatter_flat (ring): needs fp32/fp64 host tensors");
@@ -397,17 +491,30 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
 }
 
 Work Comm::all_reduce_sum(const at::Tensor& t) {
-  DNPO_CHECK(t.scalar_type() != at::kBFloat16, "all_reduce_sum: Gloo cannot reduce bf16");
-  std::vector<at::Tensor> tensors{t};
+  DNPO_CHECK(impl_->nccl || t.scalar_type() != at::kBFloat16,
+             "all_reduce_sum: Gloo cannot reduce bf16");
   impl_->bytes.all_reduce += static_cast<std::int64_t>(t.nbytes());
+  if (impl_->nccl && t.device() != impl_->device) {
+    // Host-side control values (statistics, flags, lengths) under NCCL: staged through the GPU and
+    // copied back when waited on. A host sync each: for small, per-step values only.
+    std::vector<at::Tensor> staged{t.to(impl_->device)};
+    auto work = impl_->group->allreduce(staged, c10d::AllreduceOptions{});
+    return impl_->make("all_reduce_sum", work, [t, out = staged[0]]() { t.copy_(out); });
+  }
+  std::vector<at::Tensor> tensors{t};
   return impl_->make("all_reduce_sum", impl_->group->allreduce(tensors, c10d::AllreduceOptions{}));
 }
 
 Work Comm::broadcast(const at::Tensor& t, int root) {
-  std::vector<at::Tensor> tensors{as_transportable(t)};
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
   impl_->bytes.broadcast += static_cast<std::int64_t>(t.nbytes());
+  if (impl_->nccl && t.device() != impl_->device) {  // host tensors: as in all_reduce_sum
+    std::vector<at::Tensor> staged{t.to(impl_->device)};
+    auto work = impl_->group->broadcast(staged, opts);
+    return impl_->make("broadcast", work, [t, out = staged[0]]() { t.copy_(out); });
+  }
+  std::vector<at::Tensor> tensors{impl_->nccl ? t : as_transportable(t)};
   return impl_->make("broadcast", impl_->group->broadcast(tensors, opts));
 }
 
@@ -421,6 +528,32 @@ const std::string& Comm::reduce_scatter_method() const {
 
 Work Comm::barrier() {
   return impl_->make("barrier", impl_->group->barrier(c10d::BarrierOptions{}));
+}
+
+at::Device rank_device(const std::string& run_device, int local_rank) {
+  if (run_device == "cpu") {
+    return at::Device(at::kCPU);
+  }
+  DNPO_CHECK_WITH(ConfigError,
+                  run_device == "cuda",
+                  "run.device = \"",
+                  run_device,
+                  "\"; expected \"cpu\" or \"cuda\"");
+#if DNPO_WITH_CUDA
+  const int gpus = static_cast<int>(c10::cuda::device_count());
+  DNPO_CHECK_WITH(ConfigError,
+                  gpus > 0,
+                  "run.device = \"cuda\" but no CUDA device is visible to this process (check "
+                  "CUDA_VISIBLE_DEVICES and the driver)");
+  const auto index = static_cast<c10::DeviceIndex>(local_rank % gpus);
+  c10::cuda::set_device(index);
+  return at::Device(at::kCUDA, index);
+#else
+  (void)local_rank;
+  DNPO_FAIL(ConfigError,
+            "run.device = \"cuda\" but this build's LibTorch has no CUDA; build against a CUDA "
+            "LibTorch (launch/device-check) or set run.device = \"cpu\"");
+#endif
 }
 
 std::vector<std::string> all_gather_text(Comm* comm, const std::string& text) {

@@ -35,13 +35,24 @@ ShardedUnit::ShardedUnit(std::string name,
   if (comm_ != nullptr) {
     world_ = comm_->world_size();
     rank_ = comm_->rank();
+    DNPO_CHECK(comm_->device().type() == precision_.device.type(),
+               "unit ",
+               name_,
+               ": its buffers are on ",
+               precision_.device.str(),
+               " but the process group moves ",
+               comm_->device().str(),
+               " tensors");
   }
+  // NCCL's collectives run even for one rank (a device copy each), so that one GPU exercises the
+  // same streams and events as many; Gloo's would only cost time on the host.
+  local_only_ = comm_ == nullptr || (world_ == 1 && comm_->backend() != "nccl");
   for (const auto& s : specs_) {
     offsets_.push_back(numel_);
     numel_ += s.numel();
   }
   shard_numel_ = (numel_ + world_ - 1) / world_;
-  shard_ = at::zeros({shard_numel_}, at::kFloat);
+  shard_ = at::zeros({shard_numel_}, at::TensorOptions().dtype(at::kFloat).device(precision_.device));
   if (trainable_) {
     shard_.requires_grad_(true);
   }
@@ -115,8 +126,8 @@ std::vector<at::Tensor> ShardedUnit::gather_full(bool gradients) {
   at::Tensor mine = gradients ? shard_.grad() : shard_;
   mine = mine.defined() ? mine.detach().contiguous() : at::zeros_like(shard_);
   at::Tensor flat = mine.clone();
-  if (world_ > 1) {
-    flat = at::empty({shard_numel_ * world_}, at::kFloat);
+  if (!local_only_) {
+    flat = at::empty({shard_numel_ * world_}, shard_.options());
     comm_->all_gather_flat(flat, mine).wait();
   }
   std::vector<at::Tensor> out;
@@ -132,7 +143,7 @@ void ShardedUnit::prefetch() {
   }
   at::NoGradGuard no_grad;
   const auto local = shard_.detach().to(precision_.compute);
-  if (world_ == 1) {
+  if (local_only_) {
     full_ = local;  // fp32: the shard itself (updated in place only after backward)
     return;
   }
@@ -168,7 +179,7 @@ void ShardedUnit::release() {
 at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grads) {
   DNPO_INTERNAL_ASSERT(grads.size() == specs_.size());
   at::NoGradGuard no_grad;
-  if (world_ == 1 && precision_.reduce == at::kFloat && !defer_reduction_) {
+  if (local_only_ && precision_.reduce == at::kFloat && !defer_reduction_) {
     // One process: add each gradient into its slice of the shard's gradient in place. A flat
     // copy (a fresh, page-faulting buffer per unit and micro-batch) and autograd's accumulation
     // of it cost half a second per step at 110M parameters.
@@ -186,7 +197,7 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
   }
   // The flat gradient in parameter order (offsets are contiguous), zero for a parameter that got
   // none and for the padding: one concatenation, not a zero-filled buffer and a copy per tensor.
-  const auto reduce = at::TensorOptions().dtype(precision_.reduce);
+  const auto reduce = at::TensorOptions().dtype(precision_.reduce).device(shard_.device());
   std::vector<at::Tensor> parts;
   parts.reserve(specs_.size() + 1);
   for (std::size_t i = 0; i < specs_.size(); ++i) {
@@ -210,7 +221,7 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
 
 at::Tensor ShardedUnit::reduced_slice(at::Tensor flat) {
   at::Tensor slice = flat;
-  if (world_ > 1) {
+  if (!local_only_) {
     slice = at::empty({shard_numel_}, flat.options());
     comm_->reduce_scatter_flat(slice, flat).wait();
   }
@@ -221,7 +232,7 @@ at::Tensor ShardedUnit::reduced_slice(at::Tensor flat) {
 
 void ShardedUnit::set_defer_reduction(bool defer) {
   DNPO_CHECK(!pending_grad_.defined(), "unit ", name_, ": unflushed gradients");
-  defer_reduction_ = defer && world_ > 1 && trainable_;
+  defer_reduction_ = defer && !local_only_ && trainable_;
 }
 
 void ShardedUnit::flush_grads() {
@@ -231,7 +242,9 @@ void ShardedUnit::flush_grads() {
   at::NoGradGuard no_grad;
   auto flat = pending_grad_.defined() ? pending_grad_.to(precision_.reduce)
                                       : at::zeros({shard_numel_ * world_},
-                                                  at::TensorOptions().dtype(precision_.reduce));
+                                                  at::TensorOptions()
+                                                      .dtype(precision_.reduce)
+                                                      .device(shard_.device()));
   pending_grad_ = at::Tensor();
   auto shard_grad = reduced_slice(std::move(flat));
   if (shard_.grad().defined()) {
@@ -405,7 +418,7 @@ double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
   }
   double local = norms.empty() ? 0.0 : at::cat(norms).to(at::kDouble).pow(2).sum().item<double>();
   if (comm != nullptr && comm->world_size() > 1) {
-    auto t = at::full({1}, local, at::kDouble);
+    auto t = at::full({1}, local, at::TensorOptions().dtype(at::kDouble).device(comm->device()));
     comm->all_reduce_sum(t).wait();
     local = t.item<double>();
   }

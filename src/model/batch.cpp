@@ -69,4 +69,14 @@ bool truncate_sequence(TokenSequence& sequence,
   return cut;
 }
 
+TokenBatch to_device(const TokenBatch& batch, at::Device device) {
+  if (batch.input_ids.device() == device) {
+    return batch;
+  }
+  return {batch.input_ids.to(device),
+          batch.attention_mask.to(device),
+          batch.loss_mask.to(device),
+          batch.num_response_tokens};
+}
+
 }  // namespace dnpo::model

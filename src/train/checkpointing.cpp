@@ -30,7 +30,8 @@ void add_pieces(ckpt::StateDict& out,
     out.add(prefix + "." + spec.name,
             spec.shape,
             piece.tensor_offset,
-            flat.detach().narrow(0, piece.shard_offset, piece.numel));
+            // checkpoints are written from host memory (a copy of a GPU shard)
+            flat.detach().narrow(0, piece.shard_offset, piece.numel).cpu());
   }
 }
 

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <thread>
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
@@ -98,7 +99,7 @@ std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
         model_cfg,
         [&](const std::string& name) { return model::initial_parameter(model_cfg, name, seed); },
         comm,
-        unit_precision(cfg.train),
+        unit_precision(cfg, compute_device(cfg, comm)),
         true,
         sharded);
   }
@@ -112,7 +113,7 @@ std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
         return at::zeros(model::parameter_shape(model_cfg, name), at::kFloat);
       },
       comm,
-      unit_precision(cfg.train),
+      unit_precision(cfg, compute_device(cfg, comm)),
       true,
       sharded);
   policy->load_hf(reader);

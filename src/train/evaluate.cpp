@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <fstream>
 
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 

@@ -9,6 +9,8 @@
 #include <map>
 #include <optional>
 
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 

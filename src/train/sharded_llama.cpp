@@ -4,6 +4,7 @@
 #include <map>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "dnpo/common/error.h"
 
@@ -116,7 +117,7 @@ std::unique_ptr<ShardedLlama> ShardedLlama::frozen_copy() const {
         for (const auto& unit : units_) {
           for (const auto& spec : unit->specs()) {
             if (spec.name == name) {
-              return at::zeros(spec.shape, at::kFloat);
+              return at::zeros(spec.shape, at::TensorOptions().device(precision_.device));
             }
           }
         }
@@ -225,7 +226,7 @@ model::KVCache ShardedLlama::make_cache(std::int64_t batch, std::int64_t capacit
   model::KVCache cache;
   cache.capacity = capacity;
   const auto head_dim = cfg_.hidden_size / cfg_.num_attention_heads;
-  const auto options = at::TensorOptions().dtype(compute_dtype_);
+  const auto options = at::TensorOptions().dtype(compute_dtype_).device(precision_.device);
   for (int i = 0; i < cfg_.num_hidden_layers; ++i) {
     cache.keys.push_back(at::zeros({batch, cfg_.num_key_value_heads, capacity, head_dim}, options));
     cache.values.push_back(
@@ -350,10 +351,13 @@ ShardedNoiseHead::ShardedNoiseHead(const config::NpoConfig& npo,
                                    std::int64_t hidden,
                                    std::int64_t vocab,
                                    std::uint64_t seed,
-                                   dist::Comm* comm)
-    : ShardedNoiseHead(model::NoiseHead(npo, hidden, vocab, seed), comm) {}
+                                   dist::Comm* comm,
+                                   at::Device device)
+    : ShardedNoiseHead(model::NoiseHead(npo, hidden, vocab, seed), comm, device) {}
 
-ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm) {
+ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
+                                   dist::Comm* comm,
+                                   at::Device device) {
   std::vector<dist::TensorSpec> specs;
   std::vector<at::Tensor> values;
   for (const auto& [name, tensor] : head.named_parameters()) {
@@ -361,8 +365,10 @@ ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* com
     values.push_back(tensor.detach());
   }
   // fp32 like the unsharded head: s multiplies ε in fp32 inside the noisy log-softmax.
+  dist::UnitPrecision precision;
+  precision.device = device;
   unit_ = std::make_unique<dist::ShardedUnit>(
-      "noise_head", std::move(specs), comm, dist::UnitPrecision{}, true);
+      "noise_head", std::move(specs), comm, precision, true);
   unit_->load_full(values);
 }
 

@@ -137,6 +137,44 @@ MicroShare micro_share(std::size_t count, int rank, int world) {
   return share;
 }
 
+// A step's statistics, summed where they are computed and read once at the step's end: a host
+// read per micro-batch would stall a GPU's queue each time.
+class StepStats {
+ public:
+  explicit StepStats(std::size_t count) : host_(count, 0.0), device_(count) {}
+  void add(std::size_t i, double value) {
+    host_[i] += value;
+  }
+  void add(std::size_t i, const at::Tensor& value, double weight) {
+    auto v = value.detach().sum().to(at::kDouble) * weight;
+    device_[i] = device_[i].defined() ? device_[i] + v : v;
+  }
+  /// The sums: one host read for all the tensor-valued ones.
+  std::vector<double> read() const {
+    std::vector<at::Tensor> parts;
+    std::vector<std::size_t> where;
+    for (std::size_t i = 0; i < device_.size(); ++i) {
+      if (device_[i].defined()) {
+        parts.push_back(device_[i].reshape({1}));
+        where.push_back(i);
+      }
+    }
+    auto out = host_;
+    if (!parts.empty()) {
+      const auto values = at::cat(parts).cpu();
+      const auto* p = values.data_ptr<double>();
+      for (std::size_t k = 0; k < where.size(); ++k) {
+        out[where[k]] += p[k];
+      }
+    }
+    return out;
+  }
+
+ private:
+  std::vector<double> host_;
+  std::vector<at::Tensor> device_;
+};
+
 // Sums per-step statistics over ranks (one small all-reduce per step).
 void sum_over_ranks(std::vector<double>& values, dist::Comm* comm) {
   if (comm == nullptr || comm->world_size() == 1) {
@@ -188,11 +226,18 @@ int world_of(const dist::Comm* comm) {
 
 }  // namespace
 
-dist::UnitPrecision unit_precision(const config::TrainConfig& cfg) {
+dist::UnitPrecision unit_precision(const config::RunConfig& cfg, at::Device device) {
   dist::UnitPrecision p;
-  p.compute = cfg.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  p.reduce = at::kFloat;  // Gloo cannot sum bf16; fp32 reduction is also the accurate choice
+  p.compute = cfg.train.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  // fp32 by default: Gloo cannot sum bf16, and the fp32 sum is the accurate one; NCCL may sum
+  // bf16 (half the bytes) when asked.
+  p.reduce = cfg.dist.reduce_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  p.device = device;
   return p;
+}
+
+at::Device compute_device(const config::RunConfig& cfg, const dist::Comm* comm) {
+  return comm != nullptr ? comm->device() : dist::rank_device(cfg.run.device, 0);
 }
 
 std::vector<std::int64_t> epoch_order(std::int64_t n,
@@ -237,7 +282,8 @@ Trainer::Trainer(const config::RunConfig& cfg,
       tokenizer_(tokenizer),
       chat_(cfg.chat, tokenizer),
       metrics_(metrics),
-      comm_(comm) {
+      comm_(comm),
+      device_(compute_device(cfg, comm)) {
   DNPO_CHECK_WITH(ConfigError,
                   tokenizer.vocab_size() <= cfg.model.vocab_size,
                   "tokenizer has ",
@@ -251,7 +297,7 @@ ShardedLlama& Trainer::begin_policy() {
   if (whole_policy_ != nullptr) {
     // Sharded FSDP needs recompute; one process keeps units and activations instead.
     owned_policy_ = std::make_unique<ShardedLlama>(
-        *whole_policy_, comm_, unit_precision(cfg_.train), true, world_of(comm_) > 1);
+        *whole_policy_, comm_, unit_precision(cfg_, device_), true, world_of(comm_) > 1);
     owned_policy_->set_prefetch(cfg_.dist.prefetch);
     owned_policy_->set_keep_gathered(!cfg_.dist.reshard_after_forward);
     return *owned_policy_;
@@ -326,10 +372,11 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
       global_tokens += static_cast<double>(micro.back().num_response_tokens);
     }
     // --- this rank's share: forward, backward (gradients reduce-scattered unit by unit) ---
-    std::vector<double> stats(2, 0.0);  // loss, tokens
+    StepStats step_stats(2);  // loss, tokens
     const auto share = micro_share(micro.size(), rank, world_of(comm_));
     for (std::size_t k = 0; k < share.index.size(); ++k) {
-      const auto& batch = micro[share.index[k]];
+      const auto& host_batch = micro[share.index[k]];
+      const auto batch = model::to_device(host_batch, device_);
       auto out = policy.forward(batch.input_ids, batch.attention_mask);
       auto loss =
           sft_loss(out.hidden, out.lm_head, batch.input_ids, batch.loss_mask, global_tokens) *
@@ -339,8 +386,8 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
       if (!policy.keep_gathered()) {
         policy.release();
       }
-      stats[0] += loss.item<double>();
-      stats[1] += share.weight[k] * batch.attention_mask.sum().item<double>();
+      step_stats.add(0, loss, 1.0);
+      step_stats.add(1, share.weight[k] * host_batch.attention_mask.sum().item<double>());
     }
     policy.flush_grads();
     policy.release();  // kept units are stale once the optimizer steps
@@ -351,6 +398,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
     optimizer->step();
     optimizer->zero_grad();
+    auto stats = step_stats.read();
     sum_over_ranks(stats, comm_);
 
     const double loss_value = stats[0];
@@ -429,7 +477,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
   if (npo && !cfg_.npo.fixed_noise) {
     head = std::make_unique<ShardedNoiseHead>(
-        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed, comm_);
+        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed, comm_, device_);
     if (initial_noise_head_ != nullptr) {
       head->unit()->load_shard_of(*initial_noise_head_->unit());
     }
@@ -518,13 +566,13 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       kTokens,
       kNumStats
     };
-    std::vector<double> stats(kNumStats, 0.0);
+    StepStats step_stats(kNumStats);
     const auto share = micro_share(micro.size(), rank, world_of(comm_));
     for (std::size_t k = 0; k < share.index.size(); ++k) {
       const auto& m = micro[share.index[k]];
       const double weight = share.weight[k];
       const auto rows = static_cast<std::int64_t>(m.pair_index.size());
-      const auto& b = m.batch;
+      const auto b = model::to_device(m.batch, device_);
       // policy: log π_θ(y+), log π_θ(y−)
       phase.begin("dnpo::policy_forward");
       auto logps = [&] {
@@ -555,13 +603,12 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
 
       phase.begin("dnpo::loss");
       at::Tensor loss, margins;
-      double model_loss = 0;
       if (!npo) {
         loss =
             spin_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta).sum() /
             global_pairs;
         margins = ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)).detach();
-        model_loss = loss.item<double>();
+        step_stats.add(kModel, loss, weight);
       } else {
         NpoInputs in;
         in.policy_chosen = policy_chosen;
@@ -572,7 +619,9 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         in.rejected_ids = b.input_ids.narrow(0, rows, rows);
         in.rejected_loss_mask = b.loss_mask.narrow(0, rows, rows);
         // ε keys: (seed, iteration, step, global pair index, position, stream) — per row
-        const auto rr = response_rows(in.rejected_ids, in.rejected_loss_mask);
+        // (from the host copy of the batch: the keys are computed on the host)
+        const auto rr = response_rows(m.batch.input_ids.narrow(0, rows, rows),
+                                      m.batch.loss_mask.narrow(0, rows, rows));
         const auto* sample = rr.sample.data_ptr<std::int64_t>();
         const auto* position = rr.position.data_ptr<std::int64_t>();
         for (std::int64_t j = 0; j < rr.sample.numel(); ++j) {
@@ -589,11 +638,11 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         auto terms = npo_loss(in, head_params, cfg_.npo, beta);
         loss = terms.total;
         margins = terms.margins;
-        model_loss = terms.model_loss.item<double>();
-        stats[kNoise] += weight * terms.noise_loss.item<double>();
-        stats[kPenalty] += weight * terms.penalty.item<double>();
-        stats[kSumS] += weight * terms.sum_s;
-        stats[kNumS] += weight * static_cast<double>(terms.num_s);
+        step_stats.add(kModel, terms.model_loss, weight);
+        step_stats.add(kNoise, terms.noise_loss, weight);
+        step_stats.add(kPenalty, terms.penalty, weight);
+        step_stats.add(kSumS, weight * terms.sum_s);
+        step_stats.add(kNumS, weight * static_cast<double>(terms.num_s));
       }
       phase.begin("dnpo::backward");
       (loss * weight).backward();
@@ -604,13 +653,12 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         head->release();
       }
       phase.begin("dnpo::step_stats");
-      stats[kLoss] += weight * loss.item<double>();
-      stats[kModel] += weight * model_loss;
-      stats[kMargin] += weight * margins.sum().item<double>();
-      stats[kCorrect] += weight * (margins > 0).sum().item<double>();
-      stats[kChosen] += weight * policy_chosen.detach().sum().item<double>();
-      stats[kRejected] += weight * policy_rejected.detach().sum().item<double>();
-      stats[kTokens] += weight * b.attention_mask.sum().item<double>();
+      step_stats.add(kLoss, loss, weight);
+      step_stats.add(kMargin, margins, weight);
+      step_stats.add(kCorrect, margins > 0, weight);
+      step_stats.add(kChosen, policy_chosen, weight);
+      step_stats.add(kRejected, policy_rejected, weight);
+      step_stats.add(kTokens, weight * m.batch.attention_mask.sum().item<double>());
     }
     policy.flush_grads();
     policy.release();  // kept units are stale once the optimizer steps
@@ -623,6 +671,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     phase.begin("dnpo::optimizer");
     optimizer->step();
     optimizer->zero_grad();
+    auto stats = step_stats.read();
     sum_over_ranks(stats, comm_);
     phase.end();
 

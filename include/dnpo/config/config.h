@@ -151,7 +151,7 @@ struct EvalConfig {
 
 /// [dist] — processes and collectives (MPI launch, c10d store and process group).
 struct DistConfig {
-  std::string backend = "auto";  ///< "auto" (gloo on CPU) | "gloo"; nccl arrives with the gpu issue
+  std::string backend = "auto";  ///< "auto" (gloo on CPU, nccl on CUDA) | "gloo" | "nccl"
   std::string
       host;  ///< address of rank 0's store; "" = 127.0.0.1 on one node, else rank 0's hostname
   std::string interface;   ///< network interface Gloo binds (e.g. "eth0"); "" = by host
@@ -172,6 +172,9 @@ struct DistConfig {
   /// per step and no recompute, at the memory of the whole model in train.dtype plus every
   /// micro-batch's activations per rank (gradients and optimizer state stay sharded).
   bool reshard_after_forward = true;
+  /// dtype gradients are summed over ranks in: "fp32" (accurate; the only one Gloo can sum) or
+  /// "bf16" (half the bytes; NCCL, run.device = "cuda", only). Masters and optimizer stay fp32.
+  std::string reduce_dtype = "fp32";
 };
 
 /// [checkpoint] — saving and resuming (DESIGN.md "Checkpoints"). Each training stage also saves

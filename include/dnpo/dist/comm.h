@@ -1,8 +1,10 @@
-// Tensor collectives over c10d: ProcessGroupGloo on CPU (ProcessGroupNCCL arrives with the gpu
-// issue). All operations are asynchronous and return a Work to wait on. Gloo 1.13 lacks
-// reduce_scatter, _allgather_base, ReduceOp::AVG and bf16, so: all-gather goes into narrow()
-// views of the flat buffer, reduce-scatter is all-reduce + own slice, every reduction is a SUM
-// (callers scale explicitly), and bf16 is gathered as raw 16-bit words.
+// Tensor collectives over c10d: ProcessGroupGloo on CPU, ProcessGroupNCCL on CUDA (one GPU per
+// rank, by local rank). All operations are asynchronous and return a Work to wait on.
+// - Gloo 1.13 lacks reduce_scatter, _allgather_base, ReduceOp::AVG and bf16, so: all-gather goes
+//   into narrow() views of the flat buffer, reduce-scatter is all-reduce + own slice, every
+//   reduction is a SUM (callers scale explicitly), and bf16 is gathered as raw 16-bit words.
+// - NCCL runs each collective on its own CUDA stream; Work::wait() only makes the caller's current
+//   stream wait on the collective's event (no host sync). NCCL's watchdog enforces the timeout.
 #pragma once
 
 #include <cstdint>
@@ -45,8 +47,9 @@ struct CommBytes {
 class Comm {
  public:
   /// collective: opens the c10d store (rank 0 serves it; its address goes out over MPI) and the
-  /// process group. Throws DistError naming the host/port on failure.
-  Comm(const MpiEnv& mpi, const config::DistConfig& cfg);
+  /// process group: Gloo for device "cpu", NCCL for "cuda" (dist.backend may name either).
+  /// Throws DistError naming the host/port on failure, ConfigError for a backend this build lacks.
+  Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& device = "cpu");
   ~Comm();
   Comm(const Comm&) = delete;
   Comm& operator=(const Comm&) = delete;
@@ -58,6 +61,9 @@ class Comm {
   /// Ranks on this node (to share its cores between them).
   int local_world_size() const;
   std::string backend() const;
+  /// Where this rank's collectives run: CPU (Gloo) or this rank's GPU (NCCL). Tensors handed to
+  /// the collectives must live there.
+  at::Device device() const;
 
   // collective: every rank calls these in the same order.
   /// flat (world·n) ← the shards (n) of every rank, rank r's at [r·n, (r+1)·n).
@@ -78,6 +84,11 @@ class Comm {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+/// The device this rank computes on: the CPU for "cpu"; for "cuda" GPU (local_rank mod the GPUs
+/// visible), made the current device. Throws ConfigError naming run.device when this build or
+/// machine has no CUDA.
+at::Device rank_device(const std::string& run_device, int local_rank);
 
 /// collective: every rank's `text`, in rank order, on every rank (small payloads: answers, scores;
 /// one broadcast per rank). comm null = one process.

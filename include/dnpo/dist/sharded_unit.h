@@ -26,6 +26,7 @@ struct TensorSpec {
 struct UnitPrecision {
   at::ScalarType compute = at::kFloat;  ///< dtype the parameters are gathered and used in
   at::ScalarType reduce = at::kFloat;   ///< dtype gradients are summed over ranks in
+  at::Device device = at::kCPU;         ///< where the shard, its state and gathers live
 };
 
 class ShardedUnit {
@@ -117,6 +118,7 @@ class ShardedUnit {
   bool trainable_;
   int world_ = 1;
   int rank_ = 0;
+  bool local_only_ = true;  // no collectives: the shard is the whole buffer
   std::int64_t numel_ = 0;
   std::int64_t shard_numel_ = 0;
   double grad_scale_ = 1.0;  // 1 except under the fault-injection test hook (see .cpp)

@@ -25,6 +25,9 @@ struct TokenBatch {
   std::int64_t num_response_tokens = 0;
 };
 
+/// The same batch on `device` (the token counts stay as they are).
+TokenBatch to_device(const TokenBatch& batch, at::Device device);
+
 /// Pads to the longest sequence (or to pad_to if larger). Throws on an empty list.
 TokenBatch pad_batch(const std::vector<TokenSequence>& sequences,
                      std::int64_t pad_id,

@@ -139,13 +139,17 @@ class ShardedDecoder : public model::Decoder {
 /// The noise head as one unit (d × V, like the lm_head), gathered in fp32.
 class ShardedNoiseHead {
  public:
-  ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm);
+  /// device: where the head's shard lives (the policy's device).
+  ShardedNoiseHead(const model::NoiseHead& head,
+                   dist::Comm* comm,
+                   at::Device device = at::kCPU);
   /// A fresh head, NoiseHead(npo, hidden, vocab, seed), sharded.
   ShardedNoiseHead(const config::NpoConfig& npo,
                    std::int64_t hidden,
                    std::int64_t vocab,
                    std::uint64_t seed,
-                   dist::Comm* comm);
+                   dist::Comm* comm,
+                   at::Device device = at::kCPU);
   /// The head's parameters gathered and differentiable (NoiseHead::named_parameters order).
   std::vector<at::Tensor> parameters();
   void release() {

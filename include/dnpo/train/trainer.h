@@ -124,6 +124,7 @@ class Trainer {
   data::ChatTemplate chat_;
   MetricsWriter& metrics_;
   dist::Comm* comm_;
+  at::Device device_;  // where the units, batches and losses live
   std::unique_ptr<ShardedNoiseHead> noise_head_;
   GradientObserver gradient_observer_;
   Checkpointer* checkpointer_ = nullptr;
@@ -133,8 +134,12 @@ class Trainer {
   std::string restored_from_;  // the checkpoint the stage was restored from, then its final one
 };
 
-/// How FSDP units gather and reduce for train.dtype (bf16 gathers bf16, reduces in fp32).
-dist::UnitPrecision unit_precision(const config::TrainConfig& cfg);
+/// How FSDP units gather and reduce: train.dtype gathers (bf16 or fp32) over fp32 masters;
+/// gradients are summed over ranks in dist.reduce_dtype; everything lives on `device`.
+dist::UnitPrecision unit_precision(const config::RunConfig& cfg, at::Device device);
+
+/// This rank's compute device: the process group's, or for one process run.device's first GPU.
+at::Device compute_device(const config::RunConfig& cfg, const dist::Comm* comm);
 
 /// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).
 std::vector<std::int64_t> epoch_order(std::int64_t n,
