@@ -202,6 +202,7 @@ int main(int argc, char** argv) {
     at::set_num_threads(8);
     dnpo::config::DistConfig dist_cfg;
     dnpo::dist::Comm comm(mpi, dist_cfg, "cuda");
+    at::zeros({1}, comm.device());  // the caching allocator's statistics exist after a first use
 #if DNPO_WITH_CUDA
     if (o.peak_tflops == 0) {
       const std::string card = at::cuda::getDeviceProperties(0)->name;  // NOLINT

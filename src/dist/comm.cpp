@@ -348,8 +348,7 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& 
     // --- Gloo process group ---
     auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
     if (!cfg.interface.empty()) {
-      gloo_opts->devices.push_back(
-          c10d::ProcessGroupGloo::createDeviceForInterface(cfg.interface));
+      gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(cfg.interface));
     } else {
       gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
           one_node ? "127.0.0.1" : this_hostname()));
@@ -369,7 +368,19 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& 
                   cfg.timeout_s);
 }
 
-Comm::~Comm() = default;
+Comm::~Comm() {
+#if DNPO_HAS_NCCL
+  // NCCL wants an explicit shutdown: destroying a live ProcessGroupNCCL warns from its
+  // destructor, which can run at exit after the logging it uses is gone.
+  if (impl_ && impl_->nccl && impl_->group) {
+    try {
+      impl_->group->shutdown();
+    } catch (const std::exception& e) {
+      log::warn("dist: NCCL shutdown failed: {}", first_line(e.what()));
+    }
+  }
+#endif
+}
 
 int Comm::rank() const {
   return impl_->rank;

@@ -101,6 +101,27 @@ void ShardOptimizer::step() {
       const double beta2 = cfg_.adam_beta2;
       const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
       const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+#if DNPO_TORCH2
+      if (p.is_cuda() && p.scalar_type() == at::kFloat) {
+        // LibTorch 2.x's fused CUDA AdamW (torch.optim.AdamW(fused=True)): one kernel per shard;
+        // the step count goes in as a device scalar (a fill, no host wait).
+        const auto step_count = at::full({}, static_cast<double>(step), p.options());
+        at::_fused_adamw_({p},
+                          {grad},
+                          {exp_avg},
+                          {exp_avg_sq},
+                          {},
+                          {step_count},
+                          lr_,
+                          beta1,
+                          beta2,
+                          cfg_.weight_decay,
+                          cfg_.eps,
+                          /*amsgrad=*/false,
+                          /*maximize=*/false);
+        continue;
+      }
+#endif
       if (fusable(p) && fusable(grad) && fusable(exp_avg) && fusable(exp_avg_sq)) {
         const AdamWScalars scalars{static_cast<float>(1.0 - lr_ * cfg_.weight_decay),
                                    static_cast<float>(beta1),

@@ -52,7 +52,8 @@ ShardedUnit::ShardedUnit(std::string name,
     numel_ += s.numel();
   }
   shard_numel_ = (numel_ + world_ - 1) / world_;
-  shard_ = at::zeros({shard_numel_}, at::TensorOptions().dtype(at::kFloat).device(precision_.device));
+  shard_ =
+      at::zeros({shard_numel_}, at::TensorOptions().dtype(at::kFloat).device(precision_.device));
   if (trainable_) {
     shard_.requires_grad_(true);
   }
@@ -240,11 +241,10 @@ void ShardedUnit::flush_grads() {
     return;
   }
   at::NoGradGuard no_grad;
-  auto flat = pending_grad_.defined() ? pending_grad_.to(precision_.reduce)
-                                      : at::zeros({shard_numel_ * world_},
-                                                  at::TensorOptions()
-                                                      .dtype(precision_.reduce)
-                                                      .device(shard_.device()));
+  auto flat = pending_grad_.defined()
+                  ? pending_grad_.to(precision_.reduce)
+                  : at::zeros({shard_numel_ * world_},
+                              at::TensorOptions().dtype(precision_.reduce).device(shard_.device()));
   pending_grad_ = at::Tensor();
   auto shard_grad = reduced_slice(std::move(flat));
   if (shard_.grad().defined()) {

@@ -73,9 +73,15 @@ TokenBatch to_device(const TokenBatch& batch, at::Device device) {
   if (batch.input_ids.device() == device) {
     return batch;
   }
-  return {batch.input_ids.to(device),
-          batch.attention_mask.to(device),
-          batch.loss_mask.to(device),
+  // To a GPU from pinned memory: the copies are queued and the host goes on (from pageable memory
+  // each would wait for the GPU to drain).
+  const bool pinned = device.is_cuda();
+  const auto move = [&](const at::Tensor& t) {
+    return pinned ? t.pin_memory().to(device, /*non_blocking=*/true) : t.to(device);
+  };
+  return {move(batch.input_ids),
+          move(batch.attention_mask),
+          move(batch.loss_mask),
           batch.num_response_tokens};
 }
 

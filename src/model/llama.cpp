@@ -170,12 +170,13 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
   // positions: (B, T) — HF style, so left padding does not shift real tokens' positions.
   auto positions = (attention_mask.cumsum(1) - 1).clamp_min(0).narrow(1, past_length, steps);
   const auto hd = head_dim(cfg);
-  auto inv_freq = at::pow(cfg.rope_theta,
-                          at::arange(0, hd, 2, at::TensorOptions().dtype(at::kDouble)) /
-                              static_cast<double>(hd))
-                      .reciprocal()
-                      .to(at::kFloat)
-                      .to(device);
+  // made on the device: a host-made tensor would cost a copy that waits for the GPU
+  auto inv_freq =
+      at::pow(cfg.rope_theta,
+              at::arange(0, hd, 2, at::TensorOptions().dtype(at::kDouble).device(device)) /
+                  static_cast<double>(hd))
+          .reciprocal()
+          .to(at::kFloat);
   auto freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;  // (B, T, hd/2)
   auto emb = at::cat({freqs, freqs}, -1).unsqueeze(1);             // (B, 1, T, hd)
   AttentionContext ctx;

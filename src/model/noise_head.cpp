@@ -71,7 +71,10 @@ at::Tensor NoiseHead::sigma(const at::Tensor& h) const {
 
 at::Tensor NoiseHead::sigma_of(const config::NpoConfig& cfg,
                                const std::vector<at::Tensor>& params,
-                               const at::Tensor& h) {
+                               const at::Tensor& h_in) {
+  // In the head's own dtype: an fp32 head (the sharded trainer's) reads bf16 hidden states of a
+  // bf16 reference.
+  const auto h = params.empty() ? h_in : h_in.to(params[0].scalar_type());
   at::Tensor f;
   if (cfg.head == "ln_gelu_linear") {
     DNPO_INTERNAL_ASSERT(params.size() == 3);  // norm.weight, norm.bias, proj.weight

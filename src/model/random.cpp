@@ -46,22 +46,34 @@ at::Tensor high_24_bits(const at::Tensor& keys, const at::Tensor& index) {
 
 }  // namespace
 
-at::Tensor counter_normal_rows_by_tensor_ops(const std::vector<std::uint64_t>& row_keys,
-                                             std::int64_t cols,
-                                             const at::Device& device) {
-  const auto rows = static_cast<std::int64_t>(row_keys.size());
-  const std::int64_t pairs = (cols + 1) / 2;
+at::Tensor counter_row_keys(const std::vector<std::uint64_t>& row_keys, const at::Device& device) {
   std::vector<std::int64_t> signed_keys(row_keys.size());
   for (std::size_t i = 0; i < row_keys.size(); ++i) {
     signed_keys[i] = as_signed(row_keys[i]);
   }
-  const auto longs = at::TensorOptions().dtype(at::kLong);
-  const auto keys = at::tensor(signed_keys, longs).to(device).view({rows, 1});
-  const auto pair = at::arange(pairs, longs.device(device)).view({1, pairs});
+  auto keys = at::tensor(signed_keys, at::TensorOptions().dtype(at::kLong));
+  if (device.is_cpu()) {
+    return keys;
+  }
+  // Pinned: the copy is queued on the stream and the host goes on (a pageable one waits).
+  return keys.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+at::Tensor counter_normal_rows(const at::Tensor& row_keys, std::int64_t cols) {
+  const auto rows = row_keys.size(0);
+  const std::int64_t pairs = (cols + 1) / 2;
+  const auto keys = row_keys.view({rows, 1});
+  const auto pair = at::arange(pairs, row_keys.options()).view({1, pairs});
   // as box_muller_uniforms: u1 in (0, 1] from draw 2p, u2 in [0, 1) from draw 2p + 1
   auto u1 = (high_24_bits(keys, pair * 2) + 1).to(at::kFloat).mul_(0x1.0p-24F);
   auto u2 = high_24_bits(keys, pair * 2 + 1).to(at::kFloat).mul_(0x1.0p-24F);
   return box_muller(std::move(u1), std::move(u2), cols);
+}
+
+at::Tensor counter_normal_rows_by_tensor_ops(const std::vector<std::uint64_t>& row_keys,
+                                             std::int64_t cols,
+                                             const at::Device& device) {
+  return counter_normal_rows(counter_row_keys(row_keys, device), cols);
 }
 
 at::Tensor counter_normal_rows(const std::vector<std::uint64_t>& row_keys,

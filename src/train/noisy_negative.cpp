@@ -18,20 +18,36 @@ struct SavedState : torch::CustomClassHolder {
   config::NpoConfig npo;
 };
 
-at::Tensor draws_for(const NoiseDraws& d,
-                     bool first,
-                     std::int64_t begin,
-                     std::int64_t len,
-                     std::int64_t vocab,
-                     const at::Device& device) {
-  const auto& explicit_eps = first ? d.eps1 : d.eps2;
-  if (explicit_eps.defined()) {
-    return explicit_eps.narrow(0, begin, len).to(device);
+// The ε of a chunk of rows: explicit tensors (tests), else drawn from the rows' keys. Off the CPU
+// the keys go to the device once per pass (at first use), not once per chunk: a copy per chunk
+// made the host wait for the GPU each time.
+class ChunkDraws {
+ public:
+  ChunkDraws(const NoiseDraws& d, const at::Device& device) : d_(d), device_(device) {}
+
+  at::Tensor at(bool first, std::int64_t begin, std::int64_t len, std::int64_t vocab) {
+    const auto& explicit_eps = first ? d_.eps1 : d_.eps2;
+    if (explicit_eps.defined()) {
+      return explicit_eps.narrow(0, begin, len).to(device_);
+    }
+    const auto& row_keys = first ? d_.row_keys1 : d_.row_keys2;
+    if (device_.is_cpu()) {
+      const std::vector<std::uint64_t> chunk(row_keys.begin() + begin,
+                                             row_keys.begin() + begin + len);
+      return model::counter_normal_rows(chunk, vocab, device_);
+    }
+    auto& keys = first ? keys1_ : keys2_;
+    if (!keys.defined()) {
+      keys = model::counter_row_keys(row_keys, device_);
+    }
+    return model::counter_normal_rows(keys.narrow(0, begin, len), vocab);
   }
-  const auto& keys = first ? d.row_keys1 : d.row_keys2;
-  const std::vector<std::uint64_t> chunk(keys.begin() + begin, keys.begin() + begin + len);
-  return model::counter_normal_rows(chunk, vocab, device);
-}
+
+ private:
+  const NoiseDraws& d_;
+  at::Device device_;
+  at::Tensor keys1_, keys2_;  // the row keys on the device
+};
 
 at::Tensor sigma_rows(const config::NpoConfig& npo,
                       const std::vector<at::Tensor>& params,
@@ -66,6 +82,7 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
   const std::int64_t chunk = std::max(1, npo.chunk_positions);
   const auto fp32 = in.hidden_rows.options().dtype(at::kFloat);
   const auto device = in.hidden_rows.device();
+  ChunkDraws draws(in.draws, device);
   NoisyNegative out;
   out.noisy1 = at::zeros({in.batch}, fp32);
   out.noisy2 = at::zeros({in.batch}, fp32);
@@ -79,15 +96,9 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
     const auto z = at::linear(h, in.ref_lm_head).to(at::kFloat);  // (len, V)
     const auto s = sigma_rows(npo, params, h);                    // (len, V) or (len, 0)
     out.noisy1.index_add_(
-        0,
-        sample,
-        noisy_chunk_logprobs(
-            z, s, draws_for(in.draws, true, begin, len, vocab, device), target, npo));
+        0, sample, noisy_chunk_logprobs(z, s, draws.at(true, begin, len, vocab), target, npo));
     out.noisy2.index_add_(
-        0,
-        sample,
-        noisy_chunk_logprobs(
-            z, s, draws_for(in.draws, false, begin, len, vocab, device), target, npo));
+        0, sample, noisy_chunk_logprobs(z, s, draws.at(false, begin, len, vocab), target, npo));
     if (s.size(1) > 0) {
       sum_s += s.sum();
       if (!in.penalty_rows.defined()) {
@@ -159,6 +170,7 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
     const auto vocab = in.ref_lm_head.size(0);
     const std::int64_t chunk = std::max(1, npo.chunk_positions);
     torch::autograd::AutoGradMode enable(true);
+    ChunkDraws draws(in.draws, in.hidden_rows.device());
     for (std::int64_t begin = 0; begin < n; begin += chunk) {
       const auto len = std::min(chunk, n - begin);
       const auto h = in.hidden_rows.narrow(0, begin, len);
@@ -168,12 +180,8 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
         z = at::linear(h, in.ref_lm_head).to(at::kFloat);
       }
       const auto s = sigma_rows(npo, params, h);
-      const auto logp =
-          noisy_chunk_logprobs(z,
-                               s,
-                               draws_for(in.draws, false, begin, len, vocab, h.device()),
-                               in.targets.narrow(0, begin, len),
-                               npo);
+      const auto logp = noisy_chunk_logprobs(
+          z, s, draws.at(false, begin, len, vocab), in.targets.narrow(0, begin, len), npo);
       auto objective = (grad_noisy2.index_select(0, in.samples.narrow(0, begin, len)) * logp).sum();
       if (!in.penalty_rows.defined()) {
         objective = objective + grad_penalty * penalty_of(s, npo);

@@ -367,8 +367,8 @@ ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
   // fp32 like the unsharded head: s multiplies ε in fp32 inside the noisy log-softmax.
   dist::UnitPrecision precision;
   precision.device = device;
-  unit_ = std::make_unique<dist::ShardedUnit>(
-      "noise_head", std::move(specs), comm, precision, true);
+  unit_ =
+      std::make_unique<dist::ShardedUnit>("noise_head", std::move(specs), comm, precision, true);
   unit_->load_full(values);
 }
 

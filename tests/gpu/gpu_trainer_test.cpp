@@ -114,8 +114,8 @@ std::vector<data::PromptRecord> sft_records() {
   for (int i = 0; i < 12; ++i) {
     const auto a = std::to_string(i * 7 % 13);
     const auto b = std::to_string(i * 3 % 11);
-    out.push_back({std::to_string(i), a + "+" + b, std::to_string(std::stoi(a) + std::stoi(b)),
-                   "", ""});
+    out.push_back(
+        {std::to_string(i), a + "+" + b, std::to_string(std::stoi(a) + std::stoi(b)), "", ""});
   }
   return out;
 }
@@ -183,7 +183,8 @@ void expect_cuda_matches_cpu(const std::string& loss, const std::string& dtype) 
   ASSERT_EQ(gpu.grads.size(), cpu.grads.size());
   ASSERT_GE(cpu.losses.size(), 3U);
   for (std::size_t s = 0; s < cpu.losses.size(); ++s) {
-    const double gap = std::abs(gpu.losses[s] - cpu.losses[s]) / std::max(1e-6, std::abs(cpu.losses[s]));
+    const double gap =
+        std::abs(gpu.losses[s] - cpu.losses[s]) / std::max(1e-6, std::abs(cpu.losses[s]));
     EXPECT_LT(gap, fp32 ? 1e-4 : 5e-2) << loss << " " << dtype << " step " << s << ": "
                                        << gpu.losses[s] << " vs " << cpu.losses[s];
     EXPECT_LT(relative(gpu.grads[s], cpu.grads[s]), fp32 ? 1e-3 : 1e-1)

@@ -20,6 +20,13 @@ at::Tensor counter_normal_rows_by_tensor_ops(const std::vector<std::uint64_t>& r
                                              std::int64_t cols,
                                              const at::Device& device);
 
+/// The row keys as a long tensor (rows,) on `device`: one host-to-device copy for many chunks
+/// (on CUDA from pinned memory, without waiting for the GPU).
+at::Tensor counter_row_keys(const std::vector<std::uint64_t>& row_keys, const at::Device& device);
+/// counter_normal_rows for keys already on their device (counter_row_keys): tensor ops only, so a
+/// GPU draws without a host round trip.
+at::Tensor counter_normal_rows(const at::Tensor& row_keys, std::int64_t cols);
+
 /// A tensor of the given shape with normal(0, std) draws keyed on `key` (element index = draw).
 at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key);
 

@@ -140,9 +140,7 @@ class ShardedDecoder : public model::Decoder {
 class ShardedNoiseHead {
  public:
   /// device: where the head's shard lives (the policy's device).
-  ShardedNoiseHead(const model::NoiseHead& head,
-                   dist::Comm* comm,
-                   at::Device device = at::kCPU);
+  ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm, at::Device device = at::kCPU);
   /// A fresh head, NoiseHead(npo, hidden, vocab, seed), sharded.
   ShardedNoiseHead(const config::NpoConfig& npo,
                    std::int64_t hidden,

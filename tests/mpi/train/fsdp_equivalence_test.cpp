@@ -252,6 +252,13 @@ TEST(FsdpEquivalence, Bf16SftMatchesWithinBf16Tolerance) {
   EXPECT_LT(gap.grad, 5e-2);
 }
 
+// NPO in bf16: the policy and reference gathered in bf16, the noise head in fp32.
+TEST(FsdpEquivalence, Bf16NpoMatchesWithinBf16Tolerance) {
+  const auto gap = compare("npo", false, "bf16");
+  EXPECT_LT(gap.loss, 2e-2);
+  EXPECT_LT(gap.grad, 1e-1);
+}
+
 // The comparison has teeth: gradients halved in the reduction (as if averaged over two ranks)
 // give a gradient gap of 0.5. The hook is read when units are built: after the reference run.
 TEST(FsdpEquivalence, MisScaledReduceScatterFailsTheComparison) {
