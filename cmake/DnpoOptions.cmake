@@ -5,6 +5,7 @@ set(DNPO_WITH_CUDA AUTO CACHE STRING "dnpo: CUDA path: AUTO (on when LibTorch ha
 option(DNPO_CORE_ONLY
   "dnpo: only common, config, model, the losses and the gpu tests/bench (no MPI, HDF5, SentencePiece)"
   OFF)
+option(DNPO_CUDA_KERNELS "dnpo: compile dnpo's CUDA kernel (noise draws) with nvcc in CUDA builds" ON)
 option(DNPO_PCH "dnpo: precompile LibTorch headers" ON)
 option(DNPO_CCACHE "dnpo: compile through ccache" ON)
 option(DNPO_WERROR "dnpo: treat warnings as errors" OFF)

@@ -84,7 +84,8 @@ at::Tensor NoiseHead::sigma_of(const config::NpoConfig& cfg,
     DNPO_INTERNAL_ASSERT(params.size() == 2);  // proj.weight, proj.bias
     f = at::linear(h, params[0], params[1]);
   }
-  auto s = cfg.scale * at::exp(f);  // s: (N, V) — used as a standard deviation
+  // s: (N, V), a standard deviation, always fp32 (f may come from a bf16 product)
+  auto s = cfg.scale * at::exp(f.to(at::kFloat));
   if (cfg.max_sigma > 0) {
     s = at::clamp_max(s, cfg.max_sigma);
   }

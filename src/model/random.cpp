@@ -5,6 +5,12 @@
 #include <ATen/Parallel.h>
 
 #include "dnpo/common/counter_rng.h"
+#include "dnpo/common/error.h"
+#if DNPO_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+
+#include "counter_rng_cuda.h"
+#endif
 
 namespace dnpo::model {
 
@@ -62,6 +68,22 @@ at::Tensor counter_row_keys(const std::vector<std::uint64_t>& row_keys, const at
 at::Tensor counter_normal_rows(const at::Tensor& row_keys, std::int64_t cols) {
   const auto rows = row_keys.size(0);
   const std::int64_t pairs = (cols + 1) / 2;
+#if DNPO_CUDA_KERNELS
+  if (row_keys.is_cuda()) {  // one kernel for the uniforms, not ~20 integer passes
+    const auto keys = row_keys.contiguous();
+    auto u1 = at::empty({rows, pairs}, keys.options().dtype(at::kFloat));
+    auto u2 = at::empty_like(u1);
+    const int rc =
+        gpu::counter_uniforms(keys.data_ptr<std::int64_t>(),
+                              rows,
+                              pairs,
+                              u1.data_ptr<float>(),
+                              u2.data_ptr<float>(),
+                              c10::cuda::getCurrentCUDAStream(keys.device().index()).stream());
+    DNPO_CHECK(rc == 0, "counter_uniforms: CUDA error ", rc);
+    return box_muller(std::move(u1), std::move(u2), cols);
+  }
+#endif
   const auto keys = row_keys.view({rows, 1});
   const auto pair = at::arange(pairs, row_keys.options()).view({1, pairs});
   // as box_muller_uniforms: u1 in (0, 1] from draw 2p, u2 in [0, 1) from draw 2p + 1

@@ -229,8 +229,13 @@ bool SelfplayLoop::trains_noise_head(std::uint64_t t) const {
 }
 
 void SelfplayLoop::make_carried_head() {
-  carried_head_ = std::make_unique<ShardedNoiseHead>(
-      cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, cfg_.run.seed, comm_);
+  carried_head_ =
+      std::make_unique<ShardedNoiseHead>(cfg_.npo,
+                                         cfg_.model.hidden_size,
+                                         cfg_.model.vocab_size,
+                                         cfg_.run.seed,
+                                         comm_,
+                                         unit_precision(cfg_, compute_device(cfg_, comm_)));
 }
 
 // Every rank sends the samples and human verdicts of its own prompts; all ranks merge them, so

@@ -352,21 +352,20 @@ ShardedNoiseHead::ShardedNoiseHead(const config::NpoConfig& npo,
                                    std::int64_t vocab,
                                    std::uint64_t seed,
                                    dist::Comm* comm,
-                                   at::Device device)
-    : ShardedNoiseHead(model::NoiseHead(npo, hidden, vocab, seed), comm, device) {}
+                                   dist::UnitPrecision precision)
+    : ShardedNoiseHead(model::NoiseHead(npo, hidden, vocab, seed), comm, precision) {}
 
 ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
                                    dist::Comm* comm,
-                                   at::Device device) {
+                                   dist::UnitPrecision precision) {
   std::vector<dist::TensorSpec> specs;
   std::vector<at::Tensor> values;
   for (const auto& [name, tensor] : head.named_parameters()) {
     specs.push_back(spec_of(name, tensor));
     values.push_back(tensor.detach());
   }
-  // fp32 like the unsharded head: s multiplies ε in fp32 inside the noisy log-softmax.
-  dist::UnitPrecision precision;
-  precision.device = device;
+  // Gathered in the policy's compute dtype (a bf16 d × V product is ~10× faster on a GPU than an
+  // fp32 one); NoiseHead::sigma_of exponentiates in fp32, so s and the noisy log-softmax are fp32.
   unit_ =
       std::make_unique<dist::ShardedUnit>("noise_head", std::move(specs), comm, precision, true);
   unit_->load_full(values);

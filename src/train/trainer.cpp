@@ -476,8 +476,12 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   std::unique_ptr<ShardedNoiseHead> head;
   const auto head_seed = fold_key(cfg_.run.seed, cfg_.train.iteration);
   if (npo && !cfg_.npo.fixed_noise) {
-    head = std::make_unique<ShardedNoiseHead>(
-        cfg_.npo, cfg_.model.hidden_size, cfg_.model.vocab_size, head_seed, comm_, device_);
+    head = std::make_unique<ShardedNoiseHead>(cfg_.npo,
+                                              cfg_.model.hidden_size,
+                                              cfg_.model.vocab_size,
+                                              head_seed,
+                                              comm_,
+                                              unit_precision(cfg_, device_));
     if (initial_noise_head_ != nullptr) {
       head->unit()->load_shard_of(*initial_noise_head_->unit());
     }

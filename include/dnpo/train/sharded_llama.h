@@ -136,18 +136,20 @@ class ShardedDecoder : public model::Decoder {
   at::Tensor lm_head_;
 };
 
-/// The noise head as one unit (d × V, like the lm_head), gathered in fp32.
+/// The noise head as one unit (d × V, like the lm_head) over fp32 masters, gathered like the
+/// policy (precision: the policy's compute dtype and device); σ itself is made in fp32.
 class ShardedNoiseHead {
  public:
-  /// device: where the head's shard lives (the policy's device).
-  ShardedNoiseHead(const model::NoiseHead& head, dist::Comm* comm, at::Device device = at::kCPU);
+  ShardedNoiseHead(const model::NoiseHead& head,
+                   dist::Comm* comm,
+                   dist::UnitPrecision precision = {});
   /// A fresh head, NoiseHead(npo, hidden, vocab, seed), sharded.
   ShardedNoiseHead(const config::NpoConfig& npo,
                    std::int64_t hidden,
                    std::int64_t vocab,
                    std::uint64_t seed,
                    dist::Comm* comm,
-                   at::Device device = at::kCPU);
+                   dist::UnitPrecision precision = {});
   /// The head's parameters gathered and differentiable (NoiseHead::named_parameters order).
   std::vector<at::Tensor> parameters();
   void release() {
