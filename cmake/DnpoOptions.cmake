@@ -12,6 +12,7 @@ option(DNPO_WERROR "dnpo: treat warnings as errors" OFF)
 option(DNPO_SANITIZE_ADDRESS "dnpo: AddressSanitizer" OFF)
 option(DNPO_SANITIZE_UNDEFINED "dnpo: UndefinedBehaviorSanitizer" OFF)
 option(DNPO_SANITIZE_THREAD "dnpo: ThreadSanitizer" OFF)
+option(DNPO_FUZZ "dnpo: libFuzzer targets (clang; launch/fuzz): coverage-instrument our code" OFF)
 
 if(DNPO_CCACHE)
   find_program(DNPO_CCACHE_PROGRAM ccache)

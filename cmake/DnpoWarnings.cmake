@@ -21,4 +21,9 @@ function(dnpo_target_warnings target)
     target_compile_options(${target} PRIVATE -fsanitize=${san_list} -fno-omit-frame-pointer)
     target_link_options(${target} PRIVATE -fsanitize=${san_list})
   endif()
+  if(DNPO_FUZZ)
+    # coverage for libFuzzer in every library a fuzz target links; undefined behaviour aborts
+    target_compile_options(${target} PRIVATE -fsanitize=fuzzer-no-link
+                                             -fno-sanitize-recover=all)
+  endif()
 endfunction()

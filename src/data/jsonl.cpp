@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <string_view>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
@@ -42,18 +44,13 @@ std::string error_text(int err) {
   return std::error_code(err, std::generic_category()).message();
 }
 
-/// Calls parse(object, ctx) for every non-blank line of `path`; collects the results.
+/// Calls parse(object, ctx) for every non-blank line of `in` (named `path` in errors); collects
+/// the results.
 template <typename Record, typename Parse>
-std::vector<Record> read_jsonl(const std::string& path, const char* schema, Parse parse) {
-  std::error_code ec;
-  DNPO_CHECK_WITH(DataError,
-                  !std::filesystem::is_directory(path, ec),
-                  "cannot read JSONL file '",
-                  path,
-                  "': it is a directory; expected a file with one JSON object per line");
-  std::ifstream in(path);
-  DNPO_CHECK_WITH(
-      DataError, in.is_open(), "cannot open JSONL file '", path, "': ", error_text(errno));
+std::vector<Record> read_jsonl_lines(std::istream& in,
+                                     const std::string& path,
+                                     const char* schema,
+                                     Parse parse) {
   std::vector<Record> records;
   std::string line;
   int line_no = 0;
@@ -86,6 +83,31 @@ std::vector<Record> read_jsonl(const std::string& path, const char* schema, Pars
                   ": ",
                   error_text(errno));
   return records;
+}
+
+/// read_jsonl_lines over the file `path`.
+template <typename Record, typename Parse>
+std::vector<Record> read_jsonl(const std::string& path, const char* schema, Parse parse) {
+  std::error_code ec;
+  DNPO_CHECK_WITH(DataError,
+                  !std::filesystem::is_directory(path, ec),
+                  "cannot read JSONL file '",
+                  path,
+                  "': it is a directory; expected a file with one JSON object per line");
+  std::ifstream in(path);
+  DNPO_CHECK_WITH(
+      DataError, in.is_open(), "cannot open JSONL file '", path, "': ", error_text(errno));
+  return read_jsonl_lines<Record>(in, path, schema, parse);
+}
+
+/// read_jsonl_lines over text in memory.
+template <typename Record, typename Parse>
+std::vector<Record> parse_jsonl(std::string_view text,
+                                const std::string& name,
+                                const char* schema,
+                                Parse parse) {
+  std::istringstream in{std::string(text)};
+  return read_jsonl_lines<Record>(in, name, schema, parse);
 }
 
 /// A required string field.
@@ -333,6 +355,18 @@ std::vector<PairRecord> read_pairs_jsonl(const std::string& path) {
 
 std::vector<ChoiceRecord> read_choices_jsonl(const std::string& path) {
   return read_jsonl<ChoiceRecord>(path, kChoiceSchema, parse_choice);
+}
+
+std::vector<PromptRecord> parse_prompts_jsonl(std::string_view text, const std::string& name) {
+  return parse_jsonl<PromptRecord>(text, name, kPromptSchema, parse_prompt);
+}
+
+std::vector<PairRecord> parse_pairs_jsonl(std::string_view text, const std::string& name) {
+  return parse_jsonl<PairRecord>(text, name, kPairSchema, parse_pair);
+}
+
+std::vector<ChoiceRecord> parse_choices_jsonl(std::string_view text, const std::string& name) {
+  return parse_jsonl<ChoiceRecord>(text, name, kChoiceSchema, parse_choice);
 }
 
 void write_prompts_jsonl(const std::string& path, const std::vector<PromptRecord>& records) {

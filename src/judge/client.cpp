@@ -471,21 +471,12 @@ struct JudgeClient::Impl {
   }
 
   void on_reply(const JobPtr& job, const std::string& body) {
-    const auto j = Json::parse(body, nullptr, false);
-    const Json* content = nullptr;
-    if (!j.is_discarded() && j.is_object() && j.contains("choices") && j["choices"].is_array() &&
-        !j["choices"].empty() && j["choices"][0].is_object()) {
-      const auto& choice = j["choices"][0];
-      if (choice.contains("message") && choice["message"].is_object() &&
-          choice["message"].contains("content") && choice["message"]["content"].is_string()) {
-        content = &choice["message"]["content"];
-      }
-    }
-    if (content == nullptr) {
+    const auto content = chat_reply_text(body);
+    if (!content) {
       retry_or_fail(job, "malformed reply (no choices[0].message.content string)", std::nullopt);
       return;
     }
-    const std::string text = content->get<std::string>();
+    const std::string& text = *content;
     const auto score = parse_score(tmpl, text);
     if (!score) {
       finish_failed(

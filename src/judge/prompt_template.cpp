@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "dnpo/common/error.h"
 
 namespace dnpo::judge {
@@ -240,6 +242,28 @@ std::optional<double> parse_score(const PromptTemplate& tmpl, std::string_view r
     return in_range(tmpl, v);
   }
   return in_range(tmpl, find_bracketed(reply, "[", "]"));
+}
+
+std::optional<std::string> chat_reply_text(std::string_view body) {
+  const auto j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return std::nullopt;
+  }
+  const auto choices = j.find("choices");
+  if (choices == j.end() || !choices->is_array() || choices->empty() ||
+      !(*choices)[0].is_object()) {
+    return std::nullopt;
+  }
+  const auto& choice = (*choices)[0];
+  const auto message = choice.find("message");
+  if (message == choice.end() || !message->is_object()) {
+    return std::nullopt;
+  }
+  const auto content = message->find("content");
+  if (content == message->end() || !content->is_string()) {
+    return std::nullopt;
+  }
+  return content->get<std::string>();
 }
 
 std::string format_reply(const PromptTemplate& tmpl, double score_0_100) {

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace dnpo::data {
@@ -54,6 +55,11 @@ struct ChoiceRecord {
 /// X is the correct choice's index, its text, or its letter ("A" = 0, ...). At least two choices.
 /// Errors as read_prompts_jsonl.
 std::vector<ChoiceRecord> read_choices_jsonl(const std::string& path);
+
+/// The readers above over JSONL text in memory (`name` stands for the path in errors).
+std::vector<PromptRecord> parse_prompts_jsonl(std::string_view text, const std::string& name);
+std::vector<PairRecord> parse_pairs_jsonl(std::string_view text, const std::string& name);
+std::vector<ChoiceRecord> parse_choices_jsonl(std::string_view text, const std::string& name);
 
 /// Writes {"id","prompt","answer"[,"task","truth"]} lines ("task"/"truth" only when non-empty).
 /// Overwrites `path`; its directory must exist. Throws DataError naming the path (or the record

@@ -48,6 +48,10 @@ std::optional<std::pair<std::string, std::string>> unrender(const PromptTemplate
 /// kBare, a value outside [score_min, score_max]). Never throws; any bytes are accepted.
 std::optional<double> parse_score(const PromptTemplate& tmpl, std::string_view reply);
 
+/// The text of an OpenAI-style chat completion body: choices[0].message.content when that is a
+/// string; nullopt for anything else (not JSON, another shape, a non-string content).
+std::optional<std::string> chat_reply_text(std::string_view body);
+
 /// Maps a 0..100 score onto the template's range and formats the reply a judge would give:
 /// kBare "73", kBrackets "Rating: [[7]]" (rounded to the nearest integer).
 std::string format_reply(const PromptTemplate& tmpl, double score_0_100);

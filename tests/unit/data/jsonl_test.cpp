@@ -112,6 +112,38 @@ TEST_F(JsonlTest, MalformedLinesNameFileAndLine) {
   }
 }
 
+// The in-memory readers (what the fuzz targets drive) are the file readers over text.
+TEST_F(JsonlTest, InMemoryReadersEqualTheFileReaders) {
+  const std::string prompts =
+      "{\"id\": 1, \"prompt\": \"2+2\", \"answer\": \"4\"}\n\n"
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, "
+      "{\"role\": \"assistant\", \"content\": \"hello\"}]}\n";
+  const auto from_file = read_prompts_jsonl(write_file("p.jsonl", prompts));
+  const auto from_text = parse_prompts_jsonl(prompts, "p.jsonl");
+  ASSERT_EQ(from_text.size(), 2U);
+  ASSERT_EQ(from_file.size(), from_text.size());
+  for (std::size_t i = 0; i < from_text.size(); ++i) {
+    EXPECT_EQ(from_text[i].id, from_file[i].id);
+    EXPECT_EQ(from_text[i].prompt, from_file[i].prompt);
+    EXPECT_EQ(from_text[i].answer, from_file[i].answer);
+  }
+  const auto pairs = parse_pairs_jsonl(
+      "{\"id\": \"a\", \"prompt\": \"q\", \"chosen\": \"x\", \"rejected\": \"y\"}", "m");
+  ASSERT_EQ(pairs.size(), 1U);
+  EXPECT_EQ(pairs[0].chosen, "x");
+  const auto choices = parse_choices_jsonl(
+      "{\"id\": 1, \"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"B\"}", "m");
+  ASSERT_EQ(choices.size(), 1U);
+  EXPECT_EQ(choices[0].label, 1);
+  try {
+    parse_prompts_jsonl("{\"id\": 1, \"prompt\": \"ok\", \"answer\": \"a\"}\n{\"id\": 2",
+                        "inline.jsonl");
+    FAIL() << "a truncated line must be rejected";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("inline.jsonl:2:"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(JsonlTest, MissingFileNamesPath) {
   const std::string path = (dir_ / "absent.jsonl").string();
   try {

@@ -146,5 +146,19 @@ TEST(HashText, IsFnv1a64) {
   EXPECT_EQ(hex64(hash_text("a")), "af63dc4c8601ec8c");
 }
 
+TEST(PromptTemplate, ChatReplyTextTakesTheFirstChoicesStringContentOnly) {
+  EXPECT_EQ(
+      chat_reply_text(R"({"choices": [{"message": {"role": "assistant", "content": "87"}}]})"),
+      "87");
+  EXPECT_EQ(chat_reply_text(R"({"choices": [{"message": {"content": ""}}, {"x": 1}]})"), "");
+  EXPECT_FALSE(chat_reply_text("not json"));
+  EXPECT_FALSE(chat_reply_text("[]"));
+  EXPECT_FALSE(chat_reply_text(R"({"choices": []})"));
+  EXPECT_FALSE(chat_reply_text(R"({"choices": [3]})"));
+  EXPECT_FALSE(chat_reply_text(R"({"choices": [{"message": "87"}]})"));
+  EXPECT_FALSE(chat_reply_text(R"({"choices": [{"message": {"content": 87}}]})"));
+  EXPECT_FALSE(chat_reply_text(R"({"choices": [{"message": {"content": null}}]})"));
+}
+
 }  // namespace
 }  // namespace dnpo::judge
