@@ -17,6 +17,20 @@
 namespace dnpo::data::detail {
 namespace {
 
+// RTLD_DEEPBIND keeps the shim's SentencePiece bound to its own protobuf; the sanitizers' runtimes
+// cannot interpose under it, so sanitizer builds (launch/test --sanitize) load it plainly.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL;
+#else
+constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#endif
+#else
+constexpr int kDlopenFlags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#endif
+
 constexpr const char* kShimName = "libdnpo_spm_shim.so";
 
 // $DNPO_SPM_SHIM, then <executable dir>/../lib, then where the build put it.
@@ -49,7 +63,7 @@ SpmLibrary load() {
       tried += "\n  " + path + " (missing)";
       continue;
     }
-    void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void* lib = dlopen(path.c_str(), kDlopenFlags);
     if (lib == nullptr) {
       tried += "\n  " + path + " (" + dlerror() + ")";
       continue;

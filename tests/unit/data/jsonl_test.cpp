@@ -144,6 +144,22 @@ TEST_F(JsonlTest, InMemoryReadersEqualTheFileReaders) {
   }
 }
 
+// Found by fuzz_jsonl: a number too large for a double escaped as nlohmann's out_of_range,
+// without the file and line. It is a DataError naming both now.
+TEST_F(JsonlTest, NumberOverflowNamesFileAndLine) {
+  const auto path =
+      write_file("big.jsonl",
+                 "{\"id\": 1, \"prompt\": \"p\", \"answer\": \"a\"}\n"
+                 "{\"id\": 2, \"prompt\": \"p\", \"answer\": \"a\", \"x\": 905e8888888}\n");
+  try {
+    read_prompts_jsonl(path);
+    FAIL() << "expected a DataError";
+  } catch (const DataError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("big.jsonl:2: invalid JSON"), std::string::npos) << what;
+  }
+}
+
 TEST_F(JsonlTest, MissingFileNamesPath) {
   const std::string path = (dir_ / "absent.jsonl").string();
   try {

@@ -96,8 +96,8 @@ TEST(ScoreParsing, BareAcceptsOnlyANumberInRange) {
                            "99999999999999999999999999999",
                            "7 3",
                            "[[73]]",
-                           "\xff\xfe"
-                           "73",
+                           ("\xff\xfe"
+                            "73"),  // one reply: bytes that are not UTF-8, then 73
                            "73\xc3"};
   for (const char* reply : hostile) {
     EXPECT_FALSE(parse_score(t, reply).has_value()) << "reply: " << reply;
