@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -108,10 +109,20 @@ std::vector<SafetensorsEntry> read_safetensors_header(const std::string& path) {
                       ": tensor '",
                       name,
                       "' has data_offsets outside the file");
+      // The byte count without overflow: a crafted shape (found by fuzzing) whose product wrapped
+      // to the size of its data_offsets was accepted, and then read past the end of the file.
+      std::uint64_t bytes = at::elementSize(e.dtype);
       for (const auto dim : e.shape) {
         DNPO_CHECK_WITH(DataError, dim >= 0, path, ": tensor '", name, "' has a negative dim");
+        DNPO_CHECK_WITH(
+            DataError,
+            !__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(dim), &bytes) &&
+                bytes <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
+            path,
+            ": tensor '",
+            name,
+            "' has a shape too large for any file");
       }
-      const auto bytes = static_cast<std::uint64_t>(e.numel()) * at::elementSize(e.dtype);
       DNPO_CHECK_WITH(DataError,
                       bytes == offsets[1] - offsets[0],
                       path,

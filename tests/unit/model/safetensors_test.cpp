@@ -168,6 +168,26 @@ TEST_F(Safetensors, ShapeAndOffsetsMismatchNamesTheTensor) {
   EXPECT_NE(message.find(path), std::string::npos) << message;
 }
 
+// Found by fuzzing: shapes whose element or byte count overflows 64 bits. The byte count wrapped
+// to the 0 bytes of data_offsets [0, 0] and the header was accepted (then read past the end of
+// the file); the element count was a signed overflow. Both are a DataError naming the tensor.
+TEST_F(Safetensors, ShapesThatOverflowAreRejected) {
+  for (const std::string shape : {"[4294967296,4294967296,2]", "[4611686018427387904]"}) {
+    const auto path = (dir_ / "huge.safetensors").string();
+    {
+      const std::string header =
+          R"({"w":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,0]}})";
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      const std::array<unsigned char, 8> len{
+          static_cast<unsigned char>(header.size()), 0, 0, 0, 0, 0, 0, 0};
+      out.write(reinterpret_cast<const char*>(len.data()), 8);
+      out << header;
+    }
+    const auto message = data_error(path);
+    EXPECT_NE(message.find("'w' has a shape too large"), std::string::npos) << shape << message;
+  }
+}
+
 config::ModelConfig tiny_config(bool tied) {
   config::ModelConfig cfg;
   cfg.vocab_size = 50;
