@@ -5,6 +5,7 @@
 // this, each keeps its own protobuf. Only plain C types cross this boundary.
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,14 +26,20 @@ extern "C" {
 
 /// A loaded model, or null with the reason in err.
 void* dnpo_spm_open(const char* path, char* err, std::size_t err_len) {
-  auto* processor = new sentencepiece::SentencePieceProcessor();
-  const auto status = processor->Load(path);
-  if (!status.ok()) {
-    copy_message(status.ToString(), err, err_len);
-    delete processor;
+  // No exception may cross this C boundary: a protobuf that is not SentencePiece's own (the shim
+  // loaded without RTLD_DEEPBIND, as in sanitizer builds) throws from Load.
+  try {
+    auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
+    const auto status = processor->Load(path);
+    if (!status.ok()) {
+      copy_message(status.ToString(), err, err_len);
+      return nullptr;
+    }
+    return processor.release();
+  } catch (const std::exception& e) {
+    copy_message(e.what(), err, err_len);
     return nullptr;
   }
-  return processor;
 }
 
 void dnpo_spm_close(void* handle) {
