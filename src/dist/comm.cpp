@@ -226,6 +226,19 @@ struct Comm::Impl {
                 std::vector<c10::intrusive_ptr<c10d::Work>>{std::move(work)},
                 std::move(then));
   }
+  // An in-place collective on t, started by run. Under NCCL a host tensor (statistics, flags,
+  // lengths) is staged through the GPU and copied back when waited on: a host sync each, for
+  // small per-step values only. Gloo moves bf16 as raw 16-bit words.
+  template <typename Run>
+  Work in_place(const char* what, const at::Tensor& t, Run&& run) const {
+    if (nccl && t.device() != device) {
+      std::vector<at::Tensor> staged{t.to(device)};
+      auto work = run(staged);
+      return make(what, std::move(work), [t, out = staged[0]]() { t.copy_(out); });
+    }
+    std::vector<at::Tensor> tensors{nccl ? t : as_transportable(t)};
+    return make(what, run(tensors));
+  }
   Work make(std::string what,
             std::vector<c10::intrusive_ptr<c10d::Work>> works,
             std::function<void()> then = nullptr) const {
@@ -505,28 +518,18 @@ Work Comm::all_reduce_sum(const at::Tensor& t) {
   DNPO_CHECK(impl_->nccl || t.scalar_type() != at::kBFloat16,
              "all_reduce_sum: Gloo cannot reduce bf16");
   impl_->bytes.all_reduce += static_cast<std::int64_t>(t.nbytes());
-  if (impl_->nccl && t.device() != impl_->device) {
-    // Host-side control values (statistics, flags, lengths) under NCCL: staged through the GPU and
-    // copied back when waited on. A host sync each: for small, per-step values only.
-    std::vector<at::Tensor> staged{t.to(impl_->device)};
-    auto work = impl_->group->allreduce(staged, c10d::AllreduceOptions{});
-    return impl_->make("all_reduce_sum", work, [t, out = staged[0]]() { t.copy_(out); });
-  }
-  std::vector<at::Tensor> tensors{t};
-  return impl_->make("all_reduce_sum", impl_->group->allreduce(tensors, c10d::AllreduceOptions{}));
+  return impl_->in_place("all_reduce_sum", t, [&](std::vector<at::Tensor>& tensors) {
+    return impl_->group->allreduce(tensors, c10d::AllreduceOptions{});
+  });
 }
 
 Work Comm::broadcast(const at::Tensor& t, int root) {
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
   impl_->bytes.broadcast += static_cast<std::int64_t>(t.nbytes());
-  if (impl_->nccl && t.device() != impl_->device) {  // host tensors: as in all_reduce_sum
-    std::vector<at::Tensor> staged{t.to(impl_->device)};
-    auto work = impl_->group->broadcast(staged, opts);
-    return impl_->make("broadcast", work, [t, out = staged[0]]() { t.copy_(out); });
-  }
-  std::vector<at::Tensor> tensors{impl_->nccl ? t : as_transportable(t)};
-  return impl_->make("broadcast", impl_->group->broadcast(tensors, opts));
+  return impl_->in_place("broadcast", t, [&](std::vector<at::Tensor>& tensors) {
+    return impl_->group->broadcast(tensors, opts);
+  });
 }
 
 const CommBytes& Comm::bytes() const {

@@ -17,6 +17,7 @@
 #include "dnpo/dist/comm.h"
 #include "dnpo/dist/mpi_env.h"
 #include "dnpo/train/trainer.h"
+#include "trainer_trace.h"
 
 namespace dnpo::train {
 namespace {
@@ -80,93 +81,15 @@ TEST(NcclComm, WaitMakesTheStreamWaitNotTheHost) {
 }
 #endif
 
-// A tiny untied model; SFT, SPIN and NPO over a few steps (the fsdp equivalence test's shapes).
+using fixture::relative;
+using fixture::train;
+
+// The FSDP equivalence test's tiny run (tests/common/trainer_trace.h) on `device`.
 config::RunConfig tiny_run(const std::string& loss, const std::string& device) {
-  config::RunConfig cfg;
-  cfg.run.seed = 21;
-  cfg.run.log_every = 1000;
+  auto cfg = fixture::tiny_run(loss);
   cfg.run.device = device;
-  cfg.model.vocab_size = 260;
-  cfg.model.hidden_size = 64;
-  cfg.model.intermediate_size = 128;
-  cfg.model.num_hidden_layers = 2;
-  cfg.model.num_attention_heads = 4;
-  cfg.model.num_key_value_heads = 2;
-  cfg.model.max_position_embeddings = 128;
-  cfg.model.tie_word_embeddings = false;
-  cfg.model.initializer_range = 0.1;
-  cfg.chat.prompt_template = "Q:{prompt}\nA:";
-  cfg.data.max_length = 48;
-  cfg.data.max_prompt_length = 24;
-  cfg.train.loss = loss;
-  cfg.train.batch_size = 8;
-  cfg.train.micro_batch_size = 4;
-  cfg.train.epochs = 2;
-  cfg.train.lr = 3e-3;
-  cfg.train.warmup_ratio = 0.0;
-  cfg.loss.beta = 0.5;
-  cfg.npo.chunk_positions = 40;
+  cfg.npo.chunk_positions = 40;  // several chunks per step
   return cfg;
-}
-
-std::vector<data::PromptRecord> sft_records() {
-  std::vector<data::PromptRecord> out;
-  for (int i = 0; i < 12; ++i) {
-    const auto a = std::to_string(i * 7 % 13);
-    const auto b = std::to_string(i * 3 % 11);
-    out.push_back(
-        {std::to_string(i), a + "+" + b, std::to_string(std::stoi(a) + std::stoi(b)), "", ""});
-  }
-  return out;
-}
-
-std::vector<data::PairRecord> pair_records() {
-  std::vector<data::PairRecord> out;
-  for (int i = 0; i < 12; ++i) {
-    const auto a = std::to_string(i * 5 % 17);
-    const auto right = std::string(a.rbegin(), a.rend()) + "x" + std::to_string(i % 4);
-    out.push_back(
-        {std::to_string(i), "rev " + a + "x" + std::to_string(i % 4), right, a + "y", {}, {}});
-  }
-  return out;
-}
-
-struct Trace {
-  std::vector<double> losses;
-  std::vector<at::Tensor> grads;  // per step, all trained tensors' full gradients (host, fp32)
-  at::Tensor change;              // θ_N − θ_0 of the policy (host)
-};
-
-Trace train(const config::RunConfig& cfg, dist::Comm* comm) {
-  model::LlamaModel policy(cfg.model, cfg.run.seed);
-  const auto before = policy.clone();
-  const data::ByteTokenizer tokenizer;
-  MetricsWriter metrics;
-  Trainer trainer(cfg, policy, tokenizer, metrics, comm);
-  Trace trace;
-  trainer.set_gradient_observer(
-      [&trace](std::int64_t, const std::vector<dist::ShardedUnit*>& units) {
-        std::vector<at::Tensor> flat;
-        for (auto* unit : units) {
-          for (const auto& g : unit->gather_full(true)) {
-            flat.push_back(g.reshape({-1}).to(at::kCPU, at::kFloat));
-          }
-        }
-        trace.grads.push_back(at::cat(flat));
-      });
-  const auto summary = cfg.train.loss == "sft" ? trainer.train_sft(sft_records())
-                                               : trainer.train_preference(pair_records());
-  trace.losses = summary.step_losses;
-  std::vector<at::Tensor> delta;
-  for (std::size_t i = 0; i < policy.parameters().size(); ++i) {
-    delta.push_back((policy.parameters()[i] - before.parameters()[i]).reshape({-1}).cpu());
-  }
-  trace.change = at::cat(delta);
-  return trace;
-}
-
-double relative(const at::Tensor& a, const at::Tensor& b) {
-  return (a - b).norm().item<double>() / std::max(1e-30, b.norm().item<double>());
 }
 
 // CUDA through NCCL against the CPU trainer. fp32: to float rounding (reductions run in other

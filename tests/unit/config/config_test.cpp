@@ -455,6 +455,25 @@ TEST(ConfigValidate, JudgeConcurrencyIsJobWide) {
   EXPECT_NO_THROW(validate(c, 4));
 }
 
+TEST(ConfigValidate, BackendAndReduceDtypeMatchTheDevice) {
+  RunConfig c;
+  c.dist.backend = "nccl";
+  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }),
+                  "dist.backend = \"nccl\" cannot move run.device = \"cpu\" tensors");
+  c.run.device = "cuda";
+  EXPECT_NO_THROW(validate(c, 1));
+  c.dist.backend = "gloo";
+  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }), "expected \"nccl\" or \"auto\"");
+  c.dist.backend = "auto";
+  c.dist.reduce_dtype = "bf16";
+  EXPECT_NO_THROW(validate(c, 1));
+  c.run.device = "cpu";
+  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }),
+                  "dist.reduce_dtype = \"bf16\" needs run.device = \"cuda\"");
+  EXPECT_CONTAINS(config_error([] { load_config("", {"dist.reduce_dtype=\"fp16\""}); }),
+                  "dist.reduce_dtype");
+}
+
 TEST(ConfigValidate, ListsEveryProblem) {
   RunConfig c;
   c.model.hidden_size = 130;        // not divisible by 4 heads
