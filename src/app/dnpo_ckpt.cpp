@@ -67,14 +67,18 @@ int inspect(const std::string& path) {
   dnpo::ckpt::StateDict meta;  // no tensors: attributes and blobs
   dnpo::ckpt::load_into(path, meta);
   if (const auto it = meta.blobs.find("loop"); it != meta.blobs.end()) {
-    auto loop = Json::parse(it->second);
-    const auto losses = loop["step_losses"];
-    loop.erase("step_losses");
-    loop.erase("step_ms");
-    std::cout << "\nloop: " << loop.dump() << "\n";
-    if (!losses.empty()) {
-      std::cout << "loss: first " << losses.front().get<double>() << ", last "
-                << losses.back().get<double>() << " (" << losses.size() << " steps)\n";
+    try {  // a diagnostic tool: a damaged blob is shown as such, the rest was printed above
+      auto loop = Json::parse(it->second);
+      const auto losses = loop.value("step_losses", Json::array());
+      loop.erase("step_losses");
+      loop.erase("step_ms");
+      std::cout << "\nloop: " << loop.dump() << "\n";
+      if (!losses.empty()) {
+        std::cout << "loss: first " << losses.front().get<double>() << ", last "
+                  << losses.back().get<double>() << " (" << losses.size() << " steps)\n";
+      }
+    } catch (const Json::exception& e) {
+      std::cout << "\nloop: unreadable (" << e.what() << ")\n";
     }
   }
   return 0;

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <sstream>
 #include <unordered_set>
 
 #include <ATen/ATen.h>
@@ -23,28 +22,6 @@ std::string describe(const TensorSlice& t) {
 }
 
 }  // namespace
-
-std::string shape_str(const std::vector<std::int64_t>& shape) {
-  std::ostringstream out;
-  out << "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    out << (i == 0 ? "" : ", ") << shape[i];
-  }
-  out << "]";
-  return out.str();
-}
-
-std::int64_t numel_of(const std::vector<std::int64_t>& shape) {
-  std::int64_t n = 1;
-  for (const auto d : shape) {
-    n *= d;
-  }
-  return n;
-}
-
-std::int64_t chunk_count(std::int64_t numel, std::int64_t chunk_elems) {
-  return (numel + chunk_elems - 1) / chunk_elems;
-}
 
 void check_name(const std::string& name, const char* what, const std::string& where) {
   DNPO_CHECK_WITH(

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dnpo/ckpt/state_dict.h"
+#include "extent.h"
 #include "group.h"
 
 namespace dnpo::ckpt::format {
@@ -18,10 +19,9 @@ inline constexpr const char* kBlobs = "blobs";
 /// Largest string attribute (HDF5 keeps attributes in 64 KiB object-header messages).
 inline constexpr std::size_t kMaxStringBytes = 60000;
 
-/// "[64, 64]"
-std::string shape_str(const std::vector<std::int64_t>& shape);
-std::int64_t numel_of(const std::vector<std::int64_t>& shape);
-std::int64_t chunk_count(std::int64_t numel, std::int64_t chunk_elems);
+using extent::chunk_count;
+using extent::numel_of;
+using extent::shape_str;
 
 /// Throws CheckpointError unless `name` can be an HDF5 link name (non-empty, no '/', not "."
 /// or "..").

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "dnpo/common/error.h"
+#include "extent.h"
 
 namespace dnpo::ckpt::h5 {
 namespace {
@@ -274,12 +275,25 @@ Id make_space(const std::vector<std::int64_t>& shape) {
                           "dataspace"));
 }
 
-std::vector<std::int64_t> shape_of(hid_t dataset, const std::string& where) {
+namespace {
+/// The size of the file that holds object `obj`.
+std::uint64_t file_bytes_of(hid_t obj, const std::string& where) {
+  const Id file(DNPO_H5_CHECK(H5Iget_file_id(obj), where));
+  hsize_t bytes = 0;
+  DNPO_H5_CHECK(H5Fget_filesize(file.get(), &bytes), where);
+  return bytes;
+}
+}  // namespace
+
+std::vector<std::int64_t> shape_of(hid_t dataset,
+                                   std::int64_t elem_bytes,
+                                   const std::string& where) {
   const Id space(DNPO_H5_CHECK(H5Dget_space(dataset), where));
   const int rank = DNPO_H5_CHECK(H5Sget_simple_extent_ndims(space.get()), where);
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
   DNPO_H5_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), where);
-  return {dims.begin(), dims.end()};
+  return extent::checked_shape(
+      {dims.begin(), dims.end()}, elem_bytes, file_bytes_of(dataset, where), where);
 }
 
 bool exists(hid_t loc, const std::string& name, const std::string& where) {
@@ -464,7 +478,14 @@ std::vector<std::pair<std::string, AttrValue>> read_attrs(hid_t obj, const std::
                         at,
                         ": variable-length strings are not supported");
         value.kind = AttrValue::Kind::kString;
-        value.s.resize(H5Tget_size(type.get()));
+        const std::size_t bytes = H5Tget_size(type.get());
+        DNPO_CHECK_WITH(CheckpointError,
+                        bytes <= file_bytes_of(obj, at),
+                        at,
+                        ": a string of ",
+                        bytes,
+                        " bytes does not fit in the file; the file is damaged");
+        value.s.resize(bytes);
         DNPO_H5_CHECK(H5Aread(attr.get(), type.get(), value.s.data()), at);
         if (H5Tget_strpad(type.get()) != H5T_STR_NULLPAD) {
           value.s.erase(value.s.find_last_not_of('\0') + 1);

@@ -68,7 +68,11 @@ at::ScalarType dtype_of(hid_t type, const std::string& where);
 // --- datasets ---
 /// Dataspace of a tensor of `shape` ({} = scalar).
 Id make_space(const std::vector<std::int64_t>& shape);
-std::vector<std::int64_t> shape_of(hid_t dataset, const std::string& where);
+/// A dataset's shape, checked against the size of its file (extent::checked_shape) before
+/// anything is allocated for it.
+std::vector<std::int64_t> shape_of(hid_t dataset,
+                                   std::int64_t elem_bytes,
+                                   const std::string& where);
 /// Whether `name` is a link in `loc`.
 bool exists(hid_t loc, const std::string& name, const std::string& where);
 

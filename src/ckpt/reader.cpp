@@ -117,9 +117,9 @@ class Reader {
                     " tensors; list them with inspect)");
     Tensor t;
     t.data = h5::Id(DNPO_H5_CHECK(H5Dopen2(tensors_.get(), name.c_str(), H5P_DEFAULT), at));
-    t.shape = h5::shape_of(t.data.get(), at);
     const h5::Id type(DNPO_H5_CHECK(H5Dget_type(t.data.get()), at));
     t.dtype = h5::dtype_of(type.get(), at);
+    t.shape = h5::shape_of(t.data.get(), static_cast<std::int64_t>(c10::elementSize(t.dtype)), at);
     DNPO_CHECK_WITH(CheckpointError,
                     h5::exists(checksums_.get(), name, at),
                     at,
@@ -129,17 +129,9 @@ class Reader {
                     name,
                     ") are missing");
     const h5::Id crc(DNPO_H5_CHECK(H5Dopen2(checksums_.get(), name.c_str(), H5P_DEFAULT), at));
-    const auto crc_shape = h5::shape_of(crc.get(), at);
-    const std::int64_t n_chunks = format::chunk_count(format::numel_of(t.shape), chunk_elems_);
-    DNPO_CHECK_WITH(CheckpointError,
-                    crc_shape == std::vector<std::int64_t>{n_chunks},
-                    at,
-                    ": checksum dataset has shape ",
-                    format::shape_str(crc_shape),
-                    "; expected [",
-                    n_chunks,
-                    "]");
-    t.crcs.resize(static_cast<std::size_t>(n_chunks));
+    const auto crc_shape = h5::shape_of(crc.get(), sizeof(std::uint32_t), at);
+    extent::check_checksums(t.shape, crc_shape, chunk_elems_, at);
+    t.crcs.resize(static_cast<std::size_t>(crc_shape[0]));
     h5::read_small(crc.get(), H5T_NATIVE_UINT32, t.crcs.data(), xfer(), at);
     return t;
   }
@@ -281,7 +273,7 @@ std::string read_replicated(const Reader& reader, StateDict& state) {
   for (const auto& name : link_names(blobs.get(), reader.where())) {
     const std::string at = reader.where() + ", blob " + name;
     const h5::Id data(DNPO_H5_CHECK(H5Dopen2(blobs.get(), name.c_str(), H5P_DEFAULT), at));
-    const auto shape = h5::shape_of(data.get(), at);
+    const auto shape = h5::shape_of(data.get(), 1, at);
     DNPO_CHECK_WITH(CheckpointError, shape.size() == 1, at, ": expected a 1-D byte dataset");
     const auto want = static_cast<std::uint32_t>(h5::read_int_attr(data.get(), "crc32", at));
     std::string bytes(static_cast<std::size_t>(shape[0]), '\0');
@@ -455,7 +447,7 @@ std::string inspect(const std::string& path) {
   for (const auto& name : blob_names) {
     const std::string at = reader.where() + ", blob " + name;
     const h5::Id data(DNPO_H5_CHECK(H5Dopen2(blobs.get(), name.c_str(), H5P_DEFAULT), at));
-    out << "  " << name << " " << format::numel_of(h5::shape_of(data.get(), at)) << " bytes\n";
+    out << "  " << name << " " << format::numel_of(h5::shape_of(data.get(), 1, at)) << " bytes\n";
   }
   reader.close();
   return out.str();

@@ -6,7 +6,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <nlohmann/json.hpp>
 
 #include "dnpo/ckpt/checkpoint.h"
 #include "dnpo/common/error.h"
@@ -16,8 +15,6 @@
 
 namespace dnpo::train {
 namespace {
-
-using Json = nlohmann::json;
 
 // Pieces of one flat per-rank buffer (a shard, or an optimizer state of the shard's shape) under
 // "<prefix>/<tensor name>": added to `out` for saving, or requested for loading.
@@ -72,17 +69,6 @@ std::string steps_key(const std::string& prefix, const dist::ShardedUnit& unit) 
   return "optimizer_steps." + prefix + "." + unit.name();
 }
 
-Json position_json(const LoopPosition& p) {
-  return {{"stage", p.stage},
-          {"iteration", p.iteration},
-          {"steps_done", p.steps_done},
-          {"total_steps", p.total_steps},
-          {"finished", p.finished},
-          {"step_losses", p.step_losses},
-          {"step_ms", p.step_ms},
-          {"total_tokens", p.total_tokens}};
-}
-
 LoopPosition position_from(const ckpt::StateDict& sd, const std::string& path) {
   const auto it = sd.blobs.find("loop");
   DNPO_CHECK_WITH(CheckpointError,
@@ -90,17 +76,7 @@ LoopPosition position_from(const ckpt::StateDict& sd, const std::string& path) {
                   "checkpoint ",
                   path,
                   " has no training loop state (blob 'loop'); is it a dnpo training checkpoint?");
-  const auto j = Json::parse(it->second);
-  LoopPosition p;
-  p.stage = j.at("stage").get<std::string>();
-  p.iteration = j.at("iteration").get<std::uint64_t>();
-  p.steps_done = j.at("steps_done").get<std::int64_t>();
-  p.total_steps = j.at("total_steps").get<std::int64_t>();
-  p.finished = j.at("finished").get<bool>();
-  p.step_losses = j.at("step_losses").get<std::vector<double>>();
-  p.step_ms = j.at("step_ms").get<std::vector<double>>();
-  p.total_tokens = j.at("total_tokens").get<std::int64_t>();
-  return p;
+  return parse_loop_position(it->second, path);
 }
 
 // Index of a checkpoint name "ckpt-NNNNNNNNN"; -1 if it is not one.
@@ -150,7 +126,7 @@ std::string save_stage(const std::string& dir,
   for (const auto& [key, bytes] : state.blobs) {
     sd.blobs["stage." + key] = bytes;
   }
-  sd.blobs["loop"] = position_json(state.position).dump();
+  sd.blobs["loop"] = loop_position_text(state.position);
   sd.blobs["config"] = state.resolved_config;
   ckpt::CommitOptions options;
   options.keep = keep;

@@ -204,23 +204,37 @@ void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm) {
   const auto& train_file = cfg.data.train_file;
   const auto& eval_file = cfg.data.eval_file;
   if (!is_rank0(comm)) {
-    barrier(comm);  // rank 0 writes the files
+    barrier(comm);  // rank 0 checks, and writes the files
     return;
   }
-  if (fs::exists(train_file) && fs::exists(eval_file)) {
+  const bool has_train = fs::exists(train_file);
+  const bool has_eval = fs::exists(eval_file);
+  if (has_train && has_eval) {
     barrier(comm);
     return;
   }
-  const auto dir = fs::path(train_file).parent_path().string();
-  DNPO_CHECK_WITH(ConfigError,
-                  fs::path(eval_file).parent_path().string() == dir,
-                  "data.train_file and data.eval_file must share a directory to generate the "
-                  "demo world there");
+  // The demo world is written as <dir>/train.jsonl and <dir>/eval.jsonl, and only where neither
+  // exists: it must never replace a user's file, nor stand in for data named elsewhere.
+  const auto dir = fs::path(train_file).parent_path();
+  const bool demo_layout = fs::path(train_file).filename() == "train.jsonl" &&
+                           fs::path(eval_file).filename() == "eval.jsonl" &&
+                           fs::path(eval_file).parent_path() == dir;
+  const std::string missing =
+      has_train ? "data.eval_file '" + eval_file + "'" : "data.train_file '" + train_file + "'";
+  DNPO_CHECK_WITH(DataError,
+                  !has_train && !has_eval && demo_layout,
+                  missing,
+                  ": no such file",
+                  has_train || has_eval ? " (the other data file exists, so the demo world is "
+                                          "not generated over it)"
+                                        : "",
+                  "; hint: give both data files, or leave both missing as <dir>/train.jsonl and "
+                  "<dir>/eval.jsonl to have the demo world generated there");
   log::info_rank0("demo world: writing {} train / {} eval tasks to {}",
                   cfg.demo.train_size,
                   cfg.demo.eval_size,
-                  dir.empty() ? "." : dir);
-  data::write_demo_data(cfg.demo, dir.empty() ? "." : dir);
+                  dir.empty() ? "." : dir.string());
+  data::write_demo_data(cfg.demo, dir.empty() ? "." : dir.string());
   barrier(comm);
 }
 

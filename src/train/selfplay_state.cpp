@@ -15,7 +15,7 @@ judge::Outcome outcome_from(const std::string& name) {
       return o;
     }
   }
-  throw CheckpointError("self-play state: unknown judge outcome '" + name + "'");
+  throw CheckpointError("unknown judge outcome '" + name + "'");
 }
 
 }  // namespace
@@ -69,7 +69,11 @@ Json known_json(const KnownVerdicts& known) {
 KnownVerdicts known_from(const Json& j) {
   KnownVerdicts known;
   for (const auto& entry : j) {
-    known[text_from(entry.at(0))] = *verdict_from(entry.at(1));
+    const auto v = verdict_from(entry.at(1));
+    if (!v) {
+      throw CheckpointError("a known answer without a verdict");
+    }
+    known[text_from(entry.at(0))] = *v;
   }
   return known;
 }
@@ -95,7 +99,7 @@ void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& 
   const auto i = j.at("i").get<std::int64_t>();
   DNPO_CHECK_WITH(CheckpointError,
                   i >= 0 && i < static_cast<std::int64_t>(state.samples.size()),
-                  "self-play state: prompt index ",
+                  "prompt index ",
                   i,
                   " is outside the ",
                   state.samples.size(),
@@ -137,26 +141,39 @@ void restore_state(const std::string& text,
   try {
     const auto j = Json::parse(text);
     DNPO_CHECK_WITH(CheckpointError,
-                    j.at("human").size() == state.human.size(),
-                    "checkpoint ",
-                    path,
-                    " holds a self-play run of ",
-                    j.at("human").size(),
+                    j.at("version") == 1,
+                    "self-play state version ",
+                    j.at("version").dump(),
+                    "; this build reads version 1");
+    const auto& human = j.at("human");
+    const auto& known = j.at("known");
+    DNPO_CHECK_WITH(CheckpointError,
+                    human.is_array() && human.size() == state.human.size(),
+                    "a run of ",
+                    human.size(),
                     " prompts; this configuration has ",
                     state.human.size(),
                     " (selfplay.prompts or data.train_file differ)");
+    DNPO_CHECK_WITH(CheckpointError,
+                    known.is_array() && known.size() == human.size(),
+                    "known verdicts for ",
+                    known.size(),
+                    " prompts, human verdicts for ",
+                    human.size());
     state.iteration = j.at("iteration").get<std::uint64_t>();
     state.start_iteration(state.iteration);
     for (const auto& s : j.at("samples")) {
       restore_sample(s, tokenizer, state);
     }
     for (std::size_t i = 0; i < state.human.size(); ++i) {
-      state.human[i] = verdict_from(j.at("human")[i]);
-      state.known[i] = known_from(j.at("known")[i]);
+      state.human[i] = verdict_from(human.at(i));
+      state.known[i] = known_from(known.at(i));
     }
     state.reports = j.at("reports");
   } catch (const Json::exception& e) {
     throw CheckpointError("checkpoint " + path + ": unreadable self-play state: " + e.what());
+  } catch (const Error& e) {  // a value that does not fit this run: name the file
+    throw CheckpointError("checkpoint " + path + ": self-play state: " + e.what());
   }
 }
 

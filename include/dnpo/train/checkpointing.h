@@ -21,20 +21,9 @@
 #include "dnpo/dist/comm.h"
 #include "dnpo/dist/shard_optimizer.h"
 #include "dnpo/dist/sharded_unit.h"
+#include "dnpo/train/loop_position.h"
 
 namespace dnpo::train {
-
-/// Where a stage's loop is (replicated on every rank).
-struct LoopPosition {
-  std::string stage;  ///< "sft" | "spin" | "npo"
-  std::uint64_t iteration = 0;
-  std::int64_t steps_done = 0;
-  std::int64_t total_steps = 0;
-  bool finished = false;            ///< the stage's final checkpoint
-  std::vector<double> step_losses;  ///< history, for the stage's summary
-  std::vector<double> step_ms;
-  std::int64_t total_tokens = 0;
-};
 
 /// A group of units stored under one prefix ("policy", "reference", "noise_head").
 struct UnitGroup {

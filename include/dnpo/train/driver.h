@@ -25,8 +25,9 @@ struct StageOptions {
 /// The run directory, created with resolved_config.toml written into it (by rank 0).
 std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
-/// Writes the demo world's train/eval JSONL (data.train_file / data.eval_file) if missing; rank 0
-/// writes, the others wait for it.
+/// Writes the demo world's train/eval JSONL when both data files are missing and named
+/// <dir>/train.jsonl and <dir>/eval.jsonl; otherwise a missing one is a DataError naming it (a
+/// user's file is never written over). Rank 0 writes, the others wait for it.
 void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
 void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm = nullptr);

@@ -6,9 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <hdf5.h>
 
 #include "ckpt_test_util.h"
 #include "dnpo/common/env.h"
@@ -208,6 +211,51 @@ TEST(Checkpoint, UnknownFormatVersionIsRefused) {
   EXPECT_NE(msg.find(path + ": unknown format version 99; this build of dnpo reads version 1"),
             std::string::npos)
       << msg;
+}
+
+// Adds to an existing checkpoint a chunked dataset `group`/`name` declaring `dims` elements of
+// `type` with no storage (as a damaged or hostile header could), with a crc32 attribute.
+void add_declared_only_dataset(const std::string& path,
+                               const char* group,
+                               const char* name,
+                               hid_t type,
+                               const std::vector<hsize_t>& dims) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  const hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  const std::vector<hsize_t> chunk(dims.size(), 1);
+  H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
+  const hid_t loc = H5Gopen2(file, group, H5P_DEFAULT);
+  const hid_t data = H5Dcreate2(loc, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  ASSERT_GE(data, 0);
+  const hid_t scalar = H5Screate(H5S_SCALAR);
+  const hid_t attr = H5Acreate2(data, "crc32", H5T_STD_I64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  const std::int64_t zero = 0;
+  H5Awrite(attr, H5T_NATIVE_INT64, &zero);
+  for (const hid_t id : {attr, scalar, data, loc, dcpl, space}) {
+    H5Idec_ref(id);
+  }
+  H5Fclose(file);
+}
+
+TEST(Checkpoint, ExtentsLargerThanTheFileAreDamageNotAllocations) {
+  // A blob of 2^40 bytes (every load reads blobs) and a tensor of 2^62 elements (verify and
+  // inspect open every tensor) in a file of a few MB: reading them would try to allocate that
+  // much, and a bad_alloc is not an error resume skips past.
+  const std::string dir = test_dir();
+  const std::string blob = saved_demo(dir);
+  add_declared_only_dataset(blob, "blobs", "huge", H5T_NATIVE_UINT8, {hsize_t{1} << 40});
+  const std::string tensor = dir + "/tensor.h5";
+  save(tensor, test::ckpt_demo_state(0, 1));
+  add_declared_only_dataset(
+      tensor, "tensors", "huge", H5T_IEEE_F32LE, {hsize_t{1} << 31, hsize_t{1} << 31});
+  for (const auto& [path, msg] : {std::pair{blob, error_of([&] { (void)load(blob); })},
+                                  std::pair{tensor, error_of([&] { verify(tensor); })},
+                                  std::pair{tensor, error_of([&] { (void)inspect(tensor); })}}) {
+    EXPECT_NE(msg.find("checkpoint " + path), std::string::npos) << msg;
+    EXPECT_NE(msg.find("do not fit in the file's"), std::string::npos) << msg;
+  }
 }
 
 TEST(Checkpoint, BadStatesAreRefusedBeforeWriting) {

@@ -1,0 +1,76 @@
+// The sizes a checkpoint declares, checked before anything is allocated for them: extents whose
+// element count or bytes overflow, or exceed the file, are damage named by `where`.
+#include "extent.h"
+
+#include <cstdint>
+#include <limits>
+
+#include <gtest/gtest.h>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::ckpt::extent {
+namespace {
+
+constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
+
+std::string error_of(const std::vector<std::uint64_t>& dims,
+                     std::int64_t elem_bytes,
+                     std::uint64_t file_bytes) {
+  try {
+    checked_shape(dims, elem_bytes, file_bytes, "checkpoint a.h5, tensor w");
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Extent, ShapesThatFitTheFileAreAccepted) {
+  EXPECT_EQ(checked_shape({64, 32}, 4, kMiB, "w"), (std::vector<std::int64_t>{64, 32}));
+  EXPECT_EQ(checked_shape({}, 8, 8, "w"), std::vector<std::int64_t>{});  // a scalar
+  EXPECT_EQ(checked_shape({0, 4}, 4, 0, "w"), (std::vector<std::int64_t>{0, 4}));
+  // an empty dataset holds no data whatever its other extents say
+  EXPECT_EQ(checked_shape({0, std::uint64_t{1} << 62}, 4, 0, "w")[1], std::int64_t{1} << 62);
+  EXPECT_EQ(checked_shape({kMiB / 4}, 4, kMiB, "w")[0], static_cast<std::int64_t>(kMiB / 4));
+}
+
+TEST(Extent, OverflowsAndDataBeyondTheFileAreDamage) {
+  const auto max = std::numeric_limits<std::uint64_t>::max();
+  for (const auto& dims : std::vector<std::vector<std::uint64_t>>{
+           {kMiB / 4 + 1},                                    // one element past the file
+           {std::uint64_t{1} << 31, std::uint64_t{1} << 31},  // 2^62 elements
+           {std::uint64_t{1} << 32, std::uint64_t{1} << 32},  // wraps to 0 in 64 bits
+           {max},
+           {0, max}}) {  // empty, but an extent that is not an int64
+    const auto msg = error_of(dims, 4, kMiB);
+    EXPECT_NE(msg.find("checkpoint a.h5, tensor w: dataset extents ["), std::string::npos) << msg;
+    EXPECT_NE(msg.find("do not fit in the file's 1048576 bytes; the file is damaged"),
+              std::string::npos)
+        << msg;
+  }
+  EXPECT_NE(error_of({4}, 0, kMiB), "");  // elements of no size
+}
+
+TEST(Extent, ChecksumsMustCoverEveryChunk) {
+  EXPECT_EQ(chunk_count(0, 4), 0);
+  EXPECT_EQ(chunk_count(8, 4), 2);
+  EXPECT_EQ(chunk_count(9, 4), 3);
+  const auto max = std::numeric_limits<std::int64_t>::max();
+  EXPECT_EQ(chunk_count(max, max), 1);  // (numel + chunk - 1) would overflow
+  EXPECT_EQ(chunk_count(max - 1, max), 1);
+  EXPECT_NO_THROW(check_checksums({3, 5}, {4}, 4, "w"));
+  try {
+    check_checksums({3, 5}, {3}, 4, "checkpoint a.h5, tensor w");
+    FAIL() << "a checksum short";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "checkpoint a.h5, tensor w: checksum dataset has shape [3]; expected [4]"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(check_checksums({3, 5}, {4, 1}, 4, "w"), CheckpointError);
+  EXPECT_THROW(check_checksums({3, 5}, {4}, 0, "w"), CheckpointError);
+}
+
+}  // namespace
+}  // namespace dnpo::ckpt::extent
