@@ -150,6 +150,7 @@ void add_serve(CLI::App& app, dnpo::judge::ServerOptions& o) {
   serve->add_option("--p-slow", f.p_slow, "fraction of attempts whose reply trickles out");
   serve->add_option("--p-malformed", f.p_malformed, "fraction of attempts with truncated JSON");
   serve->add_option("--p-quota", f.p_quota, "fraction answered 429 insufficient_quota");
+  serve->add_option("--p-prose", f.p_prose, "fraction answered with prose instead of a score");
   serve->add_option("--faults-first-k", f.first_k, "faults only on a body's first k attempts");
   serve->add_option("--retry-after-s", f.retry_after_s, "Retry-After of 429 replies")
       ->capture_default_str();

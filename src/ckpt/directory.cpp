@@ -151,7 +151,15 @@ std::string commit_checkpoint(const std::string& dir,
     }
   }));
   std::string path = checkpoint_path(dir, name);
-  save(path, state);
+  try {
+    save(path, state);
+  } catch (const CheckpointError&) {
+    if (options.keep && group.rank() == 0) {  // no marker for a checkpoint that is not there
+      std::error_code ec;
+      fs::remove(fs::path(dir) / (name + kKeepExtension), ec);
+    }
+    throw;
+  }
   group.agree(group.rank() != 0 ? std::string() : capture_error([&] {
     write_latest(dir, name);
     if (options.keep_last > 0) {

@@ -383,6 +383,41 @@ void commit(const std::string& tmp, const std::string& path, const std::string& 
   fsync_path(parent.empty() ? std::string(".") : parent.string(), true);
 }
 
+/// "1.5 MB"
+std::string megabytes(std::uintmax_t bytes) {
+  std::ostringstream out;
+  out.precision(bytes < 10'000'000 ? 2 : 4);
+  out << static_cast<double>(bytes) / 1e6 << " MB";
+  return out.str();
+}
+
+/// After a failed write of `tmp`: rank 0 deletes the partial file (giving its room back), and the
+/// returned text says how much room the file system has for a checkpoint of `needed` bytes
+/// (a full disk is the usual cause, and HDF5's MPI-IO errors do not say so).
+std::string after_failed_write(const Group& group, const std::string& tmp, std::uintmax_t needed) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (group.rank() == 0) {
+    fs::remove(tmp, ec);
+  }
+  const auto parent = fs::path(tmp).parent_path();
+  const auto dir = parent.empty() ? fs::path(".") : parent;
+  const auto space = fs::space(dir, ec);
+  if (ec) {
+    return "";
+  }
+  return detail::concat(space.available < needed ? "the disk is full: " : "",
+                        dir.string(),
+                        " has ",
+                        megabytes(space.available),
+                        " free of ",
+                        megabytes(space.capacity),
+                        " for a checkpoint of about ",
+                        megabytes(needed),
+                        "; the partial file is deleted, earlier checkpoints and `latest` are "
+                        "untouched. ");
+}
+
 }  // namespace
 
 void save(const std::string& path, const StateDict& state) {
@@ -405,7 +440,22 @@ void save(const std::string& path, const StateDict& state) {
   // --- write aside, then commit ---
   const auto crcs = join_checksums(group, state);
   const std::string tmp = path + ".tmp";
-  write_file(tmp, group, state, rep, max_counts, crcs, where);
+  try {
+    write_file(tmp, group, state, rep, max_counts, crcs, where);
+  } catch (const CheckpointError& e) {
+    std::uintmax_t needed = 0;
+    for (const auto& t : state.tensors) {
+      needed += static_cast<std::uintmax_t>(t.global_numel()) * c10::elementSize(t.dtype);
+    }
+    for (const auto& b : rep.blobs) {
+      needed += static_cast<std::uintmax_t>(b.size);
+    }
+    throw CheckpointError(detail::concat(where,
+                                         ": writing it failed: ",
+                                         after_failed_write(group, tmp, needed),
+                                         "Cause: ",
+                                         e.what()));
+  }
   group.agree(group.rank() == 0 ? capture_error([&] { commit(tmp, path, where); }) : "");
 }
 

@@ -21,6 +21,8 @@ const char* fault_name(Fault fault) {
       return "malformed";
     case Fault::kQuota:
       return "quota";
+    case Fault::kProse:
+      return "prose";
   }
   return "?";
 }
@@ -38,7 +40,8 @@ Fault draw_fault(const FaultOptions& options, std::uint64_t body_hash, int attem
                                             {options.p_drop, Fault::kDrop},
                                             {options.p_slow, Fault::kSlow},
                                             {options.p_malformed, Fault::kMalformed},
-                                            {options.p_quota, Fault::kQuota}};
+                                            {options.p_quota, Fault::kQuota},
+                                            {options.p_prose, Fault::kProse}};
   for (const auto& [p, fault] : kinds) {
     edge += p;
     if (u < edge) {

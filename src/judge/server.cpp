@@ -286,6 +286,17 @@ struct JudgeServer::Impl {
         res.prepare_payload();
         return send(res);
       }
+      case Fault::kProse: {  // a judge model that declines to give a number
+        auto res = answer(req, body_hash);
+        if (res.result() == http::status::ok) {
+          auto body = Json::parse(res.body());
+          body["choices"][0]["message"]["content"] =
+              "I cannot rate this answer without more context.";
+          res.body() = body.dump();
+          res.prepare_payload();
+        }
+        return send(res);
+      }
       case Fault::kSlow: {
         std::ostringstream text;
         text << answer(req, body_hash);

@@ -15,8 +15,9 @@ enum class Fault {
   kSlow,             ///< the reply body trickles out over FaultOptions::slow_ms
   kMalformed,        ///< 200 with a truncated JSON body
   kQuota,            ///< 429 "insufficient_quota" (OpenAI's exhausted quota; not retryable)
+  kProse,            ///< 200, well-formed, but the judge wrote prose instead of a score
 };
-/// "ok", "429", "500", "drop", "slow", "malformed", "quota"
+/// "ok", "429", "500", "drop", "slow", "malformed", "quota", "prose"
 const char* fault_name(Fault fault);
 
 /// Fractions of attempts meeting each fault (their sum must be <= 1).
@@ -28,6 +29,7 @@ struct FaultOptions {
   double p_slow = 0;
   double p_malformed = 0;
   double p_quota = 0;
+  double p_prose = 0;
   int first_k = 0;           ///< faults only on attempts 0..first_k-1 of a body; 0 = on all
   double retry_after_s = 1;  ///< Retry-After sent with 429 (whole seconds, rounded up)
   int slow_ms = 2000;        ///< how long a slow body takes

@@ -1,5 +1,6 @@
 // JudgeClient against an in-process JudgeServer on 127.0.0.1: scores, the callback interface and
-// the cache, the requests-per-minute limit, and configuration errors.
+// the cache, the requests-per-minute limit, an unreachable judge, a reply that is not a score,
+// and configuration errors.
 #include "dnpo/judge/client.h"
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include "dnpo/common/error.h"
 #include "dnpo/data/demo_world.h"
 #include "dnpo/judge/cache.h"
+#include "dnpo/judge/faults.h"
 #include "dnpo/judge/server.h"
 
 namespace dnpo::judge {
@@ -19,7 +21,8 @@ const std::string kTemplate = std::string(DNPO_SOURCE_DIR) + "/configs/judge/def
 
 class ServerThread {
  public:
-  ServerThread() : server_(options()), thread_([this] { server_.run(); }) {}
+  explicit ServerThread(FaultOptions faults = {})
+      : server_(options(faults)), thread_([this] { server_.run(); }) {}
   ~ServerThread() {
     server_.stop();
     thread_.join();
@@ -36,9 +39,10 @@ class ServerThread {
   }
 
  private:
-  static ServerOptions options() {
+  static ServerOptions options(const FaultOptions& faults) {
     ServerOptions o;
     o.template_path = kTemplate;
+    o.faults = faults;
     return o;
   }
   JudgeServer server_;
@@ -99,6 +103,37 @@ TEST(JudgeClient, NonRetryableErrorsGiveThePolicyOutcome) {
   JudgeClient failing(cfg);
   EXPECT_THROW(failing.submit({{"not a demo question", "x"}})[0].get(), JudgeError);
   EXPECT_EQ(failing.stats().failed, 1);
+}
+
+TEST(JudgeClient, AnUnreachableJudgeGivesThePolicyOutcomeAfterItsRetries) {
+  config::JudgeConfig cfg;
+  cfg.backend = "http";
+  cfg.prompt_template = kTemplate;
+  cfg.base_url = "http://127.0.0.1:9";  // discard: nothing listens
+  cfg.max_retries = 2;
+  cfg.backoff_base_s = 0.01;
+  cfg.timeout_s = 10;
+  JudgeClient client(cfg);
+  const auto r = client.submit({{"1+1=", "2"}})[0].get();
+  EXPECT_EQ(r.outcome, Outcome::kSpinFallback);  // the default judge.failure_policy
+  EXPECT_EQ(r.attempts, 3);
+  EXPECT_NE(r.error.find("judge endpoint http://127.0.0.1:9"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("connect failed"), std::string::npos) << r.error;
+  cfg.failure_policy = "fail";
+  JudgeClient failing(cfg);
+  EXPECT_THROW(failing.submit({{"1+1=", "2"}})[0].get(), JudgeError);
+}
+
+TEST(JudgeClient, AReplyWithoutAScoreIsNotTakenForOne) {
+  FaultOptions prose;
+  prose.p_prose = 1;  // every reply: well-formed JSON, prose content
+  const ServerThread server(prose);
+  JudgeClient client(server.client_config());
+  const auto r = client.submit({{"123+456=", "579"}})[0].get();
+  EXPECT_EQ(r.outcome, Outcome::kSpinFallback);
+  EXPECT_EQ(r.attempts, 1);  // the same prompt would get the same prose: not retried
+  EXPECT_NE(r.error.find("unparseable judge reply"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("I cannot rate this answer"), std::string::npos) << r.error;
 }
 
 TEST(JudgeClient, ConfigErrorsAreClear) {
