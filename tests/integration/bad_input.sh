@@ -36,6 +36,7 @@ expect_failure 'run.device = "cuda": this build has no CUDA' "$bin" --config "${
 
 expect_failure "no_such.toml" "$bin" sft --config no_such.toml
 expect_failure "train.lrr" "$bin" sft --set train.lrr=1
+[ ! -e checkpoints ] || { echo "FAIL: a config error left a run directory (checkpoints/)"; exit 1; }
 
 printf '{"id":"a","prompt":"1+1=","answer":"2"}\n{"id":"b","prompt":"2+2=" "answer":"4"}\n' > broken.jsonl
 expect_failure "broken.jsonl:2:" "$bin" sft --set data.train_file='"broken.jsonl"' --set run.out_dir='"runs"'
@@ -84,7 +85,7 @@ expect_failure "checkpoint $ckpt, tensor policy.model.*: shape mismatch: file ha
 # checkpoint and `latest` are kept).
 mkdir -p full
 if mount -t tmpfs -o size=128k tmpfs full 2>/dev/null; then
-  trap 'umount "$work/full" 2>/dev/null; rm -rf "$work"' EXIT
+  trap 'umount "$work/full" 2>/dev/null || true; rm -rf "$work"' EXIT
   expect_failure "checkpoint full/ckpt-[0-9]*\.h5: writing it failed: the disk is full: full has" \
     "$bin" sft "${small[@]}" --set run.name='"full"' --set checkpoint.dir='"full"'
   [ -z "$(ls -A full)" ] || { echo "FAIL: a partial checkpoint stays behind"; ls -la full; exit 1; }

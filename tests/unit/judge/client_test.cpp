@@ -1,6 +1,6 @@
 // JudgeClient against an in-process JudgeServer on 127.0.0.1: scores, the callback interface and
 // the cache, the requests-per-minute limit, an unreachable judge, a reply that is not a score,
-// and configuration errors.
+// an empty and an oversized answer, and configuration errors.
 #include "dnpo/judge/client.h"
 
 #include <chrono>
@@ -21,8 +21,8 @@ const std::string kTemplate = std::string(DNPO_SOURCE_DIR) + "/configs/judge/def
 
 class ServerThread {
  public:
-  explicit ServerThread(FaultOptions faults = {})
-      : server_(options(faults)), thread_([this] { server_.run(); }) {}
+  explicit ServerThread(FaultOptions faults = {}, std::size_t max_body_bytes = 1U << 20U)
+      : server_(options(faults, max_body_bytes)), thread_([this] { server_.run(); }) {}
   ~ServerThread() {
     server_.stop();
     thread_.join();
@@ -39,10 +39,11 @@ class ServerThread {
   }
 
  private:
-  static ServerOptions options(const FaultOptions& faults) {
+  static ServerOptions options(const FaultOptions& faults, std::size_t max_body_bytes) {
     ServerOptions o;
     o.template_path = kTemplate;
     o.faults = faults;
+    o.max_body_bytes = max_body_bytes;
     return o;
   }
   JudgeServer server_;
@@ -134,6 +135,16 @@ TEST(JudgeClient, AReplyWithoutAScoreIsNotTakenForOne) {
   EXPECT_EQ(r.attempts, 1);  // the same prompt would get the same prose: not retried
   EXPECT_NE(r.error.find("unparseable judge reply"), std::string::npos) << r.error;
   EXPECT_NE(r.error.find("I cannot rate this answer"), std::string::npos) << r.error;
+}
+
+TEST(JudgeClient, AnOversizedAnswerIsRefusedOnceNotRetried) {
+  const ServerThread server({}, 4096);  // a server that takes requests of up to 4 KB
+  JudgeClient client(server.client_config());
+  const auto r = client.submit({{"123+456=", std::string(8000, '9')}})[0].get();
+  EXPECT_EQ(r.outcome, Outcome::kSpinFallback);
+  EXPECT_EQ(r.attempts, 1);
+  EXPECT_NE(r.error.find("HTTP 413"), std::string::npos) << r.error;
+  EXPECT_EQ(client.submit({{"123+456=", ""}})[0].get().outcome, Outcome::kScored);  // empty: 0
 }
 
 TEST(JudgeClient, ConfigErrorsAreClear) {
