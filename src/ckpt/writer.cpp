@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <iomanip>
 #include <map>
 #include <sstream>
 
@@ -278,6 +279,21 @@ h5::Id make_dataset(hid_t loc,
       where));
 }
 
+/// After a failed write (a full disk, usually): rank 0 truncates the file, giving its blocks back,
+/// so that HDF5's closing flush of the metadata it still holds can succeed and the file is
+/// released. (A file whose close fails stays in HDF5's tables, and HDF5's clean-up at MPI_Finalize
+/// or exit then crashes on it.)
+void release_failed_file(h5::Id& file, const std::string& path, const Group& group) {
+  if (group.rank() == 0) {
+    (void)::truncate(path.c_str(), 0);
+  }
+  group.barrier();
+  try {
+    file.close("checkpoint " + path);
+  } catch (const CheckpointError&) {  // a file system that refuses even that: nothing more to do
+  }
+}
+
 void write_file(const std::string& file_path,
                 const Group& group,
                 const StateDict& state,
@@ -287,7 +303,7 @@ void write_file(const std::string& file_path,
                 const std::string& where) {
   const bool root = group.rank() == 0;
   h5::Id file = h5::create_file(file_path, group);
-  {
+  try {
     const hid_t f = file.get();
     h5::write_attr(f, "format_version", kFormatVersion, where);
     h5::write_attr(f, "code_version", std::string(DNPO_CODE_VERSION), where);
@@ -303,23 +319,29 @@ void write_file(const std::string& file_path,
       const auto& t = state.tensors[i];
       const std::string at = where + ", tensor " + t.name;
       const h5::Id data = make_dataset(tensors.get(), t.name, h5::file_type(t.dtype), t.shape, at);
-      h5::write_flat(data.get(),
-                     t.dtype,
-                     t.offset,
-                     t.numel(),
-                     t.numel() > 0 ? t.data.data_ptr() : nullptr,
-                     max_counts[i],
-                     xfer.get(),
-                     at);
+      // A write can fail on some ranks only (a full disk under MPI-IO fails the aggregators):
+      // the ranks agree after every collective write, so all of them leave together.
+      group.agree(capture_error([&] {
+        h5::write_flat(data.get(),
+                       t.dtype,
+                       t.offset,
+                       t.numel(),
+                       t.numel() > 0 ? t.data.data_ptr() : nullptr,
+                       max_counts[i],
+                       xfer.get(),
+                       at);
+      }));
       const std::int64_t n_chunks = format::chunk_count(t.global_numel(), kChecksumChunkElems);
       const h5::Id crc = make_dataset(checksums.get(), t.name, H5T_STD_U32LE, {n_chunks}, at);
-      h5::write_small_from_root(crc.get(),
-                                H5T_NATIVE_UINT32,
-                                root ? crcs[i].data() : nullptr,
-                                n_chunks,
-                                root,
-                                xfer.get(),
-                                at);
+      group.agree(capture_error([&] {
+        h5::write_small_from_root(crc.get(),
+                                  H5T_NATIVE_UINT32,
+                                  root ? crcs[i].data() : nullptr,
+                                  n_chunks,
+                                  root,
+                                  xfer.get(),
+                                  at);
+      }));
     }
 
     // --- attributes and blobs (rank 0's) ---
@@ -338,16 +360,21 @@ void write_file(const std::string& file_path,
       const std::string at = where + ", blob " + b.name;
       const h5::Id data = make_dataset(blobs.get(), b.name, H5T_STD_U8LE, {b.size}, at);
       h5::write_attr(data.get(), "crc32", b.crc, at);
-      h5::write_flat(data.get(),
-                     at::kByte,
-                     0,
-                     root ? b.size : 0,
-                     root ? state.blobs.at(b.name).data() : nullptr,
-                     b.size,
-                     xfer.get(),
-                     at);
+      group.agree(capture_error([&] {
+        h5::write_flat(data.get(),
+                       at::kByte,
+                       0,
+                       root ? b.size : 0,
+                       root ? state.blobs.at(b.name).data() : nullptr,
+                       b.size,
+                       xfer.get(),
+                       at);
+      }));
     }
-    DNPO_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), where);
+    group.agree(capture_error([&] { DNPO_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), where); }));
+  } catch (const CheckpointError&) {
+    release_failed_file(file, file_path, group);
+    throw;
   }
   file.close(where);
 }
@@ -383,38 +410,70 @@ void commit(const std::string& tmp, const std::string& path, const std::string& 
   fsync_path(parent.empty() ? std::string(".") : parent.string(), true);
 }
 
-/// "1.5 MB"
+/// "0.13 MB", "16.8 MB", "34.9 GB"
 std::string megabytes(std::uintmax_t bytes) {
   std::ostringstream out;
-  out.precision(bytes < 10'000'000 ? 2 : 4);
-  out << static_cast<double>(bytes) / 1e6 << " MB";
+  const double mb = static_cast<double>(bytes) / 1e6;
+  out << std::fixed;
+  if (mb >= 1000) {
+    out << std::setprecision(1) << mb / 1000 << " GB";
+  } else {
+    out << std::setprecision(mb < 1 ? 2 : 1) << mb << " MB";
+  }
   return out.str();
 }
 
-/// After a failed write of `tmp`: rank 0 deletes the partial file (giving its room back), and the
-/// returned text says how much room the file system has for a checkpoint of `needed` bytes
-/// (a full disk is the usual cause, and HDF5's MPI-IO errors do not say so).
-std::string after_failed_write(const Group& group, const std::string& tmp, std::uintmax_t needed) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (group.rank() == 0) {
-    fs::remove(tmp, ec);
+/// Bytes a checkpoint of `state` takes, on the safe side: the data, plus 4 KiB per dataset and
+/// 256 KiB for HDF5's metadata (measured: under 1 KiB per dataset).
+std::uintmax_t file_bytes(const StateDict& state, const Replicated& rep) {
+  std::uintmax_t bytes = (std::uintmax_t{1} << 18U) +
+                         (2 * state.tensors.size() + rep.blobs.size()) * (std::uintmax_t{1} << 12U);
+  for (const auto& t : state.tensors) {
+    bytes += static_cast<std::uintmax_t>(t.global_numel()) * c10::elementSize(t.dtype);
   }
-  const auto parent = fs::path(tmp).parent_path();
-  const auto dir = parent.empty() ? fs::path(".") : parent;
-  const auto space = fs::space(dir, ec);
+  for (const auto& b : rep.blobs) {
+    bytes += static_cast<std::uintmax_t>(b.size);
+  }
+  return bytes;
+}
+
+/// "<dir> has 1.5 MB free of 100 MB for a checkpoint of about 2 MB", or "" if it cannot tell;
+/// *full: less room than that, or (after a failed write) next to none.
+std::string room_note(const std::filesystem::path& dir, std::uintmax_t needed, bool* full) {
+  std::error_code ec;
+  const auto space = std::filesystem::space(dir, ec);
+  *full = false;
   if (ec) {
     return "";
   }
-  return detail::concat(space.available < needed ? "the disk is full: " : "",
-                        dir.string(),
+  *full = space.available < std::max<std::uintmax_t>(needed, 1U << 16U);
+  return detail::concat(dir.string(),
                         " has ",
                         megabytes(space.available),
                         " free of ",
                         megabytes(space.capacity),
                         " for a checkpoint of about ",
-                        megabytes(needed),
-                        "; the partial file is deleted, earlier checkpoints and `latest` are "
+                        megabytes(needed));
+}
+
+std::filesystem::path dir_of(const std::string& path) {
+  const auto parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? std::filesystem::path(".") : parent;
+}
+
+/// After a failed write of `tmp`: the room the file system has left (a full disk is the usual
+/// cause, and HDF5's MPI-IO errors do not say so); then rank 0 deletes the partial file.
+std::string after_failed_write(const Group& group, const std::string& tmp, std::uintmax_t needed) {
+  bool full = false;
+  const auto room = room_note(dir_of(tmp), needed, &full);
+  if (group.rank() == 0) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+  }
+  return detail::concat(full ? "the disk is full: " : "",
+                        room,
+                        room.empty() ? "" : "; ",
+                        "the partial file is deleted, earlier checkpoints and `latest` are "
                         "untouched. ");
 }
 
@@ -437,19 +496,30 @@ void save(const std::string& path, const StateDict& state) {
   const Replicated rep =
       unpack(group.broadcast(group.rank() == 0 ? pack(state) : std::string(), 0));
 
+  // --- room for it: a full disk is said before anything is written (rank 0 sees the file
+  // system every rank writes to) ---
+  // (A disk that fills up during a collective HDF5 flush can leave the ranks waiting on each other
+  // inside HDF5; data writes are agreed on below, so they fail together.)
+  const std::uintmax_t needed = file_bytes(state, rep);
+  const auto test_fail = env::get(env::kTestCkptFail);
+  const bool check_room = !(test_fail && *test_fail == "no_space_check");
+  group.agree(group.rank() != 0 || !check_room ? std::string() : capture_error([&] {
+    bool full = false;
+    const auto room = room_note(dir_of(path), needed, &full);
+    DNPO_CHECK_WITH(CheckpointError,
+                    !full,
+                    where,
+                    ": the disk is full: ",
+                    room,
+                    "; nothing is written, earlier checkpoints and `latest` are untouched");
+  }));
+
   // --- write aside, then commit ---
   const auto crcs = join_checksums(group, state);
   const std::string tmp = path + ".tmp";
   try {
     write_file(tmp, group, state, rep, max_counts, crcs, where);
   } catch (const CheckpointError& e) {
-    std::uintmax_t needed = 0;
-    for (const auto& t : state.tensors) {
-      needed += static_cast<std::uintmax_t>(t.global_numel()) * c10::elementSize(t.dtype);
-    }
-    for (const auto& b : rep.blobs) {
-      needed += static_cast<std::uintmax_t>(b.size);
-    }
     throw CheckpointError(detail::concat(where,
                                          ": writing it failed: ",
                                          after_failed_write(group, tmp, needed),

@@ -23,7 +23,8 @@ inline constexpr const char* kTestGradScale = "DNPO_TEST_GRAD_SCALE";
 inline constexpr const char* kTestFail = "DNPO_TEST_FAIL";
 
 /// DNPO_TEST_CKPT_FAIL: tests only — "before_rename" makes ckpt::save() stop (throw) after the
-/// temporary file is complete, as if the process died before the atomic rename.
+/// temporary file is complete, as if the process died before the atomic rename;
+/// "no_space_check" skips its check for room, as if another process filled the disk after it.
 inline constexpr const char* kTestCkptFail = "DNPO_TEST_CKPT_FAIL";
 
 /// The value of a variable, or nullopt when it is unset or empty.
