@@ -33,7 +33,7 @@ import mpi_jobs  # noqa: E402
 
 BIN = os.path.join(os.environ["DNPO_BIN"], "dnpo_dist")
 SRC = os.environ["DNPO_SOURCE_DIR"]
-BOUND_S = 120  # generous functional bound on each run
+BOUND_S = 120 * mpi_jobs.TIME_SCALE  # generous functional bound on each run
 STEPS = 32  # the interrupts come after steps 4-10: a wide margin on a loaded machine
 
 

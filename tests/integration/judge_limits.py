@@ -40,7 +40,7 @@ def selfplay_iteration0(work, name, port, *sets):
            "--set", 'judge.backend="http"', "--set", f'judge.base_url="http://127.0.0.1:{port}"',
            "--set", f'judge.template="{TEMPLATE}"', "--set", 'judge.api_key_env="DNPO_TEST_JUDGE_KEY"',
            *[a for s in sets for a in ("--set", s)]]
-    out = mpi_jobs.run(cmd, name, timeout=600)
+    out = mpi_jobs.run(cmd, name, timeout=600 * mpi_jobs.TIME_SCALE)
     report = read_jsonl(f"{work}/runs/{name}/selfplay.jsonl")[-1]
     return out, report
 

@@ -2,6 +2,10 @@
 import os
 import subprocess
 
+# How much slower than a plain build the binaries run (4 under AddressSanitizer; set by CMake):
+# the scripts' functional bounds are multiplied by it.
+TIME_SCALE = float(os.environ.get("DNPO_TIME_SCALE", "1"))
+
 
 def environment(**extra):
     """os.environ plus what Open MPI needs to run as root (CI machines do), plus `extra`."""

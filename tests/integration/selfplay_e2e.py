@@ -39,7 +39,7 @@ SRC = os.environ["DNPO_SOURCE_DIR"]
 TEMPLATE = f"{SRC}/configs/judge/default_0_100.txt"
 PROMPTS = 160
 CONCURRENCY = 4
-BOUND_S = 300  # generous functional bound on one run
+BOUND_S = 300 * mpi_jobs.TIME_SCALE  # generous functional bound on one run
 
 
 def read_lines_csv(path):

@@ -32,7 +32,7 @@ FAULTS = ["--p-500", "0.06", "--p-429", "0.04", "--p-drop", "0.04", "--p-malform
           "--p-slow", "0.03", "--slow-ms", "300", "--retry-after-s", "1", "--faults-first-k", "2",
           "--seed", "7"]  # 20% of attempts
 ITERATIONS = ("--set", "selfplay.iterations=2", "--set", "checkpoint.every_steps=1")
-BOUND_S = 1500
+BOUND_S = 1500 * mpi_jobs.TIME_SCALE
 
 
 def tagged_rank_pids(tag):
