@@ -8,6 +8,10 @@
 
 namespace dnpo::ckpt::extent {
 std::int64_t numel_of(const std::vector<std::int64_t>& shape) {
+  // An empty shape may carry extents whose product overflows (checked_shape lets them through).
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) {
+    return 0;
+  }
   std::int64_t n = 1;
   for (const auto d : shape) {
     n *= d;

@@ -19,7 +19,8 @@ std::string shape_str(const std::vector<Int>& shape) {
   return out + "]";
 }
 
-/// Elements of a shape that checked_shape (or the writer's checks) accepted.
+/// Elements of a shape that checked_shape (or the writer's checks) accepted: 0 for any shape
+/// with a 0 extent, however large the others.
 std::int64_t numel_of(const std::vector<std::int64_t>& shape);
 /// ceil(numel / chunk_elems), for numel ≥ 0 and chunk_elems > 0, without overflow.
 std::int64_t chunk_count(std::int64_t numel, std::int64_t chunk_elems);

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
+#include "json_integer.h"
 
 namespace dnpo::train {
 namespace {
@@ -27,16 +28,19 @@ LoopPosition parse_loop_position(const std::string& text, const std::string& pat
   try {
     const auto j = Json::parse(text);
     p.stage = j.at("stage").get<std::string>();
-    p.iteration = j.at("iteration").get<std::uint64_t>();
-    p.steps_done = j.at("steps_done").get<std::int64_t>();
-    p.total_steps = j.at("total_steps").get<std::int64_t>();
+    p.iteration = detail::checked_integer<std::uint64_t>(j.at("iteration"), "iteration");
+    p.steps_done = detail::checked_integer<std::int64_t>(j.at("steps_done"), "steps_done");
+    p.total_steps = detail::checked_integer<std::int64_t>(j.at("total_steps"), "total_steps");
     p.finished = j.at("finished").get<bool>();
     p.step_losses = j.at("step_losses").get<std::vector<double>>();
     p.step_ms = j.at("step_ms").get<std::vector<double>>();
-    p.total_tokens = j.at("total_tokens").get<std::int64_t>();
+    p.total_tokens = detail::checked_integer<std::int64_t>(j.at("total_tokens"), "total_tokens");
   } catch (const Json::exception& e) {
     throw CheckpointError("checkpoint " + path +
                           ": unreadable training loop state (blob 'loop'): " + e.what());
+  } catch (const CheckpointError& e) {
+    throw CheckpointError("checkpoint " + path +
+                          ": damaged training loop state (blob 'loop'): " + e.what());
   }
   const auto steps = static_cast<std::uint64_t>(p.steps_done);
   DNPO_CHECK_WITH(CheckpointError,

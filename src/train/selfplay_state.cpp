@@ -2,6 +2,7 @@
 #include "selfplay_state.h"
 
 #include "dnpo/common/error.h"
+#include "json_integer.h"
 
 namespace dnpo::train::detail {
 namespace {
@@ -96,7 +97,7 @@ Json sample_json(const SelfplaySample& s) {
 
 /// Restores a sample from its JSON (text re-decoded from the tokens).
 void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& state) {
-  const auto i = j.at("i").get<std::int64_t>();
+  const auto i = checked_integer<std::int64_t>(j.at("i"), "sample index");
   DNPO_CHECK_WITH(CheckpointError,
                   i >= 0 && i < static_cast<std::int64_t>(state.samples.size()),
                   "prompt index ",
@@ -107,7 +108,10 @@ void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& 
   auto& s = state.samples[static_cast<std::size_t>(i)];
   s.index = i;
   s.generated = j.at("g").get<bool>();
-  s.tokens = j.at("t").get<std::vector<std::int64_t>>();
+  s.tokens.clear();
+  for (const auto& id : j.at("t").get_ref<const Json::array_t&>()) {
+    s.tokens.push_back(checked_integer<std::int64_t>(id, "token id"));
+  }
   s.answer = s.generated ? tokenizer.decode(s.tokens) : std::string();
   s.finished = j.at("f").get<bool>();
   s.generated_verdict = verdict_from(j.at("v"));
@@ -160,7 +164,7 @@ void restore_state(const std::string& text,
                     known.size(),
                     " prompts, human verdicts for ",
                     human.size());
-    state.iteration = j.at("iteration").get<std::uint64_t>();
+    state.iteration = checked_integer<std::uint64_t>(j.at("iteration"), "iteration");
     state.start_iteration(state.iteration);
     for (const auto& s : j.at("samples")) {
       restore_sample(s, tokenizer, state);

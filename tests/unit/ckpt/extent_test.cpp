@@ -31,6 +31,10 @@ TEST(Extent, ShapesThatFitTheFileAreAccepted) {
   EXPECT_EQ(checked_shape({0, 4}, 4, 0, "w"), (std::vector<std::int64_t>{0, 4}));
   // an empty dataset holds no data whatever its other extents say
   EXPECT_EQ(checked_shape({0, std::uint64_t{1} << 62}, 4, 0, "w")[1], std::int64_t{1} << 62);
+  // ... and counts 0 elements, though the others' product overflows (found by fuzz_checkpoint)
+  const auto empty = checked_shape({std::uint64_t{1} << 62, std::uint64_t{1} << 62, 0}, 4, 0, "w");
+  EXPECT_EQ(numel_of(empty), 0);
+  EXPECT_EQ(chunk_count(numel_of(empty), 1024), 0);
   EXPECT_EQ(checked_shape({kMiB / 4}, 4, kMiB, "w")[0], static_cast<std::int64_t>(kMiB / 4));
 }
 

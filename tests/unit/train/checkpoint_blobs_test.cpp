@@ -55,13 +55,19 @@ TEST(LoopPositionBlob, DamageIsACheckpointErrorNamingTheFile) {
       {"[]", "unreadable training loop state"},
       {R"({"stage":"sft"})", "unreadable training loop state"},
       {std::string(good).replace(good.find("\"steps_done\":1"), 14, "\"steps_done\":\"1\""),
-       "unreadable training loop state"},
+       "damaged training loop state (blob 'loop'): steps_done: expected an integer"},
       {std::string(good).replace(good.find("\"steps_done\":1"), 14, "\"steps_done\":5"),
        "damaged training loop state"},
       {std::string(good).replace(good.find("\"steps_done\":1"), 14, "\"steps_done\":-1"),
        "damaged training loop state"},
       {std::string(good).replace(good.find("[0.5]"), 5, "[0.5,0.4]"),
        "damaged training loop state"},
+      // a float where an integer belongs: nlohmann would cast it, undefined behaviour out of range
+      // (found by fuzz_checkpoint)
+      {std::string(good).replace(good.find("\"steps_done\":1"), 14, "\"steps_done\":5e81"),
+       "damaged training loop state (blob 'loop'): steps_done: expected an integer"},
+      {std::string(good).replace(good.find("\"iteration\":0"), 13, "\"iteration\":-3"),
+       "damaged training loop state (blob 'loop'): iteration: expected an integer >= 0"},
       {std::string(good).replace(good.find("\"sft\""), 5, "\"\""), "damaged training loop state"},
   };
   for (const auto& [text, expected] : cases) {
@@ -122,6 +128,8 @@ TEST(SelfplayStateBlob, DamageIsACheckpointErrorNamingTheFile) {
       {edited([](auto& j) { j["known"][2][0][1] = nullptr; }), "a known answer without a verdict"},
       {edited([](auto& j) { j["samples"][0]["i"] = 3; }), "prompt index 3 is outside the 3"},
       {edited([](auto& j) { j["samples"][0]["t"][0] = -1; }), "negative token id -1"},
+      {edited([](auto& j) { j["samples"][0]["t"][0] = 1.5e300; }), "token id: expected an integer"},
+      {edited([](auto& j) { j["iteration"] = 2.5; }), "iteration: expected an integer >= 0"},
       {edited([](auto& j) { j["human"][1][0] = "great"; }), "unknown judge outcome 'great'"},
   };
   for (const auto& [text, expected] : cases) {
