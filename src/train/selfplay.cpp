@@ -190,9 +190,7 @@ void SelfplayLoop::load_data() {
   if (!cfg_.data.eval_file.empty() && (cfg_.selfplay.eval_each_iteration)) {
     eval_records_ = data::read_prompts_jsonl(cfg_.data.eval_file);
   }
-  state_.samples.resize(prompts_.size());
-  state_.human.resize(prompts_.size());
-  state_.known.resize(prompts_.size());
+  state_ = LoopState(prompts_.size());
   state_.start_iteration(0);
 }
 

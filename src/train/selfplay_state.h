@@ -37,6 +37,10 @@ KnownVerdicts known_from(const Json& j);
 
 /// What the loop carries from phase to phase (and in every checkpoint, as JSON).
 struct LoopState {
+  /// A state for a run of `prompts` prompts: one (empty) sample, human verdict and set of known
+  /// verdicts each.
+  explicit LoopState(std::size_t prompts = 0) : samples(prompts), human(prompts), known(prompts) {}
+
   std::uint64_t iteration = 0;
   std::vector<SelfplaySample> samples;        // this iteration's, one per prompt, by index
   std::vector<std::optional<Verdict>> human;  // human answers' verdicts, reused every iteration

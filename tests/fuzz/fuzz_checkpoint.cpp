@@ -30,21 +30,13 @@ void loop_blob(const std::string& text) {
   });
 }
 
-dnpo::train::detail::LoopState sized_state(std::size_t prompts) {
-  dnpo::train::detail::LoopState state;
-  state.samples.resize(prompts);
-  state.human.resize(prompts);
-  state.known.resize(prompts);
-  return state;
-}
-
 void selfplay_blob(const std::string& text) {
   static const dnpo::data::ByteTokenizer tokenizer;
   expect_clean([&] {
-    auto state = sized_state(3);
+    dnpo::train::detail::LoopState state(3);
     dnpo::train::detail::restore_state(text, "fuzz.h5", tokenizer, state);
     const auto dumped = dnpo::train::detail::state_json(state).dump();
-    auto again = sized_state(3);
+    dnpo::train::detail::LoopState again(3);
     dnpo::train::detail::restore_state(dumped, "fuzz.h5", tokenizer, again);
     require(dnpo::train::detail::state_json(again).dump() == dumped,
             "an accepted self-play blob round-trips");

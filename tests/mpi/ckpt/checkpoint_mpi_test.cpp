@@ -197,6 +197,15 @@ TEST(Faults, RanksThatDisagreeAllFail) {
   EXPECT_FALSE(fs::exists(path));
 }
 
+/// `latest` names checkpoint `name` of `dir`, --resume auto takes it, and it holds the demo state.
+void expect_resumes_from(const std::string& dir, const std::string& name) {
+  EXPECT_EQ(read_latest(dir), name);
+  const auto point = find_latest_valid(dir);
+  ASSERT_TRUE(point.has_value());
+  EXPECT_EQ(point->name, name);
+  EXPECT_EQ(test::ckpt_check_demo_values(load(point->path)), "");
+}
+
 TEST(Directory, CrashBeforeRenameLeavesPreviousCheckpointAndLatest) {
   const std::string dir = test_dir();
   const auto state = test::ckpt_demo_state(rank(), world());
@@ -208,11 +217,7 @@ TEST(Directory, CrashBeforeRenameLeavesPreviousCheckpointAndLatest) {
   test::mpi().barrier();
   EXPECT_TRUE(fs::exists(checkpoint_path(dir, checkpoint_name(20)) + ".tmp"));
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(20))));
-  EXPECT_EQ(read_latest(dir), checkpoint_name(10));
-  const auto point = find_latest_valid(dir);
-  ASSERT_TRUE(point.has_value());
-  EXPECT_EQ(point->name, checkpoint_name(10));
-  EXPECT_EQ(test::ckpt_check_demo_values(load(point->path)), "");
+  expect_resumes_from(dir, checkpoint_name(10));
 }
 
 // A tmpfs of `bytes` mounted on `dir` by rank 0 while it lives: a disk that can fill up. Needs
@@ -294,11 +299,7 @@ TEST(Directory, AFullDiskLeavesPreviousCheckpointAndLatest) {
   test::mpi().barrier();
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(3)) + ".tmp"));
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(3))));
-  EXPECT_EQ(read_latest(dir), checkpoint_name(1));
-  const auto point = find_latest_valid(dir);
-  ASSERT_TRUE(point.has_value());
-  EXPECT_EQ(point->name, checkpoint_name(1));
-  EXPECT_EQ(test::ckpt_check_demo_values(load(point->path)), "");
+  expect_resumes_from(dir, checkpoint_name(1));
 }
 
 TEST(Directory, FindLatestValidSkipsMissingLatestAndDamagedNewest) {

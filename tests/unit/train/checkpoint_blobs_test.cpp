@@ -76,18 +76,10 @@ TEST(LoopPositionBlob, DamageIsACheckpointErrorNamingTheFile) {
   }
 }
 
-detail::LoopState sized_state(std::size_t prompts) {
-  detail::LoopState state;
-  state.samples.resize(prompts);
-  state.human.resize(prompts);
-  state.known.resize(prompts);
-  return state;
-}
-
 // A self-play state of three prompts: a byte-level answer that is not valid UTF-8, verdicts of
 // every kind, known answers by exact bytes.
 std::string three_prompt_state() {
-  auto state = sized_state(3);
+  detail::LoopState state(3);
   state.start_iteration(2);
   state.samples[0].generated = true;
   state.samples[0].tokens = {104, 255, 105};
@@ -102,7 +94,7 @@ std::string three_prompt_state() {
 TEST(SelfplayStateBlob, RoundTripsExactBytes) {
   const data::ByteTokenizer tokenizer;
   const auto text = three_prompt_state();
-  auto state = sized_state(3);
+  detail::LoopState state(3);
   detail::restore_state(text, "a.h5", tokenizer, state);
   EXPECT_EQ(state.iteration, 2U);
   EXPECT_EQ(state.samples[0].answer, std::string("h\xffi"));
@@ -133,7 +125,7 @@ TEST(SelfplayStateBlob, DamageIsACheckpointErrorNamingTheFile) {
       {edited([](auto& j) { j["human"][1][0] = "great"; }), "unknown judge outcome 'great'"},
   };
   for (const auto& [text, expected] : cases) {
-    auto state = sized_state(3);
+    detail::LoopState state(3);
     const auto message =
         checkpoint_error([&] { detail::restore_state(text, "run/ckpt-3.h5", tokenizer, state); });
     EXPECT_THAT(message, HasSubstr("checkpoint run/ckpt-3.h5: ")) << text;
