@@ -12,11 +12,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 #include "dnpo/common/counter_rng.h"
@@ -129,6 +132,43 @@ void dump_case(const std::string& dir,
       << "\n";
 }
 
+/// One JSON line per phase: its median wall time over the timed steps (the two warm-up steps of
+/// metrics.jsonl left out).
+void print_phase_medians(const std::string& metrics_path,
+                         const nlohmann::json& config,
+                         const std::string& name) {
+  std::vector<std::pair<std::string, std::vector<double>>> by_phase;
+  std::ifstream in(metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto row = nlohmann::json::parse(line);
+    if (row.value("step", 0) <= 2) {
+      continue;
+    }
+    for (const auto& [key, value] : row.items()) {
+      if (key.rfind("ms_", 0) != 0) {
+        continue;
+      }
+      auto it = std::find_if(
+          by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == key; });
+      if (it == by_phase.end()) {
+        it = by_phase.insert(by_phase.end(), {key, {}});
+      }
+      it->second.push_back(value.get<double>());
+    }
+  }
+  for (auto& [key, values] : by_phase) {
+    std::sort(values.begin(), values.end());
+    std::cout << nlohmann::json{{"name", name},
+                                {"config", config},
+                                {"metric", "phase_" + key.substr(3) + "_median"},
+                                {"value", values[values.size() / 2]},
+                                {"unit", "ms"}}
+                     .dump()
+              << "\n";
+  }
+}
+
 /// The benchmark; main() only adds a last-resort catch around it.
 int run_bench(int argc, char** argv) {
   CLI::App app{"dnpo step benchmark"};
@@ -149,6 +189,10 @@ int run_bench(int argc, char** argv) {
   app.add_option("--dump", dump, "write the peer's inputs (weights, batch, draws) into DIR");
   std::string profile;
   app.add_option("--profile", profile, "write LibTorch's op trace of every step (chrome JSON)");
+  bool phases = false;
+  app.add_flag("--phases",
+               phases,
+               "also print each phase's median wall time (run.phase_times, no profiler)");
   bool dump_only = false;
   app.add_flag(
       "--dump-only", dump_only, "exit after --dump (timed runs then measure memory alone)");
@@ -182,7 +226,11 @@ int run_bench(int argc, char** argv) {
       return 0;
     }
   }
-  dnpo::train::MetricsWriter metrics;
+  // With --phases the step's phase times come back the way a user sees them: metrics.jsonl.
+  const auto metrics_path = std::filesystem::temp_directory_path() /
+                            ("dnpo_step_bench_" + std::to_string(::getpid()) + ".jsonl");
+  cfg.run.phase_times = phases;
+  dnpo::train::MetricsWriter metrics(phases ? metrics_path.string() : "");
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
   const double rss_before = dnpo::bench::peak_rss_mib();
   std::optional<torch::autograd::profiler::RecordProfile> tracing;
@@ -217,6 +265,10 @@ int run_bench(int argc, char** argv) {
                               {"unit", "MiB"}}
                    .dump()
             << "\n";
+  if (phases) {
+    print_phase_medians(metrics_path.string(), config, "step." + loss);
+    std::filesystem::remove(metrics_path);
+  }
   // The losses before any update and after the first: what a peer must reproduce.
   for (const auto& [metric, step] : {std::pair<const char*, int>{"first_step_loss", 0},
                                      std::pair<const char*, int>{"second_step_loss", 1}}) {

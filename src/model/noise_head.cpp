@@ -69,23 +69,26 @@ at::Tensor NoiseHead::sigma(const at::Tensor& h) const {
   return sigma_of(cfg_, parameters(), h);
 }
 
-at::Tensor NoiseHead::sigma_of(const config::NpoConfig& cfg,
-                               const std::vector<at::Tensor>& params,
-                               const at::Tensor& h_in) {
+at::Tensor NoiseHead::logits_of(const config::NpoConfig& cfg,
+                                const std::vector<at::Tensor>& params,
+                                const at::Tensor& h_in) {
   // In the head's own dtype: an fp32 head (the sharded trainer's) reads bf16 hidden states of a
   // bf16 reference.
   const auto h = params.empty() ? h_in : h_in.to(params[0].scalar_type());
-  at::Tensor f;
   if (cfg.head == "ln_gelu_linear") {
     DNPO_INTERNAL_ASSERT(params.size() == 3);  // norm.weight, norm.bias, proj.weight
     auto normed = at::layer_norm(h, {h.size(-1)}, params[0], params[1], kLayerNormEps);
-    f = at::linear(at::gelu(normed), params[2]);
-  } else {
-    DNPO_INTERNAL_ASSERT(params.size() == 2);  // proj.weight, proj.bias
-    f = at::linear(h, params[0], params[1]);
+    return at::linear(at::gelu(normed), params[2]);
   }
+  DNPO_INTERNAL_ASSERT(params.size() == 2);  // proj.weight, proj.bias
+  return at::linear(h, params[0], params[1]);
+}
+
+at::Tensor NoiseHead::sigma_of(const config::NpoConfig& cfg,
+                               const std::vector<at::Tensor>& params,
+                               const at::Tensor& h) {
   // s: (N, V), a standard deviation, always fp32 (f may come from a bf16 product)
-  auto s = cfg.scale * at::exp(f.to(at::kFloat));
+  auto s = cfg.scale * at::exp(logits_of(cfg, params, h).to(at::kFloat));
   if (cfg.max_sigma > 0) {
     s = at::clamp_max(s, cfg.max_sigma);
   }

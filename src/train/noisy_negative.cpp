@@ -27,8 +27,8 @@ class ChunkDraws {
 
   at::Tensor at(bool first, std::int64_t begin, std::int64_t len, std::int64_t vocab) {
     const auto& explicit_eps = first ? d_.eps1 : d_.eps2;
-    if (explicit_eps.defined()) {
-      return explicit_eps.narrow(0, begin, len).to(device_);
+    if (explicit_eps.defined()) {  // a copy: the caller's ε must survive the in-place use
+      return explicit_eps.narrow(0, begin, len).to(device_, /*non_blocking=*/false, /*copy=*/true);
     }
     const auto& row_keys = first ? d_.row_keys1 : d_.row_keys2;
     if (device_.is_cpu()) {
@@ -49,27 +49,63 @@ class ChunkDraws {
   at::Tensor keys1_, keys2_;  // the row keys on the device
 };
 
+// s (len, V) fp32 of a chunk without autograd, computed in place on the head's output; (len, 0)
+// for fixed noise.
 at::Tensor sigma_rows(const config::NpoConfig& npo,
                       const std::vector<at::Tensor>& params,
                       const at::Tensor& h) {
   if (params.empty()) {
     return at::full({h.size(0), 0}, npo.fixed_sigma, h.options().dtype(at::kFloat));
   }
-  return model::NoiseHead::sigma_of(npo, params, h).to(at::kFloat);
+  auto s = model::NoiseHead::logits_of(npo, params, h).to(at::kFloat).exp_().mul_(npo.scale);
+  return npo.max_sigma > 0 ? s.clamp_max_(npo.max_sigma) : s;
 }
 
 at::Tensor penalty_of(const at::Tensor& s, const config::NpoConfig& npo) {
   return npo.penalty == "mean_sq" ? s.pow(2).sum() : s.sum();
 }
 
-// log_softmax(z + s·ε)[target] for one chunk of rows: (len,)
+// log_softmax(z + s·ε)[target] for one chunk of rows: (len,). z + s·ε is formed in ε's buffer.
 at::Tensor noisy_chunk_logprobs(const at::Tensor& z,
                                 const at::Tensor& s,
-                                const at::Tensor& eps,
+                                at::Tensor eps,
                                 const at::Tensor& target,
                                 const config::NpoConfig& npo) {
-  const auto noise = s.size(1) == 0 ? eps * npo.fixed_sigma : s * eps;
-  return at::log_softmax(z + noise, -1).gather(1, target.unsqueeze(1)).squeeze(1);
+  auto x = s.size(1) == 0 ? eps.mul_(npo.fixed_sigma) : eps.mul_(s);
+  x.add_(z);
+  return at::log_softmax(x, -1).gather(1, target.unsqueeze(1)).squeeze(1);
+}
+
+// ∂/∂f of Σ_rows w · log_softmax(z + s·ε)[t] (+ g_pen · P(s) when grad_penalty is defined), with
+// s = scale · exp(f) clamped at max_sigma. By hand, in the buffers of f, z and ε and one more:
+// autograd of the same expression kept a dozen (len, V) tensors and made as many passes.
+//   ∂/∂s = w · ε · (onehot(t) − softmax(z + s·ε)) + g_pen · P'(s)
+//   ∂s/∂f = s where scale · exp(f) ≤ max_sigma, else 0 (clamp_max passes the gradient at ≤)
+at::Tensor noisy_chunk_grad_f(at::Tensor f,
+                              at::Tensor z,
+                              at::Tensor eps,
+                              const at::Tensor& target,
+                              const at::Tensor& row_weight,
+                              const at::Tensor& grad_penalty,
+                              const config::NpoConfig& npo) {
+  auto s = f.exp_().mul_(npo.scale);
+  at::Tensor passes;
+  if (npo.max_sigma > 0) {
+    passes = s <= npo.max_sigma;
+    s.clamp_max_(npo.max_sigma);
+  }
+  const auto t = target.unsqueeze(1);
+  auto g = at::softmax(z.addcmul_(eps, s), -1);  // p = softmax(z + ε·s)
+  g.mul_(eps).neg_().scatter_add_(1, t, eps.gather(1, t)).mul_(row_weight.unsqueeze(1));
+  if (grad_penalty.defined()) {
+    if (npo.penalty == "mean_sq") {
+      g.addcmul_(s, grad_penalty * 2);
+    } else {
+      g.add_(grad_penalty);
+    }
+  }
+  g.mul_(s);
+  return passes.defined() ? g.mul_(passes) : g;
 }
 
 // Forward pass over all chunks, no autograd: both noisy log-probs, the penalty, Σ s.
@@ -154,8 +190,9 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
       params.push_back(saved[i].detach().requires_grad_(true));
     }
     std::vector<at::Tensor> accumulated(num_params);
-    const auto accumulate = [&](const at::Tensor& objective) {
-      const auto g = torch::autograd::grad({objective}, params, {}, false, false, true);
+    // the head parameters' gradients of `output`, given ∂objective/∂output, added up
+    const auto accumulate_from = [&](const at::Tensor& output, const at::Tensor& grad_output) {
+      const auto g = torch::autograd::grad({output}, params, {grad_output}, false, false, true);
       for (std::int64_t i = 0; i < num_params; ++i) {
         if (g[i].defined()) {
           // in place: a head's weight gradient is as large as the lm_head
@@ -174,26 +211,28 @@ class NoisyNegativeFunction : public torch::autograd::Function<NoisyNegativeFunc
     for (std::int64_t begin = 0; begin < n; begin += chunk) {
       const auto len = std::min(chunk, n - begin);
       const auto h = in.hidden_rows.narrow(0, begin, len);
-      at::Tensor z;
+      const auto f = model::NoiseHead::logits_of(npo, params, h);  // the head's graph
+      at::Tensor grad_f;
       {
         at::NoGradGuard no_grad;
-        z = at::linear(h, in.ref_lm_head).to(at::kFloat);
+        // f's product saves its inputs, not f: its buffer can become s in place.
+        grad_f = noisy_chunk_grad_f(f.detach().to(at::kFloat),
+                                    at::linear(h, in.ref_lm_head).to(at::kFloat),
+                                    draws.at(false, begin, len, vocab),
+                                    in.targets.narrow(0, begin, len),
+                                    grad_noisy2.index_select(0, in.samples.narrow(0, begin, len)),
+                                    in.penalty_rows.defined() ? at::Tensor() : grad_penalty,
+                                    npo);
       }
-      const auto s = sigma_rows(npo, params, h);
-      const auto logp = noisy_chunk_logprobs(
-          z, s, draws.at(false, begin, len, vocab), in.targets.narrow(0, begin, len), npo);
-      auto objective = (grad_noisy2.index_select(0, in.samples.narrow(0, begin, len)) * logp).sum();
-      if (!in.penalty_rows.defined()) {
-        objective = objective + grad_penalty * penalty_of(s, npo);
-      }
-      accumulate(objective);
+      accumulate_from(f, grad_f.to(f.scalar_type()));
     }
     if (in.penalty_rows.defined()) {
       const auto m = in.penalty_rows.size(0);
       for (std::int64_t begin = 0; begin < m; begin += chunk) {
         const auto len = std::min(chunk, m - begin);
-        const auto s = sigma_rows(npo, params, in.penalty_rows.narrow(0, begin, len));
-        accumulate(grad_penalty * penalty_of(s, npo));
+        const auto s =
+            model::NoiseHead::sigma_of(npo, params, in.penalty_rows.narrow(0, begin, len));
+        accumulate_from(penalty_of(s, npo), grad_penalty);
       }
     }
     // Backward runs once: let go of the inputs now (the reference's lm_head among them) instead

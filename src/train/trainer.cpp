@@ -32,22 +32,59 @@ namespace dnpo::train {
 
 namespace {
 
-/// Names the phases of a step for LibTorch's profiler (dnpo_step_bench --profile): each phase
-/// ends when the next begins or the Phase goes. Free when no profiler is on.
+/// Names the phases of a step for LibTorch's profiler (dnpo_step_bench --profile) and, with
+/// run.phase_times, times them on the wall clock. A phase ends when the next begins or at end();
+/// a phase begun once per micro-batch adds up over the step. Free when neither is on. On a GPU
+/// the timing waits for the device at every boundary: it is for diagnosis, not for speed.
 class Phase {
  public:
+  Phase(bool timed, const at::Device& device) : timed_(timed), device_(device) {}
+
   void begin(const char* name) {
+    close_timed();
     current_.emplace(at::RecordScope::USER_SCOPE);  // ends the previous phase first
     if (current_->isActive()) {
       current_->before(name);
     }
+    if (timed_) {
+      name_ = name;
+      clock_.reset();
+    }
   }
   void end() {
+    close_timed();
     current_.reset();
+  }
+  /// metrics.jsonl fields: "ms_<phase>" (the "dnpo::" dropped), in order of first use.
+  void append_times(std::vector<std::pair<std::string, double>>& values) const {
+    for (const auto& [name, ms] : ms_) {
+      values.emplace_back("ms_" + name, ms);
+    }
   }
 
  private:
+  void close_timed() {
+    if (name_ == nullptr) {
+      return;
+    }
+    if (!device_.is_cpu()) {
+      // one read waits for the work queued so far on the device's current stream
+      (void)at::zeros({}, at::TensorOptions(device_)).item<float>();
+    }
+    std::string name(name_);
+    name = name.substr(name.rfind(':') + 1);
+    const auto it = std::find_if(
+        ms_.begin(), ms_.end(), [&](const auto& entry) { return entry.first == name; });
+    (it == ms_.end() ? ms_.emplace_back(name, 0.0).second : it->second) += clock_.millis();
+    name_ = nullptr;
+  }
+
+  bool timed_;
+  at::Device device_;
   std::optional<at::RecordFunction> current_;
+  const char* name_ = nullptr;  // the phase being timed
+  Timer clock_;
+  std::vector<std::pair<std::string, double>> ms_;
 };
 
 std::int64_t total_steps(const config::TrainConfig& cfg, std::int64_t samples) {
@@ -359,6 +396,8 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
     optimizer->set_lr(lr);
+    Phase phase(cfg_.run.phase_times, device_);
+    phase.begin("dnpo::batches");
     // --- the step's micro-batches (every rank builds all), normalised by global answer tokens ---
     std::vector<model::TokenBatch> micro;
     double global_tokens = 0;
@@ -377,41 +416,51 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     for (std::size_t k = 0; k < share.index.size(); ++k) {
       const auto& host_batch = micro[share.index[k]];
       const auto batch = model::to_device(host_batch, device_);
+      phase.begin("dnpo::policy_forward");
       auto out = policy.forward(batch.input_ids, batch.attention_mask);
+      phase.begin("dnpo::loss");
       auto loss =
           sft_loss(out.hidden, out.lm_head, batch.input_ids, batch.loss_mask, global_tokens) *
           share.weight[k];
       out = {};  // the graph holds what backward needs
+      phase.begin("dnpo::backward");
       loss.backward();
       if (!policy.keep_gathered()) {
         policy.release();
       }
+      phase.begin("dnpo::step_stats");
       step_stats.add(0, loss, 1.0);
       step_stats.add(1, share.weight[k] * host_batch.attention_mask.sum().item<double>());
+      phase.begin("dnpo::batches");
     }
+    phase.begin("dnpo::flush_grads");
     policy.flush_grads();
     policy.release();  // kept units are stale once the optimizer steps
     if (gradient_observer_) {
       gradient_observer_(step, units);
     }
     // --- clip on the global norm, step the shards ---
+    phase.begin("dnpo::clip_grad_norm");
     const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
+    phase.begin("dnpo::optimizer");
     optimizer->step();
     optimizer->zero_grad();
+    phase.begin("dnpo::stats");
     auto stats = step_stats.read();
     sum_over_ranks(stats, comm_);
+    phase.end();
 
     const double loss_value = stats[0];
     const auto step_tokens = static_cast<std::int64_t>(stats[1]);
     const double ms = step_timer.millis();
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
-    metrics_.write("sft",
-                   step + 1,
-                   {{"loss", loss_value},
-                    {"lr", lr},
-                    {"grad_norm", grad_norm},
-                    {"step_ms", ms},
-                    {"tokens_per_s", tok_s}});
+    std::vector<std::pair<std::string, double>> values = {{"loss", loss_value},
+                                                          {"lr", lr},
+                                                          {"grad_norm", grad_norm},
+                                                          {"step_ms", ms},
+                                                          {"tokens_per_s", tok_s}};
+    phase.append_times(values);
+    metrics_.write("sft", step + 1, values);
     if (progress) {
       progress->update(step + 1, format_status(loss_value, 0, lr, ms, tok_s));
     }
@@ -526,7 +575,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     Timer step_timer;
     const double lr = lr_at(cfg_.train, step, steps);
     optimizer->set_lr(lr);
-    Phase phase;
+    Phase phase(cfg_.run.phase_times, device_);
     phase.begin("dnpo::batches");
     // --- micro-batches: chosen and rejected padded together, one concatenated forward ---
     struct Micro {
@@ -592,13 +641,18 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         at::NoGradGuard no_grad;
         const auto out = reference.forward(b.input_ids, b.attention_mask);
         ref_hidden = out.hidden;
-        ref_logps = sequence_logprobs(ref_hidden, out.lm_head, b.input_ids, b.loss_mask);
+        // NPO reads the negatives' reference logits only with noise (its own pass below), so
+        // the clean ones are computed for the positives alone: one vocabulary product less.
+        const auto ref_rows = npo ? rows : 2 * rows;
+        ref_logps = sequence_logprobs(ref_hidden.narrow(0, 0, ref_rows),
+                                      out.lm_head,
+                                      b.input_ids.narrow(0, 0, ref_rows),
+                                      b.loss_mask.narrow(0, 0, ref_rows));
         if (npo) {
           ref_lm_head = out.lm_head;
         }
       }
       auto ref_chosen = ref_logps.narrow(0, 0, rows);
-      auto ref_rejected = ref_logps.narrow(0, rows, rows);
       // The reference's gathered units go now (unless kept for the step): the noisy term keeps
       // its own reference to the lm_head, which autograd frees once that term's backward has run.
       if (!reference.keep_gathered()) {
@@ -608,6 +662,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       phase.begin("dnpo::loss");
       at::Tensor loss, margins;
       if (!npo) {
+        const auto ref_rejected = ref_logps.narrow(0, rows, rows);
         loss =
             spin_pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta).sum() /
             global_pairs;
@@ -663,7 +718,9 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       step_stats.add(kChosen, policy_chosen, weight);
       step_stats.add(kRejected, policy_rejected, weight);
       step_stats.add(kTokens, weight * m.batch.attention_mask.sum().item<double>());
+      phase.begin("dnpo::batches");
     }
+    phase.begin("dnpo::flush_grads");
     policy.flush_grads();
     policy.release();  // kept units are stale once the optimizer steps
     reference.release();
@@ -675,6 +732,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     phase.begin("dnpo::optimizer");
     optimizer->step();
     optimizer->zero_grad();
+    phase.begin("dnpo::stats");
     auto stats = step_stats.read();
     sum_over_ranks(stats, comm_);
     phase.end();
@@ -700,6 +758,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
                      {"penalty", stats[kPenalty]},
                      {"mean_s", stats[kNumS] > 0 ? stats[kSumS] / stats[kNumS] : 0.0}});
     }
+    phase.append_times(values);
     metrics_.write(loss_kind, step + 1, values);
     if (progress) {
       progress->update(step + 1, format_status(stats[kLoss], margin, lr, ms, tok_s));

@@ -17,6 +17,9 @@ struct RunSection {
   std::string device = "cpu";      ///< "cpu" | "cuda"
   std::string log_level = "info";  ///< trace|debug|info|warn|error
   int log_every = 10;              ///< steps between progress lines (>= 1)
+  /// each training step's phases (forward, backward, optimizer, ...) timed into metrics.jsonl as
+  /// ms_<phase>; on a GPU this waits for the device at every phase boundary
+  bool phase_times = false;
 };
 
 /// [model] — a Llama/Mistral-style decoder; field names as in HF config.json.

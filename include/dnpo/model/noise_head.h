@@ -32,6 +32,11 @@ class NoiseHead {
   static at::Tensor sigma_of(const config::NpoConfig& cfg,
                              const std::vector<at::Tensor>& params,
                              const at::Tensor& h);
+  /// The head's output before the exp: f (N, V) in the parameters' dtype, s = scale · exp(f)
+  /// (clamped). Differentiable in φ.
+  static at::Tensor logits_of(const config::NpoConfig& cfg,
+                              const std::vector<at::Tensor>& params,
+                              const at::Tensor& h);
 
   const NamedTensors& named_parameters() const {
     return named_;

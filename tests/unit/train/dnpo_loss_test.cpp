@@ -430,6 +430,65 @@ TEST(NpoLoss, GradientsReachThetaFromModelLossAndPhiFromNoiseLossAndPenalty) {
   EXPECT_GT(phi_norm, 1e-4);
 }
 
+// The noisy term's backward is written by hand (noisy_negative.cpp); here it must equal autograd
+// of the formula in double for both heads, both penalties, with and without a clamp that cuts
+// part of s, and leave the caller's ε untouched.
+TEST(NpoLoss, HeadGradientsEqualAutogradOfTheFormula) {
+  for (const std::string kind : {"ln_gelu_linear", "linear"}) {
+    for (const std::string penalty : {"mean", "mean_sq"}) {
+      for (const double max_sigma : {0.0, 1.0}) {
+        SCOPED_TRACE(kind + " " + penalty + " max_sigma " + std::to_string(max_sigma));
+        auto cfg = npo_config(2);
+        cfg.head = kind;
+        cfg.penalty = penalty;
+        cfg.max_sigma = max_sigma;
+        cfg.alpha = 0.7;
+        model::NoiseHead head(cfg, kC, kV, 5);
+        head.set_requires_grad(true);
+        auto in = npo_inputs();
+        in.draws.eps1 = model::counter_normal({5, kV}, 1.0, 211);
+        in.draws.eps2 = model::counter_normal({5, kV}, 1.0, 212);
+        const auto eps2_before = in.draws.eps2.clone();
+        const double beta = 0.5;
+        npo_loss(in, &head, cfg, beta).total.backward();
+        EXPECT_TRUE(at::equal(in.draws.eps2, eps2_before));
+
+        // the same objective's φ part in double: −noise_loss + α·penalty
+        std::vector<at::Tensor> params;
+        for (const auto& p : head.parameters()) {
+          params.push_back(p.detach().to(at::kDouble).requires_grad_(true));
+        }
+        const auto h = response_hidden(in).to(at::kDouble);
+        const auto f =
+            kind == "linear"
+                ? at::linear(h, params[0], params[1])
+                : at::linear(at::gelu(at::layer_norm(h, {kC}, params[0], params[1])), params[2]);
+        auto s = cfg.scale * at::exp(f);
+        if (max_sigma > 0) {
+          const double clamped = (s > max_sigma).to(at::kDouble).mean().item<double>();
+          ASSERT_GT(clamped, 0.05);  // the clamp cuts part of s, not all of it
+          ASSERT_LT(clamped, 0.95);
+          s = at::clamp_max(s, max_sigma);
+        }
+        const auto r2 = manual_noisy(in, s, in.draws.eps2);
+        const auto margin = (in.policy_chosen - in.policy_rejected).detach().to(at::kDouble);
+        const auto m2 = margin - (in.ref_chosen.to(at::kDouble) - r2);
+        const auto noise_loss = at::softplus(-beta * m2).sum() / in.global_pairs;
+        const auto pen = (penalty == "mean_sq" ? s.pow(2).sum() : s.sum()) / (5.0 * kV);
+        (-noise_loss + cfg.alpha * pen).backward();
+        const auto actual = head.parameters();
+        for (std::size_t i = 0; i < params.size(); ++i) {
+          const auto expected = params[i].grad();
+          const double scale = expected.abs().max().item<double>();
+          ASSERT_GT(scale, 1e-6) << "parameter " << i;
+          EXPECT_LT(max_abs_diff(actual[i].grad().to(at::kDouble), expected), 1e-4 * scale)
+              << "parameter " << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(NpoLoss, RejectsInconsistentInputs) {
   const model::NoiseHead head(npo_config(2), kC, kV, 5);
   auto in = npo_inputs();

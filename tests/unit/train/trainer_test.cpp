@@ -3,13 +3,19 @@
 #include "dnpo/train/trainer.h"
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "dnpo/common/error.h"
+#include "dnpo/train/metrics.h"
 
 namespace dnpo::train {
 namespace {
@@ -199,6 +205,72 @@ TEST(Trainer, MicroBatchingDoesNotChangeTheResult) {
   const model::LlamaModel start(tiny_run("npo").model, 99);
   EXPECT_GT(max_param_change(one, start), 1e-3);
   EXPECT_LT(max_param_change(one, four), 1e-5);
+}
+
+// run.phase_times: every step's metrics line carries each phase's wall time, and the phases
+// add up to no more than the step; without it the lines carry none.
+std::vector<nlohmann::json> metrics_lines(const config::RunConfig& cfg) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("dnpo_phase_times_" + cfg.train.loss + std::to_string(::getpid()) + ".jsonl");
+  std::filesystem::remove(path);
+  {
+    model::LlamaModel policy(cfg.model, cfg.run.seed);
+    const data::ByteTokenizer tokenizer;
+    MetricsWriter metrics(path.string());
+    Trainer trainer(cfg, policy, tokenizer, metrics);
+    if (cfg.train.loss == "sft") {
+      trainer.train_sft(sft_records());
+    } else {
+      trainer.train_preference(pairs());
+    }
+  }
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    rows.push_back(nlohmann::json::parse(line));
+  }
+  std::filesystem::remove(path);
+  return rows;
+}
+
+TEST(Trainer, PhaseTimesGoIntoTheMetricsWhenAsked) {
+  for (const std::string loss : {"sft", "npo"}) {
+    SCOPED_TRACE(loss);
+    auto cfg = tiny_run(loss);
+    cfg.train.max_steps = 3;
+    for (const auto& row : metrics_lines(cfg)) {
+      EXPECT_FALSE(row.contains("ms_backward")) << row.dump();
+    }
+    cfg.run.phase_times = true;
+    const auto rows = metrics_lines(cfg);
+    ASSERT_EQ(rows.size(), 3U);
+    std::vector<std::string> expected = {"ms_batches",
+                                         "ms_policy_forward",
+                                         "ms_loss",
+                                         "ms_backward",
+                                         "ms_flush_grads",
+                                         "ms_clip_grad_norm",
+                                         "ms_optimizer",
+                                         "ms_stats"};
+    if (loss == "npo") {
+      expected.emplace_back("ms_reference_forward");
+    }
+    for (const auto& row : rows) {
+      double sum = 0;
+      for (const auto& [key, value] : row.items()) {
+        if (key.rfind("ms_", 0) == 0) {
+          EXPECT_GE(value.get<double>(), 0.0) << key;
+          sum += value.get<double>();
+        }
+      }
+      for (const auto& key : expected) {
+        EXPECT_TRUE(row.contains(key)) << key << " missing from " << row.dump();
+      }
+      EXPECT_GT(row["ms_backward"].get<double>(), 0.0);
+      EXPECT_LE(sum, row["step_ms"].get<double>() * 1.0001 + 1e-3) << row.dump();
+      EXPECT_GT(sum, 0.5 * row["step_ms"].get<double>()) << row.dump();
+    }
+  }
 }
 
 TEST(Trainer, PreferenceRejectsBadInput) {
