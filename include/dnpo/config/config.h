@@ -111,7 +111,7 @@ struct NpoConfig {
   bool fresh_head_each_iteration = true;
   double head_init_std = 0.02;
   int chunk_positions =
-      64;  ///< noisy log-softmax rows per chunk: transient memory ~10 × chunk × V floats
+      64;  ///< noisy log-softmax rows per chunk: transient memory ~5 × chunk × V floats
 };
 
 /// [dsl] — dynamic sample labeling.
