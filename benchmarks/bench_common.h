@@ -1,5 +1,5 @@
-// What the benchmark binaries share: peak memory, and synthetic SFT records / preference pairs
-// (deterministic letters, so every run and every rank trains on the same data).
+// What the benchmark binaries share: medians, peak memory, and synthetic SFT records / preference
+// pairs (deterministic letters, so every run and every rank trains on the same data).
 #pragma once
 
 #include <algorithm>
@@ -13,6 +13,15 @@
 #include "dnpo/train/trainer.h"
 
 namespace dnpo::bench {
+
+/// The upper median of `values` (the middle one for an odd count); 0 for none.
+inline double median(std::vector<double> values) {
+  if (values.empty()) {
+    return 0;
+  }
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
 
 inline double peak_rss_mib() {
   rusage usage{};

@@ -196,7 +196,7 @@ int run_bench(int argc, char** argv) {
   }
   std::vector<double> timed(summary.step_ms.begin() + warmup, summary.step_ms.end());
   std::sort(timed.begin(), timed.end());
-  const double median = timed.empty() ? 0 : timed[timed.size() / 2];
+  const double median = dnpo::bench::median(timed);
   const double tokens_per_step = static_cast<double>(batch) * (loss == "sft" ? 1 : 2) *
                                  static_cast<double>(prompt_len + response_len + 1);
   const nlohmann::json config = {{"loss", loss},

@@ -132,7 +132,9 @@ void dump_case(const std::string& dir,
       << "\n";
 }
 
-/// One JSON line per phase: its median wall time over the timed steps (the two warm-up steps of
+constexpr int kWarmupSteps = 2;  // run before the timed steps, not counted
+
+/// One JSON line per phase: its median wall time over the timed steps (the warm-up steps of
 /// metrics.jsonl left out).
 void print_phase_medians(const std::string& metrics_path,
                          const nlohmann::json& config,
@@ -142,7 +144,7 @@ void print_phase_medians(const std::string& metrics_path,
   std::string line;
   while (std::getline(in, line)) {
     const auto row = nlohmann::json::parse(line);
-    if (row.value("step", 0) <= 2) {
+    if (row.value("step", 0) <= kWarmupSteps) {
       continue;
     }
     for (const auto& [key, value] : row.items()) {
@@ -157,12 +159,11 @@ void print_phase_medians(const std::string& metrics_path,
       it->second.push_back(value.get<double>());
     }
   }
-  for (auto& [key, values] : by_phase) {
-    std::sort(values.begin(), values.end());
+  for (const auto& [key, values] : by_phase) {
     std::cout << nlohmann::json{{"name", name},
                                 {"config", config},
                                 {"metric", "phase_" + key.substr(3) + "_median"},
-                                {"value", values[values.size() / 2]},
+                                {"value", dnpo::bench::median(values)},
                                 {"unit", "ms"}}
                      .dump()
               << "\n";
@@ -213,7 +214,7 @@ int run_bench(int argc, char** argv) {
   cfg.train.loss = loss;
   cfg.train.batch_size = batch;
   cfg.train.micro_batch_size = batch;
-  cfg.train.max_steps = steps + 2;  // two warm-up steps, not timed
+  cfg.train.max_steps = steps + kWarmupSteps;
   cfg.train.lr = 1e-5;
   cfg.run.log_every = 1000000;
   cfg.npo.chunk_positions = chunk;
@@ -239,9 +240,8 @@ int run_bench(int argc, char** argv) {
   }
   const auto summary = dnpo::bench::train_synthetic(trainer, loss, batch, prompt_len, response_len);
   tracing.reset();
-  std::vector<double> timed(summary.step_ms.begin() + 2, summary.step_ms.end());
-  std::sort(timed.begin(), timed.end());
-  const double median = timed[timed.size() / 2];
+  const double median = dnpo::bench::median(
+      std::vector<double>(summary.step_ms.begin() + kWarmupSteps, summary.step_ms.end()));
   const nlohmann::json config = {{"loss", loss},
                                  {"vocab", vocab},
                                  {"hidden", hidden},
