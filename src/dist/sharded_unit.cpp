@@ -406,9 +406,9 @@ std::vector<at::Tensor> gather_params(ShardedUnit& unit,
   return GatherParamsFunction::apply(unit.shard(), std::move(call));
 }
 
-double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
+at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
   // One fp32 norm per shard (a single pass, no fp64 copy of the gradients, as PyTorch's
-  // clip_grad_norm_), their squares summed in fp64, one host read.
+  // clip_grad_norm_), their squares summed in fp64.
   std::vector<at::Tensor> norms;
   for (const auto* unit : units) {
     const auto& g = unit->shard().grad();
@@ -416,19 +416,26 @@ double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
       norms.push_back(g.norm().reshape({1}));
     }
   }
-  double local = norms.empty() ? 0.0 : at::cat(norms).to(at::kDouble).pow(2).sum().item<double>();
+  const auto device = !norms.empty()    ? norms.front().device()
+                      : comm != nullptr ? comm->device()
+                                        : at::Device(at::kCPU);
+  auto sum_sq = norms.empty()
+                    ? at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(device))
+                    : at::cat(norms).to(at::kDouble).pow(2).sum().reshape({1});
   if (comm != nullptr && comm->world_size() > 1) {
-    auto t = at::full({1}, local, at::TensorOptions().dtype(at::kDouble).device(comm->device()));
-    comm->all_reduce_sum(t).wait();
-    local = t.item<double>();
+    comm->all_reduce_sum(sum_sq).wait();
   }
-  return std::sqrt(local);
+  return sum_sq.sqrt().reshape({});
 }
 
-double clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm) {
-  const double norm = global_grad_norm(units, comm);
-  if (max_norm > 0) {
-    const double coef = max_norm / (norm + 1e-6);
+at::Tensor clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm) {
+  const auto norm = global_grad_norm(units, comm);
+  if (max_norm <= 0) {
+    return norm;
+  }
+  if (norm.is_cpu()) {
+    // on the host no read waits: the gradients are touched only when clipped
+    const double coef = max_norm / (norm.item<double>() + 1e-6);
     if (coef < 1) {
       for (const auto* unit : units) {
         auto g = unit->shard().grad();
@@ -436,6 +443,15 @@ double clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double
           g.mul_(coef);
         }
       }
+    }
+    return norm;
+  }
+  // on a GPU: one multiply by min(1, factor) per shard instead of a host sync
+  const auto coef = (max_norm / (norm + 1e-6)).clamp_max(1.0);
+  for (const auto* unit : units) {
+    auto g = unit->shard().grad();
+    if (g.defined()) {
+      g.mul_(coef.to(g.scalar_type()));
     }
   }
   return norm;

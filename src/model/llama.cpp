@@ -158,7 +158,8 @@ std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
 AttentionContext make_attention_context(const config::ModelConfig& cfg,
                                         const at::Tensor& attention_mask,
                                         std::int64_t past_length,
-                                        at::ScalarType dtype) {
+                                        at::ScalarType dtype,
+                                        std::optional<bool> right_padded) {
   const auto total = attention_mask.size(1);
   const auto steps = total - past_length;
   DNPO_CHECK(steps > 0,
@@ -194,13 +195,18 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
                  .unsqueeze(1)
                  .unsqueeze(1);
   if (fused_attention_enabled && past_length == 0) {
-    // one host sync per forward (not per layer): every row is ones, then zeros
-    ctx.causal_only = steps == 1 || (attention_mask.narrow(1, 1, steps - 1) <=
-                                     attention_mask.narrow(1, 0, steps - 1))
-                                        .all()
-                                        .item<bool>();
+    // without the caller's answer: one host sync per forward (not per layer) on a GPU
+    ctx.causal_only = right_padded.has_value() ? *right_padded : is_right_padded(attention_mask);
   }
   return ctx;
+}
+
+bool is_right_padded(const at::Tensor& attention_mask) {
+  const auto steps = attention_mask.size(1);
+  return steps <= 1 ||
+         (attention_mask.narrow(1, 1, steps - 1) <= attention_mask.narrow(1, 0, steps - 1))
+             .all()
+             .item<bool>();
 }
 
 void set_fused_attention(bool enabled) {

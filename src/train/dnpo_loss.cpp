@@ -29,6 +29,16 @@ ResponseRows response_rows(const at::Tensor& input_ids, const at::Tensor& loss_m
   return rows;
 }
 
+ResponseRows to_device(const ResponseRows& rows, at::Device device) {
+  if (rows.hidden_row.device() == device) {
+    return rows;
+  }
+  const auto move = [&](const at::Tensor& t) {
+    return device.is_cuda() ? t.pin_memory().to(device, /*non_blocking=*/true) : t.to(device);
+  };
+  return {move(rows.hidden_row), move(rows.target), move(rows.sample), move(rows.position)};
+}
+
 namespace {
 
 // Σ over rows of log_softmax(h_rows · Wᵀ)[target], accumulated per sample. hidden_flat (B·T, C).
@@ -57,8 +67,14 @@ at::Tensor sequence_logprobs(const at::Tensor& hidden,
                              const at::Tensor& input_ids,
                              const at::Tensor& loss_mask,
                              std::int64_t chunk_rows) {
+  return sequence_logprobs(hidden, lm_head, response_rows(input_ids, loss_mask), chunk_rows);
+}
+
+at::Tensor sequence_logprobs(const at::Tensor& hidden,
+                             const at::Tensor& lm_head,
+                             const ResponseRows& rows,
+                             std::int64_t chunk_rows) {
   DNPO_CHECK(hidden.dim() == 3, "hidden must be (B,T,C), got ", hidden.sizes());
-  const auto rows = response_rows(input_ids, loss_mask);
   return gather_logprobs(
       hidden.reshape({-1, hidden.size(2)}), lm_head, rows, hidden.size(0), chunk_rows);
 }
@@ -68,8 +84,15 @@ at::Tensor sft_loss(const at::Tensor& hidden,
                     const at::Tensor& input_ids,
                     const at::Tensor& loss_mask,
                     double global_tokens) {
+  return sft_loss(hidden, lm_head, response_rows(input_ids, loss_mask), global_tokens);
+}
+
+at::Tensor sft_loss(const at::Tensor& hidden,
+                    const at::Tensor& lm_head,
+                    const ResponseRows& rows,
+                    double global_tokens) {
   DNPO_CHECK(global_tokens > 0, "sft_loss: the global batch has no response tokens");
-  return -sequence_logprobs(hidden, lm_head, input_ids, loss_mask).sum() / global_tokens;
+  return -sequence_logprobs(hidden, lm_head, rows).sum() / global_tokens;
 }
 
 at::Tensor neg_log_sigmoid(const at::Tensor& t) {
@@ -118,7 +141,9 @@ NpoTerms npo_loss(const NpoInputs& in,
   DNPO_CHECK(in.global_pairs > 0, "npo_loss: global_pairs must be > 0");
   const auto batch = in.policy_chosen.size(0);
   const auto h_flat = in.ref_hidden.reshape({-1, in.ref_hidden.size(2)}).detach();
-  const auto rows = response_rows(in.rejected_ids, in.rejected_loss_mask);
+  const auto rows = in.rejected_rows.hidden_row.defined()
+                        ? in.rejected_rows
+                        : response_rows(in.rejected_ids, in.rejected_loss_mask);
   const auto n = rows.hidden_row.size(0);
   const auto given = in.draws.eps1.defined() ? in.draws.eps1.size(0)
                                              : static_cast<std::int64_t>(in.draws.row_keys1.size());

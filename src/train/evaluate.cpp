@@ -139,10 +139,13 @@ ChoiceReport score_choices(const config::RunConfig& cfg,
       }
       seqs.push_back(std::move(seq));
     }
-    const auto batch = model::pad_batch(seqs, tokenizer.pad_id());
+    // on the model's device (a GPU's, with run.device = "cuda")
+    const auto batch = model::to_device(model::pad_batch(seqs, tokenizer.pad_id()),
+                                        model.weights().embed_tokens.device());
     const auto hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
-    const auto values =
-        sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask).contiguous();
+    const auto values = sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask)
+                            .to(at::kCPU)
+                            .contiguous();
     std::vector<double> loglik(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
     std::vector<double> normed;
     for (std::size_t c = 0; c < q.choices.size(); ++c) {

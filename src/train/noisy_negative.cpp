@@ -123,7 +123,8 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
   out.noisy1 = at::zeros({in.batch}, fp32);
   out.noisy2 = at::zeros({in.batch}, fp32);
   out.penalty_sum = at::zeros({}, fp32);
-  auto sum_s = at::zeros({}, fp32.dtype(at::kDouble));  // read once, at the end
+  // left on the device: the trainer reads it with the step's other statistics
+  out.sum_s = at::zeros({}, fp32.dtype(at::kDouble));
   for (std::int64_t begin = 0; begin < n; begin += chunk) {
     const auto len = std::min(chunk, n - begin);
     const auto h = in.hidden_rows.narrow(0, begin, len);  // (len, C)
@@ -136,7 +137,7 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
     out.noisy2.index_add_(
         0, sample, noisy_chunk_logprobs(z, s, draws.at(false, begin, len, vocab), target, npo));
     if (s.size(1) > 0) {
-      sum_s += s.sum();
+      out.sum_s += s.sum();
       if (!in.penalty_rows.defined()) {
         out.penalty_sum += penalty_of(s, npo);
       }
@@ -145,7 +146,6 @@ NoisyNegative forward_chunks(const NoisyNegativeInputs& in,
     }
     out.num_s += len * vocab;
   }
-  out.sum_s += sum_s.item<double>();
   if (in.penalty_rows.defined() && !params.empty()) {
     const auto m = in.penalty_rows.size(0);
     for (std::int64_t begin = 0; begin < m; begin += chunk) {

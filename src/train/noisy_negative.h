@@ -28,7 +28,7 @@ struct NoisyNegative {
   at::Tensor noisy1;       // (B,) with ε1 and s detached — no gradient
   at::Tensor noisy2;       // (B,) with ε2 — gradient reaches the head parameters
   at::Tensor penalty_sum;  // () Σ s or Σ s² — gradient reaches the head parameters
-  double sum_s = 0;        // Σ s over the N response rows × V
+  at::Tensor sum_s;        // () fp64 Σ s over the N response rows × V, on their device
   std::int64_t num_s = 0;
 };
 

@@ -578,10 +578,13 @@ Json SelfplayLoop::write_logprobs(const model::LlamaModel& model,
       model::truncate_sequence(seq, cfg_.data.max_length, cfg_.data.max_prompt_length);
       seqs.push_back(std::move(seq));
     }
-    const auto batch = model::pad_batch(seqs, tokenizer_->pad_id());
+    // on the model's device (a GPU's, with run.device = "cuda")
+    const auto batch = model::to_device(model::pad_batch(seqs, tokenizer_->pad_id()),
+                                        model.weights().embed_tokens.device());
     const auto hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
-    const auto values =
-        sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask).contiguous();
+    const auto values = sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask)
+                            .to(at::kCPU)
+                            .contiguous();
     const auto* v = values.data_ptr<float>();
     logp.insert(logp.end(), v, v + (end - begin));
   }

@@ -145,7 +145,8 @@ std::int64_t ShardedLlama::num_parameters() const {
 }
 
 ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
-                                           const at::Tensor& attention_mask) {
+                                           const at::Tensor& attention_mask,
+                                           std::optional<bool> right_padded) {
   DNPO_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
              "forward: input_ids and attention_mask must both be (B,T); got ",
              input_ids.sizes(),
@@ -156,18 +157,23 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
   }
   const bool recompute = recompute_ && !keep_gathered_;
   auto* first_block = !prefetch_ ? nullptr : blocks_.empty() ? head_ : blocks_.front();
+  // index_select, not embedding: its backward is an index_add, where CUDA's embedding backward
+  // reads a segment count to the host once it sees more than 3072 tokens
   const auto embed_fn = [](const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& in) {
-    return std::vector<at::Tensor>{at::embedding(p[0], in[0])};
+    const auto& ids = in[0];
+    return std::vector<at::Tensor>{
+        p[0].index_select(0, ids.reshape({-1})).view({ids.size(0), ids.size(1), p[0].size(1)})};
   };
   auto x = dist::apply_unit(*embed_, embed_fn, {input_ids}, {first_block, nullptr}, recompute)[0];
 
-  const auto ctx = model::make_attention_context(cfg_, attention_mask, 0, compute_dtype_);
+  const auto ctx =
+      model::make_attention_context(cfg_, attention_mask, 0, compute_dtype_, right_padded);
   const auto cfg = cfg_;
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
-    const auto block_fn = [cfg](const std::vector<at::Tensor>& p,
-                                const std::vector<at::Tensor>& in) {
+    const auto block_fn = [cfg, causal_only = ctx.causal_only](const std::vector<at::Tensor>& p,
+                                                               const std::vector<at::Tensor>& in) {
       const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
-      model::AttentionContext c{in[1], in[2], in[3]};
+      const model::AttentionContext c{in[1], in[2], in[3], causal_only};
       return std::vector<at::Tensor>{model::block_forward(cfg, w, in[0], c, nullptr, 0)};
     };
     dist::Prefetch next{i + 1 < blocks_.size() ? blocks_[i + 1] : head_,

@@ -416,12 +416,15 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     for (std::size_t k = 0; k < share.index.size(); ++k) {
       const auto& host_batch = micro[share.index[k]];
       const auto batch = model::to_device(host_batch, device_);
+      // what the forward and the loss need to know of the masks, read from the host copy: on a
+      // GPU, reading them from the device copy would make the host wait
+      const auto rows =
+          to_device(response_rows(host_batch.input_ids, host_batch.loss_mask), device_);
       phase.begin("dnpo::policy_forward");
-      auto out = policy.forward(batch.input_ids, batch.attention_mask);
+      auto out = policy.forward(
+          batch.input_ids, batch.attention_mask, model::is_right_padded(host_batch.attention_mask));
       phase.begin("dnpo::loss");
-      auto loss =
-          sft_loss(out.hidden, out.lm_head, batch.input_ids, batch.loss_mask, global_tokens) *
-          share.weight[k];
+      auto loss = sft_loss(out.hidden, out.lm_head, rows, global_tokens) * share.weight[k];
       out = {};  // the graph holds what backward needs
       phase.begin("dnpo::backward");
       loss.backward();
@@ -441,7 +444,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     }
     // --- clip on the global norm, step the shards ---
     phase.begin("dnpo::clip_grad_norm");
-    const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
+    const auto grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
     phase.begin("dnpo::optimizer");
     optimizer->step();
     optimizer->zero_grad();
@@ -456,7 +459,7 @@ TrainSummary Trainer::train_sft(const std::vector<data::PromptRecord>& records) 
     const double tok_s = static_cast<double>(step_tokens) / (ms / 1e3);
     std::vector<std::pair<std::string, double>> values = {{"loss", loss_value},
                                                           {"lr", lr},
-                                                          {"grad_norm", grad_norm},
+                                                          {"grad_norm", grad_norm.item<double>()},
                                                           {"step_ms", ms},
                                                           {"tokens_per_s", tok_s}};
     phase.append_times(values);
@@ -626,11 +629,25 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       const double weight = share.weight[k];
       const auto rows = static_cast<std::int64_t>(m.pair_index.size());
       const auto b = model::to_device(m.batch, device_);
+      // NPO reads the negatives' reference logits only with noise (its own pass below), so
+      // the clean ones are computed for the positives alone: one vocabulary product less.
+      const auto ref_rows = npo ? rows : 2 * rows;
+      // What the forwards and the losses need to know of the masks, read from the host copy:
+      // on a GPU, reading them from the device copy would make the host wait.
+      const bool right_padded = model::is_right_padded(m.batch.attention_mask);
+      const auto host_rows = [&m](std::int64_t begin, std::int64_t count) {
+        return response_rows(m.batch.input_ids.narrow(0, begin, count),
+                             m.batch.loss_mask.narrow(0, begin, count));
+      };
+      const auto both_rows = to_device(host_rows(0, 2 * rows), device_);
+      const auto reference_rows =
+          ref_rows == 2 * rows ? both_rows : to_device(host_rows(0, ref_rows), device_);
+      const auto rejected_rows = npo ? host_rows(rows, rows) : ResponseRows{};
       // policy: log π_θ(y+), log π_θ(y−)
       phase.begin("dnpo::policy_forward");
       auto logps = [&] {
-        const auto out = policy.forward(b.input_ids, b.attention_mask);
-        return sequence_logprobs(out.hidden, out.lm_head, b.input_ids, b.loss_mask);
+        const auto out = policy.forward(b.input_ids, b.attention_mask, right_padded);
+        return sequence_logprobs(out.hidden, out.lm_head, both_rows);
       }();
       auto policy_chosen = logps.narrow(0, 0, rows);
       auto policy_rejected = logps.narrow(0, rows, rows);
@@ -639,15 +656,10 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       at::Tensor ref_hidden, ref_logps, ref_lm_head;
       {
         at::NoGradGuard no_grad;
-        const auto out = reference.forward(b.input_ids, b.attention_mask);
+        const auto out = reference.forward(b.input_ids, b.attention_mask, right_padded);
         ref_hidden = out.hidden;
-        // NPO reads the negatives' reference logits only with noise (its own pass below), so
-        // the clean ones are computed for the positives alone: one vocabulary product less.
-        const auto ref_rows = npo ? rows : 2 * rows;
-        ref_logps = sequence_logprobs(ref_hidden.narrow(0, 0, ref_rows),
-                                      out.lm_head,
-                                      b.input_ids.narrow(0, 0, ref_rows),
-                                      b.loss_mask.narrow(0, 0, ref_rows));
+        ref_logps =
+            sequence_logprobs(ref_hidden.narrow(0, 0, ref_rows), out.lm_head, reference_rows);
         if (npo) {
           ref_lm_head = out.lm_head;
         }
@@ -677,13 +689,11 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         in.ref_lm_head = std::move(ref_lm_head);
         in.rejected_ids = b.input_ids.narrow(0, rows, rows);
         in.rejected_loss_mask = b.loss_mask.narrow(0, rows, rows);
+        in.rejected_rows = to_device(rejected_rows, device_);
         // ε keys: (seed, iteration, step, global pair index, position, stream) — per row
-        // (from the host copy of the batch: the keys are computed on the host)
-        const auto rr = response_rows(m.batch.input_ids.narrow(0, rows, rows),
-                                      m.batch.loss_mask.narrow(0, rows, rows));
-        const auto* sample = rr.sample.data_ptr<std::int64_t>();
-        const auto* position = rr.position.data_ptr<std::int64_t>();
-        for (std::int64_t j = 0; j < rr.sample.numel(); ++j) {
+        const auto* sample = rejected_rows.sample.data_ptr<std::int64_t>();
+        const auto* position = rejected_rows.position.data_ptr<std::int64_t>();
+        for (std::int64_t j = 0; j < rejected_rows.sample.numel(); ++j) {
           const auto pair = static_cast<std::uint64_t>(m.pair_index[sample[j]]);
           const auto pos = static_cast<std::uint64_t>(position[j]);
           in.draws.row_keys1.push_back(draw_key(
@@ -700,7 +710,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         step_stats.add(kModel, terms.model_loss, weight);
         step_stats.add(kNoise, terms.noise_loss, weight);
         step_stats.add(kPenalty, terms.penalty, weight);
-        step_stats.add(kSumS, weight * terms.sum_s);
+        step_stats.add(kSumS, terms.sum_s, weight);
         step_stats.add(kNumS, weight * static_cast<double>(terms.num_s));
       }
       phase.begin("dnpo::backward");
@@ -728,7 +738,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       gradient_observer_(step, units);
     }
     phase.begin("dnpo::clip_grad_norm");
-    const double grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
+    const auto grad_norm = dist::clip_grad_norm(units, comm_, cfg_.train.grad_clip);
     phase.begin("dnpo::optimizer");
     optimizer->step();
     optimizer->zero_grad();
@@ -749,7 +759,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
         {"logp_chosen", stats[kChosen] / global_pairs},
         {"logp_rejected", stats[kRejected] / global_pairs},
         {"lr", lr},
-        {"grad_norm", grad_norm},
+        {"grad_norm", grad_norm.item<double>()},
         {"step_ms", ms},
         {"tokens_per_s", tok_s}};
     if (npo) {

@@ -193,7 +193,7 @@ void check_npo_values_and_grads(const std::string& name) {
   check("total", t.total, kLossAtol, kLossRtol);
   ASSERT_GT(t.num_s, 0);
   check("mean_s",
-        at::full({1}, t.sum_s / static_cast<double>(t.num_s), at::kDouble),
+        at::full({1}, t.sum_s.item<double>() / static_cast<double>(t.num_s), at::kDouble),
         kLossAtol,
         kLossRtol);
   // the reference stores mean(m1 > 0) rounded to fp32

@@ -1,8 +1,9 @@
 // The CUDA trainer (label gpu; run by launch/device-check on the GPU machine, skipped elsewhere):
-// NCCL collectives at world size 1, a wait that leaves the host free, and SFT / SPIN / NPO
-// training on the GPU through the NCCL process group equal to the CPU trainer (comm null) step by
-// step: losses, full gradients and the parameter change.
+// NCCL collectives at world size 1, a wait that leaves the host free, SFT / SPIN / NPO training
+// on the GPU through the NCCL process group equal to the CPU trainer (comm null) step by step
+// (losses, full gradients and the parameter change), and no host sync per micro-batch.
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,7 +11,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #if DNPO_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
 #endif
 
 #include "dnpo/data/tokenizer.h"
@@ -133,6 +136,53 @@ TEST(CudaTrainer, NpoInBf16MatchesCpuWithinBf16Tolerance) {
   DNPO_REQUIRE_CUDA();
   expect_cuda_matches_cpu("npo", "bf16");
 }
+
+#if DNPO_WITH_CUDA
+// Counts LibTorch's "called a synchronizing CUDA operation" warnings (its sync debug mode
+// "warn": item(), nonzero, copies to the host, stream synchronisations), those raised in
+// autograd's backward threads included (the engine replays them on the calling thread).
+class HostSyncCounter : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& warning) override {
+    if (warning.msg().find("synchronizing") != std::string::npos) {
+      ++count;
+    }
+  }
+  int count = 0;
+};
+
+int host_syncs_of(const config::RunConfig& cfg) {
+  HostSyncCounter counter;
+  const c10::WarningUtils::WarningHandlerGuard guard(&counter);
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+  fixture::train(cfg, &nccl(), /*observe_gradients=*/false);
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  return counter.count;
+}
+
+// The micro-batch loop (forwards, losses, backward) makes the host wait for the GPU nowhere:
+// the same 4 steps cut into 20 micro-batches or into 6 make exactly as many host syncs. What
+// is left is per step (the statistics read for the log) and per run (set-up, the final copy).
+TEST(CudaTrainer, NoHostSyncPerMicroBatch) {
+  DNPO_REQUIRE_CUDA();
+  for (const std::string loss : {"sft", "spin", "npo"}) {
+    auto cfg = tiny_run(loss, "cuda");
+    cfg.train.micro_batch_size = 2;  // steps of 16, 4, 16, 4 samples: 8 + 2 + 8 + 2 micro-batches
+    const int many = host_syncs_of(cfg);
+    cfg.train.micro_batch_size = 8;  // 2 + 1 + 2 + 1
+    const int few = host_syncs_of(cfg);
+    cfg.train.epochs = 1;  // the first two steps only
+    const int two_steps = host_syncs_of(cfg);
+    std::printf("[ host syncs ] %s: 4 steps in 20 micro-batches %d, in 6 %d; per step %.1f\n",
+                loss.c_str(),
+                many,
+                few,
+                (few - two_steps) / 2.0);
+    EXPECT_EQ(many, few) << loss << ": host syncs grow with the micro-batches";
+    EXPECT_GT(few, two_steps) << loss << ": the counter saw nothing (sync debug mode off?)";
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace dnpo::train

@@ -161,11 +161,14 @@ std::vector<at::Tensor> gather_params(ShardedUnit& unit,
                                       ShardedUnit* next_backward = nullptr,
                                       bool release_in_backward = false);
 
-/// collective: √(Σ over units and ranks of ‖shard gradient‖²) — the global gradient norm.
-double global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm);
+/// collective: √(Σ over units and ranks of ‖shard gradient‖²) — the global gradient norm, a
+/// 0-dim fp64 tensor on the gradients' device. Read it with the step's other numbers: on a GPU,
+/// reading it at once would make the host wait for the backward.
+at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm);
 
 /// collective: scales every shard gradient by max_norm / (norm + 1e-6) when the global norm
-/// exceeds max_norm (torch.nn.utils.clip_grad_norm_); returns the norm before clipping.
-double clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm);
+/// exceeds max_norm (torch.nn.utils.clip_grad_norm_); returns the norm before clipping (as
+/// global_grad_norm). On a GPU the factor stays on the device, min(1, ·), without a host sync.
+at::Tensor clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm);
 
 }  // namespace dnpo::dist

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -57,10 +58,16 @@ bool fused_attention_available();
 
 /// Builds rotary tables and the causal + key-padding bias. attention_mask covers the whole
 /// sequence so far (past + new), (B, past+T) int64; positions = cumsum(mask) - 1 (HF style).
+/// right_padded: whether every row is ones then zeros (is_right_padded of the host copy); when
+/// not given and fused attention could use it, it is read from the mask (a host sync on a GPU).
 AttentionContext make_attention_context(const config::ModelConfig& cfg,
                                         const at::Tensor& attention_mask,
                                         std::int64_t past_length,
-                                        at::ScalarType dtype);
+                                        at::ScalarType dtype,
+                                        std::optional<bool> right_padded = std::nullopt);
+
+/// Whether every row of a (B,T) 0/1 mask is ones, then zeros (no left padding, no holes).
+bool is_right_padded(const at::Tensor& attention_mask);
 
 /// RMSNorm: x · rsqrt(mean(x²) + eps) · w, computed in fp32.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

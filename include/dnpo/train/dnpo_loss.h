@@ -21,7 +21,11 @@ struct ResponseRows {
   at::Tensor sample;      // (N,) int64 row b within the batch
   at::Tensor position;    // (N,) int64 t
 };
+/// Where loss_mask is set, in row-major order. Made from the host copy of a batch, it costs the
+/// GPU no host sync (nonzero would); then to_device.
 ResponseRows response_rows(const at::Tensor& input_ids, const at::Tensor& loss_mask);
+/// The same rows on `device` (from pinned memory when that is a GPU: the copies are queued).
+ResponseRows to_device(const ResponseRows& rows, at::Device device);
 
 /// log π(y|x) per sequence: Σ over response tokens of log_softmax(logits)[token], computed only
 /// at response rows (hidden (B,T,C), lm_head (V,C)) in chunks of chunk_rows. → (B,) fp32.
@@ -32,10 +36,20 @@ at::Tensor sequence_logprobs(const at::Tensor& hidden,
                              std::int64_t chunk_rows = 1024);
 
 /// Token-level cross-entropy summed over response tokens, divided by global_tokens.
+/// As above, with the response rows made already (possibly from the host copy of the batch).
+at::Tensor sequence_logprobs(const at::Tensor& hidden,
+                             const at::Tensor& lm_head,
+                             const ResponseRows& rows,
+                             std::int64_t chunk_rows = 1024);
+
 at::Tensor sft_loss(const at::Tensor& hidden,
                     const at::Tensor& lm_head,
                     const at::Tensor& input_ids,
                     const at::Tensor& loss_mask,
+                    double global_tokens);
+at::Tensor sft_loss(const at::Tensor& hidden,
+                    const at::Tensor& lm_head,
+                    const ResponseRows& rows,
                     double global_tokens);
 
 /// ℓ(t) = −log σ(t) = softplus(−t), elementwise.
@@ -69,6 +83,7 @@ struct NpoInputs {
   at::Tensor ref_lm_head;      // (V, C)
   at::Tensor rejected_ids;     // (B, T) int64
   at::Tensor rejected_loss_mask;  // (B, T) int64
+  ResponseRows rejected_rows;     // response_rows of the two above, if made already (else made)
   NoiseDraws draws;
   double global_pairs = 0;             // pairs in the global batch (mean normaliser)
   double global_penalty_elements = 0;  // penalty rows in the global batch × V
@@ -82,7 +97,7 @@ struct NpoTerms {
   at::Tensor margins;           // (B,) m1, detached
   at::Tensor noisy_rejected_1;  // (B,) log π~_ref(y−; ε1), detached
   at::Tensor noisy_rejected_2;  // (B,) log π~_ref(y−; ε2), detached
-  double sum_s = 0;             // Σ s over response rows × V (for mean s)
+  at::Tensor sum_s;             // () fp64 Σ s over response rows × V (for mean s), not read
   std::int64_t num_s = 0;
 };
 

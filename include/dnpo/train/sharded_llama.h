@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,7 +66,11 @@ class ShardedLlama {
     at::Tensor hidden;
     at::Tensor lm_head;
   };
-  Output forward(const at::Tensor& input_ids, const at::Tensor& attention_mask);
+  /// right_padded: model::is_right_padded of the mask's host copy, if the caller has one (saves
+  /// a host sync on a GPU; fused attention then runs its causal kernel without a mask).
+  Output forward(const at::Tensor& input_ids,
+                 const at::Tensor& attention_mask,
+                 std::optional<bool> right_padded = std::nullopt);
   /// Drops every gathered buffer; call after the micro-batch's backward.
   void release();
   /// collective: with units kept gathered, reduce-scatters the gradients the step's micro-batches

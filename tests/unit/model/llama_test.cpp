@@ -75,6 +75,17 @@ TEST(Llama, KvCacheMatchesFullForwardWithLeftPadding) {
   EXPECT_GT(reference.abs().max().item<double>(), 0.5);
 }
 
+TEST(Llama, RightPaddedMeansOnesThenZerosInEveryRow) {
+  const auto mask = [](std::vector<std::int64_t> v, std::int64_t rows) {
+    return at::tensor(v, at::kLong).reshape({rows, -1});
+  };
+  EXPECT_TRUE(model::is_right_padded(mask({1, 1, 1, 0, 1, 1, 1, 1}, 2)));
+  EXPECT_TRUE(model::is_right_padded(mask({1, 0, 0, 0}, 1)));
+  EXPECT_TRUE(model::is_right_padded(mask({1}, 1)));
+  EXPECT_FALSE(model::is_right_padded(mask({1, 1, 1, 1, 0, 1, 1, 1}, 2)));  // left padding
+  EXPECT_FALSE(model::is_right_padded(mask({1, 0, 1, 0}, 1)));              // a hole
+}
+
 TEST(Llama, LeftPaddingDoesNotChangeRealTokensLogits) {
   const LlamaModel model(tiny_config(), 12);
   const auto [ids, mask] = left_padded_batch();

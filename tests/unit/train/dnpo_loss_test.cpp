@@ -147,6 +147,18 @@ TEST(SequenceLogprobs, EqualsManualSumOverResponsePositionsOnly) {
   EXPECT_LT(max_abs_diff(seq_logprobs(m, b, 4), got), 1e-5);
 }
 
+TEST(SequenceLogprobs, FromResponseRowsEqualsFromMasks) {
+  const model::LlamaModel m(tiny_config(), 3);
+  const auto b = model::pad_batch(sequences(), 0, model::PadSide::kRight);
+  at::NoGradGuard no_grad;
+  const auto hidden = m.forward_hidden(b.input_ids, b.attention_mask);
+  const auto rows = response_rows(b.input_ids, b.loss_mask);
+  EXPECT_TRUE(at::equal(sequence_logprobs(hidden, m.lm_head(), rows, 3),
+                        sequence_logprobs(hidden, m.lm_head(), b.input_ids, b.loss_mask, 3)));
+  EXPECT_TRUE(at::equal(sft_loss(hidden, m.lm_head(), rows, 7.0),
+                        sft_loss(hidden, m.lm_head(), b.input_ids, b.loss_mask, 7.0)));
+}
+
 TEST(SequenceLogprobs, LeftAndRightPaddingAgree) {
   const model::LlamaModel m(tiny_config(), 4);
   const auto right = seq_logprobs(m, model::pad_batch(sequences(), 0, model::PadSide::kRight));
@@ -263,10 +275,30 @@ TEST(NpoLoss, MatchesTheFormulaWithExplicitNoise) {
   EXPECT_NEAR(scalar(terms.noise_loss), noise_loss, 1e-5);
   EXPECT_NEAR(scalar(terms.penalty), penalty, 1e-5);
   EXPECT_NEAR(scalar(terms.total), model_loss - noise_loss + cfg.alpha * penalty, 1e-5);
-  EXPECT_NEAR(terms.sum_s, s.sum().item<double>(), 1e-3);
+  EXPECT_NEAR(terms.sum_s.item<double>(), s.sum().item<double>(), 1e-3);
   EXPECT_EQ(terms.num_s, 5 * kV);
   // The two noise draws differ, so the two noisy log-probs differ.
   EXPECT_GT(max_abs_diff(r1, r2), 1e-3);
+}
+
+// The trainer hands npo_loss the negatives' rows made from the host copy of the batch (no
+// nonzero on the GPU); the result is the same as when npo_loss makes them.
+TEST(NpoLoss, GivenResponseRowsGiveTheSameTerms) {
+  const model::NoiseHead head(npo_config(2), kC, kV, 5);
+  auto in = npo_inputs();
+  in.draws.eps1 = model::counter_normal({5, kV}, 1.0, 401);
+  in.draws.eps2 = model::counter_normal({5, kV}, 1.0, 402);
+  const auto made = npo_loss(in, &head, npo_config(2), 0.3);
+  in.rejected_rows = to_device(response_rows(in.rejected_ids, in.rejected_loss_mask), at::kCPU);
+  const auto given = npo_loss(in, &head, npo_config(2), 0.3);
+  EXPECT_TRUE(at::equal(made.noisy_rejected_1, given.noisy_rejected_1));
+  EXPECT_TRUE(at::equal(made.noisy_rejected_2, given.noisy_rejected_2));
+  EXPECT_EQ(scalar(made.total), scalar(given.total));
+  EXPECT_EQ(made.sum_s.item<double>(), given.sum_s.item<double>());
+  // rows of another batch are used as given: they must match the draws
+  in.rejected_rows =
+      response_rows(in.rejected_ids.narrow(0, 0, 1), in.rejected_loss_mask.narrow(0, 0, 1));
+  EXPECT_THROW(npo_loss(in, &head, npo_config(2), 0.3), Error);
 }
 
 TEST(NpoLoss, ChunkingDoesNotChangeExplicitNoiseResults) {
@@ -320,7 +352,7 @@ TEST(NpoLoss, FixedNoiseNeedsNoHeadAndTotalIsModelLoss) {
   const auto terms = npo_loss(in, nullptr, cfg, 0.1);
   EXPECT_EQ(scalar(terms.total), scalar(terms.model_loss));
   EXPECT_EQ(scalar(terms.penalty), 0.0);
-  EXPECT_NEAR(terms.sum_s, 0.5 * 5 * kV, 1e-4);
+  EXPECT_NEAR(terms.sum_s.item<double>(), 0.5 * 5 * kV, 1e-4);
   // s ≡ 0.5 everywhere: the noisy log-prob is the manual one with s = 0.5.
   const auto eps1 = model::counter_normal_rows(in.draws.row_keys1, kV);
   const auto r1 = manual_noisy(in, at::full({5, kV}, 0.5), eps1);
