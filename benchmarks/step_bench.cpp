@@ -3,9 +3,10 @@
 // and the first step's loss. With --dump DIR it first writes what a peer needs to do the same
 // work (benchmarks/peers/step_peer.py): the initial policy (HF directory), the noise head, the
 // padded token batch of the first step, its NPO noise draws, and the settings.
+// With --alternate R it runs R rounds of SPIN then NPO steps in one process and prints their ratio.
 // Usage: dnpo_step_bench --loss spin|npo|sft [--vocab V --hidden C --layers L --batch B
 //                         --prompt-len P --response-len R --steps N --threads T
-//                         --dump DIR [--dump-only]]
+//                         --dump DIR [--dump-only] --alternate R]
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -13,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -170,6 +172,64 @@ void print_phase_medians(const std::string& metrics_path,
   }
 }
 
+/// --alternate: rounds of SPIN then NPO steps in this one process, each from the same initial
+/// policy, so that the machine's drift (other load, clocks) falls on both alike. Prints each
+/// loss's median over every round's timed steps, the ratio of those medians and its spread
+/// over the rounds.
+int run_alternating(dnpo::config::RunConfig cfg,
+                    const dnpo::data::Tokenizer& tokenizer,
+                    dnpo::model::LlamaModel& policy,
+                    int rounds,
+                    const nlohmann::json& config,
+                    int batch,
+                    int prompt_len,
+                    int response_len) {
+  const auto initial = policy.clone();
+  std::vector<double> spin_ms, npo_ms, round_ratios;
+  for (int round = 0; round < rounds; ++round) {
+    double medians[2] = {0, 0};
+    for (int k = 0; k < 2; ++k) {
+      cfg.train.loss = k == 0 ? "spin" : "npo";
+      policy.copy_from(initial);
+      dnpo::train::MetricsWriter metrics("");
+      dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
+      const auto summary =
+          dnpo::bench::train_synthetic(trainer, cfg.train.loss, batch, prompt_len, response_len);
+      const std::vector<double> timed(summary.step_ms.begin() + kWarmupSteps,
+                                      summary.step_ms.end());
+      auto& all = k == 0 ? spin_ms : npo_ms;
+      all.insert(all.end(), timed.begin(), timed.end());
+      medians[k] = dnpo::bench::median(timed);
+    }
+    round_ratios.push_back(medians[1] / medians[0]);
+    std::fprintf(stderr,
+                 "round %d: spin %.1f ms, npo %.1f ms, ratio %.3f\n",
+                 round + 1,
+                 medians[0],
+                 medians[1],
+                 round_ratios.back());
+  }
+  const double spin = dnpo::bench::median(spin_ms);
+  const double npo = dnpo::bench::median(npo_ms);
+  const auto [lo, hi] = std::minmax_element(round_ratios.begin(), round_ratios.end());
+  for (const auto& [metric, value, unit] :
+       {std::tuple<const char*, double, const char*>{"spin_step_time_median", spin, "ms"},
+        {"npo_step_time_median", npo, "ms"},
+        {"npo_over_spin", npo / spin, ""},
+        {"npo_over_spin_round_min", *lo, ""},
+        {"npo_over_spin_round_max", *hi, ""}}) {
+    std::cout << nlohmann::json{{"name", "step.alternate"},
+                                {"config", config},
+                                {"metric", metric},
+                                {"value", value},
+                                {"unit", unit},
+                                {"rounds", rounds}}
+                     .dump()
+              << "\n";
+  }
+  return 0;
+}
+
 /// The benchmark; main() only adds a last-resort catch around it.
 int run_bench(int argc, char** argv) {
   CLI::App app{"dnpo step benchmark"};
@@ -194,6 +254,11 @@ int run_bench(int argc, char** argv) {
   app.add_flag("--phases",
                phases,
                "also print each phase's median wall time (run.phase_times, no profiler)");
+  int alternate = 0;
+  app.add_option("--alternate",
+                 alternate,
+                 "R rounds of SPIN then NPO steps in this process (--loss ignored): their ratio "
+                 "with the machine's drift on both alike");
   bool dump_only = false;
   app.add_flag(
       "--dump-only", dump_only, "exit after --dump (timed runs then measure memory alone)");
@@ -226,6 +291,20 @@ int run_bench(int argc, char** argv) {
     if (dump_only) {
       return 0;
     }
+  }
+  if (alternate > 0) {
+    const nlohmann::json config = {{"vocab", vocab},
+                                   {"hidden", hidden},
+                                   {"layers", layers},
+                                   {"batch", batch},
+                                   {"prompt_len", prompt_len},
+                                   {"response_len", response_len},
+                                   {"threads", threads},
+                                   {"steps", steps},
+                                   {"chunk", chunk},
+                                   {"params", policy.num_parameters()}};
+    return run_alternating(
+        cfg, tokenizer, policy, alternate, config, batch, prompt_len, response_len);
   }
   // With --phases the step's phase times come back the way a user sees them: metrics.jsonl.
   const auto metrics_path = std::filesystem::temp_directory_path() /

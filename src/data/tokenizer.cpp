@@ -5,12 +5,27 @@
 #include <array>
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "dnpo/common/error.h"
 #include "spm_library.h"
 
 namespace dnpo::data {
 
 // --- ByteTokenizer ---
+
+namespace {
+
+// A model may sample any byte: each invalid UTF-8 sequence becomes U+FFFD, exactly as dnpo's
+// JSON writers replace it, so the verifier scores the text that a judge receives and a samples
+// file shows.
+std::string valid_utf8(std::string text) {
+  using Json = nlohmann::json;
+  return Json::parse(Json(std::move(text)).dump(-1, ' ', false, Json::error_handler_t::replace))
+      .get<std::string>();
+}
+
+}  // namespace
 
 std::vector<std::int64_t> ByteTokenizer::encode(const std::string& text) const {
   std::vector<std::int64_t> ids;
@@ -30,7 +45,7 @@ std::string ByteTokenizer::decode(const std::vector<std::int64_t>& ids) const {
       text.push_back(static_cast<char>(static_cast<unsigned char>(id)));
     }
   }
-  return text;
+  return valid_utf8(std::move(text));
 }
 
 bool ByteTokenizer::is_special(std::int64_t id) const {

@@ -157,10 +157,14 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
   }
   const bool recompute = recompute_ && !keep_gathered_;
   auto* first_block = !prefetch_ ? nullptr : blocks_.empty() ? head_ : blocks_.front();
-  // index_select, not embedding: its backward is an index_add, where CUDA's embedding backward
-  // reads a segment count to the host once it sees more than 3072 tokens
+  // On a GPU index_select, not embedding: its backward is an index_add, where CUDA's embedding
+  // backward reads a segment count to the host once it sees more than 3072 tokens. On the CPU
+  // embedding, whose gradient sums in its own order (results stay as they were).
   const auto embed_fn = [](const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& in) {
     const auto& ids = in[0];
+    if (!p[0].is_cuda()) {
+      return std::vector<at::Tensor>{at::embedding(p[0], ids)};
+    }
     return std::vector<at::Tensor>{
         p[0].index_select(0, ids.reshape({-1})).view({ids.size(0), ids.size(1), p[0].size(1)})};
   };

@@ -268,12 +268,13 @@ def main():
     same_result(work, "per_layer", ref_reports, ref_model)
 
     # --- SIGKILL during iteration 1's generation, then --resume auto ---
-    small_batches = ("--set", "sample.batch_size=8")
+    # (the reference's generation batches: other batch shapes round differently, and at T = 1 a
+    # near tie can then sample another byte, as it did on an AMD EPYC with sample.batch_size=8)
     server = Server(work, "kill_generate")
-    code, out = interrupt(command(work, "kill_generate", server.port, *every_round, *small_batches),
+    code, out = interrupt(command(work, "kill_generate", server.port, *every_round),
                           "kill_generate", ["in generate of iteration 1 after round 2"], kill_ranks)
     assert code != 0, "kill_generate: the job survived SIGKILL"
-    out = run(command(work, "kill_generate", server.port, *every_round, *small_batches,
+    out = run(command(work, "kill_generate", server.port, *every_round,
                       "--resume", "auto"), "kill_generate resume")
     assert "resume: self-play iteration 1 in stage 'generate'" in out, out[-4000:]
     server.stop()

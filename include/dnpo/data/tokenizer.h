@@ -41,7 +41,8 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) = default;
 };
 
-/// Ids 0..255 are the bytes of the UTF-8 text, then PAD 256, BOS 257, EOS 258.
+/// Ids 0..255 are the bytes of the UTF-8 text, then PAD 256, BOS 257, EOS 258. decode returns
+/// valid UTF-8: bytes that do not form it (a model can sample any) become U+FFFD, as in JSON.
 class ByteTokenizer final : public Tokenizer {
  public:
   static constexpr std::int64_t kPadId = 256;

@@ -31,7 +31,7 @@ TEST(ByteTokenizer, RoundTripsAsciiAndUtf8) {
   EXPECT_EQ(ids[1], 0xA9);
 }
 
-TEST(ByteTokenizer, RoundTripsAll256Bytes) {
+TEST(ByteTokenizer, EncodesEveryByteAndRoundTripsValidUtf8) {
   const ByteTokenizer tok;
   std::string text;
   for (int b = 0; b < 256; ++b) {
@@ -42,7 +42,22 @@ TEST(ByteTokenizer, RoundTripsAll256Bytes) {
   for (int b = 0; b < 256; ++b) {
     EXPECT_EQ(ids[b], b);
   }
-  EXPECT_EQ(tok.decode(ids), text);
+  const std::string valid = std::string("ascii \x01\x0f\x7f") + "é 中 😀";
+  EXPECT_EQ(tok.decode(tok.encode(valid)), valid);
+}
+
+// A model can sample bytes that are not UTF-8: they decode to U+FFFD as dnpo's JSON writers
+// would write them, so a verifier and a judge over HTTP score the same text.
+TEST(ByteTokenizer, InvalidUtf8DecodesToTheReplacementCharacter) {
+  const ByteTokenizer tok;
+  const std::string replacement = "\xEF\xBF\xBD";
+  EXPECT_EQ(tok.decode({0xFF, '3', '1'}), replacement + "31");
+  EXPECT_EQ(tok.decode({'1', '1', '2', 0xC3}), "112" + replacement);  // cut-off sequence
+  const auto decoded = tok.decode({0x80, 'a', 0xE4, 0xB8, 'b'});
+  EXPECT_EQ(decoded.find('\x80'), std::string::npos) << decoded;
+  EXPECT_NE(decoded.find('a'), std::string::npos);
+  EXPECT_NE(decoded.find('b'), std::string::npos);
+  EXPECT_EQ(tok.decode(tok.encode(decoded)), decoded);  // valid now: stable
 }
 
 TEST(ByteTokenizer, SpecialIdsAreSkippedOnDecode) {

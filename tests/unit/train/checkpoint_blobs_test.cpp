@@ -97,7 +97,9 @@ TEST(SelfplayStateBlob, RoundTripsExactBytes) {
   detail::LoopState state(3);
   detail::restore_state(text, "a.h5", tokenizer, state);
   EXPECT_EQ(state.iteration, 2U);
-  EXPECT_EQ(state.samples[0].answer, std::string("h\xffi"));
+  // the tokens come back exactly; their text is valid UTF-8 (ByteTokenizer::decode: U+FFFD)
+  EXPECT_EQ(state.samples[0].tokens, (std::vector<std::int64_t>{'h', 0xff, 'i'}));
+  EXPECT_EQ(state.samples[0].answer, std::string("h\xEF\xBF\xBDi"));
   EXPECT_EQ(state.known[2].count(std::string("\xff\x00", 2)), 1U);
   EXPECT_EQ(detail::state_json(state).dump(), text);
 }
