@@ -292,20 +292,21 @@ int run_bench(int argc, char** argv) {
       return 0;
     }
   }
+  nlohmann::json config = {{"vocab", vocab},
+                           {"hidden", hidden},
+                           {"layers", layers},
+                           {"batch", batch},
+                           {"prompt_len", prompt_len},
+                           {"response_len", response_len},
+                           {"threads", threads},
+                           {"params", policy.num_parameters()}};
   if (alternate > 0) {
-    const nlohmann::json config = {{"vocab", vocab},
-                                   {"hidden", hidden},
-                                   {"layers", layers},
-                                   {"batch", batch},
-                                   {"prompt_len", prompt_len},
-                                   {"response_len", response_len},
-                                   {"threads", threads},
-                                   {"steps", steps},
-                                   {"chunk", chunk},
-                                   {"params", policy.num_parameters()}};
+    config["steps"] = steps;
+    config["chunk"] = chunk;
     return run_alternating(
         cfg, tokenizer, policy, alternate, config, batch, prompt_len, response_len);
   }
+  config["loss"] = loss;
   // With --phases the step's phase times come back the way a user sees them: metrics.jsonl.
   const auto metrics_path = std::filesystem::temp_directory_path() /
                             ("dnpo_step_bench_" + std::to_string(::getpid()) + ".jsonl");
@@ -321,15 +322,6 @@ int run_bench(int argc, char** argv) {
   tracing.reset();
   const double median = dnpo::bench::median(
       std::vector<double>(summary.step_ms.begin() + kWarmupSteps, summary.step_ms.end()));
-  const nlohmann::json config = {{"loss", loss},
-                                 {"vocab", vocab},
-                                 {"hidden", hidden},
-                                 {"layers", layers},
-                                 {"batch", batch},
-                                 {"prompt_len", prompt_len},
-                                 {"response_len", response_len},
-                                 {"threads", threads},
-                                 {"params", policy.num_parameters()}};
   std::cout << nlohmann::json{{"name", "step." + loss},
                               {"config", config},
                               {"metric", "step_time_median"},

@@ -69,19 +69,17 @@ bool truncate_sequence(TokenSequence& sequence,
   return cut;
 }
 
+at::Tensor to_device(const at::Tensor& host, at::Device device) {
+  return device.is_cuda() ? host.pin_memory().to(device, /*non_blocking=*/true) : host.to(device);
+}
+
 TokenBatch to_device(const TokenBatch& batch, at::Device device) {
   if (batch.input_ids.device() == device) {
     return batch;
   }
-  // To a GPU from pinned memory: the copies are queued and the host goes on (from pageable memory
-  // each would wait for the GPU to drain).
-  const bool pinned = device.is_cuda();
-  const auto move = [&](const at::Tensor& t) {
-    return pinned ? t.pin_memory().to(device, /*non_blocking=*/true) : t.to(device);
-  };
-  return {move(batch.input_ids),
-          move(batch.attention_mask),
-          move(batch.loss_mask),
+  return {to_device(batch.input_ids, device),
+          to_device(batch.attention_mask, device),
+          to_device(batch.loss_mask, device),
           batch.num_response_tokens};
 }
 

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "dnpo/common/error.h"
+#include "dnpo/model/batch.h"
 #include "noisy_negative.h"
 
 namespace dnpo::train {
@@ -33,9 +34,7 @@ ResponseRows to_device(const ResponseRows& rows, at::Device device) {
   if (rows.hidden_row.device() == device) {
     return rows;
   }
-  const auto move = [&](const at::Tensor& t) {
-    return device.is_cuda() ? t.pin_memory().to(device, /*non_blocking=*/true) : t.to(device);
-  };
+  const auto move = [device](const at::Tensor& t) { return model::to_device(t, device); };
   return {move(rows.hidden_row), move(rows.target), move(rows.sample), move(rows.position)};
 }
 

@@ -25,6 +25,9 @@ struct TokenBatch {
   std::int64_t num_response_tokens = 0;
 };
 
+/// A host tensor on `device`: to a GPU from pinned memory, so the copy is queued and the host
+/// goes on (from pageable memory it would wait for the GPU to drain).
+at::Tensor to_device(const at::Tensor& host, at::Device device);
 /// The same batch on `device` (the token counts stay as they are).
 TokenBatch to_device(const TokenBatch& batch, at::Device device);
 
