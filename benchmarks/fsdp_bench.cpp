@@ -49,7 +49,7 @@ std::vector<double> per_rank(double value, dnpo::dist::Comm* comm) {
 }
 
 int run_bench(int argc, char** argv) {
-  dnpo::use_fixed_mmap_threshold();
+  dnpo::configure_heap();
   const dnpo::dist::MpiEnv mpi(&argc, &argv);
   CLI::App app{"dnpo FSDP benchmark"};
   std::string loss = "npo", reduce_scatter = "ring";
@@ -211,6 +211,7 @@ int run_bench(int argc, char** argv) {
                                  {"prompt_len", prompt_len},
                                  {"response_len", response_len},
                                  {"threads", threads},
+                                 {"heap", dnpo::heap_name()},
                                  {"prefetch", prefetch != 0},
                                  {"reshard_after_forward", reshard_after_forward != 0},
                                  {"reduce_scatter", reduce_scatter},

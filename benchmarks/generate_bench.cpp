@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
+#include "dnpo/common/allocator.h"
 #include "dnpo/common/log.h"
 #include "dnpo/config/config.h"
 #include "dnpo/model/hf_io.h"
@@ -28,6 +29,7 @@
 namespace {
 
 int run_bench(int argc, char** argv) {
+  dnpo::configure_heap();  // as dnpo_dist does
   CLI::App app{"dnpo generation benchmark"};
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 16, new_tokens = 32;
   int reps = 5, threads = 1;
@@ -108,6 +110,7 @@ int run_bench(int argc, char** argv) {
                                  {"prompt_len", prompt_len},
                                  {"new_tokens", new_tokens},
                                  {"threads", threads},
+                                 {"heap", dnpo::heap_name()},
                                  {"params", model.num_parameters()}};
   std::cout << nlohmann::json{{"name", "generate.greedy"},
                               {"config", config},

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "bench_common.h"
+#include "dnpo/common/allocator.h"
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/log.h"
 #include "dnpo/config/config.h"
@@ -232,6 +233,7 @@ int run_alternating(dnpo::config::RunConfig cfg,
 
 /// The benchmark; main() only adds a last-resort catch around it.
 int run_bench(int argc, char** argv) {
+  dnpo::configure_heap();  // as dnpo_dist does
   CLI::App app{"dnpo step benchmark"};
   std::string loss = "npo";
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 24, response_len = 24;
@@ -299,6 +301,7 @@ int run_bench(int argc, char** argv) {
                            {"prompt_len", prompt_len},
                            {"response_len", response_len},
                            {"threads", threads},
+                           {"heap", dnpo::heap_name()},
                            {"params", policy.num_parameters()}};
   if (alternate > 0) {
     config["steps"] = steps;

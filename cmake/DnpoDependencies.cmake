@@ -90,4 +90,33 @@ if(DNPO_CUDA_ENABLED)
   endif()
 endif()
 
+# The programs' malloc (dnpo_heap, linked by dnpo_dist and the benchmarks). A training step frees
+# and reallocates the same large blocks every step; glibc serves blocks over its mmap threshold
+# with fresh pages, so each step page-faults them in again (a third of a 111M CPU step, measured in
+# benchmarks/RESULTS.md). tcmalloc (Debian libgoogle-perftools-dev) keeps freed spans for reuse
+# and still holds the np 4 FSDP memory bound. Sanitizers and libFuzzer bring their own malloc;
+# CUDA builds keep glibc until a GPU run has checked tcmalloc beside CUDA's libraries.
+add_library(dnpo_heap INTERFACE)
+set(dnpo_heap_choice "${DNPO_HEAP}")
+if(dnpo_heap_choice STREQUAL "AUTO")
+  set(dnpo_heap_choice tcmalloc)
+  if(DNPO_SANITIZE_ADDRESS OR DNPO_SANITIZE_UNDEFINED OR DNPO_SANITIZE_THREAD OR DNPO_FUZZ
+     OR DNPO_CUDA_ENABLED)
+    set(dnpo_heap_choice glibc)
+  endif()
+endif()
+if(dnpo_heap_choice STREQUAL "tcmalloc")
+  find_library(DNPO_TCMALLOC_LIBRARY NAMES tcmalloc_minimal libtcmalloc_minimal.so.4)
+  if(NOT DNPO_TCMALLOC_LIBRARY)
+    message(FATAL_ERROR "DNPO_HEAP=${DNPO_HEAP} needs tcmalloc: apt-get install "
+                        "libgoogle-perftools-dev (launch/install-deps), or set -DDNPO_HEAP=glibc")
+  endif()
+  # Linked, not preloaded: it is loaded before anything allocates, and nothing frees across heaps.
+  target_link_libraries(dnpo_heap INTERFACE ${DNPO_TCMALLOC_LIBRARY})
+elseif(NOT dnpo_heap_choice STREQUAL "glibc")
+  message(FATAL_ERROR "DNPO_HEAP=${DNPO_HEAP}: expected AUTO, tcmalloc or glibc")
+endif()
+set(DNPO_HEAP_USED ${dnpo_heap_choice})
+
+message(STATUS "dnpo: heap ${DNPO_HEAP_USED}")
 message(STATUS "dnpo: LibTorch ${Torch_VERSION} at ${Torch_DIR}; CUDA ${DNPO_CUDA_ENABLED}; ${dnpo_cblas_status}; ${dnpo_c10d_status}")

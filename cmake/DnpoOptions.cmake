@@ -13,6 +13,8 @@ option(DNPO_SANITIZE_ADDRESS "dnpo: AddressSanitizer" OFF)
 option(DNPO_SANITIZE_UNDEFINED "dnpo: UndefinedBehaviorSanitizer" OFF)
 option(DNPO_SANITIZE_THREAD "dnpo: ThreadSanitizer" OFF)
 option(DNPO_FUZZ "dnpo: libFuzzer targets (clang; launch/fuzz): coverage-instrument our code" OFF)
+set(DNPO_HEAP AUTO CACHE STRING
+  "dnpo: malloc of dnpo's programs: AUTO (tcmalloc, except with sanitizers, fuzzing or CUDA), tcmalloc, glibc")
 
 if(DNPO_CCACHE)
   find_program(DNPO_CCACHE_PROGRAM ccache)

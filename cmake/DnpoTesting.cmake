@@ -8,7 +8,8 @@ include(GoogleTest)
 function(dnpo_add_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "SRCS;DEPS;LABELS;FIXTURES" ${ARGN})
   add_executable(${name} ${ARG_SRCS})
-  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  # dnpo_heap: tests run on the malloc dnpo_dist ships with.
+  target_link_libraries(${name} PRIVATE dnpo_heap ${ARG_DEPS} GTest::gtest GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests/common)
   target_compile_definitions(${name} PRIVATE
     DNPO_SOURCE_DIR="${PROJECT_SOURCE_DIR}" DNPO_BINARY_DIR="${PROJECT_BINARY_DIR}")
@@ -51,7 +52,7 @@ function(dnpo_add_mpi_test name)
   cmake_parse_arguments(ARG "" "NPROC;TIMEOUT" "SRCS;DEPS" ${ARGN})
   if(NOT TARGET ${name})
     add_executable(${name} ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_test_main.cpp)
-    target_link_libraries(${name} PRIVATE ${ARG_DEPS} dnpo_dist_lib GTest::gtest)
+    target_link_libraries(${name} PRIVATE dnpo_heap ${ARG_DEPS} dnpo_dist_lib GTest::gtest)
     target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests/mpi
                                               ${PROJECT_SOURCE_DIR}/tests/common)
     set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)

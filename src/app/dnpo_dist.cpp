@@ -69,7 +69,7 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
 /// The whole command line; main() only adds a last-resort catch around it.
 int run_cli(int argc, char** argv) {
   const auto blas = dnpo::app::ensure_fast_blas(argc, argv);  // may re-exec: before MPI_Init
-  dnpo::use_fixed_mmap_threshold();
+  const auto heap = dnpo::configure_heap();
   const dnpo::dist::MpiEnv mpi(&argc, &argv);
   const int rank = mpi.rank();
   const int world = mpi.world_size();
@@ -188,6 +188,7 @@ int run_cli(int argc, char** argv) {
     const auto cfg = resolve(o, world);
     dnpo::log::init(rank, cfg.run.log_level);
     dnpo::log::info_rank0("{}", blas);
+    dnpo::log::info_rank0("{}", heap);
     // One process on the CPU needs no process group; several share one (Gloo). On CUDA there is
     // always one (NCCL, one GPU per rank by local rank): one GPU runs the same streams and events
     // as many.
