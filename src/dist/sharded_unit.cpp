@@ -177,6 +177,17 @@ void ShardedUnit::release() {
   full_ = at::Tensor();
 }
 
+void ShardedUnit::add_into_slices(at::Tensor& flat,
+                                  const std::vector<at::Tensor>& grads,
+                                  double scale) const {
+  for (std::size_t i = 0; i < specs_.size(); ++i) {
+    if (grads[i].defined()) {
+      flat.narrow(0, offsets_[i], specs_[i].numel())
+          .add_(grads[i].reshape({-1}).to(precision_.reduce), scale);
+    }
+  }
+}
+
 at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grads) {
   DNPO_INTERNAL_ASSERT(grads.size() == specs_.size());
   at::NoGradGuard no_grad;
@@ -187,13 +198,7 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
     if (!shard_.grad().defined()) {
       shard_.mutable_grad() = at::zeros_like(shard_);
     }
-    auto& shard_grad = shard_.mutable_grad();
-    for (std::size_t i = 0; i < specs_.size(); ++i) {
-      if (grads[i].defined()) {
-        shard_grad.narrow(0, offsets_[i], specs_[i].numel())
-            .add_(grads[i].reshape({-1}), grad_scale_);
-      }
-    }
+    add_into_slices(shard_.mutable_grad(), grads, grad_scale_);
     return {};
   }
   const auto reduce = at::TensorOptions().dtype(precision_.reduce).device(shard_.device());
@@ -205,12 +210,7 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
     if (!pending_grad_.defined()) {
       pending_grad_ = at::zeros({shard_numel_ * world_}, reduce.dtype(at::kFloat));
     }
-    for (std::size_t i = 0; i < specs_.size(); ++i) {
-      if (grads[i].defined()) {
-        pending_grad_.narrow(0, offsets_[i], specs_[i].numel())
-            .add_(grads[i].reshape({-1}).to(precision_.reduce));
-      }
-    }
+    add_into_slices(pending_grad_, grads, 1.0);
     return {};
   }
   // The flat gradient in parameter order (offsets are contiguous), zero for a parameter that got

@@ -109,6 +109,9 @@ class ShardedUnit {
   /// collective: Σ over ranks of a flat full-size gradient (reduction dtype), this rank's slice
   /// in fp32 (the test hook's scale applied).
   at::Tensor reduced_slice(at::Tensor flat);
+  /// Adds each gradient (spec order; undefined = none), rounded to the reduction dtype and times
+  /// scale, into its slice of a flat fp32 buffer in place.
+  void add_into_slices(at::Tensor& flat, const std::vector<at::Tensor>& grads, double scale) const;
 
   std::string name_;
   std::vector<TensorSpec> specs_;
