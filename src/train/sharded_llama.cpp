@@ -382,7 +382,12 @@ ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
 }
 
 std::vector<at::Tensor> ShardedNoiseHead::parameters() {
-  return dist::gather_params(*unit_, nullptr, true);
+  return dist::gather_params(*unit_, nullptr, !keep_gathered_);
+}
+
+void ShardedNoiseHead::set_keep_gathered(bool keep) {
+  keep_gathered_ = keep;
+  unit_->set_defer_reduction(keep);
 }
 
 void ShardedNoiseHead::copy_to(model::NoiseHead& head) {

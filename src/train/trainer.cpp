@@ -537,6 +537,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     if (initial_noise_head_ != nullptr) {
       head->unit()->load_shard_of(*initial_noise_head_->unit());
     }
+    head->set_keep_gathered(!cfg_.dist.reshard_after_forward);
     units.push_back(head->unit());
     trained.push_back(head->unit()->shard());
   }
@@ -718,7 +719,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
       if (!policy.keep_gathered()) {
         policy.release();
       }
-      if (head) {
+      if (head && !head->keep_gathered()) {
         head->release();
       }
       phase.begin("dnpo::step_stats");
@@ -733,7 +734,15 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
     phase.begin("dnpo::flush_grads");
     policy.flush_grads();
     policy.release();  // kept units are stale once the optimizer steps
-    reference.release();
+    if (head) {
+      head->flush_grads();
+      head->release();
+    }
+    // The reference is frozen: units kept gathered stay valid for the whole stage, so it is
+    // gathered once per stage instead of once per step.
+    if (!reference.keep_gathered()) {
+      reference.release();
+    }
     if (gradient_observer_) {
       gradient_observer_(step, units);
     }

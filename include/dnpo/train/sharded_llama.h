@@ -160,6 +160,16 @@ class ShardedNoiseHead {
   void release() {
     unit_->release();
   }
+  /// As ShardedLlama::set_keep_gathered: gathered once per step, gradients summed locally and
+  /// reduce-scattered by flush_grads().
+  void set_keep_gathered(bool keep);
+  bool keep_gathered() const {
+    return keep_gathered_;
+  }
+  /// collective when kept gathered: see dist::ShardedUnit::flush_grads.
+  void flush_grads() {
+    unit_->flush_grads();
+  }
   dist::ShardedUnit* unit() {
     return unit_.get();
   }
@@ -171,6 +181,7 @@ class ShardedNoiseHead {
 
  private:
   std::unique_ptr<dist::ShardedUnit> unit_;
+  bool keep_gathered_ = false;
 };
 
 }  // namespace dnpo::train

@@ -16,6 +16,7 @@
 #include "dnpo/common/env.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/dist/comm.h"
+#include "dnpo/model/noise_head.h"
 #include "dnpo/train/trainer.h"
 #include "mpi_test_main.h"
 #include "trainer_trace.h"
@@ -158,6 +159,60 @@ TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
   EXPECT_LT(kept_gathered, gathered / 2.2);
   EXPECT_GT(kept_gathered, 0);
   EXPECT_NEAR(scattered / kept_scattered, micro_per_rank / 4, 1e-9);
+}
+
+// The frozen reference, kept gathered, is gathered once per stage. SFT kept gathers the policy
+// (M bytes) once per each of its 4 steps and once more when the stage copies it back to the whole
+// model: 5 M. SPIN (a reference of the same size, no noise head) adds the reference once: 6 M,
+// 6/5 of SFT; gathering the reference every step would make it 9/5.
+TEST(FsdpEquivalence, KeptGatheredReferenceOncePerStageNoiseHeadOncePerStep) {
+  const int world = test::mpi().world_size();
+  if (world == 1) {
+    GTEST_SKIP() << "nothing is gathered on one rank";
+  }
+  at::set_num_threads(1);
+  const auto moved = [](const std::string& loss) {
+    auto cfg = tiny_run(loss);
+    cfg.dist.reshard_after_forward = false;
+    auto& c = comm();
+    const auto before = c.bytes();
+    const auto trace = train(cfg, &c, false);
+    EXPECT_EQ(trace.losses.size(), 4U) << loss;
+    return std::pair<double, double>(
+        static_cast<double>(c.bytes().all_gather - before.all_gather),
+        static_cast<double>(c.bytes().reduce_scatter - before.reduce_scatter));
+  };
+  const auto [sft, sft_scattered] = moved("sft");
+  const auto [spin, spin_scattered] = moved("spin");
+  const auto [npo, npo_scattered] = moved("npo");
+  if (test::mpi().rank() == 0) {
+    std::printf(
+        "[np %d] kept, all-gathered: sft %.0f B, spin %.0f B (%.3fx), npo %.0f B; "
+        "reduce-scattered: sft %.0f B, spin %.0f B, npo %.0f B\n",
+        world,
+        sft,
+        spin,
+        spin / sft,
+        npo,
+        sft_scattered,
+        spin_scattered,
+        npo_scattered);
+  }
+  EXPECT_NEAR(spin / sft, 6.0 / 5.0, 1e-9);
+  // The noise head is kept with the policy: gathered once per step and its gradients
+  // reduce-scattered once per step, so NPO adds 4 of its fp32 flat buffers (padded to the world)
+  // to both. Gathered per micro-batch it would add 10 (np 2) or 6 (np 4) to both.
+  const auto cfg = tiny_run("npo");
+  const model::NoiseHead head(cfg.npo, cfg.model.hidden_size, cfg.model.vocab_size, 1);
+  std::int64_t head_numel = 0;
+  for (const auto& named : head.named_parameters()) {
+    head_numel += named.second.numel();
+  }
+  const double head_bytes =
+      4.0 * static_cast<double>((head_numel + world - 1) / world * world);
+  EXPECT_EQ(spin_scattered, sft_scattered);
+  EXPECT_EQ(npo - spin, 4 * head_bytes);
+  EXPECT_EQ(npo_scattered - spin_scattered, 4 * head_bytes);
 }
 
 // bf16 compute: parameters gathered as bf16 (moved as raw 16-bit words by Gloo), gradients
