@@ -208,8 +208,7 @@ TEST(FsdpEquivalence, KeptGatheredReferenceOncePerStageNoiseHeadOncePerStep) {
   for (const auto& named : head.named_parameters()) {
     head_numel += named.second.numel();
   }
-  const double head_bytes =
-      4.0 * static_cast<double>((head_numel + world - 1) / world * world);
+  const double head_bytes = 4.0 * static_cast<double>((head_numel + world - 1) / world * world);
   EXPECT_EQ(spin_scattered, sft_scattered);
   EXPECT_EQ(npo - spin, 4 * head_bytes);
   EXPECT_EQ(npo_scattered - spin_scattered, 4 * head_bytes);
