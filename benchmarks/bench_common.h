@@ -3,10 +3,13 @@
 #pragma once
 
 #include <algorithm>
+#include <fstream>
+#include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
 #include "dnpo/data/jsonl.h"
@@ -64,6 +67,43 @@ inline train::TrainSummary train_synthetic(
                      std::nullopt});
   }
   return trainer.train_preference(pairs);
+}
+
+/// One JSON line per phase: its median wall time over the timed steps (the warm-up steps of
+/// metrics.jsonl left out).
+inline void print_phase_medians(const std::string& metrics_path,
+                                int warmup_steps,
+                                const nlohmann::json& config,
+                                const std::string& name) {
+  std::vector<std::pair<std::string, std::vector<double>>> by_phase;
+  std::ifstream in(metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto row = nlohmann::json::parse(line);
+    if (row.value("step", 0) <= warmup_steps) {
+      continue;
+    }
+    for (const auto& [key, value] : row.items()) {
+      if (key.rfind("ms_", 0) != 0) {
+        continue;
+      }
+      auto it = std::find_if(
+          by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == key; });
+      if (it == by_phase.end()) {
+        it = by_phase.insert(by_phase.end(), {key, {}});
+      }
+      it->second.push_back(value.get<double>());
+    }
+  }
+  for (const auto& [key, values] : by_phase) {
+    std::cout << nlohmann::json{{"name", name},
+                                {"config", config},
+                                {"metric", "phase_" + key.substr(3) + "_median"},
+                                {"value", median(values)},
+                                {"unit", "ms"}}
+                     .dump()
+              << "\n";
+  }
 }
 
 }  // namespace dnpo::bench

@@ -6,20 +6,24 @@
 // Usage: mpirun -np N dnpo_fsdp_bench --loss npo|sft [--vocab V --hidden C --layers L
 //          --intermediate I --heads H --batch B --micro M --prompt-len P --response-len R
 //          --steps S --warmup W --threads T --prefetch 0|1 --reshard-after-forward 0|1
-//          --reduce-scatter ring|mpi|allreduce|reduce --all-gather gloo|ring --profile FILE]
+//          --reduce-scatter ring|mpi|allreduce|reduce --all-gather gloo|ring --profile FILE
+//          --phases]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 #include "dnpo/common/allocator.h"
@@ -80,6 +84,8 @@ int run_bench(int argc, char** argv) {
   std::string all_gather = dnpo::config::DistConfig{}.all_gather;
   app.add_option("--all-gather", all_gather);
   app.add_flag("--tied", tied);
+  bool phases = false;
+  app.add_flag("--phases", phases, "also print rank 0's median wall time per step phase");
   CLI11_PARSE(app, argc, argv);
   dnpo::log::init(mpi.rank(), "warn");  // stdout carries only the JSON result
   at::set_num_threads(threads);
@@ -129,7 +135,11 @@ int run_bench(int argc, char** argv) {
     largest_unit = std::max(largest_unit, unit->numel());
   }
   dnpo::data::ByteTokenizer tokenizer;
-  dnpo::train::MetricsWriter metrics;
+  // With --phases rank 0's phase times come back through metrics.jsonl, as a user sees them.
+  const auto metrics_path = std::filesystem::temp_directory_path() /
+                            ("dnpo_fsdp_bench_" + std::to_string(::getpid()) + ".jsonl");
+  cfg.run.phase_times = phases;
+  dnpo::train::MetricsWriter metrics(phases && mpi.rank() == 0 ? metrics_path.string() : "");
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, comm.get());
   // Collective bytes at each step's gradient hand-off: differences are whole steps.
   std::vector<dnpo::dist::CommBytes> at_step;
@@ -152,8 +162,9 @@ int run_bench(int argc, char** argv) {
   // again in backward except the head (held through the loss; a tied embedding's backward reuses
   // that held buffer), the reference gathers each unit once (a tied embedding twice), the noise
   // head once; every trained unit is reduce-scattered once per use. Units kept gathered
-  // (--reshard-after-forward 0) are gathered once per step, policy and reference alike, and the
-  // policy's gradients are reduce-scattered once per step; the noise head's stay per micro-batch.
+  // (--reshard-after-forward 0): the policy and the noise head are gathered once per step and
+  // their gradients reduce-scattered once per step; the frozen reference is gathered once per
+  // stage, in the first (untimed) step.
   const bool keep = reshard_after_forward == 0;
   double gather_theory = 0, scatter_theory = 0, gather_once = 0, scatter_once = 0;
   {
@@ -168,7 +179,7 @@ int run_bench(int argc, char** argv) {
       const double ref_uses = is_embed && tied ? 2 : 1;
       const double rs = is_embed && tied ? 2 : 1;
       if (keep) {
-        gather_once += (loss == "sft" ? 1 : 2) * bytes(units[i]);
+        gather_once += bytes(units[i]);
         scatter_once += bytes(units[i]);
       } else {
         gather_theory += (uses + (loss == "sft" ? 0 : ref_uses)) * bytes(units[i]);
@@ -180,8 +191,8 @@ int run_bench(int argc, char** argv) {
       const double head =
           static_cast<double>(vocab) * hidden + (cfg.npo.head == "linear" ? vocab : 2.0 * hidden);
       const double padded = std::ceil(head / world) * world * 4;
-      gather_theory += padded;
-      scatter_theory += padded;
+      (keep ? gather_once : gather_theory) += padded;
+      (keep ? scatter_once : scatter_theory) += padded;
     }
     const double micro_per_rank =
         std::ceil(static_cast<double>(batch) / cfg.train.micro_batch_size / world);
@@ -243,6 +254,10 @@ int run_bench(int argc, char** argv) {
       {"first_step_loss", summary.step_losses.empty() ? 0.0 : summary.step_losses.front()},
       {"second_step_loss", summary.step_losses.size() < 2 ? 0.0 : summary.step_losses[1]}};
   std::cout << out.dump() << "\n";
+  if (phases) {
+    dnpo::bench::print_phase_medians(metrics_path.string(), warmup, config, "fsdp." + loss);
+    std::filesystem::remove(metrics_path);
+  }
   return 0;
 }
 

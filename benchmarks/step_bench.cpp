@@ -137,42 +137,6 @@ void dump_case(const std::string& dir,
 
 constexpr int kWarmupSteps = 2;  // run before the timed steps, not counted
 
-/// One JSON line per phase: its median wall time over the timed steps (the warm-up steps of
-/// metrics.jsonl left out).
-void print_phase_medians(const std::string& metrics_path,
-                         const nlohmann::json& config,
-                         const std::string& name) {
-  std::vector<std::pair<std::string, std::vector<double>>> by_phase;
-  std::ifstream in(metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto row = nlohmann::json::parse(line);
-    if (row.value("step", 0) <= kWarmupSteps) {
-      continue;
-    }
-    for (const auto& [key, value] : row.items()) {
-      if (key.rfind("ms_", 0) != 0) {
-        continue;
-      }
-      auto it = std::find_if(
-          by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == key; });
-      if (it == by_phase.end()) {
-        it = by_phase.insert(by_phase.end(), {key, {}});
-      }
-      it->second.push_back(value.get<double>());
-    }
-  }
-  for (const auto& [key, values] : by_phase) {
-    std::cout << nlohmann::json{{"name", name},
-                                {"config", config},
-                                {"metric", "phase_" + key.substr(3) + "_median"},
-                                {"value", dnpo::bench::median(values)},
-                                {"unit", "ms"}}
-                     .dump()
-              << "\n";
-  }
-}
-
 /// --alternate: rounds of SPIN then NPO steps in this one process, each from the same initial
 /// policy, so that the machine's drift (other load, clocks) falls on both alike. Prints each
 /// loss's median over every round's timed steps, the ratio of those medians and its spread
@@ -340,7 +304,7 @@ int run_bench(int argc, char** argv) {
                    .dump()
             << "\n";
   if (phases) {
-    print_phase_medians(metrics_path.string(), config, "step." + loss);
+    dnpo::bench::print_phase_medians(metrics_path.string(), kWarmupSteps, config, "step." + loss);
     std::filesystem::remove(metrics_path);
   }
   // The losses before any update and after the first: what a peer must reproduce.

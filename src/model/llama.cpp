@@ -13,6 +13,7 @@
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/error.h"
 #include "dnpo/model/batched_matmul.h"
+#include "dnpo/model/fused_ops.h"
 #include "dnpo/model/random.h"
 
 namespace dnpo::model {
@@ -29,6 +30,9 @@ at::Tensor rotate_half(const at::Tensor& x) {
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const AttentionContext& ctx) {
+  if (fused_ops_apply(x, ctx.cos)) {
+    return fused_rotary(x, ctx.cos, ctx.sin);
+  }
   return x * ctx.cos + rotate_half(x) * ctx.sin;
 }
 
@@ -222,6 +226,9 @@ bool fused_attention_available() {
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (fused_ops_apply(x, weight)) {
+    return fused_rms_norm(x, weight, eps);
+  }
   auto xf = x.to(at::kFloat);
   auto normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());

@@ -1,0 +1,22 @@
+// RMSNorm and rotary embedding as one pass each, forward and backward, on CPU fp32. Written out
+// as LibTorch operators they are 5 (RMSNorm) and 6 (rotary) kernels forward and about twice that
+// in backward, each a full pass over the activations with its own temporary; on a small model
+// those passes, not the matrix products, were where dnpo trailed its Python peer (the profile in
+// benchmarks/RESULTS.md). Other devices and dtypes take the operator form.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace dnpo::model {
+
+/// weight · x / √(mean(x², last dim) + eps), x (..., d), weight (d); differentiable in both.
+at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// HF rotary: x · cos + rotate_half(x) · sin, x (B, H, T, hd) in any strides, cos and sin
+/// (B, 1, T, hd) without gradients; differentiable in x. The result has x's memory layout.
+at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+/// Whether the arguments take the one-pass kernels (CPU, fp32) rather than the operator form.
+bool fused_ops_apply(const at::Tensor& x, const at::Tensor& other);
+
+}  // namespace dnpo::model

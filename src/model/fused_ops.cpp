@@ -1,0 +1,253 @@
+// One-pass CPU kernels for RMSNorm and rotary embedding; see fused_ops.h.
+#include "dnpo/model/fused_ops.h"
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace dnpo::model {
+namespace {
+
+// Rows per parallel task: enough that a task outweighs its scheduling.
+constexpr std::int64_t kRowGrain = 64;
+
+// --- RMSNorm ---
+
+struct RmsForward {
+  at::Tensor y;
+  at::Tensor rstd;  // (rows,) fp32: 1 / √(mean(x²) + eps) per row
+};
+
+RmsForward rms_norm_forward(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const auto d = x.size(-1);
+  const auto rows = d == 0 ? 0 : x.numel() / d;
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto rstd = at::empty({rows}, x.options());
+  const float* px = x.data_ptr<float>();
+  const float* pw = weight.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  float* pr = rstd.data_ptr<float>();
+  at::parallel_for(0, rows, kRowGrain, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      const float* xr = px + r * d;
+      float* yr = py + r * d;
+      double sum_sq = 0;
+      for (std::int64_t i = 0; i < d; ++i) {
+        sum_sq += static_cast<double>(xr[i]) * xr[i];
+      }
+      const auto inv = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(d) + eps));
+      pr[r] = inv;
+      for (std::int64_t i = 0; i < d; ++i) {
+        yr[i] = pw[i] * (xr[i] * inv);  // weight · normed, as the operator form rounds it
+      }
+    }
+  });
+  return {y, rstd};
+}
+
+// gx = r (gy·w − x r² ⟨gy·w, x⟩ / d);  gw = Σ_rows gy · x r.
+std::array<at::Tensor, 2> rms_norm_backward(const at::Tensor& gy,
+                                            const at::Tensor& x,
+                                            const at::Tensor& weight,
+                                            const at::Tensor& rstd,
+                                            bool need_x,
+                                            bool need_weight) {
+  const auto d = x.size(-1);
+  const auto rows = d == 0 ? 0 : x.numel() / d;
+  auto gx = need_x ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+  // One fp64 partial sum of gw per thread, added up after.
+  const auto threads = at::get_num_threads();
+  auto partial =
+      need_weight ? at::zeros({threads, d}, x.options().dtype(at::kDouble)) : at::Tensor();
+  const float* pg = gy.data_ptr<float>();
+  const float* px = x.data_ptr<float>();
+  const float* pw = weight.data_ptr<float>();
+  const float* pr = rstd.data_ptr<float>();
+  float* pgx = need_x ? gx.data_ptr<float>() : nullptr;
+  double* ppart = need_weight ? partial.data_ptr<double>() : nullptr;
+  at::parallel_for(0, rows, kRowGrain, [&](std::int64_t begin, std::int64_t end) {
+    double* gw = ppart != nullptr ? ppart + at::get_thread_num() * d : nullptr;
+    for (std::int64_t r = begin; r < end; ++r) {
+      const float* gr = pg + r * d;
+      const float* xr = px + r * d;
+      const float inv = pr[r];
+      if (pgx != nullptr) {
+        double dot = 0;
+        for (std::int64_t i = 0; i < d; ++i) {
+          dot += static_cast<double>(gr[i] * pw[i]) * xr[i];
+        }
+        const auto scale = static_cast<float>(dot * inv * inv / static_cast<double>(d));
+        float* gxr = pgx + r * d;
+        for (std::int64_t i = 0; i < d; ++i) {
+          gxr[i] = inv * (gr[i] * pw[i] - xr[i] * scale);
+        }
+      }
+      if (gw != nullptr) {
+        for (std::int64_t i = 0; i < d; ++i) {
+          gw[i] += static_cast<double>(gr[i]) * (xr[i] * inv);
+        }
+      }
+    }
+  });
+  at::Tensor gw;
+  if (need_weight) {
+    gw = partial.sum(0).to(at::kFloat);
+  }
+  return {gx, gw};
+}
+
+struct RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x,
+                            const at::Tensor& weight,
+                            double eps) {
+    auto out = rms_norm_forward(x, weight, eps);
+    ctx->save_for_backward({x, weight, out.rstd});
+    return out.y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto g = grads[0].contiguous();
+    auto [gx, gw] = rms_norm_backward(
+        g, saved[0], saved[1], saved[2], ctx->needs_input_grad(0), ctx->needs_input_grad(1));
+    return {gx, gw, at::Tensor()};
+  }
+};
+
+// --- rotary ---
+
+using Strides = std::array<std::int64_t, 4>;
+
+Strides strides_of(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// out = x·c + rotate_half(x)·s (forward), or its transpose gx = g·c + rotate_halfᵀ(g·s)
+// (backward), over (B, H, T) rows of hd values; c and s broadcast over H.
+void rotary_kernel(const at::Tensor& in,
+                   const at::Tensor& cos,
+                   const at::Tensor& sin,
+                   const at::Tensor& out,
+                   bool transpose) {
+  const auto batch = in.size(0);
+  const auto heads = in.size(1);
+  const auto steps = in.size(2);
+  const auto hd = in.size(3);
+  const auto half = hd / 2;
+  const Strides si = strides_of(in);
+  const Strides so = strides_of(out);
+  const Strides sc = strides_of(cos);
+  const Strides ss = strides_of(sin);
+  const float* pi = in.data_ptr<float>();
+  const float* pc = cos.data_ptr<float>();
+  const float* ps = sin.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  at::parallel_for(0, batch * heads * steps, kRowGrain, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t row = begin; row < end; ++row) {
+      const auto t = row % steps;
+      const auto h = (row / steps) % heads;
+      const auto b = row / (steps * heads);
+      const float* x = pi + b * si[0] + h * si[1] + t * si[2];
+      const float* c = pc + b * sc[0] + t * sc[2];
+      const float* s = ps + b * ss[0] + t * ss[2];
+      float* y = po + b * so[0] + h * so[1] + t * so[2];
+      for (std::int64_t i = 0; i < half; ++i) {
+        const float x1 = x[i];
+        const float x2 = x[i + half];
+        if (!transpose) {
+          y[i] = x1 * c[i] - x2 * s[i];
+          y[i + half] = x2 * c[i + half] + x1 * s[i + half];
+        } else {
+          y[i] = x1 * c[i] + x2 * s[i + half];
+          y[i + half] = x2 * c[i + half] - x1 * s[i];
+        }
+      }
+    }
+  });
+}
+
+// The layouts the kernel reads: last dimension dense; cos and sin expanded to (B, 1, T, hd).
+at::Tensor last_dim_dense(const at::Tensor& t) {
+  return t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+at::Tensor rotary_apply(const at::Tensor& x,
+                        const at::Tensor& cos,
+                        const at::Tensor& sin,
+                        bool transpose) {
+  const auto in = last_dim_dense(x);
+  // empty_like keeps a dense permuted layout (q and k arrive as (B, T, H, hd) transposed).
+  auto out = at::empty_like(in);
+  if (out.stride(-1) != 1) {
+    out = at::empty_like(in, at::MemoryFormat::Contiguous);
+  }
+  const std::vector<std::int64_t> shape{x.size(0), 1, x.size(2), x.size(3)};
+  rotary_kernel(
+      in, last_dim_dense(cos).expand(shape), last_dim_dense(sin).expand(shape), out, transpose);
+  return out;
+}
+
+struct RotaryFunction : public torch::autograd::Function<RotaryFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x,
+                            const at::Tensor& cos,
+                            const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    return rotary_apply(x, cos, sin, false);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {rotary_apply(grads[0], saved[0], saved[1], true), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool fused_ops_apply(const at::Tensor& x, const at::Tensor& other) {
+  return x.device().is_cpu() && other.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         other.scalar_type() == at::kFloat;
+}
+
+at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(fused_ops_apply(x, weight) && x.dim() >= 1 && weight.dim() == 1 &&
+                  weight.size(0) == x.size(-1),
+              "fused_rms_norm: needs CPU fp32 x (..., d) and weight (d); got ",
+              x.sizes(),
+              " and ",
+              weight.sizes());
+  const auto xc = x.contiguous();
+  const auto wc = weight.contiguous();
+  if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad())) {
+    return RmsNormFunction::apply(xc, wc, eps);
+  }
+  return rms_norm_forward(xc, wc, eps).y;
+}
+
+at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(fused_ops_apply(x, cos) && fused_ops_apply(sin, sin) && x.dim() == 4 &&
+                  cos.dim() == 4 && sin.sizes() == cos.sizes() && cos.size(1) == 1 &&
+                  cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && x.size(3) % 2 == 0 &&
+                  (cos.size(0) == x.size(0) || cos.size(0) == 1),
+              "fused_rotary: needs CPU fp32 x (B, H, T, hd) and cos, sin (B, 1, T, hd); got ",
+              x.sizes(),
+              " and ",
+              cos.sizes());
+  TORCH_CHECK(!cos.requires_grad() && !sin.requires_grad(),
+              "fused_rotary: cos and sin take no gradient");
+  if (at::GradMode::is_enabled() && x.requires_grad()) {
+    return RotaryFunction::apply(x, cos, sin);
+  }
+  return rotary_apply(x, cos, sin, false);
+}
+
+}  // namespace dnpo::model

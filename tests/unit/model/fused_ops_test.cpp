@@ -1,0 +1,116 @@
+// The one-pass RMSNorm and rotary kernels equal the operator form, values and gradients, computed
+// in fp64 as the reference: contiguous and transposed inputs (q and k arrive as transposed
+// views), a batch-broadcast cos/sin, a frozen weight, and the no-grad path. The golden Llama tests
+// check the whole model against PyTorch through these kernels.
+#include "dnpo/model/fused_ops.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+namespace dnpo::model {
+namespace {
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+at::Tensor reference_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  return w * (x * at::rsqrt(x.pow(2).mean(-1, true) + eps));
+}
+
+at::Tensor reference_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto half = x.size(-1) / 2;
+  const auto rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+class FusedOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(11);
+  }
+};
+
+void expect_rms_norm_matches(const at::Tensor& x_in, const at::Tensor& w_in, bool train_weight) {
+  const double eps = 1e-6;
+  auto x = x_in.detach().requires_grad_(true);
+  auto w = w_in.detach().requires_grad_(train_weight);
+  auto x64 = x_in.detach().to(at::kDouble).requires_grad_(true);
+  auto w64 = w_in.detach().to(at::kDouble).requires_grad_(train_weight);
+  const auto out = fused_rms_norm(x, w, eps);
+  const auto ref = reference_rms_norm(x64, w64, eps);
+  ASSERT_EQ(out.sizes(), ref.sizes());
+  EXPECT_LT(max_abs_diff(out, ref), 2e-6);
+  const auto upstream = at::randn(ref.sizes(), at::kDouble);
+  out.backward(upstream.to(at::kFloat));
+  ref.backward(upstream);
+  EXPECT_LT(max_abs_diff(x.grad(), x64.grad()), 1e-5);
+  if (train_weight) {
+    EXPECT_LT(max_abs_diff(w.grad(), w64.grad()), 1e-4);
+  } else {
+    EXPECT_FALSE(w.grad().defined());
+  }
+}
+
+TEST_F(FusedOps, RmsNormMatchesTheOperatorForm) {
+  expect_rms_norm_matches(at::randn({3, 7, 48}) * 3, at::randn({48}), true);
+}
+
+TEST_F(FusedOps, RmsNormOfATransposedViewAndAFrozenWeight) {
+  expect_rms_norm_matches(at::randn({5, 3, 32}).transpose(0, 1), at::randn({32}), false);
+}
+
+TEST_F(FusedOps, RmsNormWithoutGradIsTheSameForward) {
+  const auto x = at::randn({4, 9, 16});
+  const auto w = at::randn({16});
+  at::NoGradGuard no_grad;
+  EXPECT_LT(max_abs_diff(fused_rms_norm(x, w, 1e-5),
+                         reference_rms_norm(x.to(at::kDouble), w.to(at::kDouble), 1e-5)),
+            2e-6);
+}
+
+void expect_rotary_matches(const at::Tensor& x_in, const at::Tensor& cos, const at::Tensor& sin) {
+  auto x = x_in.detach().requires_grad_(true);
+  auto x64 = x_in.detach().to(at::kDouble).requires_grad_(true);
+  const auto out = fused_rotary(x, cos, sin);
+  const auto ref = reference_rotary(x64, cos.to(at::kDouble), sin.to(at::kDouble));
+  ASSERT_EQ(out.sizes(), ref.sizes());
+  EXPECT_EQ(out.strides(), x_in.strides()) << "the result keeps the input's layout";
+  EXPECT_LT(max_abs_diff(out, ref), 1e-5);
+  const auto upstream = at::randn(ref.sizes(), at::kDouble);
+  out.backward(upstream.to(at::kFloat));
+  ref.backward(upstream);
+  EXPECT_LT(max_abs_diff(x.grad(), x64.grad()), 1e-5);
+}
+
+TEST_F(FusedOps, RotaryOfQueriesAsAttentionMakesThem) {
+  // (B, T, H, hd) from a linear, viewed as (B, H, T, hd)
+  const auto x = at::randn({2, 6, 3, 8}).transpose(1, 2);
+  const auto angles = at::randn({2, 1, 6, 8});
+  expect_rotary_matches(x, angles.cos(), angles.sin());
+}
+
+TEST_F(FusedOps, RotaryWithContiguousInputAndBroadcastBatch) {
+  const auto x = at::randn({3, 2, 5, 4});
+  const auto angles = at::randn({1, 1, 5, 4});
+  expect_rotary_matches(x, angles.cos(), angles.sin());
+}
+
+TEST_F(FusedOps, RotaryWithoutGradAndWrongShapesRefused) {
+  const auto x = at::randn({2, 4, 3, 6});
+  const auto angles = at::randn({2, 1, 3, 6});
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_LT(max_abs_diff(fused_rotary(x, angles.cos(), angles.sin()),
+                           reference_rotary(x.to(at::kDouble),
+                                            angles.cos().to(at::kDouble),
+                                            angles.sin().to(at::kDouble))),
+              1e-5);
+  }
+  const auto wrong = at::randn({2, 1, 4, 6});
+  EXPECT_THROW(fused_rotary(x, wrong.cos(), wrong.sin()), c10::Error);
+  EXPECT_FALSE(fused_ops_apply(x.to(at::kDouble), angles));
+}
+
+}  // namespace
+}  // namespace dnpo::model
