@@ -17,6 +17,13 @@
 
 namespace dnpo::bench {
 
+/// This process's minor page faults so far (getrusage).
+inline double minor_page_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_minflt);
+}
+
 /// The upper median of `values` (the middle one for an odd count); 0 for none.
 inline double median(std::vector<double> values) {
   if (values.empty()) {

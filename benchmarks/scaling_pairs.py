@@ -59,7 +59,10 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed steps first: the heap grows over the first steps, and its page "
+                    "faults on fresh memory are dear on a VM (at 110M: 130k a step after 1 "
+                    "step, 2.5k after 4)")
     ap.add_argument("--ceiling", action="store_true",
                     help="also time two independent half-batch np 1 processes side by side")
     args = ap.parse_args()
@@ -91,6 +94,8 @@ def main():
                 "mfu": flops_per_step(s) / (value / 1e3) / (world * limit * 1e9),
                 "gemm_gflops_best": limit,
                 "peak_rss_mib_per_rank": max(runs[name][0]["peak_rss_mib"]),
+                "page_faults_per_step": max(max(r.get("page_faults_per_step", [0]))
+                                            for r in runs[name]),
                 "gather_scatter_mib_per_step": (runs[name][0]["all_gather_bytes_per_step"] +
                                                 runs[name][0]["reduce_scatter_bytes_per_step"])
                 / 2 ** 20}), flush=True)
