@@ -2,8 +2,9 @@
 """dnpo's training steps side by side with the Python peers (step_peer.py) on the same weights and
 batch: interleaved runs of `dnpo_step_bench --dump` and the peer per loss (sft, spin, npo),
 `--reps` times; the median of the per-run median step times; the speed-up (peer / dnpo); whether
-both did the same work (first-step losses, and for SFT and SPIN the second step's, within 1e-5
-relative, or 2e-6 absolute); and MFU against this machine's dense fp32 GEMM rate, measured in the
+both did the same work (first-step losses within 1e-5 relative, or 2e-6 absolute; for SFT and
+SPIN the second step's within 5e-5 relative: AdamW's first update is about lr · sign(g), so a
+gradient element at fp32 rounding level, summed in another order, moves by up to 2 lr); and MFU against this machine's dense fp32 GEMM rate, measured in the
 same run at the same thread count. One JSON line per result on stdout.
 
 FLOPs per step (the issue's count): the policy 6N + 12·L·d·T per token of every sequence, the
@@ -117,8 +118,9 @@ def main():
             if metric == "second_step_loss" and loss == "npo":
                 continue  # the peer's second step draws its own ε
             a, b = dn[0][metric]["value"], pe[0][metric]["value"]
+            rel = 1e-5 if metric == "first_step_loss" else 5e-5
             same[metric] = {"dnpo": a, "peer": b,
-                            "equal": abs(a - b) <= max(1e-5 * abs(a), 2e-6)}
+                            "equal": abs(a - b) <= max(rel * abs(a), 2e-6)}
         ms = statistics.median(r["step_time_median"]["value"] for r in dn)
         peer_ms = statistics.median(r["step_time_median"]["value"] for r in pe)
         config = dict(dn[0]["step_time_median"]["config"], seq_len=int(batch["input_ids"].shape[1]),
