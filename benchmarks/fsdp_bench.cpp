@@ -203,8 +203,10 @@ int run_bench(int argc, char** argv) {
   }
   const auto rss = per_rank(dnpo::bench::peak_rss_mib(), comm.get());
   const auto faults_per_step = per_rank(
-      timed_steps ? (faults_at_step.back() - faults_at_step.at(static_cast<std::size_t>(warmup) - 1)) / spans
-                  : 0.0,
+      timed_steps
+          ? (faults_at_step.back() - faults_at_step.at(static_cast<std::size_t>(warmup) - 1)) /
+                spans
+          : 0.0,
       comm.get());
   const auto rss_at_start = per_rank(rss_start, comm.get());
   const auto rss_after_build = per_rank(rss_built, comm.get());
