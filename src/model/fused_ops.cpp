@@ -234,7 +234,7 @@ at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double 
 }
 
 at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(fused_ops_apply(x, cos) && fused_ops_apply(sin, sin) && x.dim() == 4 &&
+  TORCH_CHECK(fused_ops_apply(x, cos) && fused_ops_apply(x, sin) && x.dim() == 4 &&
                   cos.dim() == 4 && sin.sizes() == cos.sizes() && cos.size(1) == 1 &&
                   cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && x.size(3) % 2 == 0 &&
                   (cos.size(0) == x.size(0) || cos.size(0) == 1),

@@ -1,8 +1,8 @@
 // RMSNorm and rotary embedding as one pass each, forward and backward, on CPU fp32. Written out
 // as LibTorch operators they are 5 (RMSNorm) and 6 (rotary) kernels forward and about twice that
-// in backward, each a full pass over the activations with its own temporary; on a small model
-// those passes, not the matrix products, were where dnpo trailed its Python peer (the profile in
-// benchmarks/RESULTS.md). Other devices and dtypes take the operator form.
+// in backward, each a full pass over the activations with its own temporary; on a small model a
+// profile put dnpo's extra time against its Python peer in such passes (benchmarks/RESULTS.md,
+// which also has what these kernels gained). Other devices and dtypes take the operator form.
 #pragma once
 
 #include <ATen/core/Tensor.h>
