@@ -3,7 +3,10 @@
 // With --dump DIR it first writes what the Python peer (benchmarks/peers/generate_peer.py) needs:
 // the model (HF directory), the prompts, and the tokens dnpo generated, to compare.
 // Usage: dnpo_generate_bench [--vocab V --hidden C --layers L --batch B --prompt-len P
-//                             --new-tokens N --reps R --threads T --dump DIR --profile FILE]
+//                             --new-tokens N --dtype fp32|bf16 --reps R --threads T
+//                             --dump DIR --profile FILE]
+// --dtype bf16 decodes with the projection matrices in bf16 (LlamaModel::prepare_for_decoding, as
+// sample.dtype = "bf16" does); --dump still writes the fp32 model.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -33,6 +36,7 @@ int run_bench(int argc, char** argv) {
   CLI::App app{"dnpo generation benchmark"};
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 16, new_tokens = 32;
   int reps = 5, threads = 1;
+  std::string dtype = "fp32";
   std::string dump;
   std::string profile;
   app.add_option("--vocab", vocab);
@@ -41,6 +45,8 @@ int run_bench(int argc, char** argv) {
   app.add_option("--batch", batch, "prompts, decoded together");
   app.add_option("--prompt-len", prompt_len);
   app.add_option("--new-tokens", new_tokens);
+  app.add_option("--dtype", dtype, "the dtype of the projection matrices while decoding")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--reps", reps, "timed repetitions (after one warm-up)");
   app.add_option("--threads", threads);
   app.add_option("--dump", dump, "write the model, prompts and generated tokens into DIR");
@@ -57,6 +63,8 @@ int run_bench(int argc, char** argv) {
   mcfg.num_attention_heads = std::max(1, hidden / 32);
   mcfg.num_key_value_heads = mcfg.num_attention_heads;
   const dnpo::model::LlamaModel model(mcfg, 1);
+  auto decoding = model.clone();
+  decoding.prepare_for_decoding(dnpo::model::decoding_dtype(dtype));
   // Prompts of equal length (no padding), token ids spread over the vocabulary.
   std::vector<dnpo::model::GenerationRequest> requests;
   auto prompts = at::empty({batch, prompt_len}, at::kLong);
@@ -74,7 +82,7 @@ int run_bench(int argc, char** argv) {
   sample.batch_size = batch;
   constexpr std::int64_t kNoEos = -1;  // every row decodes all new_tokens: a fixed amount of work
   const auto run = [&] {
-    return dnpo::model::generate(model, requests, sample, kNoEos, 0, {0, 0});
+    return dnpo::model::generate(decoding, requests, sample, kNoEos, 0, {0, 0});
   };
   const auto first = run();  // warm-up
   std::vector<double> ms;
@@ -100,8 +108,16 @@ int run_bench(int argc, char** argv) {
         generated[b][t] = first[static_cast<std::size_t>(b)].tokens.at(static_cast<std::size_t>(t));
       }
     }
-    dnpo::model::write_safetensors(dump + "/generation.safetensors",
-                                   {{"prompts", prompts}, {"generated", generated}});
+    // The first new token's logits, to compare values and not only tokens.
+    at::Tensor first_logits;
+    {
+      const at::NoGradGuard no_grad;
+      const auto states = decoding.forward_hidden(prompts, at::ones_like(prompts));
+      first_logits = decoding.logits(states.select(1, prompt_len - 1)).contiguous();
+    }
+    dnpo::model::write_safetensors(
+        dump + "/generation.safetensors",
+        {{"prompts", prompts}, {"generated", generated}, {"first_logits", first_logits}});
   }
   const nlohmann::json config = {{"vocab", vocab},
                                  {"hidden", hidden},
@@ -110,6 +126,7 @@ int run_bench(int argc, char** argv) {
                                  {"prompt_len", prompt_len},
                                  {"new_tokens", new_tokens},
                                  {"threads", threads},
+                                 {"dtype", dtype},
                                  {"heap", dnpo::heap_name()},
                                  {"params", model.num_parameters()}};
   std::cout << nlohmann::json{{"name", "generate.greedy"},

@@ -298,7 +298,8 @@ void bench_generate(const at::Device& device,
                     const LlamaModel& policy,
                     std::int64_t prompts,
                     std::int64_t prompt_len,
-                    int new_tokens) {
+                    int new_tokens,
+                    const std::string& layout) {
   dnpo::model::set_fused_attention(true);
   std::vector<dnpo::model::GenerationRequest> requests;
   for (std::int64_t i = 0; i < prompts; ++i) {
@@ -321,6 +322,7 @@ void bench_generate(const at::Device& device,
     }
   });
   emit({{"name", "generate_greedy"},
+        {"layout", layout},
         {"prompts", prompts},
         {"prompt_len", prompt_len},
         {"new_tokens", new_tokens},
@@ -414,8 +416,15 @@ int main(int argc, char** argv) {
   if (wants(o, "generate")) {
     run_section("generate_greedy", [&] {
       policy.set_requires_grad(false);
-      bench_generate(device, policy, big ? 32 : 4, big ? 128 : 16, big ? 128 : 16);
-      bench_generate(device, policy, 1, big ? 128 : 16, big ? 64 : 16);  // per-step latency
+      const std::string masters = "fp32 masters, cast per forward";
+      bench_generate(device, policy, big ? 32 : 4, big ? 128 : 16, big ? 128 : 16, masters);
+      bench_generate(device, policy, 1, big ? 128 : 16, big ? 64 : 16, masters);  // per step
+      // As sample.dtype = "bf16" decodes: the matrices cast once, q/k/v and gate/up stacked.
+      auto decoding = policy.clone();  // keeps the compute dtype
+      decoding.prepare_for_decoding(at::kBFloat16);
+      const std::string prepared = "prepare_for_decoding(bf16)";
+      bench_generate(device, decoding, big ? 32 : 4, big ? 128 : 16, big ? 128 : 16, prepared);
+      bench_generate(device, decoding, 1, big ? 128 : 16, big ? 64 : 16, prepared);
     });
   }
   return 0;

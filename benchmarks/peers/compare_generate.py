@@ -2,8 +2,9 @@
 """dnpo's greedy KV-cache generation (dnpo_generate_bench) side by side with the Python loop
 (generate_peer.py) on the same model and prompts: interleaved runs, `--reps` times, the median of
 the per-run medians, the speed-up (peer time / dnpo time), and the share of tokens both produced
-alike (greedy decoding: equal tokens mean equal work). One JSON line on stdout; exit 1 when fewer
-than 99% of the tokens agree.
+alike (greedy decoding: equal tokens mean equal work), and how far the first new token's logits
+differ. One JSON line on stdout; exit 1 when fewer than 99% of the tokens agree or the logits
+differ more than the dtype allows.
 """
 import argparse
 import json
@@ -28,16 +29,18 @@ def main():
     ap.add_argument("--shape", default="", help="dnpo_generate_bench shape flags")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="the projection matrices' dtype on both sides")
     args = ap.parse_args()
     dump = tempfile.mkdtemp(prefix="dnpo_gen_peer_")
     bench = [f"{args.bin}/dnpo_generate_bench", *shlex.split(args.shape), "--threads",
-             str(args.threads)]
+             str(args.threads), "--dtype", args.dtype]
     subprocess.run([*bench, "--dump", dump, "--reps", "1"], check=True, capture_output=True)
     dn, pe = [], []
     for _ in range(args.reps):
         dn.append(run_json(bench))
         pe.append(run_json(["/usr/bin/python3", f"{HERE}/generate_peer.py", "--dump", dump,
-                            "--threads", str(args.threads)]))
+                            "--threads", str(args.threads), "--dtype", args.dtype]))
     ms = statistics.median(r["value"] for r in dn)
     peer_ms = statistics.median(r["value"] for r in pe)
     agree = pe[0]["tokens_equal_to_dnpo"]
@@ -48,9 +51,19 @@ def main():
                       "tokens_per_s": cfg["batch"] * cfg["new_tokens"] / (ms / 1e3),
                       "runs": [round(r["value"], 1) for r in dn],
                       "peer_runs": [round(r["value"], 1) for r in pe],
-                      "tokens_equal": agree}))
+                      "tokens_equal": agree,
+                      "first_logits_mean_diff": pe[0]["first_logits_mean_diff"],
+                      "first_logits_mean_diff_to_fp32": pe[0]["first_logits_mean_diff_to_fp32"]}))
     if agree < 0.99:
         sys.exit(f"compare_generate: only {agree:.1%} of the tokens agree: not the same work")
+    # The values, not only the argmax: in fp32 equal up to float rounding; in bf16 dnpo must be
+    # nearer the bf16 loop than fp32 weights are (else it did not decode in bf16).
+    diff, dtype_diff = pe[0]["first_logits_mean_diff"], pe[0]["first_logits_mean_diff_to_fp32"]
+    if args.dtype == "fp32" and diff > 1e-5:
+        sys.exit(f"compare_generate: first logits differ by {diff:.3g} on average in fp32")
+    if args.dtype == "bf16" and not diff <= 0.5 * dtype_diff:
+        sys.exit(f"compare_generate: first logits differ from the bf16 loop's by {diff:.3g} on "
+                 f"average, fp32 weights move them by {dtype_diff:.3g}: not decoded in bf16")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 HF transformers does it (keys and values concatenated per step), on the model and prompts
 `dnpo_generate_bench --dump DIR` wrote. Both decode the same number of tokens (no EOS); the tokens
 must agree with dnpo's (greedy: a different token means different work). One JSON line on stdout.
+--dtype bf16 stores the projection matrices in bf16 and rounds each product's input to bf16, the
+result back to fp32 (dnpo's sample.dtype = "bf16"); the rest stays fp32.
 """
 import argparse
 import json
@@ -18,11 +20,25 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "reference"))
 import safetensors_io  # noqa: E402
 
 
-class CachedLlama:
-    """Llama forward over new tokens with a per-layer (keys, values) cache; fp32, no autograd."""
+def lin(x, w):
+    """A linear layer; a weight narrower than x gets x rounded to it, the result widened back."""
+    if w.dtype == x.dtype:
+        return F.linear(x, w)
+    return F.linear(x.to(w.dtype), w).to(x.dtype)
 
-    def __init__(self, cfg, weights):
+
+class CachedLlama:
+    """Llama forward over new tokens with a per-layer (keys, values) cache; fp32 activations,
+    projection matrices in matrix_dtype; no autograd."""
+
+    def __init__(self, cfg, weights, matrix_dtype=torch.float32):
         self.cfg, self.w = cfg, {k: v.float() for k, v in weights.items()}
+        for name in self.w:
+            if name.endswith("_proj.weight"):
+                self.w[name] = self.w[name].to(matrix_dtype)
+        tied = cfg.get("tie_word_embeddings")
+        self.lm_head = (self.w["model.embed_tokens.weight" if tied else "lm_head.weight"]
+                        .to(matrix_dtype))
         self.H, self.KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         self.hd = cfg["hidden_size"] // self.H
         self.inv_freq = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, self.hd, 2).float() / self.hd))
@@ -47,9 +63,9 @@ class CachedLlama:
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"model.layers.{i}."
             h = self.rms(x, self.w[p + "input_layernorm.weight"])
-            q = F.linear(h, self.w[p + "self_attn.q_proj.weight"]).view(B, T, self.H, self.hd)
-            k = F.linear(h, self.w[p + "self_attn.k_proj.weight"]).view(B, T, self.KV, self.hd)
-            v = F.linear(h, self.w[p + "self_attn.v_proj.weight"]).view(B, T, self.KV, self.hd)
+            q = lin(h, self.w[p + "self_attn.q_proj.weight"]).view(B, T, self.H, self.hd)
+            k = lin(h, self.w[p + "self_attn.k_proj.weight"]).view(B, T, self.KV, self.hd)
+            v = lin(h, self.w[p + "self_attn.v_proj.weight"]).view(B, T, self.KV, self.hd)
             q = self.rotate(q.transpose(1, 2), cos, sin)
             k = self.rotate(k.transpose(1, 2), cos, sin)
             v = v.transpose(1, 2)
@@ -65,15 +81,13 @@ class CachedLlama:
                 causal = torch.ones(T, k.shape[2], dtype=torch.bool).tril(k.shape[2] - T)
                 scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
             attn = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, -1)
-            x = x + F.linear(attn, self.w[p + "self_attn.o_proj.weight"])
+            x = x + lin(attn, self.w[p + "self_attn.o_proj.weight"])
             h = self.rms(x, self.w[p + "post_attention_layernorm.weight"])
-            x = x + F.linear(F.silu(F.linear(h, self.w[p + "mlp.gate_proj.weight"])) *
-                             F.linear(h, self.w[p + "mlp.up_proj.weight"]),
+            x = x + lin(F.silu(lin(h, self.w[p + "mlp.gate_proj.weight"])) *
+                             lin(h, self.w[p + "mlp.up_proj.weight"]),
                              self.w[p + "mlp.down_proj.weight"])
         hidden = self.rms(x[:, -1], self.w["model.norm.weight"])
-        lm_head = (self.w["model.embed_tokens.weight"] if self.cfg.get("tie_word_embeddings")
-                   else self.w["lm_head.weight"])
-        return hidden @ lm_head.T, cache
+        return lin(hidden, self.lm_head), cache
 
 
 def generate(model, prompts, new_tokens):
@@ -95,12 +109,15 @@ def main():
     ap.add_argument("--dump", required=True)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="the dtype of the projection matrices")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     with open(f"{args.dump}/policy/config.json") as f:
         cfg = json.load(f)
-    model = CachedLlama(cfg, safetensors_io.load_dir(f"{args.dump}/policy"))
+    model = CachedLlama(cfg, safetensors_io.load_dir(f"{args.dump}/policy"),
+                        torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     data = safetensors_io.load_file(f"{args.dump}/generation.safetensors")
     prompts, expected = data["prompts"], data["generated"]
     new_tokens = expected.shape[1]
@@ -114,12 +131,24 @@ def main():
     ms.sort()
     median = ms[len(ms) // 2]
     agree = float((tokens == expected).float().mean())
+    # The first new token's logits: dnpo's against this loop's, and against fp32 weights (how far
+    # the matrices' dtype moves them: the first difference must be well below the second).
+    with torch.no_grad():
+        mine, _ = model.forward(prompts, None, 0)
+        fp32 = mine if args.dtype == "fp32" else CachedLlama(
+            cfg, safetensors_io.load_dir(f"{args.dump}/policy")).forward(prompts, None, 0)[0]
+    theirs = data["first_logits"]
+    logits_diff = float((mine - theirs).abs().mean())
+    dtype_diff = float((mine - fp32).abs().mean())
     print(json.dumps({"name": "peer.generate_greedy",
                       "config": {"batch": prompts.shape[0], "prompt_len": prompts.shape[1],
-                                 "new_tokens": new_tokens, "threads": args.threads},
+                                 "new_tokens": new_tokens, "threads": args.threads,
+                                 "dtype": args.dtype},
                       "metric": "time_median", "value": median, "unit": "ms",
                       "tokens_per_s": prompts.shape[0] * new_tokens / (median / 1e3),
-                      "tokens_equal_to_dnpo": agree}))
+                      "tokens_equal_to_dnpo": agree,
+                      "first_logits_mean_diff": logits_diff,
+                      "first_logits_mean_diff_to_fp32": dtype_diff}))
 
 
 if __name__ == "__main__":

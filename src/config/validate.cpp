@@ -217,6 +217,13 @@ void check_cross_fields(const RunConfig& config, int world_size, Problems& probl
     problems.emplace_back(
         "dist.reduce_dtype = \"bf16\" needs run.device = \"cuda\" (NCCL); Gloo sums fp32 only");
   }
+  if (config.sample.dtype != "fp32" && config.selfplay.generation == "per_layer") {
+    problems.push_back(detail::concat(
+        "sample.dtype = \"",
+        config.sample.dtype,
+        "\" needs selfplay.generation = \"whole\": \"per_layer\" decodes each layer as its "
+        "unit gathers it, in train.dtype"));
+  }
   std::set<std::string> seen;
   for (const auto& task : config.demo.tasks) {
     if (!seen.insert(task).second) {

@@ -1,9 +1,11 @@
 // One-pass CPU kernels for RMSNorm and rotary embedding; see fused_ops.h.
 #include "dnpo/model/fused_ops.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -211,7 +213,116 @@ struct RotaryFunction : public torch::autograd::Function<RotaryFunction> {
   }
 };
 
+// --- attention for a few query positions (decoding) ---
+
+// ⟨a, b⟩ over n floats in 8 independent partial sums, so the compiler can vectorize it.
+float dot(const float* a, const float* b, std::int64_t n) {
+  std::array<float, 8> lanes{};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (std::int64_t j = 0; j < 8; ++j) {
+      lanes[j] += a[i + j] * b[i + j];
+    }
+  }
+  float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+              ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  for (; i < n; ++i) {
+    sum += a[i] * b[i];
+  }
+  return sum;
+}
+
 }  // namespace
+
+at::Tensor fused_query_attention(const at::Tensor& q,
+                                 const at::Tensor& k,
+                                 const at::Tensor& v,
+                                 const at::Tensor& bias,
+                                 double scale) {
+  TORCH_CHECK(fused_ops_apply(q, k) && fused_ops_apply(q, v) && fused_ops_apply(q, bias) &&
+                  q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() &&
+                  k.size(0) == q.size(0) && k.size(3) == q.size(3) && k.size(1) > 0 &&
+                  q.size(1) % k.size(1) == 0,
+              "fused_query_attention: needs CPU fp32 q (B, H, T, hd), k and v (B, KV, L, hd) with "
+              "KV dividing H; got ",
+              q.sizes(),
+              ", ",
+              k.sizes(),
+              " and ",
+              v.sizes());
+  const auto batch = q.size(0);
+  const auto heads = q.size(1);
+  const auto steps = q.size(2);
+  const auto hd = q.size(3);
+  const auto kv_heads = k.size(1);
+  const auto length = k.size(2);
+  const auto group = heads / kv_heads;
+  // The bias as (B, T, L) strides, broadcast where it has size 1.
+  TORCH_CHECK(bias.dim() >= 2 && bias.size(-1) == length && bias.size(-2) == steps &&
+                  (bias.dim() == 2 || bias.size(0) == batch || bias.size(0) == 1),
+              "fused_query_attention: bias must broadcast to (B, 1, 1, T, L) = (",
+              batch,
+              ", 1, 1, ",
+              steps,
+              ", ",
+              length,
+              "); got ",
+              bias.sizes());
+  for (std::int64_t d = 1; d + 2 < bias.dim(); ++d) {
+    TORCH_CHECK(bias.size(d) == 1, "fused_query_attention: bias ", bias.sizes(), " is per head");
+  }
+  const auto bias_b = bias.dim() > 2 && bias.size(0) == batch ? bias.stride(0) : 0;
+  const auto bias_t = bias.stride(-2);
+  const auto bias_l = bias.stride(-1);
+  // Rows of hd contiguous; the cache's narrowed views already are.
+  const auto qc = q.stride(3) == 1 ? q : q.contiguous();
+  const auto kc = k.stride(3) == 1 ? k : k.contiguous();
+  const auto vc = v.stride(3) == 1 ? v : v.contiguous();
+  // (B, T, H, hd) memory, returned as (B, H, T, hd): the caller's (B, T, H·hd) is then a view.
+  auto out = at::empty({batch, steps, heads, hd}, q.options());
+  const float* pq = qc.data_ptr<float>();
+  const float* pk = kc.data_ptr<float>();
+  const float* pv = vc.data_ptr<float>();
+  const float* pb = bias.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const auto rows = batch * heads * steps;
+  at::parallel_for(0, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> p(static_cast<std::size_t>(length));
+    for (std::int64_t r = begin; r < end; ++r) {
+      const auto b = r / (heads * steps);
+      const auto h = (r / steps) % heads;
+      const auto t = r % steps;
+      const float* qr = pq + b * qc.stride(0) + h * qc.stride(1) + t * qc.stride(2);
+      const float* kb = pk + b * kc.stride(0) + (h / group) * kc.stride(1);
+      const float* vb = pv + b * vc.stride(0) + (h / group) * vc.stride(1);
+      const float* br = pb + b * bias_b + t * bias_t;
+      // As the operator form rounds it: (q·k) · scale + bias, then a max-shifted softmax.
+      float top = -std::numeric_limits<float>::infinity();
+      for (std::int64_t l = 0; l < length; ++l) {
+        const float s =
+            dot(qr, kb + l * kc.stride(2), hd) * static_cast<float>(scale) + br[l * bias_l];
+        p[l] = s;
+        top = std::max(top, s);
+      }
+      float total = 0;
+      for (std::int64_t l = 0; l < length; ++l) {
+        p[l] = std::exp(p[l] - top);
+        total += p[l];
+      }
+      const float inv = 1.0F / total;
+      float* orow = po + ((b * steps + t) * heads + h) * hd;
+      std::fill(orow, orow + hd, 0.0F);
+      for (std::int64_t l = 0; l < length; ++l) {
+        const float w = p[l] * inv;
+        const float* vr = vb + l * vc.stride(2);
+        for (std::int64_t i = 0; i < hd; ++i) {
+          orow[i] += w * vr[i];
+        }
+      }
+    }
+  });
+  return out.transpose(1, 2);
+}
 
 bool fused_ops_apply(const at::Tensor& x, const at::Tensor& other) {
   return x.device().is_cpu() && other.device().is_cpu() && x.scalar_type() == at::kFloat &&

@@ -36,6 +36,9 @@ at::Tensor apply_rotary(const at::Tensor& x, const AttentionContext& ctx) {
   return x * ctx.cos + rotate_half(x) * ctx.sin;
 }
 
+// Up to this many query positions attention takes fused_query_attention (without gradients).
+constexpr std::int64_t kFusedAttentionMaxSteps = 4;
+
 // Process-wide switch (set_fused_attention); read on every block.
 std::atomic<bool> fused_attention_enabled{fused_attention_available()};
 
@@ -61,6 +64,12 @@ at::Tensor attention(const at::Tensor& q,
         q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/true);
   }
 #endif
+  // Decoding (a few query rows, no gradient): one pass per row instead of a GEMM per (row, head).
+  if (steps <= kFusedAttentionMaxSteps && fused_ops_apply(q, k) && fused_ops_apply(v, ctx.bias) &&
+      !(at::GradMode::is_enabled() &&
+        (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
+    return fused_query_attention(q, k, v, ctx.bias, 1.0 / std::sqrt(static_cast<double>(hd)));
+  }
   // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
   auto qg = q.reshape({batch, kv_heads, heads / kv_heads, steps, hd});
   auto scores =
@@ -149,6 +158,12 @@ void check_model_config(const config::ModelConfig& cfg) {
                   ") must be even for rotary embeddings");
 }
 
+// fp32 masters are cast to the compute dtype (differentiably); a weight stored narrower than the
+// activations (prepare_for_decoding) is used as stored, and project() rounds its input to match.
+at::Tensor as_compute(const at::Tensor& w, at::ScalarType dtype) {
+  return w.scalar_type() == at::kFloat && dtype != at::kFloat ? w.to(dtype) : w;
+}
+
 }  // namespace
 
 std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
@@ -234,6 +249,13 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * normed.to(x.scalar_type());
 }
 
+at::Tensor project(const at::Tensor& x, const at::Tensor& weight) {
+  if (x.scalar_type() == weight.scalar_type()) {
+    return at::linear(x, weight);
+  }
+  return at::linear(x.to(weight.scalar_type()), weight).to(x.scalar_type());
+}
+
 at::Tensor block_forward(const config::ModelConfig& cfg,
                          const BlockWeights& w,
                          const at::Tensor& x,
@@ -248,9 +270,20 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
 
   // --- attention ---
   auto h = rms_norm(x, w.input_layernorm, cfg.rms_norm_eps);
-  auto q = at::linear(h, w.q_proj).view({batch, steps, heads, hd}).transpose(1, 2);
-  auto k = at::linear(h, w.k_proj).view({batch, steps, kv_heads, hd}).transpose(1, 2);
-  auto v = at::linear(h, w.v_proj).view({batch, steps, kv_heads, hd}).transpose(1, 2);
+  at::Tensor q, k, v;
+  if (w.qkv_proj.defined()) {
+    const auto qkv = project(h, w.qkv_proj);  // (B, T, (H + 2·KV)·hd)
+    q = qkv.narrow(-1, 0, heads * hd);
+    k = qkv.narrow(-1, heads * hd, kv_heads * hd);
+    v = qkv.narrow(-1, (heads + kv_heads) * hd, kv_heads * hd);
+  } else {
+    q = project(h, w.q_proj);
+    k = project(h, w.k_proj);
+    v = project(h, w.v_proj);
+  }
+  q = q.view({batch, steps, heads, hd}).transpose(1, 2);
+  k = k.view({batch, steps, kv_heads, hd}).transpose(1, 2);
+  v = v.view({batch, steps, kv_heads, hd}).transpose(1, 2);
   q = apply_rotary(q, ctx);  // (B, H, T, hd)
   k = apply_rotary(k, ctx);  // (B, KV, T, hd)
   if (cache != nullptr) {
@@ -269,12 +302,20 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   }
   // (B, H, T, hd) → (B, T, H·hd)
   const auto attn = attention(q, k, v, ctx).transpose(1, 2).reshape({batch, steps, heads * hd});
-  auto x1 = x + at::linear(attn, w.o_proj);
+  auto x1 = x + project(attn, w.o_proj);
 
   // --- SwiGLU MLP ---
   auto h2 = rms_norm(x1, w.post_attention_layernorm, cfg.rms_norm_eps);
-  auto mlp =
-      at::linear(at::silu(at::linear(h2, w.gate_proj)) * at::linear(h2, w.up_proj), w.down_proj);
+  at::Tensor gate, up;
+  if (w.gate_up_proj.defined()) {
+    const auto gate_up = project(h2, w.gate_up_proj);  // (B, T, 2·I)
+    gate = gate_up.narrow(-1, 0, w.gate_proj.size(0));
+    up = gate_up.narrow(-1, w.gate_proj.size(0), w.up_proj.size(0));
+  } else {
+    gate = project(h2, w.gate_proj);
+    up = project(h2, w.up_proj);
+  }
+  const auto mlp = project(at::silu(gate) * up, w.down_proj);
   return x1 + mlp;
 }
 
@@ -409,6 +450,38 @@ LlamaModel LlamaModel::clone() const {
   return copy;
 }
 
+void LlamaModel::prepare_for_decoding(at::ScalarType matrix_dtype) {
+  at::NoGradGuard no_grad;
+  // Layer by layer, so that the peak is the model plus one layer's matrices.
+  for (auto& b : weights_.layers) {
+    const auto q_rows = b.q_proj.size(0);
+    const auto k_rows = b.k_proj.size(0);
+    b.qkv_proj = at::cat({b.q_proj, b.k_proj, b.v_proj}).to(matrix_dtype);
+    b.q_proj = b.qkv_proj.narrow(0, 0, q_rows);
+    b.k_proj = b.qkv_proj.narrow(0, q_rows, k_rows);
+    b.v_proj = b.qkv_proj.narrow(0, q_rows + k_rows, b.v_proj.size(0));
+    const auto gate_rows = b.gate_proj.size(0);
+    b.gate_up_proj = at::cat({b.gate_proj, b.up_proj}).to(matrix_dtype);
+    b.gate_proj = b.gate_up_proj.narrow(0, 0, gate_rows);
+    b.up_proj = b.gate_up_proj.narrow(0, gate_rows, b.up_proj.size(0));
+    b.o_proj = b.o_proj.to(matrix_dtype);
+    b.down_proj = b.down_proj.to(matrix_dtype);
+  }
+  // When tied, the lm_head becomes a tensor of its own (in matrix_dtype); the embedding stays.
+  weights_.lm_head = weights_.lm_head.to(matrix_dtype);
+  // With a narrower compute dtype the forward would cast the fp32 embedding and norms on every
+  // call (for the embedding, a read of the whole table per decode step): cast them once here.
+  if (compute_dtype_ != at::kFloat) {
+    weights_.embed_tokens = weights_.embed_tokens.to(compute_dtype_);
+    weights_.norm = weights_.norm.to(compute_dtype_);
+    for (auto& b : weights_.layers) {
+      b.input_layernorm = b.input_layernorm.to(compute_dtype_);
+      b.post_attention_layernorm = b.post_attention_layernorm.to(compute_dtype_);
+    }
+  }
+  bind_named();
+}
+
 LlamaModel LlamaModel::to(const at::Device& device) const {
   NamedTensors moved;
   for (const auto& [name, tensor] : named_) {
@@ -441,7 +514,7 @@ at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
              "), got ",
              attention_mask.sizes());
   const auto dtype = compute_dtype_;
-  auto cast = [dtype](const at::Tensor& w) { return w.scalar_type() == dtype ? w : w.to(dtype); };
+  auto cast = [dtype](const at::Tensor& w) { return as_compute(w, dtype); };
   auto x = at::embedding(cast(weights_.embed_tokens), input_ids);  // (B, T, C)
   const auto ctx = make_attention_context(cfg_, attention_mask, past, dtype);
   for (std::size_t i = 0; i < weights_.layers.size(); ++i) {
@@ -454,7 +527,9 @@ at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
                           cast(w.post_attention_layernorm),
                           cast(w.gate_proj),
                           cast(w.up_proj),
-                          cast(w.down_proj)};
+                          cast(w.down_proj),
+                          w.qkv_proj.defined() ? cast(w.qkv_proj) : at::Tensor(),
+                          w.gate_up_proj.defined() ? cast(w.gate_up_proj) : at::Tensor()};
     x = block_forward(cfg_, wc, x, ctx, cache, i);
   }
   if (cache != nullptr) {
@@ -464,12 +539,11 @@ at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
 }
 
 at::Tensor LlamaModel::lm_head() const {
-  return weights_.lm_head.scalar_type() == compute_dtype_ ? weights_.lm_head
-                                                          : weights_.lm_head.to(compute_dtype_);
+  return as_compute(weights_.lm_head, compute_dtype_);
 }
 
 at::Tensor LlamaModel::logits(const at::Tensor& hidden) const {
-  return at::linear(hidden, lm_head());
+  return project(hidden, lm_head());
 }
 
 KVCache LlamaModel::make_cache(std::int64_t batch, std::int64_t capacity) const {

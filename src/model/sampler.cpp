@@ -12,6 +12,15 @@
 
 namespace dnpo::model {
 
+at::ScalarType decoding_dtype(const std::string& sample_dtype) {
+  DNPO_CHECK_WITH(ConfigError,
+                  sample_dtype == "fp32" || sample_dtype == "bf16",
+                  "sample.dtype must be \"fp32\" or \"bf16\", got \"",
+                  sample_dtype,
+                  "\"");
+  return sample_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+}
+
 std::int64_t pick_token(const at::Tensor& logits, const config::SampleConfig& cfg, double u) {
   if (cfg.temperature <= 0.0) {
     return logits.argmax().item<std::int64_t>();

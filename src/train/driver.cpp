@@ -381,7 +381,8 @@ void run_generate(const config::RunConfig& cfg,
   const auto records = data::read_prompts_jsonl(prompts_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   const data::ChatTemplate chat(cfg.chat, *tokenizer);
-  const auto model = load_or_init_model(cfg, options.init_model);
+  auto model = load_or_init_model(cfg, options.init_model);
+  model.prepare_for_decoding(model::decoding_dtype(cfg.sample.dtype));
   const int rank = comm == nullptr ? 0 : comm->rank();
   const int world = comm == nullptr ? 1 : comm->world_size();
   std::vector<model::GenerationRequest> requests;
@@ -425,10 +426,11 @@ void run_generate(const config::RunConfig& cfg,
     // A byte-level model can emit invalid UTF-8: written as U+FFFD, not fatal.
     file << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   }
-  log::info_rank0("generate: {} answers from {} on {} rank(s) in {:.1f} s → {}",
+  log::info_rank0("generate: {} answers from {} on {} rank(s), matrices in {}, in {:.1f} s → {}",
                   records.size(),
                   options.init_model.empty() ? cfg.model.init_from : options.init_model,
                   world,
+                  cfg.sample.dtype,
                   timer.seconds(),
                   out);
 }

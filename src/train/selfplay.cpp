@@ -268,6 +268,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   std::optional<model::LlamaModel> whole;
   if (!per_layer) {
     whole.emplace(policy_->config(), policy_->gather_parameters(true));
+    whole->prepare_for_decoding(model::decoding_dtype(cfg_.sample.dtype));
   }
   ShardedDecoder layered(*policy_);
   auto judge = judge::make_judge(judge::rank_share(cfg_.judge, rank_, world_));
@@ -392,12 +393,14 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
     total_rounds = static_cast<std::int64_t>(all.max().item<double>());
   }
   log::info_rank0(
-      "iteration {}: generating for {} prompts on {} rank(s) ({} rounds of {} per rank)",
+      "iteration {}: generating for {} prompts on {} rank(s) ({} rounds of {} per rank; "
+      "matrices in {})",
       t,
       prompts_.size(),
       world_,
       total_rounds,
-      batch);
+      batch,
+      per_layer ? cfg_.train.dtype : cfg_.sample.dtype);
   std::optional<Progress> progress;
   if (is_rank0(comm_)) {
     progress.emplace("generate", total_rounds, cfg_.run.log_every);

@@ -176,7 +176,7 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     const auto block_fn = [cfg, causal_only = ctx.causal_only](const std::vector<at::Tensor>& p,
                                                                const std::vector<at::Tensor>& in) {
-      const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+      const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], {}, {}};
       const model::AttentionContext c{in[1], in[2], in[3], causal_only};
       return std::vector<at::Tensor>{model::block_forward(cfg, w, in[0], c, nullptr, 0)};
     };
@@ -220,7 +220,7 @@ ShardedLlama::Output ShardedLlama::forward_cached(const at::Tensor& input_ids,
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     auto p = blocks_[i]->gathered();
     prefetch(i + 1 < blocks_.size() ? blocks_[i + 1] : head_);
-    const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+    const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], {}, {}};
     x = model::block_forward(cfg_, w, x, ctx, cache, i);
     blocks_[i]->release();
   }

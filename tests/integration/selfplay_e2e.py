@@ -9,6 +9,8 @@
                over the human answers and both iterations' generations;
              - metrics.jsonl has the SFT, SPIN and NPO steps and one report per iteration; the
                plots (accuracy, win/tie/loss, losses, reward, log-prob histograms) are drawn.
+  compare    eval, `compare` and `generate` of the final model (np 1 and 2; greedy in fp32 and
+             with sample.dtype = "bf16": at least 80% of the answers the same).
   per_layer  the same run generating with the policy gathered a layer at a time (lockstep
              decoding): the same answers and final model as the reference.
   kill_generate  SIGKILL to the ranks during iteration 1's generation (checkpoints every round);
@@ -248,6 +250,20 @@ def check_compare(work):
     same = sum(a["generated"] == b["generated"] for a, b in zip(one, two)) / len(one)
     assert same >= 0.9, f"generate at np 2 agrees with np 1 on only {same:.2f} of the answers"
     print(f"generate: np 1 = eval's samples; np 2 agrees on {same:.2f} of the answers")
+
+    # sample.dtype = "bf16": every prompt, and greedy answers mostly as in fp32 (the logits move
+    # by about 1e-3; sampled answers diverge more, from the first token whose draw they move).
+    greedy = {}
+    for dtype in ("fp32", "bf16"):
+        out = run(gen + ["--out", f"{work}/greedy_{dtype}.jsonl", "--set", "sample.temperature=0",
+                         "--set", f'sample.dtype="{dtype}"'], f"generate greedy {dtype}")
+        assert f"matrices in {dtype}" in out, out[-2000:]
+        greedy[dtype] = read_jsonl(f"{work}/greedy_{dtype}.jsonl")
+    assert [r["id"] for r in greedy["bf16"]] == [r["id"] for r in one], "bf16: other prompts"
+    same = sum(a["generated"] == b["generated"]
+               for a, b in zip(greedy["fp32"], greedy["bf16"])) / len(one)
+    assert same >= 0.8, f"greedy bf16 agrees with fp32 on only {same:.2f} of the answers"
+    print(f"generate in bf16: greedy answers agree with fp32 on {same:.2f}")
 
 
 def main():

@@ -144,6 +144,10 @@ struct SampleConfig {
   int top_k = 0;  ///< 0 = off
   int max_new_tokens = 32;
   int batch_size = 64;
+  /// The projection matrices' dtype while generating (self-play and `dnpo_dist generate`):
+  /// "fp32", or "bf16" (half the bytes a decode step reads; activations and the KV cache stay
+  /// fp32). Evaluation always decodes in fp32, so its scores compare across runs.
+  std::string dtype = "fp32";
 };
 
 /// [eval]

@@ -1,8 +1,9 @@
-// RMSNorm and rotary embedding as one pass each, forward and backward, on CPU fp32. Written out
-// as LibTorch operators they are 5 (RMSNorm) and 6 (rotary) kernels forward and about twice that
-// in backward, each a full pass over the activations with its own temporary; on a small model a
-// profile put dnpo's extra time against its Python peer in such passes (benchmarks/RESULTS.md,
-// which also has what these kernels gained). Other devices and dtypes take the operator form.
+// RMSNorm and rotary embedding (and attention for decoding) as one pass each, forward and backward,
+// on CPU fp32. Written out as LibTorch operators they are 5 (RMSNorm) and 6 (rotary) kernels
+// forward and about twice that in backward, each a full pass over the activations with its own
+// temporary; on a small model a profile put dnpo's extra time against its Python peer in such
+// passes (benchmarks/RESULTS.md, which also has what these kernels gained). Other devices and
+// dtypes take the operator form.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,6 +16,16 @@ at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double 
 /// HF rotary: x · cos + rotate_half(x) · sin, x (B, H, T, hd) in any strides, cos and sin
 /// (B, 1, T, hd) without gradients; differentiable in x. The result has x's memory layout.
 at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+/// softmax(q kᵀ · scale + bias) v in one pass per query row, for inference (no autograd): q (B, H,
+/// T, hd), k and v (B, KV, L, hd) (grouped-query heads share k, v), bias broadcastable to (B, 1, 1,
+/// T, L). Returns (B, H, T, hd) over (B, T, H, hd) memory. For decoding, where T is 1 and the
+/// operator form is a BLAS call per (row, head) with one query row each.
+at::Tensor fused_query_attention(const at::Tensor& q,
+                                 const at::Tensor& k,
+                                 const at::Tensor& v,
+                                 const at::Tensor& bias,
+                                 double scale);
 
 /// Whether the arguments take the one-pass kernels (CPU, fp32) rather than the operator form.
 bool fused_ops_apply(const at::Tensor& x, const at::Tensor& other);

@@ -25,6 +25,10 @@ struct BlockWeights {
   at::Tensor post_attention_layernorm;  // (C)
   at::Tensor gate_proj, up_proj;        // (I, C)
   at::Tensor down_proj;                 // (C, I)
+  /// Optional (LlamaModel::prepare_for_decoding): q, k, v stacked ((H+2·KV)·hd, C) and gate, up
+  /// stacked (2·I, C), one product each instead of three and two; q_proj … up_proj are then row
+  /// blocks of them.
+  at::Tensor qkv_proj, gate_up_proj;
 };
 
 struct LlamaWeights {
@@ -72,6 +76,11 @@ bool is_right_padded(const at::Tensor& attention_mask);
 /// RMSNorm: x · rsqrt(mean(x²) + eps) · w, computed in fp32.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+/// x (..., in) @ weightᵀ (out, in). A weight stored narrower than x (weights-only bf16 for
+/// generation) gets x rounded to its dtype for the product, and the result is widened back to
+/// x's dtype: the residual stream, norms, attention and KV cache keep x's precision.
+at::Tensor project(const at::Tensor& x, const at::Tensor& weight);
+
 /// One decoder layer: x (B,T,C) → (B,T,C). cache may be null; when given, this layer's keys and
 /// values are appended at cache->length (the caller advances length after the last layer).
 at::Tensor block_forward(const config::ModelConfig& cfg,
@@ -110,6 +119,13 @@ class LlamaModel {
   LlamaModel clone() const;
   /// A deep copy on another device (fp32 masters; requires_grad is not carried over).
   LlamaModel to(const at::Device& device) const;
+  /// Re-lays the model out for generation (not training): the projection matrices (attention,
+  /// MLP, lm_head) in matrix_dtype, q/k/v and gate/up stacked into one product each (fewer,
+  /// larger calls per decode step); the embedding and norms stay fp32 (or become the compute
+  /// dtype, when that is narrower), activations keep the compute dtype. With bf16, a decode step,
+  /// bound by reading the weights, reads half the bytes (sample.dtype). Done a layer at a time: the
+  /// peak is the model plus one layer.
+  void prepare_for_decoding(at::ScalarType matrix_dtype);
   /// Copies values from another model of the same shape (no new storage).
   void copy_from(const LlamaModel& other);
 

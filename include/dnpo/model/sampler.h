@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "dnpo/config/config.h"
@@ -59,6 +60,9 @@ std::vector<Generation> generate(const LlamaModel& model,
                                  std::int64_t eos_id,
                                  std::int64_t pad_id,
                                  const SamplingKeys& keys);
+
+/// sample.dtype as a tensor dtype ("fp32" | "bf16"), for LlamaModel::prepare_for_decoding.
+at::ScalarType decoding_dtype(const std::string& sample_dtype);
 
 /// Picks one token from logits (V) fp32 with draw u in [0,1): exposed for tests.
 std::int64_t pick_token(const at::Tensor& logits, const config::SampleConfig& cfg, double u);

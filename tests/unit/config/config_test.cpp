@@ -67,7 +67,7 @@ RunConfig all_non_default() {
   c.loss.beta = 0.5;
   c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, 0.1, 64};
   c.dsl.threshold = -0.5;
-  c.sample = {0.7, 0.9, 40, 16, 8};
+  c.sample = {0.7, 0.9, 40, 16, 8, "bf16"};
   c.eval = {100, false};
   c.judge.backend = "http";
   c.judge.base_url = "https://judge.example:8443/api";
@@ -161,6 +161,7 @@ void expect_equal(const RunConfig& a, const RunConfig& b) {
   EXPECT_EQ(a.sample.top_k, b.sample.top_k);
   EXPECT_EQ(a.sample.max_new_tokens, b.sample.max_new_tokens);
   EXPECT_EQ(a.sample.batch_size, b.sample.batch_size);
+  EXPECT_EQ(a.sample.dtype, b.sample.dtype);
   EXPECT_EQ(a.eval.max_prompts, b.eval.max_prompts);
   EXPECT_EQ(a.eval.greedy_too, b.eval.greedy_too);
   EXPECT_EQ(a.judge.backend, b.judge.backend);
@@ -472,6 +473,18 @@ TEST(ConfigValidate, BackendAndReduceDtypeMatchTheDevice) {
                   "dist.reduce_dtype = \"bf16\" needs run.device = \"cuda\"");
   EXPECT_CONTAINS(config_error([] { load_config("", {"dist.reduce_dtype=\"fp16\""}); }),
                   "dist.reduce_dtype");
+}
+
+TEST(ConfigValidate, Bf16GenerationNeedsTheWholePolicy) {
+  RunConfig c;
+  c.sample.dtype = "bf16";
+  EXPECT_NO_THROW(validate(c, 1));
+  c.selfplay.generation = "per_layer";
+  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }),
+                  "sample.dtype = \"bf16\" needs selfplay.generation = \"whole\"");
+  c.sample.dtype = "fp32";
+  EXPECT_NO_THROW(validate(c, 1));
+  EXPECT_CONTAINS(config_error([] { load_config("", {"sample.dtype=\"fp16\""}); }), "sample.dtype");
 }
 
 TEST(ConfigValidate, ListsEveryProblem) {

@@ -1,8 +1,12 @@
-// The one-pass RMSNorm and rotary kernels equal the operator form, values and gradients, computed
-// in fp64 as the reference: contiguous and transposed inputs (q and k arrive as transposed
-// views), a batch-broadcast cos/sin, a frozen weight, and the no-grad path. The golden Llama tests
-// check the whole model against PyTorch through these kernels.
+// The one-pass RMSNorm, rotary and decoding-attention kernels equal the operator form, values and
+// gradients, computed in fp64 as the reference: contiguous and transposed inputs (q and k arrive as
+// transposed views), a batch-broadcast cos/sin, a frozen weight, and the no-grad path. The golden
+// Llama tests check the whole model against PyTorch through these kernels.
 #include "dnpo/model/fused_ops.h"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -110,6 +114,58 @@ TEST_F(FusedOps, RotaryWithoutGradAndWrongShapesRefused) {
   const auto wrong = at::randn({2, 1, 4, 6});
   EXPECT_THROW(fused_rotary(x, wrong.cos(), wrong.sin()), c10::Error);
   EXPECT_FALSE(fused_ops_apply(x.to(at::kDouble), angles));
+}
+
+// softmax(q kᵀ / √hd + bias) v in fp64, grouped-query heads by repeating k and v.
+at::Tensor reference_attention(const at::Tensor& q,
+                               const at::Tensor& k,
+                               const at::Tensor& v,
+                               const at::Tensor& bias) {
+  const auto group = q.size(1) / k.size(1);
+  const auto k64 = k.to(at::kDouble).repeat_interleave(group, 1);
+  const auto v64 = v.to(at::kDouble).repeat_interleave(group, 1);
+  const auto scores = at::matmul(q.to(at::kDouble), k64.transpose(-1, -2)) /
+                          std::sqrt(static_cast<double>(q.size(3))) +
+                      bias.to(at::kDouble).squeeze(1);  // (B, 1, T, L) over heads
+  return at::matmul(at::softmax(scores, -1), v64);
+}
+
+TEST_F(FusedOps, QueryAttentionOverACacheMatchesTheOperatorForm) {
+  // Decoding's shapes: k and v are the first L positions of a (B, KV, capacity, hd) cache, q a
+  // transposed view (as block_forward makes it), 4 heads over 2 KV heads, the first two keys of
+  // row 0 masked (left padding) with the context's large negative bias.
+  const std::int64_t batch = 2, heads = 4, kv_heads = 2, hd = 8, capacity = 12, length = 7;
+  const auto keys = at::randn({batch, kv_heads, capacity, hd});
+  const auto values = at::randn({batch, kv_heads, capacity, hd});
+  const auto k = keys.narrow(2, 0, length);
+  const auto v = values.narrow(2, 0, length);
+  for (const std::int64_t steps : {1, 3}) {
+    const auto q = at::randn({batch, steps, heads, hd}).transpose(1, 2);
+    auto bias = at::zeros({batch, 1, 1, steps, length});
+    bias.select(0, 0).narrow(-1, 0, 2).fill_(-1e9);
+    const auto out = fused_query_attention(q, k, v, bias, 1.0 / std::sqrt(static_cast<double>(hd)));
+    ASSERT_EQ(out.sizes(), (std::vector<std::int64_t>{batch, heads, steps, hd}));
+    EXPECT_TRUE(out.transpose(1, 2).is_contiguous()) << "(B, T, H, hd) memory";
+    EXPECT_LT(max_abs_diff(out, reference_attention(q, k, v, bias)), 2e-6) << steps << " steps";
+  }
+  // A bias shared by the batch (one row) broadcasts.
+  const auto q = at::randn({batch, heads, 1, hd});
+  const auto shared = at::randn({1, 1, 1, 1, length});
+  EXPECT_LT(max_abs_diff(fused_query_attention(q, k, v, shared, 1.0 / std::sqrt(8.0)),
+                         reference_attention(q, k, v, shared.expand({batch, 1, 1, 1, length}))),
+            2e-6);
+}
+
+TEST_F(FusedOps, QueryAttentionRefusesMismatchedShapes) {
+  const auto q = at::randn({2, 3, 1, 8});  // 3 heads over 2 KV heads: no grouping
+  const auto kv = at::randn({2, 2, 5, 8});
+  EXPECT_THROW(fused_query_attention(q, kv, kv, at::zeros({2, 1, 1, 1, 5}), 1.0), c10::Error);
+  const auto q4 = at::randn({2, 4, 1, 8});
+  EXPECT_THROW(fused_query_attention(q4, kv, kv, at::zeros({2, 1, 1, 1, 4}), 1.0), c10::Error)
+      << "bias over 4 keys, cache of 5";
+  EXPECT_THROW(fused_query_attention(q4, kv, kv, at::zeros({2, 1, 2, 1, 5}), 1.0), c10::Error)
+      << "bias per head";
+  EXPECT_NO_THROW(fused_query_attention(q4, kv, kv, at::zeros({2, 1, 1, 1, 5}), 1.0));
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "dnpo/common/error.h"
 #include "tiny_model.h"
 
 namespace dnpo::model {
@@ -108,6 +109,96 @@ TEST(Sampler, GreedyIsTheSameInBatchesOfOneAndFour) {
   // Prompt 0 stops at EOS after k tokens; EOS itself is not in the tokens.
   EXPECT_TRUE(batched[0].finished);
   EXPECT_EQ(batched[0].tokens, Ids(path.begin(), path.begin() + static_cast<std::ptrdiff_t>(k)));
+}
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+at::Tensor last_logits(const LlamaModel& model, const Ids& prompt) {
+  at::NoGradGuard no_grad;
+  const auto n = static_cast<std::int64_t>(prompt.size());
+  const auto hidden =
+      model.forward_hidden(at::tensor(prompt, at::kLong).unsqueeze(0), at::ones({1, n}, at::kLong));
+  return model.logits(hidden[0][n - 1]);
+}
+
+TEST(Sampler, DecodingLayoutInFp32GivesTheSameTokens) {
+  const LlamaModel model(tiny_config(), 5);
+  auto decoding = model.clone();
+  decoding.prepare_for_decoding(at::kFloat);
+  const auto& layer = decoding.weights().layers[0];
+  ASSERT_TRUE(layer.qkv_proj.defined());
+  ASSERT_TRUE(layer.gate_up_proj.defined());
+  // q, k, v and gate, up are row blocks of the stacked matrices, not copies.
+  EXPECT_EQ(layer.q_proj.data_ptr(), layer.qkv_proj.data_ptr());
+  EXPECT_EQ(layer.up_proj.data_ptr<float>(),
+            layer.gate_up_proj.data_ptr<float>() + layer.gate_proj.numel());
+  EXPECT_TRUE(at::equal(layer.k_proj, model.weights().layers[0].k_proj));
+  EXPECT_LT(max_abs_diff(last_logits(decoding, prompts()[2]), last_logits(model, prompts()[2])),
+            1e-5);
+  const auto expected =
+      generate(model, requests_for({0, 1, 2, 3}), greedy_config(4), kNoEos, kPad, {});
+  const auto got =
+      generate(decoding, requests_for({0, 1, 2, 3}), greedy_config(4), kNoEos, kPad, {});
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(got[i].tokens, expected[i].tokens) << "prompt " << i;
+  }
+}
+
+TEST(Sampler, Bf16MatricesHalveTheBytesAndKeepTheNumbersClose) {
+  for (const bool tied : {false, true}) {
+    const LlamaModel model(test::tiny_model_config(tied), 6);
+    auto decoding = model.clone();
+    decoding.prepare_for_decoding(decoding_dtype("bf16"));
+    const auto& w = decoding.weights();
+    for (const auto& layer : w.layers) {
+      for (const auto* m :
+           {&layer.qkv_proj, &layer.q_proj, &layer.o_proj, &layer.gate_up_proj, &layer.down_proj}) {
+        EXPECT_EQ(m->scalar_type(), at::kBFloat16);
+      }
+      EXPECT_EQ(layer.input_layernorm.scalar_type(), at::kFloat);
+    }
+    EXPECT_EQ(w.lm_head.scalar_type(), at::kBFloat16) << "tied " << tied;
+    EXPECT_EQ(w.embed_tokens.scalar_type(), at::kFloat) << "tied " << tied;
+    std::int64_t fp32_bytes = 0;
+    std::int64_t bytes = 0;
+    for (std::size_t i = 0; i < model.weights().layers.size(); ++i) {
+      for (const auto& m :
+           {model.weights().layers[i].q_proj, model.weights().layers[i].down_proj}) {
+        fp32_bytes += m.numel() * static_cast<std::int64_t>(m.element_size());
+      }
+      for (const auto& m : {w.layers[i].q_proj, w.layers[i].down_proj}) {
+        bytes += m.numel() * static_cast<std::int64_t>(m.element_size());
+      }
+    }
+    EXPECT_EQ(2 * bytes, fp32_bytes);
+    // Logits O(1) (init std 0.2): bf16's 8 bits of mantissa move them by about 1e-2, not 0.
+    const auto reference = last_logits(model, prompts()[2]);
+    const auto got = last_logits(decoding, prompts()[2]);
+    EXPECT_EQ(got.scalar_type(), at::kFloat) << "activations stay fp32";
+    const auto diff = max_abs_diff(got, reference);
+    EXPECT_GT(diff, 0.0);
+    EXPECT_LT(diff, 0.05 * reference.abs().max().item<double>()) << "tied " << tied;
+    const auto tokens =
+        generate(decoding, requests_for({0, 1, 2, 3}), greedy_config(4), kNoEos, kPad, {});
+    EXPECT_EQ(tokens[2].tokens.size(), 8U);
+  }
+  EXPECT_THROW(decoding_dtype("fp16"), ConfigError);
+}
+
+TEST(Sampler, DecodingLayoutWithBf16ComputeCastsTheEmbeddingOnce) {
+  LlamaModel model(tiny_config(), 7);
+  model.set_compute_dtype(at::kBFloat16);
+  auto decoding = model.clone();
+  decoding.prepare_for_decoding(at::kBFloat16);
+  EXPECT_EQ(decoding.weights().embed_tokens.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(decoding.weights().norm.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(decoding.weights().layers[1].post_attention_layernorm.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(model.weights().embed_tokens.scalar_type(), at::kFloat) << "the source is untouched";
+  // The same bf16 forward as the model that casts its fp32 masters on every call.
+  EXPECT_LT(max_abs_diff(last_logits(decoding, prompts()[2]), last_logits(model, prompts()[2])),
+            1e-6);
 }
 
 TEST(Sampler, SamplingDependsOnSeedAndSampleIdNotOnBatch) {
