@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Decode-shaped linear layers (8 rows) in fp32 against bf16 on this machine's LibTorch (Debian's
+"""Decode-shaped linear layers (8 rows, or any) in fp32 against bf16 on this machine's LibTorch (Debian's
 python3-torch: the same LibTorch 1.13 and oneDNN dnpo links), one thread. Each weight is cycled
 through 16 copies so that it comes from DRAM, as in a decode step. Is bf16 generation a lever
 for the 17M generation goal? Usage: /usr/bin/python3 benchmarks/probes/bf16_linear.py [rounds]
@@ -26,10 +26,11 @@ def time_us(x, weights):
 def main():
     torch.set_num_threads(1)
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    rows = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     print("| weight (N × K) | fp32 (µs) | bf16 (µs) | fp32 / bf16 |")
     print("|---|---|---|---|")
     for n, k, name in SHAPES:
-        x = torch.randn(8, k)
+        x = torch.randn(rows, k)
         w32 = [torch.randn(n, k) for _ in range(COPIES)]
         w16 = [w.bfloat16() for w in w32]
         f32, f16 = [], []
