@@ -296,7 +296,8 @@ at::Tensor fused_query_attention(const at::Tensor& q,
       const float* kb = pk + b * kc.stride(0) + (h / group) * kc.stride(1);
       const float* vb = pv + b * vc.stride(0) + (h / group) * vc.stride(1);
       const float* br = pb + b * bias_b + t * bias_t;
-      // As the operator form rounds it: (q·k) · scale + bias, then a max-shifted softmax.
+      // (q·k) · scale + bias, then a max-shifted softmax: the operator form's steps, though not
+      // its rounding (8-lane sums, a multiply by scale), so results differ in the last bits.
       float top = -std::numeric_limits<float>::infinity();
       for (std::int64_t l = 0; l < length; ++l) {
         const float s =

@@ -452,7 +452,9 @@ LlamaModel LlamaModel::clone() const {
 
 void LlamaModel::prepare_for_decoding(at::ScalarType matrix_dtype) {
   at::NoGradGuard no_grad;
-  // Layer by layer, so that the peak is the model plus one layer's matrices.
+  // Layer by layer, so that the peak is the model plus one layer's matrices (named_ would hold
+  // the old ones until the end).
+  named_.clear();
   for (auto& b : weights_.layers) {
     const auto q_rows = b.q_proj.size(0);
     const auto k_rows = b.k_proj.size(0);

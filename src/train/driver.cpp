@@ -430,7 +430,7 @@ void run_generate(const config::RunConfig& cfg,
                   records.size(),
                   options.init_model.empty() ? cfg.model.init_from : options.init_model,
                   world,
-                  cfg.sample.dtype,
+                  c10::toString(model.weights().lm_head.scalar_type()),
                   timer.seconds(),
                   out);
 }

@@ -400,7 +400,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       world_,
       total_rounds,
       batch,
-      per_layer ? cfg_.train.dtype : cfg_.sample.dtype);
+      per_layer ? cfg_.train.dtype : c10::toString(whole->weights().lm_head.scalar_type()));
   std::optional<Progress> progress;
   if (is_rank0(comm_)) {
     progress.emplace("generate", total_rounds, cfg_.run.log_every);

@@ -254,10 +254,10 @@ def check_compare(work):
     # sample.dtype = "bf16": every prompt, and greedy answers mostly as in fp32 (the logits move
     # by about 1e-3; sampled answers diverge more, from the first token whose draw they move).
     greedy = {}
-    for dtype in ("fp32", "bf16"):
+    for dtype, in_effect in (("fp32", "Float"), ("bf16", "BFloat16")):
         out = run(gen + ["--out", f"{work}/greedy_{dtype}.jsonl", "--set", "sample.temperature=0",
                          "--set", f'sample.dtype="{dtype}"'], f"generate greedy {dtype}")
-        assert f"matrices in {dtype}" in out, out[-2000:]
+        assert f"matrices in {in_effect}" in out, out[-2000:]  # the lm_head's dtype, as decoded
         greedy[dtype] = read_jsonl(f"{work}/greedy_{dtype}.jsonl")
     assert [r["id"] for r in greedy["bf16"]] == [r["id"] for r in one], "bf16: other prompts"
     same = sum(a["generated"] == b["generated"]

@@ -148,6 +148,13 @@ TEST_F(FusedOps, QueryAttentionOverACacheMatchesTheOperatorForm) {
     EXPECT_TRUE(out.transpose(1, 2).is_contiguous()) << "(B, T, H, hd) memory";
     EXPECT_LT(max_abs_diff(out, reference_attention(q, k, v, bias)), 2e-6) << steps << " steps";
   }
+  // q with hd not innermost (the kernel copies it first).
+  const auto q_strided = at::randn({batch, heads, hd, 2}).transpose(2, 3);
+  ASSERT_NE(q_strided.stride(3), 1);
+  const auto bias1 = at::zeros({batch, 1, 1, 2, length});
+  EXPECT_LT(max_abs_diff(fused_query_attention(q_strided, k, v, bias1, 1.0 / std::sqrt(8.0)),
+                         reference_attention(q_strided, k, v, bias1)),
+            2e-6);
   // A bias shared by the batch (one row) broadcasts.
   const auto q = at::randn({batch, heads, 1, hd});
   const auto shared = at::randn({1, 1, 1, 1, length});
