@@ -309,8 +309,9 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   at::Tensor gate, up;
   if (w.gate_up_proj.defined()) {
     const auto gate_up = project(h2, w.gate_up_proj);  // (B, T, 2·I)
-    gate = gate_up.narrow(-1, 0, w.gate_proj.size(0));
-    up = gate_up.narrow(-1, w.gate_proj.size(0), w.up_proj.size(0));
+    const auto inter = gate_up.size(-1) / 2;
+    gate = gate_up.narrow(-1, 0, inter);
+    up = gate_up.narrow(-1, inter, inter);
   } else {
     gate = project(h2, w.gate_proj);
     up = project(h2, w.up_proj);
@@ -521,17 +522,23 @@ at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
   const auto ctx = make_attention_context(cfg_, attention_mask, past, dtype);
   for (std::size_t i = 0; i < weights_.layers.size(); ++i) {
     const auto& w = weights_.layers[i];
+    // Stacked (prepare_for_decoding): block_forward reads only the stacked matrices, so only
+    // they are cast; casting their row-block views too would cast every matrix twice.
+    const bool stacked = w.qkv_proj.defined();
+    const auto cast_used = [&cast](const at::Tensor& t, bool used) {
+      return used ? cast(t) : at::Tensor();
+    };
     const BlockWeights wc{cast(w.input_layernorm),
-                          cast(w.q_proj),
-                          cast(w.k_proj),
-                          cast(w.v_proj),
+                          cast_used(w.q_proj, !stacked),
+                          cast_used(w.k_proj, !stacked),
+                          cast_used(w.v_proj, !stacked),
                           cast(w.o_proj),
                           cast(w.post_attention_layernorm),
-                          cast(w.gate_proj),
-                          cast(w.up_proj),
+                          cast_used(w.gate_proj, !stacked),
+                          cast_used(w.up_proj, !stacked),
                           cast(w.down_proj),
-                          w.qkv_proj.defined() ? cast(w.qkv_proj) : at::Tensor(),
-                          w.gate_up_proj.defined() ? cast(w.gate_up_proj) : at::Tensor()};
+                          cast_used(w.qkv_proj, stacked),
+                          cast_used(w.gate_up_proj, stacked)};
     x = block_forward(cfg_, wc, x, ctx, cache, i);
   }
   if (cache != nullptr) {

@@ -27,7 +27,7 @@ struct BlockWeights {
   at::Tensor down_proj;                 // (C, I)
   /// Optional (LlamaModel::prepare_for_decoding): q, k, v stacked ((H+2·KV)·hd, C) and gate, up
   /// stacked (2·I, C), one product each instead of three and two; q_proj … up_proj are then row
-  /// blocks of them.
+  /// blocks of them, which block_forward does not read.
   at::Tensor qkv_proj, gate_up_proj;
 };
 
