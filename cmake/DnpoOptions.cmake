@@ -1,4 +1,4 @@
-# Build options (STYLE.md §10).
+# Build options (docs/develop.md, "Build").
 option(DNPO_BUILD_TESTS "dnpo: build the test suite" ON)
 option(DNPO_BUILD_BENCHMARKS "dnpo: build the benchmarks" ON)
 set(DNPO_WITH_CUDA AUTO CACHE STRING "dnpo: CUDA path: AUTO (on when LibTorch has CUDA), ON, OFF")

@@ -1,4 +1,4 @@
-# Test helpers (STYLE.md §9). Labels: unit, golden, mpi, integration, fault, gpu, slow.
+# Test helpers (docs/develop.md, "Tests"). Labels: unit, golden, mpi, integration, fault, gpu, slow.
 find_package(GTest REQUIRED)
 include(GoogleTest)
 

@@ -120,7 +120,7 @@ std::int64_t penalty_rows(const config::NpoConfig& cfg, const at::Tensor& reject
   return rejected_loss_mask.sum().item<std::int64_t>();
 }
 
-// NPO (DNPO §3.2) with the authors' single-step combined objective (ALGORITHM.md §3).
+// NPO (DNPO §3.2) with the authors' single-step combined objective (docs/algorithm.md).
 NpoTerms npo_loss(const NpoInputs& in,
                   const model::NoiseHead* head,
                   const config::NpoConfig& npo,

@@ -1,4 +1,4 @@
-// Golden tests of the SPIN and NPO losses (ALGORITHM.md §1, §3): values and gradients of dnpo's
+// Golden tests of the SPIN and NPO losses (docs/algorithm.md): values and gradients of dnpo's
 // fp32 train::spin_pair_losses / train::npo_loss against tests/reference/loss_reference.py
 // (float64), plus NPO's gradient routing and chunking invariance. No DSL, no training loop.
 #include <array>
@@ -217,7 +217,7 @@ void check_npo_values_and_grads(const std::string& name) {
   EXPECT_EQ(grads_checked, expected_grads) << name << ": parameter names differ from " << file;
 }
 
-// model_loss reaches only θ; −noise_loss + α·penalty reaches only φ (ALGORITHM.md §3).
+// model_loss reaches only θ; −noise_loss + α·penalty reaches only φ (docs/algorithm.md).
 void check_npo_gradient_routing(const std::string& name) {
   ASSERT_TRUE(golden_present(common_dir()));
   ASSERT_TRUE(golden_present(golden_dir() + "/" + name));

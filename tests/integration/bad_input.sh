@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Integration: bad input gives a non-zero exit and a message naming the file, line or key, and
-# nothing the user has is written over. Each case backs a row of README's bad-input table.
+# nothing the user has is written over. Each case backs a row of docs/failures.md's table.
 set -euo pipefail
 bin="${DNPO_BIN:?}/dnpo_dist"
 work="$(mktemp -d)"

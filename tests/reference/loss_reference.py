@@ -1,4 +1,4 @@
-"""Golden data for the SPIN and NPO losses (ALGORITHM.md sections 1 and 3): values and gradients.
+"""Golden data for the SPIN and NPO losses (docs/algorithm.md): values and gradients.
 
 Usage: /usr/bin/python3 loss_reference.py OUTDIR  -> OUTDIR/{npo_common,npo_a,npo_b}/...
 Policy and reference are tiny Llamas (the llama_reference.py forward); float64 math from float32

@@ -1,6 +1,6 @@
 // Counter-based random draws: every number is a pure function of a key tuple and an index, so the
-// same draw comes out whatever the world size, chunking or thread count (DESIGN.md, ALGORITHM.md
-// §3). No torch here; model/ fills tensors from these functions.
+// same draw comes out whatever the world size, chunking or thread count (docs/algorithm.md,
+// "Random draws"). No torch here; model/ fills tensors from these functions.
 #pragma once
 
 #include <cmath>

@@ -51,7 +51,7 @@ struct ChatConfig {
   bool add_bos = true;
 };
 
-/// [data] — JSONL inputs (DESIGN.md "Data formats").
+/// [data] — JSONL inputs (formats: README, "Configuration").
 struct DataConfig {
   std::string train_file;  ///< SFT: {"id","prompt","answer"} or {"messages":[...]}
   std::string eval_file;   ///< held-out prompts (+ "task"/"truth" on the demo world)
@@ -98,7 +98,7 @@ struct LossConfig {
   double beta = 0.1;  ///< β of the sigmoid preference loss (the paper's λ)
 };
 
-/// [npo] — noise preference optimisation (ALGORITHM.md §3).
+/// [npo] — noise preference optimisation (docs/algorithm.md).
 struct NpoConfig {
   std::string head = "ln_gelu_linear";  ///< "ln_gelu_linear" (authors' runs) | "linear" (paper)
   double scale = 1.0;                   ///< c in s = c·exp(f(h))
@@ -119,7 +119,7 @@ struct DslConfig {
   double threshold = 0.0;  ///< generated is positive when s' − s >= threshold
 };
 
-/// [selfplay] — the self-improvement loop (ALGORITHM.md §4): model_0 (SFT), SPIN iteration 0,
+/// [selfplay] — the self-improvement loop (docs/selfplay.md): model_0 (SFT), SPIN iteration 0,
 /// then `iterations` iterations of generate → judge → label → train.
 struct SelfplayConfig {
   /// What iterations ≥ 1 do (iteration 0 is always SPIN): "spin" (human positive, SPIN loss),
@@ -184,7 +184,7 @@ struct DistConfig {
   std::string reduce_dtype = "fp32";
 };
 
-/// [checkpoint] — saving and resuming (DESIGN.md "Checkpoints"). Each training stage also saves
+/// [checkpoint] — saving and resuming (docs/checkpoints.md). Each training stage also saves
 /// when it ends (kept, never pruned), and on SIGUSR1 / SIGTERM at the next step boundary.
 struct CheckpointConfig {
   std::string dir;              ///< "" = <run dir>/checkpoints
@@ -194,7 +194,7 @@ struct CheckpointConfig {
   std::string resume = "none";  ///< "none" | "auto" (newest valid in dir) | a checkpoint file
 };
 
-/// [judge] — the judge that scores answers (DESIGN.md "Judge", ALGORITHM.md §2).
+/// [judge] — the judge that scores answers (docs/judge.md).
 struct JudgeConfig {
   std::string backend = "rule";  ///< "rule" (in-process verifier) | "http" (OpenAI-compatible)
   std::string base_url = "http://127.0.0.1:8000";  ///< POSTs go to {base_url}/v1/chat/completions

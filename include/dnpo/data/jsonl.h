@@ -1,5 +1,5 @@
-// JSONL datasets (DESIGN.md "Data formats"): prompt/SFT records and preference pairs, read with
-// line-exact errors and written one object a line. No tokenization here.
+// JSONL datasets (formats: README, "Configuration"): prompt/SFT records and preference pairs, read
+// with line-exact errors and written one object a line. No tokenization here.
 #pragma once
 
 #include <optional>

@@ -1,6 +1,6 @@
 // Every dnpo process is an MPI process: mpirun, srun with Slurm's MPI support, or a plain start
 // (an MPI singleton of world size 1). MpiEnv owns MPI_Init/Finalize and knows rank, world size and
-// the rank within the node. Headers stay free of mpi.h (STYLE.md §10).
+// the rank within the node. Headers stay free of mpi.h (only src/dist, src/ckpt use it).
 #pragma once
 
 #include <string>

@@ -14,7 +14,7 @@ namespace dnpo::judge {
 
 class JudgeCache;
 
-/// One answer to score (pointwise, ALGORITHM.md §2).
+/// One answer to score (pointwise: docs/judge.md).
 struct JudgeRequest {
   std::string question;
   std::string answer;

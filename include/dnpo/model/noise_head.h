@@ -1,5 +1,5 @@
 // The NPO noise head: s = c · exp(f_φ(h)), the std of the Gaussian noise added to the reference's
-// logits of the negative sample (ALGORITHM.md §3). f is "linear" (W h + b, the paper) or
+// logits of the negative sample (docs/algorithm.md). f is "linear" (W h + b, the paper) or
 // "ln_gelu_linear" (LayerNorm → GELU → Linear without bias, the authors' runs).
 #pragma once
 

@@ -1,4 +1,4 @@
-// A training stage's state in checkpoints (DESIGN.md "Checkpoints"): the units' shards and the
+// A training stage's state in checkpoints (docs/checkpoints.md): the units' shards and the
 // optimizer's state stored by logical tensor name ("policy.model.layers.0.self_attn.q_proj.weight",
 // "optimizer.exp_avg.policy.…"), each rank writing and reading only its own pieces, so a
 // checkpoint written at N ranks resumes at M; plus where the loop is. The data order, the noise

@@ -1,4 +1,4 @@
-// The losses of DNPO as pure tensor math (ALGORITHM.md §1–3): sequence log-probs over response
+// The losses of DNPO as pure tensor math (docs/algorithm.md): sequence log-probs over response
 // tokens, SFT, SPIN/DPO sigmoid loss, DSL relabeling, and NPO's single-step combined objective.
 // Everything is normalised by *global* counts passed in, so micro-batches and ranks add up.
 #pragma once

@@ -1,4 +1,4 @@
-// Labeling an iteration's answers into preference pairs (ALGORITHM.md §1, §2): SPIN keeps the
+// Labeling an iteration's answers into preference pairs (docs/algorithm.md): SPIN keeps the
 // human answer positive; DSL makes the generated answer positive when s' − s >= threshold. Pairs
 // whose two texts are equal are skipped and counted; a judge failure never flips a label (its
 // outcome decides: SPIN label or dropped pair). Pure functions, the same on every rank.

@@ -1,4 +1,4 @@
-// The self-improvement loop (ALGORITHM.md §4), distributed and resumable: model_0 (SFT, or an
+// The self-improvement loop (docs/selfplay.md), distributed and resumable: model_0 (SFT, or an
 // imported model), SPIN iteration 0, then iterations 1..T of
 //   generate  prompts split across ranks by global index; every rank holds the whole policy while
 //             it samples; each finished batch goes straight to the judge (asynchronous), so
