@@ -92,8 +92,8 @@ endif()
 
 # The programs' malloc (dnpo_heap, linked by dnpo_dist and the benchmarks). A training step frees
 # and reallocates the same large blocks every step; glibc serves blocks over its mmap threshold
-# with fresh pages, so each step page-faults them in again (a third of a 111M CPU step, measured in
-# benchmarks/RESULTS.md). tcmalloc (Debian libgoogle-perftools-dev) keeps freed spans for reuse
+# with fresh pages, so each step page-faults them in again (benchmarks/RESULTS.md, "The heap").
+# tcmalloc (Debian libgoogle-perftools-dev) keeps freed spans for reuse
 # and still holds the np 4 FSDP memory bound. Sanitizers and libFuzzer bring their own malloc;
 # CUDA builds keep glibc until a GPU run has checked tcmalloc beside CUDA's libraries.
 add_library(dnpo_heap INTERFACE)

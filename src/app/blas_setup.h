@@ -1,5 +1,5 @@
 // Makes sure LibTorch's BLAS runs fast kernels: OpenBLAS inside VMs often fails to detect the CPU
-// and falls back to its generic "Prescott" kernels (~5x slower here). Before anything else runs,
+// and falls back to its generic "Prescott" kernels (SSE3 only). Before anything else runs,
 // dnpo re-executes itself once with OPENBLAS_CORETYPE set from the CPU's flags.
 #pragma once
 

@@ -424,7 +424,7 @@ std::string megabytes(std::uintmax_t bytes) {
 }
 
 /// Bytes a checkpoint of `state` takes, on the safe side: the data, plus 4 KiB per dataset and
-/// 256 KiB for HDF5's metadata (measured: under 1 KiB per dataset).
+/// 256 KiB for HDF5's metadata (which takes under 1 KiB per dataset).
 std::uintmax_t file_bytes(const StateDict& state, const Replicated& rep) {
   std::uintmax_t bytes = (std::uintmax_t{1} << 18U) +
                          (2 * state.tensors.size() + rep.blobs.size()) * (std::uintmax_t{1} << 12U);

@@ -192,9 +192,9 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
   DNPO_INTERNAL_ASSERT(grads.size() == specs_.size());
   at::NoGradGuard no_grad;
   if (local_only_ && precision_.reduce == at::kFloat && !defer_reduction_) {
-    // One process: add each gradient into its slice of the shard's gradient in place. A flat
-    // copy (a fresh, page-faulting buffer per unit and micro-batch) and autograd's accumulation
-    // of it cost half a second per step at 110M parameters.
+    // One process: add each gradient into its slice of the shard's gradient in place, rather
+    // than into a flat copy for autograd to accumulate: that would be a fresh buffer per unit and
+    // micro-batch, page-faulted in, and one more pass over every gradient.
     if (!shard_.grad().defined()) {
       shard_.mutable_grad() = at::zeros_like(shard_);
     }
@@ -204,8 +204,8 @@ at::Tensor ShardedUnit::reduce_scatter_grads(const std::vector<at::Tensor>& grad
   const auto reduce = at::TensorOptions().dtype(precision_.reduce).device(shard_.device());
   if (defer_reduction_) {
     // Summed in fp32 whatever the reduction dtype, each gradient added into its slice of the
-    // step's sum in place: concatenating the whole unit per micro-batch first cost 10% of an
-    // np 2 step at 110M (RESULTS.md, "The heap"). Rounded to the reduction dtype first, as the
+    // step's sum in place: concatenating the whole unit per micro-batch first would copy every
+    // gradient once more, into a fresh buffer. Rounded to the reduction dtype first, as the
     // reduction itself would.
     if (!pending_grad_.defined()) {
       pending_grad_ = at::zeros({shard_numel_ * world_}, reduce.dtype(at::kFloat));

@@ -374,8 +374,8 @@ ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
     specs.push_back(spec_of(name, tensor));
     values.push_back(tensor.detach());
   }
-  // Gathered in the policy's compute dtype (a bf16 d × V product is ~10× faster on a GPU than an
-  // fp32 one); NoiseHead::sigma_of exponentiates in fp32, so s and the noisy log-softmax are fp32.
+  // Gathered in the policy's compute dtype (a bf16 d × V product: half the bytes, tensor cores);
+  // NoiseHead::sigma_of exponentiates in fp32, so s and the noisy log-softmax are fp32.
   unit_ =
       std::make_unique<dist::ShardedUnit>("noise_head", std::move(specs), comm, precision, true);
   unit_->load_full(values);

@@ -167,10 +167,10 @@ struct DistConfig {
   /// How Gloo (which lacks reduce_scatter) emulates it: "allreduce" (all-reduce + own slice),
   /// "reduce" (one reduce per owner slice), "mpi" (MPI_Ireduce_scatter_block on host memory),
   /// "ring" (a ring over MPI point-to-point; one block of temporary memory, synchronous).
-  std::string reduce_scatter = "ring";  // fastest here, least memory (benchmarks/RESULTS.md)
+  std::string reduce_scatter = "ring";  // the fewest bytes and temporaries, no root rank
   /// All-gather: "gloo" (asynchronous, on Gloo's threads) or "ring" (MPI point-to-point ring into
   /// the buffer in place; synchronous, no temporary).
-  std::string all_gather = "ring";  // faster here (benchmarks/RESULTS.md)
+  std::string all_gather = "ring";  // in place: no temporary, (w − 1)/w of the buffer per rank
   /// Start the next FSDP unit's all-gather while the current unit computes (forward and backward).
   bool prefetch = true;
   /// true (ZeRO-3): a unit's gathered parameters go after its forward; backward gathers them

@@ -1,8 +1,8 @@
-// Tensor collectives over c10d: ProcessGroupGloo on CPU, ProcessGroupNCCL on CUDA (one GPU per
-// rank, by local rank). All operations are asynchronous and return a Work to wait on.
-// - Gloo 1.13 lacks reduce_scatter, _allgather_base, ReduceOp::AVG and bf16, so: all-gather goes
-//   into narrow() views of the flat buffer, reduce-scatter is all-reduce + own slice, every
-//   reduction is a SUM (callers scale explicitly), and bf16 is gathered as raw 16-bit words.
+// Tensor collectives over c10d (ProcessGroupGloo on CPU, ProcessGroupNCCL on CUDA: one GPU per
+// rank, by local rank) and MPI point-to-point. Each returns a Work to wait on.
+// - Gloo 1.13 lacks reduce_scatter, _allgather_base, ReduceOp::AVG and bf16. On CPU all-gather and
+//   reduce-scatter default to rings over MPI point-to-point, done when the call returns (Gloo's
+//   emulations and MPI's reduce-scatter stay selectable); every reduction is a SUM (callers scale).
 // - NCCL runs each collective on its own CUDA stream; Work::wait() only makes the caller's current
 //   stream wait on the collective's event (no host sync). NCCL's watchdog enforces the timeout.
 #pragma once
@@ -77,7 +77,7 @@ class Comm {
   Work barrier();
 
   const CommBytes& bytes() const;
-  /// How reduce-scatter is emulated on this backend ("allreduce", "reduce" or "mpi").
+  /// How reduce-scatter runs: "ring" (the CPU default), "mpi", "allreduce", "reduce" or "nccl".
   const std::string& reduce_scatter_method() const;
 
  private:

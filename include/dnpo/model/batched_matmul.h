@@ -1,7 +1,7 @@
 // Batched matrix products for attention (scores = q kᵀ, context = p v), as at::matmul but without
 // LibTorch 1.13's per-matrix dispatch on CPU: its bmm selects, resolves and dispatches once per
-// (batch, head) matrix, about 3 µs each, which was most of a small model's attention time (the
-// profile in benchmarks/RESULTS.md). Here one loop calls CBLAS on strided views: no copies for
+// (batch, head) matrix, and a small model's matrices are small enough that the dispatch costs
+// more than the arithmetic. Here one loop calls CBLAS on strided views: no copies for
 // transposed or broadcast (GQA) operands, and a custom autograd node with the same kernel.
 #pragma once
 
