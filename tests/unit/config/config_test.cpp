@@ -2,9 +2,13 @@
 // overrides, the to_toml round trip, validate() and configs/demo.toml.
 #include "dnpo/config/config.h"
 
+#include <array>
+#include <cstddef>
 #include <fstream>
 #include <functional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -37,10 +41,11 @@ std::string config_error(const std::function<void()>& f) {
   EXPECT_NE(std::string(text).find(part), std::string::npos) \
       << "missing: " << (part) << "\nin: " << (text)
 
-/// Every field set to a value that differs from its default.
+/// Every field set to a value that differs from its default (checked by
+/// AllNonDefaultDiffersFromTheDefaultsInEveryField).
 RunConfig all_non_default() {
   RunConfig c;
-  c.run = {"x y", "out/dir", 99, 3, "cuda", "debug", 5};
+  c.run = {"x y", "out/dir", 99, 3, "cuda", "debug", 5, true};
   c.model = {"hf/dir", 300, 64, 96, 2, 8, 2, 1e-6, 500000.0, 512, false, 0.01};
   c.tokenizer = {"sentencepiece", "tok \"quoted\".model"};
   c.chat = {"U: {prompt}\n\tA:\\", false};
@@ -65,12 +70,17 @@ RunConfig all_non_default() {
   c.train.dtype = "bf16";
   c.train.iteration = 2;
   c.loss.beta = 0.5;
-  c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, 0.1, 64};
+  c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, 0.1, 32};
   c.dsl.threshold = -0.5;
+  c.selfplay = {"fixed_noise", 7, 100, false, 2e-5, 2, false, "per_layer"};
   c.sample = {0.7, 0.9, 40, 16, 8, "bf16"};
   c.eval = {100, false};
+  c.dist = {"gloo", "10.0.0.1", "eth0", 29500, 42.5, "mpi", "gloo", false, false, "bf16"};
+  c.checkpoint = {"ckpt dir", 100, 12.5, 5, "auto"};
   c.judge.backend = "http";
   c.judge.base_url = "https://judge.example:8443/api";
+  c.judge.ca_file = "certs/ca.pem";
+  c.judge.tls_verify = false;
   c.judge.model = "gpt-4o-mini";
   c.judge.prompt_template = "configs/judge/mt_bench_single_v1.txt";
   c.judge.api_key_env = "OPENAI_API_KEY";
@@ -89,98 +99,142 @@ RunConfig all_non_default() {
   return c;
 }
 
+// Every field of a table as a tuple of references. A structured binding must name every member,
+// so a field added to a struct in config.h stops this file compiling until it is listed here,
+// and with it in every comparison and in the non-default check below.
+auto fields(const RunSection& x) {
+  const auto& [a, b, c, d, e, f, g, h] = x;
+  return std::tie(a, b, c, d, e, f, g, h);
+}
+auto fields(const ModelConfig& x) {
+  const auto& [a, b, c, d, e, f, g, h, i, j, k, l] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l);
+}
+auto fields(const TokenizerConfig& x) {
+  const auto& [a, b] = x;
+  return std::tie(a, b);
+}
+auto fields(const ChatConfig& x) {
+  const auto& [a, b] = x;
+  return std::tie(a, b);
+}
+auto fields(const DataConfig& x) {
+  const auto& [a, b, c, d, e] = x;
+  return std::tie(a, b, c, d, e);
+}
+auto fields(const DemoConfig& x) {
+  const auto& [a, b, c, d, e, f, g] = x;
+  return std::tie(a, b, c, d, e, f, g);
+}
+auto fields(const TrainConfig& x) {
+  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r);
+}
+auto fields(const LossConfig& x) {
+  const auto& [a] = x;
+  return std::tie(a);
+}
+auto fields(const NpoConfig& x) {
+  const auto& [a, b, c, d, e, f, g, h, i, j, k] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k);
+}
+auto fields(const DslConfig& x) {
+  const auto& [a] = x;
+  return std::tie(a);
+}
+auto fields(const SelfplayConfig& x) {
+  const auto& [a, b, c, d, e, f, g, h] = x;
+  return std::tie(a, b, c, d, e, f, g, h);
+}
+auto fields(const SampleConfig& x) {
+  const auto& [a, b, c, d, e, f] = x;
+  return std::tie(a, b, c, d, e, f);
+}
+auto fields(const EvalConfig& x) {
+  const auto& [a, b] = x;
+  return std::tie(a, b);
+}
+auto fields(const DistConfig& x) {
+  const auto& [a, b, c, d, e, f, g, h, i, j] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j);
+}
+auto fields(const CheckpointConfig& x) {
+  const auto& [a, b, c, d, e] = x;
+  return std::tie(a, b, c, d, e);
+}
+auto fields(const JudgeConfig& x) {
+  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s);
+}
+
+/// The TOML table names of RunConfig's members, in member order.
+constexpr std::array<const char*, 16> kTables = {"run",
+                                                 "model",
+                                                 "tokenizer",
+                                                 "chat",
+                                                 "data",
+                                                 "demo",
+                                                 "train",
+                                                 "loss",
+                                                 "npo",
+                                                 "dsl",
+                                                 "selfplay",
+                                                 "sample",
+                                                 "eval",
+                                                 "dist",
+                                                 "checkpoint",
+                                                 "judge"};
+
+/// Every table's fields (the binding names every member of RunConfig, as kTables does).
+auto tables(const RunConfig& config) {
+  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = config;
+  return std::make_tuple(fields(a),
+                         fields(b),
+                         fields(c),
+                         fields(d),
+                         fields(e),
+                         fields(f),
+                         fields(g),
+                         fields(h),
+                         fields(i),
+                         fields(j),
+                         fields(k),
+                         fields(l),
+                         fields(m),
+                         fields(n),
+                         fields(o),
+                         fields(p));
+}
+
+/// f(a_i, b_i, i) for every element i of two tuples of one type.
+template <typename Tuple, typename F, std::size_t... I>
+void zip_each(const Tuple& a, const Tuple& b, F&& f, std::index_sequence<I...> /*indices*/) {
+  (f(std::get<I>(a), std::get<I>(b), I), ...);
+}
+template <typename Tuple, typename F>
+void zip_each(const Tuple& a, const Tuple& b, F&& f) {
+  zip_each(a, b, std::forward<F>(f), std::make_index_sequence<std::tuple_size_v<Tuple>>{});
+}
+
+/// pred(a's field, b's field) for every field of every table; a failure names the table and the
+/// field's index in its struct.
+template <typename Pred>
+void expect_each_field(const RunConfig& a, const RunConfig& b, Pred pred, const char* what) {
+  std::size_t count = 0;
+  zip_each(tables(a), tables(b), [&](const auto& table_a, const auto& table_b, std::size_t t) {
+    zip_each(table_a, table_b, [&](const auto& x, const auto& y, std::size_t i) {
+      ++count;
+      EXPECT_TRUE(pred(x, y)) << "[" << kTables.at(t) << "] field " << i << ": " << what << "\n  "
+                              << ::testing::PrintToString(x) << "\n  "
+                              << ::testing::PrintToString(y);
+    });
+  });
+  EXPECT_EQ(count, 117U);  // the fields of config.h, all visited
+}
+
 void expect_equal(const RunConfig& a, const RunConfig& b) {
-  EXPECT_EQ(a.run.name, b.run.name);
-  EXPECT_EQ(a.run.out_dir, b.run.out_dir);
-  EXPECT_EQ(a.run.seed, b.run.seed);
-  EXPECT_EQ(a.run.threads, b.run.threads);
-  EXPECT_EQ(a.run.device, b.run.device);
-  EXPECT_EQ(a.run.log_level, b.run.log_level);
-  EXPECT_EQ(a.run.log_every, b.run.log_every);
-  EXPECT_EQ(a.model.init_from, b.model.init_from);
-  EXPECT_EQ(a.model.vocab_size, b.model.vocab_size);
-  EXPECT_EQ(a.model.hidden_size, b.model.hidden_size);
-  EXPECT_EQ(a.model.intermediate_size, b.model.intermediate_size);
-  EXPECT_EQ(a.model.num_hidden_layers, b.model.num_hidden_layers);
-  EXPECT_EQ(a.model.num_attention_heads, b.model.num_attention_heads);
-  EXPECT_EQ(a.model.num_key_value_heads, b.model.num_key_value_heads);
-  EXPECT_EQ(a.model.rms_norm_eps, b.model.rms_norm_eps);
-  EXPECT_EQ(a.model.rope_theta, b.model.rope_theta);
-  EXPECT_EQ(a.model.max_position_embeddings, b.model.max_position_embeddings);
-  EXPECT_EQ(a.model.tie_word_embeddings, b.model.tie_word_embeddings);
-  EXPECT_EQ(a.model.initializer_range, b.model.initializer_range);
-  EXPECT_EQ(a.tokenizer.kind, b.tokenizer.kind);
-  EXPECT_EQ(a.tokenizer.path, b.tokenizer.path);
-  EXPECT_EQ(a.chat.prompt_template, b.chat.prompt_template);
-  EXPECT_EQ(a.chat.add_bos, b.chat.add_bos);
-  EXPECT_EQ(a.data.train_file, b.data.train_file);
-  EXPECT_EQ(a.data.eval_file, b.data.eval_file);
-  EXPECT_EQ(a.data.pairs_file, b.data.pairs_file);
-  EXPECT_EQ(a.data.max_length, b.data.max_length);
-  EXPECT_EQ(a.data.max_prompt_length, b.data.max_prompt_length);
-  EXPECT_EQ(a.demo.seed, b.demo.seed);
-  EXPECT_EQ(a.demo.train_size, b.demo.train_size);
-  EXPECT_EQ(a.demo.eval_size, b.demo.eval_size);
-  EXPECT_EQ(a.demo.noise_rate, b.demo.noise_rate);
-  EXPECT_EQ(a.demo.tasks, b.demo.tasks);
-  EXPECT_EQ(a.demo.add_digits, b.demo.add_digits);
-  EXPECT_EQ(a.demo.string_length, b.demo.string_length);
-  EXPECT_EQ(a.train.loss, b.train.loss);
-  EXPECT_EQ(a.train.batch_size, b.train.batch_size);
-  EXPECT_EQ(a.train.micro_batch_size, b.train.micro_batch_size);
-  EXPECT_EQ(a.train.epochs, b.train.epochs);
-  EXPECT_EQ(a.train.max_steps, b.train.max_steps);
-  EXPECT_EQ(a.train.optimizer, b.train.optimizer);
-  EXPECT_EQ(a.train.lr, b.train.lr);
-  EXPECT_EQ(a.train.min_lr_ratio, b.train.min_lr_ratio);
-  EXPECT_EQ(a.train.warmup_ratio, b.train.warmup_ratio);
-  EXPECT_EQ(a.train.lr_schedule, b.train.lr_schedule);
-  EXPECT_EQ(a.train.weight_decay, b.train.weight_decay);
-  EXPECT_EQ(a.train.adam_beta1, b.train.adam_beta1);
-  EXPECT_EQ(a.train.adam_beta2, b.train.adam_beta2);
-  EXPECT_EQ(a.train.eps, b.train.eps);
-  EXPECT_EQ(a.train.rmsprop_alpha, b.train.rmsprop_alpha);
-  EXPECT_EQ(a.train.grad_clip, b.train.grad_clip);
-  EXPECT_EQ(a.train.dtype, b.train.dtype);
-  EXPECT_EQ(a.train.iteration, b.train.iteration);
-  EXPECT_EQ(a.loss.beta, b.loss.beta);
-  EXPECT_EQ(a.npo.head, b.npo.head);
-  EXPECT_EQ(a.npo.scale, b.npo.scale);
-  EXPECT_EQ(a.npo.penalty, b.npo.penalty);
-  EXPECT_EQ(a.npo.alpha, b.npo.alpha);
-  EXPECT_EQ(a.npo.penalty_positions, b.npo.penalty_positions);
-  EXPECT_EQ(a.npo.max_sigma, b.npo.max_sigma);
-  EXPECT_EQ(a.npo.fixed_noise, b.npo.fixed_noise);
-  EXPECT_EQ(a.npo.fixed_sigma, b.npo.fixed_sigma);
-  EXPECT_EQ(a.npo.fresh_head_each_iteration, b.npo.fresh_head_each_iteration);
-  EXPECT_EQ(a.npo.head_init_std, b.npo.head_init_std);
-  EXPECT_EQ(a.npo.chunk_positions, b.npo.chunk_positions);
-  EXPECT_EQ(a.dsl.threshold, b.dsl.threshold);
-  EXPECT_EQ(a.sample.temperature, b.sample.temperature);
-  EXPECT_EQ(a.sample.top_p, b.sample.top_p);
-  EXPECT_EQ(a.sample.top_k, b.sample.top_k);
-  EXPECT_EQ(a.sample.max_new_tokens, b.sample.max_new_tokens);
-  EXPECT_EQ(a.sample.batch_size, b.sample.batch_size);
-  EXPECT_EQ(a.sample.dtype, b.sample.dtype);
-  EXPECT_EQ(a.eval.max_prompts, b.eval.max_prompts);
-  EXPECT_EQ(a.eval.greedy_too, b.eval.greedy_too);
-  EXPECT_EQ(a.judge.backend, b.judge.backend);
-  EXPECT_EQ(a.judge.base_url, b.judge.base_url);
-  EXPECT_EQ(a.judge.model, b.judge.model);
-  EXPECT_EQ(a.judge.prompt_template, b.judge.prompt_template);
-  EXPECT_EQ(a.judge.api_key_env, b.judge.api_key_env);
-  EXPECT_EQ(a.judge.concurrency, b.judge.concurrency);
-  EXPECT_EQ(a.judge.requests_per_minute, b.judge.requests_per_minute);
-  EXPECT_EQ(a.judge.timeout_s, b.judge.timeout_s);
-  EXPECT_EQ(a.judge.max_retries, b.judge.max_retries);
-  EXPECT_EQ(a.judge.backoff_base_s, b.judge.backoff_base_s);
-  EXPECT_EQ(a.judge.backoff_max_s, b.judge.backoff_max_s);
-  EXPECT_EQ(a.judge.failure_policy, b.judge.failure_policy);
-  EXPECT_EQ(a.judge.imperfection, b.judge.imperfection);
-  EXPECT_EQ(a.judge.seed, b.judge.seed);
-  EXPECT_EQ(a.judge.temperature, b.judge.temperature);
-  EXPECT_EQ(a.judge.max_tokens, b.judge.max_tokens);
-  EXPECT_EQ(a.judge.cache_file, b.judge.cache_file);
+  expect_each_field(
+      a, b, [](const auto& x, const auto& y) { return x == y; }, "differs");
 }
 
 // --- parsing ---
@@ -393,14 +447,30 @@ TEST(ConfigLoader, BadOverrideNamesOverride) {
 
 // --- to_toml ---
 
+TEST(ConfigLoader, AllNonDefaultDiffersFromTheDefaultsInEveryField) {
+  expect_each_field(
+      all_non_default(),
+      RunConfig{},
+      [](const auto& x, const auto& y) { return !(x == y); },
+      "has its default value in all_non_default()");
+}
+
 TEST(ConfigLoader, ToTomlRoundTripsEveryField) {
   const RunConfig original = all_non_default();
   const std::string text = to_toml(original);
   const RunConfig back = parse_config(text, "resolved.toml");
   expect_equal(back, original);
   EXPECT_EQ(to_toml(back), text);
+  for (const char* table : kTables) {
+    EXPECT_CONTAINS(text, "\n[" + std::string(table) + "]\n");
+  }
   EXPECT_CONTAINS(text, "\n[train]\nloss = \"npo\"\n");
   EXPECT_CONTAINS(text, "lr = 0.30000000000000004\n");
+  EXPECT_CONTAINS(text, "\n[run]\nname = \"x y\"\n");
+  EXPECT_CONTAINS(text, "phase_times = true\n");
+  EXPECT_CONTAINS(text, "\n[dist]\nbackend = \"gloo\"\n");
+  EXPECT_CONTAINS(text, "\n[checkpoint]\ndir = \"ckpt dir\"\n");
+  EXPECT_CONTAINS(text, "\n[selfplay]\nmode = \"fixed_noise\"\n");
 }
 
 TEST(ConfigLoader, ToTomlRoundTripsDefaults) {
