@@ -46,10 +46,12 @@ function(dnpo_add_script_test name)
     "DNPO_BIN=${PROJECT_BINARY_DIR}/bin;DNPO_SOURCE_DIR=${PROJECT_SOURCE_DIR};DNPO_TIME_SCALE=${time_scale}")
 endfunction()
 
-# dnpo_add_mpi_test(NAME NPROC n SRCS ... DEPS ... [TIMEOUT s]): one gtest binary run under
-# mpirun with n ranks (tests/mpi/mpi_test_main.cpp all-reduces the verdict). Label mpi.
+# dnpo_add_mpi_test(NAME NPROC n SRCS ... DEPS ... [TIMEOUT s] [TEST_NAME t] [ARGS arg...]): one
+# gtest binary run under mpirun with n ranks (tests/mpi/mpi_test_main.cpp all-reduces the verdict),
+# as the CTest test <t>_np<n> (t defaults to NAME) with ARGS (e.g. a --gtest_filter) after it.
+# A run in which every test was skipped exits 77 and is reported as skipped. Label mpi.
 function(dnpo_add_mpi_test name)
-  cmake_parse_arguments(ARG "" "NPROC;TIMEOUT" "SRCS;DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "" "NPROC;TIMEOUT;TEST_NAME" "SRCS;DEPS;ARGS" ${ARGN})
   if(NOT TARGET ${name})
     add_executable(${name} ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_test_main.cpp)
     target_link_libraries(${name} PRIVATE dnpo_heap ${ARG_DEPS} dnpo_dist_lib GTest::gtest)
@@ -61,10 +63,15 @@ function(dnpo_add_mpi_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 120)
   endif()
-  add_test(NAME ${name}_np${ARG_NPROC}
+  if(NOT ARG_TEST_NAME)
+    set(ARG_TEST_NAME ${name})
+  endif()
+  set(test ${ARG_TEST_NAME}_np${ARG_NPROC})
+  add_test(NAME ${test}
            COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ARG_NPROC} --oversubscribe
-                   ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${name}> ${MPIEXEC_POSTFLAGS})
-  set_tests_properties(${name}_np${ARG_NPROC} PROPERTIES LABELS mpi PROCESSORS ${ARG_NPROC}
-    TIMEOUT ${ARG_TIMEOUT}
+                   ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${name}> ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
+  # 77: tests/mpi/mpi_test_main.h kSkippedExitCode
+  set_tests_properties(${test} PROPERTIES LABELS mpi PROCESSORS ${ARG_NPROC}
+    TIMEOUT ${ARG_TIMEOUT} SKIP_RETURN_CODE 77
     ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
 endfunction()

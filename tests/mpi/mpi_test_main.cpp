@@ -1,5 +1,7 @@
 // main() of MPI test binaries: every rank runs every test; ranks other than 0 print only their
-// failures, tagged [rank r]; the verdict is all-reduced so every rank exits alike.
+// failures, tagged [rank r]; the verdict is all-reduced so every rank exits alike. A run in which
+// every test that ran was skipped (on every rank) exits with kSkippedExitCode, which CTest reports
+// as skipped (SKIP_RETURN_CODE in cmake/DnpoTesting.cmake), not as passed.
 #include "mpi_test_main.h"
 
 #include <cstdio>
@@ -49,6 +51,20 @@ int main(int argc, char** argv) {
     listeners.Append(new dnpo::test::FailurePrinter(env->rank()));
   }
   const int local = RUN_ALL_TESTS();
+  const auto& unit = *::testing::UnitTest::GetInstance();
+  const bool only_skips =
+      unit.test_to_run_count() > 0 && unit.skipped_test_count() == unit.test_to_run_count();
   const bool any_failed = env->any(local != 0);
-  return any_failed ? 1 : 0;
+  const bool all_skipped = !env->any(!only_skips);
+  if (any_failed) {
+    return 1;
+  }
+  if (all_skipped) {
+    if (env->rank() == 0) {
+      std::printf("every test skipped on every rank: exit %d (skipped)\n",
+                  dnpo::test::kSkippedExitCode);
+    }
+    return dnpo::test::kSkippedExitCode;
+  }
+  return 0;
 }

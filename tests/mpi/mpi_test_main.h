@@ -5,4 +5,8 @@
 
 namespace dnpo::test {
 const dist::MpiEnv& mpi();
+
+/// The exit code of an MPI test binary whose every test that ran was skipped (no rank passed or
+/// failed one); CTest's SKIP_RETURN_CODE for the mpi tests.
+inline constexpr int kSkippedExitCode = 77;
 }  // namespace dnpo::test
