@@ -1,8 +1,12 @@
 // Comm over Gloo with real MPI processes: every collective against values each rank can compute.
 #include "dnpo/dist/comm.h"
 
+#include <chrono>
+#include <thread>
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <mpi.h>
 
 #include "mpi_test_main.h"
 
@@ -118,16 +122,54 @@ TEST(Comm, AllGatherTextGivesEveryRanksTextInOrder) {
   EXPECT_EQ(all_gather_text(nullptr, "x"), std::vector<std::string>{"x"});
 }
 
+// Collectives are asynchronous: rank 0 issues two all-reduces, neither of which can complete
+// before the other ranks issue theirs, and only then tells them, over MPI outside the process
+// group, to issue theirs. Were an all-reduce to block until done (collectives serialized), rank 0
+// would not get to the message: the others give up waiting for it after kDeadline, fail, and
+// issue theirs anyway so that the job still ends.
 TEST(Comm, CollectivesOverlap) {
-  // Two collectives in flight before either is waited on, completing in issue order.
+  const int world = comm().world_size();
   auto a = at::ones({1000});
   auto b = at::ones({10});
-  auto wa = comm().all_reduce_sum(a);
-  auto wb = comm().all_reduce_sum(b);
-  wb.wait();
-  wa.wait();
-  EXPECT_EQ(a[0].item<float>(), static_cast<float>(comm().world_size()));
-  EXPECT_EQ(b[9].item<float>(), static_cast<float>(comm().world_size()));
+  constexpr int kTag = 4242;
+  constexpr auto kDeadline = std::chrono::seconds(20);  // the message takes microseconds
+  if (world == 1) {
+    auto wa = comm().all_reduce_sum(a);
+    auto wb = comm().all_reduce_sum(b);
+    wb.wait();
+    wa.wait();
+  } else if (comm().rank() == 0) {
+    auto wa = comm().all_reduce_sum(a);
+    auto wb = comm().all_reduce_sum(b);  // wa is outstanding: no other rank has issued it
+    char issued = 1;
+    for (int r = 1; r < world; ++r) {
+      ASSERT_EQ(MPI_Send(&issued, 1, MPI_CHAR, r, kTag, MPI_COMM_WORLD), MPI_SUCCESS);
+    }
+    wb.wait();
+    wa.wait();
+  } else {
+    char issued = 0;
+    MPI_Request request = MPI_REQUEST_NULL;
+    ASSERT_EQ(MPI_Irecv(&issued, 1, MPI_CHAR, 0, kTag, MPI_COMM_WORLD, &request), MPI_SUCCESS);
+    const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+    int arrived = 0;
+    while (arrived == 0 && std::chrono::steady_clock::now() < deadline) {
+      ASSERT_EQ(MPI_Test(&request, &arrived, MPI_STATUS_IGNORE), MPI_SUCCESS);
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    EXPECT_NE(arrived, 0) << "rank 0 did not get past issuing two all-reduces in 20 s: a "
+                             "collective blocked until the other ranks joined it";
+    auto wa = comm().all_reduce_sum(a);
+    auto wb = comm().all_reduce_sum(b);
+    wb.wait();
+    wa.wait();
+    if (arrived == 0) {
+      ASSERT_EQ(MPI_Wait(&request, MPI_STATUS_IGNORE), MPI_SUCCESS);  // sent once rank 0 was done
+    }
+    EXPECT_EQ(issued, 1);
+  }
+  EXPECT_TRUE(at::equal(a, at::full({1000}, static_cast<float>(world))));
+  EXPECT_TRUE(at::equal(b, at::full({10}, static_cast<float>(world))));
 }
 
 TEST(MpiEnv, FlagsStringsAndSums) {
