@@ -76,6 +76,7 @@ ShardedLlama::ShardedLlama(config::ModelConfig cfg,
                            bool recompute)
     : cfg_(std::move(cfg)),
       compute_dtype_(precision.compute),
+      trainable_(trainable),
       recompute_(recompute),
       comm_(comm),
       precision_(precision) {
@@ -194,8 +195,12 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
   const auto head = dist::gather_params(
       *head_, blocks_.empty() || !prefetch_ ? nullptr : blocks_.back(), !keep_gathered_);
   const bool tied = head_ == embed_;
-  return {model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps),
-          tied ? head[0] : head[1]};
+  Output out{model::rms_norm(x, tied ? head[1] : head[0], cfg_.rms_norm_eps),
+             tied ? head[0] : head[1]};
+  if (!trainable_ && !keep_gathered_) {
+    release();
+  }
+  return out;
 }
 
 ShardedLlama::Output ShardedLlama::forward_cached(const at::Tensor& input_ids,
@@ -278,6 +283,21 @@ void ShardedLlama::flush_grads() {
 void ShardedLlama::release() {
   for (auto& unit : units_) {
     unit->release();
+  }
+}
+
+void ShardedLlama::end_micro_batch() {
+  if (!keep_gathered_) {
+    release();
+  }
+}
+
+void ShardedLlama::end_step() {
+  if (trainable_) {
+    flush_grads();
+    release();
+  } else if (!keep_gathered_) {
+    release();
   }
 }
 
@@ -383,6 +403,17 @@ ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
 
 std::vector<at::Tensor> ShardedNoiseHead::parameters() {
   return dist::gather_params(*unit_, nullptr, !keep_gathered_);
+}
+
+void ShardedNoiseHead::end_micro_batch() {
+  if (!keep_gathered_) {
+    release();
+  }
+}
+
+void ShardedNoiseHead::end_step() {
+  flush_grads();
+  release();
 }
 
 void ShardedNoiseHead::set_keep_gathered(bool keep) {

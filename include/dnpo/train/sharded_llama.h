@@ -20,11 +20,24 @@
 
 namespace dnpo::train {
 
+/// A sharded model as the stage loop sees it: told where micro-batches and steps end, it decides
+/// what to release and when to reduce its gradients (no loop calls release() or flush_grads()).
+class ShardedModule {
+ public:
+  virtual ~ShardedModule() = default;
+  /// After a micro-batch's backward: units not kept gathered are released.
+  virtual void end_micro_batch() = 0;
+  /// collective: after the step's last backward, before clipping. A trained model reduces the
+  /// gradients it deferred and releases everything (kept units are stale once the optimizer
+  /// steps); a frozen one kept gathered stays gathered for the whole stage.
+  virtual void end_step() = 0;
+};
+
 /// The full value of a parameter by HF name; asked for one unit at a time, so a rank holds at
 /// most one unit's full tensors while the model is built (random init, or slices of a file).
 using TensorSource = std::function<at::Tensor(const std::string& name)>;
 
-class ShardedLlama {
+class ShardedLlama : public ShardedModule {
  public:
   ShardedLlama(config::ModelConfig cfg,
                const TensorSource& source,
@@ -71,8 +84,11 @@ class ShardedLlama {
   Output forward(const at::Tensor& input_ids,
                  const at::Tensor& attention_mask,
                  std::optional<bool> right_padded = std::nullopt);
-  /// Drops every gathered buffer; call after the micro-batch's backward.
+  /// Drops every gathered buffer. A frozen model not kept gathered does this at the end of each
+  /// forward itself: it has no backward to wait for (the returned tensors keep what they use).
   void release();
+  void end_micro_batch() override;
+  void end_step() override;
   /// collective: with units kept gathered, reduce-scatters the gradients the step's micro-batches
   /// summed locally (one reduction per unit per step); call after the last backward.
   void flush_grads();
@@ -107,6 +123,7 @@ class ShardedLlama {
  private:
   config::ModelConfig cfg_;
   at::ScalarType compute_dtype_;
+  bool trainable_;
   bool recompute_;  // as constructed; keep_gathered_ overrides it
   bool prefetch_ = true;
   bool keep_gathered_ = false;
@@ -143,7 +160,7 @@ class ShardedDecoder : public model::Decoder {
 
 /// The noise head as one unit (d × V, like the lm_head) over fp32 masters, gathered like the
 /// policy (precision: the policy's compute dtype and device); σ itself is made in fp32.
-class ShardedNoiseHead {
+class ShardedNoiseHead : public ShardedModule {
  public:
   ShardedNoiseHead(const model::NoiseHead& head,
                    dist::Comm* comm,
@@ -160,6 +177,8 @@ class ShardedNoiseHead {
   void release() {
     unit_->release();
   }
+  void end_micro_batch() override;
+  void end_step() override;
   /// As ShardedLlama::set_keep_gathered: gathered once per step, gradients summed locally and
   /// reduce-scattered by flush_grads().
   void set_keep_gathered(bool keep);

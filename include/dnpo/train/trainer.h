@@ -1,6 +1,6 @@
-// The training loops: SFT on prompt/answer records and preference training (SPIN or NPO) on
+// The stage loop: SFT on prompt/answer records and preference training (SPIN or NPO) on
 // chosen/rejected pairs, sharded over the ranks of a Comm (FSDP units, see sharded_llama.h) or in
-// one process. See trainer.cpp.
+// one process. What differs between the stages is an Objective (objective.h).
 #pragma once
 
 #include <cstdint>
@@ -43,6 +43,10 @@ struct TrainSummary {
 using GradientObserver =
     std::function<void(std::int64_t step, const std::vector<dist::ShardedUnit*>& units)>;
 
+class Objective;
+class Phase;
+struct StepStats;
+
 class Trainer {
  public:
   /// policy is trained in place (every rank passes the same model and data; each trains on its
@@ -60,6 +64,9 @@ class Trainer {
           const data::Tokenizer& tokenizer,
           MetricsWriter& metrics,
           dist::Comm* comm = nullptr);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
 
   void set_gradient_observer(GradientObserver observer) {
     gradient_observer_ = std::move(observer);
@@ -108,6 +115,13 @@ class Trainer {
   /// finish_policy()).
   ShardedLlama& begin_policy();
   void finish_policy();
+  struct StageRun;
+  /// Setup, resume, the steps and the stage's end, for any objective.
+  TrainSummary run_stage(Objective& objective);
+  /// One optimizer step: plan, forward and backward, the models' step end, clip, step, report.
+  void train_step(StageRun& run, std::int64_t step);
+  /// This rank's share of the step's micro-batches, each forward, loss and backward.
+  void forward_backward(StageRun& run, std::size_t micro_batches, StepStats& stats, Phase& phase);
   /// Restores `state` from resume_from_ when that checkpoint is this stage's (and drops the
   /// metrics lines past its step); returns whether it did.
   bool maybe_resume(StageState& state);

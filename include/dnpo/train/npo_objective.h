@@ -1,0 +1,77 @@
+// NPO as an Objective: the policy against a frozen reference whose log-probs of the negative get
+// trainable Gaussian noise, in one combined step (dnpo_loss.h, npo_loss). The objective owns the
+// noise head (sharded like the policy; none under npo.fixed_noise), the counter keys of its
+// draws and its statistics.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dnpo/dist/sharded_unit.h"
+#include "dnpo/train/dnpo_loss.h"
+#include "dnpo/train/pair_batches.h"
+
+namespace dnpo::train {
+
+class NpoObjective : public Objective {
+ public:
+  /// The noise head starts from `initial_head`'s parameters when given, else fresh from
+  /// (run.seed, train.iteration); the same on every rank.
+  NpoObjective(PairData data,
+               ShardedLlama& policy,
+               const config::RunConfig& cfg,
+               std::int64_t pad_id,
+               dist::Comm* comm,
+               dist::UnitPrecision precision,
+               const ShardedNoiseHead* initial_head);
+
+  std::string stage() const override {
+    return "npo";
+  }
+  std::string label() const override {
+    return "train (npo)";
+  }
+  std::string describe_data() const override {
+    return data_.describe();
+  }
+  std::int64_t num_samples() const override {
+    return static_cast<std::int64_t>(data_.pairs.size());
+  }
+  StageModels& models() override {
+    return models_;
+  }
+  void plan_step(std::int64_t step,
+                 const std::vector<std::vector<std::int64_t>>& micro_samples) override;
+  at::Tensor micro_batch_loss(std::size_t index,
+                              double weight,
+                              StepStats& stats,
+                              Phase& phase) override;
+  /// The pair metrics, then noise_loss (Σ ℓ(β m2) / pairs), penalty and mean_s.
+  MetricValues metrics(const StepStats& stats) const override;
+
+  /// The trained noise head (null under npo.fixed_noise); the objective no longer holds it.
+  std::unique_ptr<ShardedNoiseHead> release_noise_head() {
+    return std::move(head_);
+  }
+
+ private:
+  /// ε keys of the negatives' response rows: (seed, iteration, step, pair, position, stream).
+  NoiseDraws draws_of(const ResponseRows& rejected_rows, const PairBatch& micro) const;
+
+  PairData data_;
+  ShardedLlama& policy_;
+  std::unique_ptr<ShardedLlama> reference_;  // frozen: params only
+  std::unique_ptr<ShardedNoiseHead> head_;
+  const config::RunConfig& cfg_;
+  std::int64_t pad_id_;
+  at::Device device_;
+  StageModels models_;
+  std::int64_t step_ = 0;         // the planned step
+  std::vector<PairBatch> micro_;  // its micro-batches (host)
+  double global_pairs_ = 0;
+  double global_penalty_elements_ = 0;
+};
+
+}  // namespace dnpo::train

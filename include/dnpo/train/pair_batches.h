@@ -1,0 +1,78 @@
+// What SPIN and NPO share: chosen/rejected pairs as token sequences, their micro-batches (chosen
+// and rejected padded together for one concatenated forward), and the pair statistics both
+// report.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "dnpo/config/config.h"
+#include "dnpo/data/chat_template.h"
+#include "dnpo/data/jsonl.h"
+#include "dnpo/model/batch.h"
+#include "dnpo/train/dnpo_loss.h"
+#include "dnpo/train/objective.h"
+
+namespace dnpo::train {
+
+/// The pairs as token sequences, cut to data.max_length (counted). Pairs whose texts are
+/// identical carry no signal: skipped and counted. Throws DataError when none is left.
+struct PairData {
+  PairData(const std::vector<data::PairRecord>& records,
+           const data::ChatTemplate& chat,
+           const config::DataConfig& cfg);
+  struct TokenPair {
+    model::TokenSequence chosen, rejected;
+    std::int64_t index;  ///< the pair's index among the records: keys its noise draws
+  };
+  std::vector<TokenPair> pairs;
+  std::int64_t truncated = 0;
+  std::int64_t skipped_identical = 0;
+
+  /// "20 pairs (1 identical skipped, 0 truncated)"
+  std::string describe() const;
+};
+
+/// One micro-batch of m pairs: rows [0, m) chosen, [m, 2m) rejected.
+struct PairBatch {
+  model::TokenBatch batch;
+  std::vector<std::int64_t> pair_index;  ///< PairData::TokenPair::index of each pair
+  std::int64_t rows() const {
+    return static_cast<std::int64_t>(pair_index.size());
+  }
+};
+
+/// A pair micro-batch on the compute device, with what the forwards and losses need to know of
+/// its masks read from the host copy (on a GPU, reading the device copy would make the host wait).
+struct DevicePairBatch {
+  model::TokenBatch batch;
+  bool right_padded = false;
+  ResponseRows rows;  ///< response rows of all 2m rows
+};
+DevicePairBatch to_device(const PairBatch& micro, at::Device device);
+
+/// log π(y+) and log π(y−), (m,) each, from one forward of `model` over [chosen; rejected].
+struct PairLogprobs {
+  at::Tensor chosen, rejected;
+};
+PairLogprobs pair_logprobs(ShardedLlama& model, const DevicePairBatch& micro);
+
+std::vector<PairBatch> make_pair_batches(const PairData& data,
+                                         const std::vector<std::vector<std::int64_t>>& micro,
+                                         std::int64_t pad_id);
+
+/// The statistics SPIN and NPO both report of a micro-batch, times `weight`: margins (B,) m1,
+/// detached; the policy's log-probs of chosen and rejected (B,); tokens of the batch.
+void add_pair_stats(StepStats& stats,
+                    const at::Tensor& margins,
+                    const at::Tensor& policy_chosen,
+                    const at::Tensor& policy_rejected,
+                    const PairBatch& micro,
+                    double weight);
+/// model_loss, margin, reward_accuracy, logp_chosen, logp_rejected: means over the step's pairs.
+MetricValues pair_metrics(const StepStats& stats, double global_pairs);
+
+}  // namespace dnpo::train

@@ -1,0 +1,131 @@
+// NPO, one micro-batch: policy forward on [chosen; rejected] → sequence log-probs; frozen
+// reference forward → clean log-prob of y+ and hidden states of y−; noise head on those hidden
+// states → noisy log-probs with ε1 (s detached) and ε2 → total = ℓ(βm1) − ℓ(βm2) + αP.
+#include "dnpo/train/npo_objective.h"
+
+#include <ATen/ATen.h>
+
+#include "dnpo/common/counter_rng.h"
+
+namespace dnpo::train {
+
+NpoObjective::NpoObjective(PairData data,
+                           ShardedLlama& policy,
+                           const config::RunConfig& cfg,
+                           std::int64_t pad_id,
+                           dist::Comm* comm,
+                           dist::UnitPrecision precision,
+                           const ShardedNoiseHead* initial_head)
+    : data_(std::move(data)),
+      policy_(policy),
+      reference_(policy.frozen_copy()),
+      cfg_(cfg),
+      pad_id_(pad_id),
+      device_(precision.device) {
+  models_.trained = {{"policy", policy.units()}};
+  models_.modules = {&policy};
+  if (!cfg.npo.fixed_noise) {
+    head_ = std::make_unique<ShardedNoiseHead>(cfg.npo,
+                                               cfg.model.hidden_size,
+                                               cfg.model.vocab_size,
+                                               fold_key(cfg.run.seed, cfg.train.iteration),
+                                               comm,
+                                               precision);
+    if (initial_head != nullptr) {
+      head_->unit()->load_shard_of(*initial_head->unit());
+    }
+    head_->set_keep_gathered(!cfg.dist.reshard_after_forward);
+    models_.trained.push_back({"noise_head", {head_->unit()}});
+    models_.modules.push_back(head_.get());
+  }
+  models_.frozen = {{"reference", reference_->units()}};
+  models_.modules.push_back(reference_.get());
+}
+
+void NpoObjective::plan_step(std::int64_t step,
+                             const std::vector<std::vector<std::int64_t>>& micro_samples) {
+  step_ = step;
+  micro_ = make_pair_batches(data_, micro_samples, pad_id_);
+  global_pairs_ = 0;
+  global_penalty_elements_ = 0;
+  for (const auto& m : micro_) {
+    const auto rows = m.rows();
+    global_pairs_ += static_cast<double>(rows);
+    global_penalty_elements_ += static_cast<double>(
+        penalty_rows(cfg_.npo, m.batch.loss_mask.narrow(0, rows, rows)) * cfg_.model.vocab_size);
+  }
+}
+
+at::Tensor NpoObjective::micro_batch_loss(std::size_t index,
+                                          double weight,
+                                          StepStats& stats,
+                                          Phase& phase) {
+  const auto& m = micro_[index];
+  const auto rows = m.rows();
+  const auto b = to_device(m, device_);
+  const auto host_rows = [&m](std::int64_t begin, std::int64_t count) {
+    return response_rows(m.batch.input_ids.narrow(0, begin, count),
+                         m.batch.loss_mask.narrow(0, begin, count));
+  };
+  const auto chosen_rows = to_device(host_rows(0, rows), device_);
+  const auto rejected_rows = host_rows(rows, rows);
+  phase.begin("dnpo::policy_forward");
+  const auto policy = pair_logprobs(policy_, b);
+  // Frozen reference: clean log-probs of the positives only (the negatives' are read only with
+  // noise, in npo_loss: one vocabulary product less) and the negatives' hidden states.
+  phase.begin("dnpo::reference_forward");
+  NpoInputs in;
+  {
+    const at::NoGradGuard no_grad;
+    auto out = reference_->forward(b.batch.input_ids, b.batch.attention_mask, b.right_padded);
+    in.ref_chosen = sequence_logprobs(out.hidden.narrow(0, 0, rows), out.lm_head, chosen_rows);
+    in.ref_hidden = out.hidden.narrow(0, rows, rows);
+    in.ref_lm_head = std::move(out.lm_head);
+  }
+  phase.begin("dnpo::loss");
+  in.policy_chosen = policy.chosen;
+  in.policy_rejected = policy.rejected;
+  in.rejected_ids = b.batch.input_ids.narrow(0, rows, rows);
+  in.rejected_loss_mask = b.batch.loss_mask.narrow(0, rows, rows);
+  in.rejected_rows = to_device(rejected_rows, device_);
+  in.draws = draws_of(rejected_rows, m);
+  in.global_pairs = global_pairs_;
+  in.global_penalty_elements = global_penalty_elements_;
+  const auto head_params = head_ ? head_->parameters() : std::vector<at::Tensor>{};
+  const auto terms = npo_loss(in, head_params, cfg_.npo, cfg_.loss.beta);
+  stats.model_loss.add(terms.model_loss, weight);
+  stats.noise_loss.add(terms.noise_loss, weight);
+  stats.penalty.add(terms.penalty, weight);
+  stats.sum_s.add(terms.sum_s, weight);
+  stats.num_s.add(weight * static_cast<double>(terms.num_s));
+  add_pair_stats(stats, terms.margins, policy.chosen, policy.rejected, m, weight);
+  return terms.total;
+}
+
+NoiseDraws NpoObjective::draws_of(const ResponseRows& rejected_rows, const PairBatch& micro) const {
+  NoiseDraws draws;
+  const auto* sample = rejected_rows.sample.data_ptr<std::int64_t>();
+  const auto* position = rejected_rows.position.data_ptr<std::int64_t>();
+  for (std::int64_t j = 0; j < rejected_rows.sample.numel(); ++j) {
+    const auto pair = static_cast<std::uint64_t>(micro.pair_index[sample[j]]);
+    const auto pos = static_cast<std::uint64_t>(position[j]);
+    const auto key = [&](RandomStream stream) {
+      return draw_key(cfg_.run.seed, cfg_.train.iteration, step_, pair, pos, stream);
+    };
+    draws.row_keys1.push_back(key(RandomStream::kNoiseEps1));
+    draws.row_keys2.push_back(key(RandomStream::kNoiseEps2));
+  }
+  return draws;
+}
+
+MetricValues NpoObjective::metrics(const StepStats& stats) const {
+  auto values = pair_metrics(stats, global_pairs_);
+  const double num_s = stats.num_s.value();
+  values.insert(values.end(),
+                {{"noise_loss", stats.noise_loss.value()},
+                 {"penalty", stats.penalty.value()},
+                 {"mean_s", num_s > 0 ? stats.sum_s.value() / num_s : 0.0}});
+  return values;
+}
+
+}  // namespace dnpo::train

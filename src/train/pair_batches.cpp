@@ -1,0 +1,100 @@
+// Pairs for SPIN and NPO: tokenized once, batched per step, and their shared statistics.
+#include "dnpo/train/pair_batches.h"
+
+#include <fmt/format.h>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::train {
+
+PairData::PairData(const std::vector<data::PairRecord>& records,
+                   const data::ChatTemplate& chat,
+                   const config::DataConfig& cfg) {
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    const auto& p = records[i];
+    if (p.chosen == p.rejected) {
+      ++skipped_identical;
+      continue;
+    }
+    const auto prompt = chat.encode_prompt(p.prompt);
+    TokenPair tp{{prompt, chat.encode_response(p.chosen)},
+                 {prompt, chat.encode_response(p.rejected)},
+                 static_cast<std::int64_t>(i)};
+    const bool cut_c = model::truncate_sequence(tp.chosen, cfg.max_length, cfg.max_prompt_length);
+    const bool cut_r = model::truncate_sequence(tp.rejected, cfg.max_length, cfg.max_prompt_length);
+    truncated += (cut_c || cut_r) ? 1 : 0;
+    pairs.push_back(std::move(tp));
+  }
+  DNPO_CHECK_WITH(DataError,
+                  !pairs.empty(),
+                  "train: no usable pairs (",
+                  records.size(),
+                  " given, ",
+                  skipped_identical,
+                  " with identical chosen and rejected)");
+}
+
+std::string PairData::describe() const {
+  return fmt::format(
+      "{} pairs ({} identical skipped, {} truncated)", pairs.size(), skipped_identical, truncated);
+}
+
+std::vector<PairBatch> make_pair_batches(const PairData& data,
+                                         const std::vector<std::vector<std::int64_t>>& micro,
+                                         std::int64_t pad_id) {
+  std::vector<PairBatch> out;
+  out.reserve(micro.size());
+  for (const auto& ids : micro) {
+    std::vector<model::TokenSequence> seqs;
+    PairBatch m;
+    for (const auto i : ids) {
+      seqs.push_back(data.pairs[i].chosen);
+      m.pair_index.push_back(data.pairs[i].index);
+    }
+    for (const auto i : ids) {
+      seqs.push_back(data.pairs[i].rejected);
+    }
+    m.batch = model::pad_batch(seqs, pad_id);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+DevicePairBatch to_device(const PairBatch& micro, at::Device device) {
+  return {model::to_device(micro.batch, device),
+          model::is_right_padded(micro.batch.attention_mask),
+          to_device(response_rows(micro.batch.input_ids, micro.batch.loss_mask), device)};
+}
+
+PairLogprobs pair_logprobs(ShardedLlama& model, const DevicePairBatch& micro) {
+  const auto rows = micro.batch.input_ids.size(0) / 2;
+  const auto logps = [&] {
+    const auto out =
+        model.forward(micro.batch.input_ids, micro.batch.attention_mask, micro.right_padded);
+    return sequence_logprobs(out.hidden, out.lm_head, micro.rows);
+  }();
+  return {logps.narrow(0, 0, rows), logps.narrow(0, rows, rows)};
+}
+
+void add_pair_stats(StepStats& stats,
+                    const at::Tensor& margins,
+                    const at::Tensor& policy_chosen,
+                    const at::Tensor& policy_rejected,
+                    const PairBatch& micro,
+                    double weight) {
+  stats.margin.add(margins, weight);
+  stats.correct.add(margins > 0, weight);
+  stats.logp_chosen.add(policy_chosen, weight);
+  stats.logp_rejected.add(policy_rejected, weight);
+  stats.tokens.add(weight * micro.batch.attention_mask.sum().item<double>());
+}
+
+MetricValues pair_metrics(const StepStats& stats, double global_pairs) {
+  return {{"model_loss", stats.model_loss.value()},
+          {"margin", stats.margin.value() / global_pairs},
+          {"reward_accuracy", stats.correct.value() / global_pairs},
+          {"logp_chosen", stats.logp_chosen.value() / global_pairs},
+          {"logp_rejected", stats.logp_rejected.value() / global_pairs}};
+}
+
+}  // namespace dnpo::train
