@@ -2,6 +2,7 @@
 // moves the policy and skips pairs whose two answers are the same text.
 #include "dnpo/train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -255,6 +256,11 @@ TEST(Trainer, PhaseTimesGoIntoTheMetricsWhenAsked) {
     if (loss == "npo") {
       expected.emplace_back("ms_reference_forward");
     }
+    // The phases run back to back inside the step's timer, so they add up to no more than the
+    // step, however busy the machine. What they leave untimed takes microseconds, but a busy
+    // machine may preempt the process right there: the best step, not each, must have its phases
+    // cover nearly all of its time.
+    double best_share = 0;
     for (const auto& row : rows) {
       double sum = 0;
       for (const auto& [key, value] : row.items()) {
@@ -267,9 +273,11 @@ TEST(Trainer, PhaseTimesGoIntoTheMetricsWhenAsked) {
         EXPECT_TRUE(row.contains(key)) << key << " missing from " << row.dump();
       }
       EXPECT_GT(row["ms_backward"].get<double>(), 0.0);
-      EXPECT_LE(sum, row["step_ms"].get<double>() * 1.0001 + 1e-3) << row.dump();
-      EXPECT_GT(sum, 0.5 * row["step_ms"].get<double>()) << row.dump();
+      const double step_ms = row["step_ms"].get<double>();
+      EXPECT_LE(sum, step_ms * 1.0001 + 1e-3) << row.dump();
+      best_share = std::max(best_share, sum / step_ms);
     }
+    EXPECT_GT(best_share, 0.95) << "the most of a step's time its phases cover";
   }
 }
 
