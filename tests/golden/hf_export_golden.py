@@ -28,7 +28,7 @@ SRC = os.environ["DNPO_SOURCE_DIR"]
 BIN = os.environ["DNPO_BIN"]
 sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
 from llama_reference import forward  # noqa: E402
-from safetensors_io import load_dir  # noqa: E402
+from safetensors_io import check, load_dir  # noqa: E402
 
 IDS = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 2, 50]
 
@@ -36,7 +36,7 @@ IDS = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 2, 50]
 def sh(*cmd):
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
-    assert done.returncode == 0, f"{' '.join(cmd)}: exit {done.returncode}\n{done.stdout[-3000:]}"
+    check(done.returncode == 0, f"{' '.join(cmd)}: exit {done.returncode}\n{done.stdout[-3000:]}")
     return done.stdout
 
 
@@ -75,18 +75,18 @@ def main():
         sh(f"{BIN}/dnpo_ckpt", "export", ckpt, "--out", "hf32", "--max-shard-size", "1MB")
         sh(f"{BIN}/dnpo_ckpt", "export", ckpt, "--out", "hf16", "--dtype", "bf16")
         shards = [f for f in os.listdir("hf32") if f.endswith(".safetensors")]
-        assert len(shards) >= 2 and os.path.exists("hf32/model.safetensors.index.json"), shards
-        assert json.load(open("hf16/config.json"))["torch_dtype"] == "bfloat16"
+        check(len(shards) >= 2 and os.path.exists("hf32/model.safetensors.index.json"), shards)
+        check(json.load(open("hf16/config.json"))["torch_dtype"] == "bfloat16")
 
         with h5py.File(ckpt, "r") as f:
             stored = {k[len("policy."):]: torch.from_numpy(np.array(v))
                       for k, v in f["tensors"].items() if k.startswith("policy.")}
         fp32, bf16, stage = load_dir("hf32"), load_dir("hf16"), load_dir("runs/demo/sft")
-        assert fp32.keys() == stored.keys() == bf16.keys() == stage.keys(), "tensor names differ"
+        check(fp32.keys() == stored.keys() == bf16.keys() == stage.keys(), "tensor names differ")
         for name, t in stored.items():
-            assert torch.equal(fp32[name], t), f"fp32 export: {name} differs from the checkpoint"
-            assert torch.equal(stage[name], t), f"the stage's HF output: {name} differs"
-            assert torch.equal(bf16[name], bf16_round(t)), f"bf16 export: {name} is not rounded"
+            check(torch.equal(fp32[name], t), f"fp32 export: {name} differs from the checkpoint")
+            check(torch.equal(stage[name], t), f"the stage's HF output: {name} differs")
+            check(torch.equal(bf16[name], bf16_round(t)), f"bf16 export: {name} is not rounded")
         print(f"exports: {len(stored)} tensors; fp32 in {len(shards)} shards equals the checkpoint "
               "and the stage output exactly; bf16 equals them rounded to nearest even")
 
@@ -94,7 +94,7 @@ def main():
             ref, ours = reference_logits(hf_dir), dnpo_logits(hf_dir)
             err = (ref - ours).abs().max().item()
             scale = ref.abs().max().item()
-            assert err <= 1e-5 * max(1.0, scale), f"{hf_dir}: logits differ by {err:.2e}"
+            check(err <= 1e-5 * max(1.0, scale), f"{hf_dir}: logits differ by {err:.2e}")
             print(f"{hf_dir}: dnpo's logits match the independent forward to {err:.1e} "
                   f"(largest logit {scale:.2f})")
         print("hf_export_golden: OK")

@@ -23,7 +23,7 @@ SRC = os.environ["DNPO_SOURCE_DIR"]
 BIN = os.environ["DNPO_BIN"]
 sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
 from llama_reference import forward, make_config, init_weights, sequence_logps  # noqa: E402
-from safetensors_io import save_file  # noqa: E402
+from safetensors_io import check, save_file  # noqa: E402
 
 BOS = 257
 MODEL = dict(vocab=260, hidden=32, inter=64, layers=2, heads=4, kv_heads=2, tie=True)
@@ -92,7 +92,7 @@ def main():
            "--choices-out", f"{work}/out.jsonl", "--set", f'run.out_dir="{work}/runs"',
            *[a for s in sets for a in ("--set", s)]]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    check(done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     got = [json.loads(line) for line in open(f"{work}/out.jsonl")]
     summary = json.load(open(f"{work}/runs/demo/eval_choices.json"))
 
@@ -100,15 +100,15 @@ def main():
     logliks, preds, preds_norm = reference(cfg, w, rows)
     worst = 0.0
     for g, ll, p, pn, label, r in zip(got, logliks, preds, preds_norm, labels, rows):
-        assert g["id"] == r["id"] and g["label"] == label, (g, label)
+        check(g["id"] == r["id"] and g["label"] == label, (g, label))
         for a, b in zip(g["loglik"], ll):
             worst = max(worst, abs(a - b))
-        assert g["predicted"] == p and g["predicted_norm"] == pn, (g, p, pn, ll)
-    assert worst < 2e-4, f"log-likelihoods differ by {worst}"
+        check(g["predicted"] == p and g["predicted_norm"] == pn, (g, p, pn, ll))
+    check(worst < 2e-4, f"log-likelihoods differ by {worst}")
     acc = sum(p == l for p, l in zip(preds, labels)) / len(rows)
     acc_norm = sum(p == l for p, l in zip(preds_norm, labels)) / len(rows)
-    assert abs(summary["acc"] - acc) < 1e-12 and abs(summary["acc_norm"] - acc_norm) < 1e-12, \
-        (summary, acc, acc_norm)
+    check(abs(summary["acc"] - acc) < 1e-12 and abs(summary["acc_norm"] - acc_norm) < 1e-12,
+          (summary, acc, acc_norm))
     print(f"{len(rows)} questions: acc {acc:.3f}, acc_norm {acc_norm:.3f} as the reference; "
           f"worst log-likelihood difference {worst:.2e}")
 
@@ -117,7 +117,7 @@ def main():
         f.write(json.dumps({"id": "x", "question": "?", "choices": ["a", "b"], "label": 5}) + "\n")
     bad = cmd[:5] + [f"{work}/bad.jsonl"] + cmd[6:]
     done = subprocess.run(bad, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "bad.jsonl:2:" in done.stderr, done.stderr
+    check(done.returncode != 0 and "bad.jsonl:2:" in done.stderr, done.stderr)
     print("a bad answer is reported as bad.jsonl:2")
 
 

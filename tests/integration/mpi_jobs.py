@@ -2,9 +2,7 @@
 import os
 import subprocess
 
-# How much slower than a plain build the binaries run (4 under AddressSanitizer; set by CMake):
-# the scripts' functional bounds are multiplied by it.
-TIME_SCALE = float(os.environ.get("DNPO_TIME_SCALE", "1"))
+from checks import TIME_SCALE, check  # noqa: F401 (TIME_SCALE: the scripts read it from here)
 
 
 def environment(**extra):
@@ -14,10 +12,10 @@ def environment(**extra):
 
 
 def run(cmd, what, timeout):
-    """Runs cmd to the end; asserts exit 0 (naming `what`); returns its output."""
+    """Runs cmd to the end; checks exit 0 (naming `what`); returns its output."""
     done = subprocess.run(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
-    assert done.returncode == 0, f"{what}: exit {done.returncode}\n{done.stdout[-4000:]}"
+    check(done.returncode == 0, f"{what}: exit {done.returncode}\n{done.stdout[-4000:]}")
     return done.stdout
 
 

@@ -25,6 +25,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mpi_jobs  # noqa: E402
+from checks import check  # noqa: E402
 from selfplay_e2e import (BIN, SRC, Server, command, final_model, read_jsonl, reports,  # noqa: E402
                           same_result)
 
@@ -96,7 +97,7 @@ def main():
     # --- faults and two kills, launch/run restarting ---
     server = Server(work, "soak", *FAULTS)
     dist_args = command(work, "soak", server.port, *ITERATIONS)[4:]  # after "mpirun -np 2 ..."
-    assert dist_args[0].endswith("/dnpo_dist"), dist_args
+    check(dist_args[0].endswith("/dnpo_dist"), dist_args)
     tag = uuid.uuid4().hex
     # The first kill anywhere in the middle of the run, the second in the middle of what is left
     # (the restart's resume overhead keeps it inside the second attempt).
@@ -113,26 +114,26 @@ def main():
     out = done.stdout
     thread.join(timeout=5)
     log = server.stop()
-    assert done.returncode == 0, f"soak: launch/run exit {done.returncode}\n{out[-4000:]}"
-    assert len(kills) == 2, f"soak: {len(kills)} kills landed (the run ended first)\n{out[-3000:]}"
+    check(done.returncode == 0, f"soak: launch/run exit {done.returncode}\n{out[-4000:]}")
+    check(len(kills) == 2, f"soak: {len(kills)} kills landed (the run ended first)\n{out[-3000:]}")
     restarts = out.count("resuming from the newest valid checkpoint")
-    assert restarts == 2, f"soak: launch/run restarted {restarts} times\n{out[-4000:]}"
+    check(restarts == 2, f"soak: launch/run restarted {restarts} times\n{out[-4000:]}")
     faults = sum(e["outcome"] != "ok" for e in log)
     attempts = len(log)
     print(f"soak: {restarts} restarts; {faults} of {attempts} judge attempts met a fault "
           f"({faults / attempts:.0%})", flush=True)
-    assert faults / attempts >= 0.1, "soak: the faults did not happen"
+    check(faults / attempts >= 0.1, "soak: the faults did not happen")
 
     # --- the same result, and no judged answer lost ---
     same_result(work, "soak", reports(work, "clean"), final_model(work, "clean"))
     for t in range(3):
         clean = read_jsonl(f"{work}/runs/clean/iter_{t}/samples.jsonl")
         soak = read_jsonl(f"{work}/runs/soak/iter_{t}/samples.jsonl")
-        assert soak == clean, f"iteration {t}: samples or verdicts differ from the clean run"
+        check(soak == clean, f"iteration {t}: samples or verdicts differ from the clean run")
     clean_bodies = set(answered(clean_log))
     soak_answers = answered(log)
-    assert set(soak_answers) == clean_bodies, \
-        f"soak judged {len(set(soak_answers))} distinct answers, the clean run {len(clean_bodies)}"
+    check(set(soak_answers) == clean_bodies, f"soak judged {len(set(soak_answers))} distinct "
+          f"answers, the clean run {len(clean_bodies)}")
     again = len(soak_answers) - len(clean_bodies)
     print(f"soak: the {len(clean_bodies)} answers the clean run judged were judged, no other; "
           f"{again} verdicts asked again after the kills (in flight, or received after the last "

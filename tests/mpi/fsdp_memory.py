@@ -13,6 +13,14 @@ import subprocess
 import sys
 
 BIN = os.path.join(os.environ["DNPO_BENCH_BIN"], "dnpo_fsdp_bench")
+
+
+def check(cond, msg=""):
+    """Raises AssertionError(msg) unless cond: an assert that `python -O` keeps."""
+    if not cond:
+        raise AssertionError(msg)
+
+
 COMMON = ["--loss", "npo", "--batch", "4", "--micro", "1", "--prompt-len", "4",
           "--response-len", "4", "--steps", "0", "--warmup", "1"]
 BIG = ["--vocab", "32000", "--hidden", "768", "--layers", "12", "--intermediate", "2048",
@@ -31,7 +39,7 @@ def main():
     big1, tiny1 = run(1, BIG), run(1, TINY)
     big4, tiny4 = run(4, BIG), run(4, TINY)
     params = big1["config"]["params"]
-    assert params >= 100_000_000, params
+    check(params >= 100_000_000, params)
     state1 = big1["peak_rss_mib"][0] - tiny1["peak_rss_mib"][0]
     state4 = [b - t for b, t in zip(big4["peak_rss_mib"], tiny4["peak_rss_mib"])]
     cfg = big1["config"]
@@ -48,7 +56,7 @@ def main():
     print(f"np=4 model state per rank {[round(x) for x in state4]} MiB; bound "
           f"1.1 x {state1:.0f}/4 + 2 x {unit_mib:.1f} + {act_mib:.1f} = {bound:.0f} MiB; "
           f"largest/ideal (np1/4) = {max(state4) / (state1 / 4):.2f}")
-    assert max(state4) <= bound, f"np=4 per-rank model state {max(state4):.0f} MiB > {bound:.0f}"
+    check(max(state4) <= bound, f"np=4 per-rank model state {max(state4):.0f} MiB > {bound:.0f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from safetensors_io import load_file, save_file  # noqa: E402
+from safetensors_io import check, load_file, save_file  # noqa: E402
 
 MASK_VALUE = -1e9  # large negative (not -inf) for masked attention scores
 
@@ -142,7 +142,7 @@ def sequence_logps(logits, input_ids, loss_mask):
     """(B,) sum_t loss_mask[b,t] * log_softmax(logits[b,t-1])[input_ids[b,t]], t >= 1."""
     logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B,T-1,V), row t-1 predicts token t
     tok = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B,T-1)
-    assert not loss_mask[:, 0].any(), "loss_mask must be 0 at t = 0"
+    check(not loss_mask[:, 0].any(), "loss_mask must be 0 at t = 0")
     return (tok * loss_mask[:, 1:].to(tok.dtype)).sum(-1)
 
 
@@ -166,7 +166,7 @@ def build_row(tokens, T, left_pad, n_response):
     ids[left_pad : left_pad + n] = tokens
     mask[left_pad : left_pad + n] = 1
     lm[left_pad + n - n_response : left_pad + n] = 1
-    assert n_response < n
+    check(n_response < n)
     return ids, mask, lm
 
 
@@ -192,10 +192,10 @@ def write_case(outdir, name, cfg):
         build_row(torch.randint(1, V, (8,)), T, 0, 4),
     ]
     input_ids, attention_mask, loss_mask = stack_rows(rows)
-    assert input_ids.shape == (B, T)
+    check(input_ids.shape == (B, T))
     hidden, logits = forward(w, cfg, input_ids, attention_mask)
     seq = sequence_logps(logits, input_ids, loss_mask)
-    assert torch.isfinite(logits).all()
+    check(torch.isfinite(logits).all())
     save_file(
         {
             "input_ids": input_ids,
@@ -216,10 +216,10 @@ def write_case(outdir, name, cfg):
     _, logits2 = forward(w, cfg, ids2, mask2)
     seq2 = sequence_logps(logits2, ids2, lm2)
     diff = (seq2[0] - seq2[1]).abs().item()
-    assert diff < 1e-6, f"{name}: left vs right padding seq_logps differ by {diff}"
+    check(diff < 1e-6, f"{name}: left vs right padding seq_logps differ by {diff}")
     real0 = mask2[0].bool()
     real1 = mask2[1].bool()
-    assert (logits2[0][real0] - logits2[1][real1]).abs().max() < 1e-9
+    check((logits2[0][real0] - logits2[1][real1]).abs().max() < 1e-9)
     save_file(
         {"input_ids": ids2, "attention_mask": mask2, "loss_mask": lm2, "seq_logps": to_f32(seq2)},
         os.path.join(d, "same_rows.safetensors"),
@@ -227,10 +227,10 @@ def write_case(outdir, name, cfg):
 
     # self-check: the files read back equal what was computed
     back = load_file(os.path.join(d, "expected.safetensors"))
-    assert torch.equal(back["input_ids"], input_ids)
-    assert torch.allclose(back["logits"].double(), logits, atol=1e-6)
+    check(torch.equal(back["input_ids"], input_ids))
+    check(torch.allclose(back["logits"].double(), logits, atol=1e-6))
     wb = load_file(os.path.join(d, "model.safetensors"))
-    assert set(wb) == set(w32) and all(torch.equal(wb[k], w32[k]) for k in w32)
+    check(set(wb) == set(w32) and all(torch.equal(wb[k], w32[k]) for k in w32))
     print(f"{name}: seq_logps {seq.tolist()}  same_rows {seq2.tolist()} (diff {diff:.2e})")
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from llama_reference import forward, init_weights, make_config, sequence_logps, to_f32, to_f64  # noqa: E402
-from safetensors_io import load_file, save_file  # noqa: E402
+from safetensors_io import check, load_file, save_file  # noqa: E402
 
 BETA = 0.1
 T = 10
@@ -162,7 +162,7 @@ def fd_check(fn, params, name, index, analytic, step=1e-6):
         p[index] = orig
     fd = (up - down) / (2 * step)
     a = analytic[name][index].item()
-    assert abs(fd - a) <= 1e-6 + 1e-5 * abs(a), f"fd check {name}{index}: fd {fd} vs autograd {a}"
+    check(abs(fd - a) <= 1e-6 + 1e-5 * abs(a), f"fd check {name}{index}: fd {fd} vs autograd {a}")
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def main():
     rows_b, rows_t, targets = response_positions(batch)
     zero_noise = noisy_rejected(ref[3][rows_b, rows_t], torch.zeros(N, V, dtype=torch.float64),
                                 eps1, targets, rows_b, 3)
-    assert torch.allclose(zero_noise, rr, atol=1e-12), "noisy_rr with s = 0 must equal rr"
+    check(torch.allclose(zero_noise, rr, atol=1e-12), "noisy_rr with s = 0 must equal rr")
 
     for name, st in CASES.items():
         head = {k: v.requires_grad_(True) for k, v in to_f64(heads32[name]).items()}
@@ -228,10 +228,10 @@ def main():
         g_head = grads(out["total"], head)
         # gradient routing: model loss reaches only theta, noise loss and penalty only phi
         g_ml_head = grads(out["model_loss"], head)
-        assert all(torch.count_nonzero(g) == 0 for g in g_ml_head.values()), "model_loss -> head"
+        check(all(torch.count_nonzero(g) == 0 for g in g_ml_head.values()), "model_loss -> head")
         g_nl_pol = grads(-out["noise_loss"] + st["alpha"] * out["penalty"], w)
-        assert all(torch.count_nonzero(g) == 0 for g in g_nl_pol.values()), "noise_loss -> policy"
-        assert any(torch.count_nonzero(g) > 0 for g in g_head.values())
+        check(all(torch.count_nonzero(g) == 0 for g in g_nl_pol.values()), "noise_loss -> policy")
+        check(any(torch.count_nonzero(g) > 0 for g in g_head.values()))
 
         # finite differences see the values, not the stop-gradients: check the head gradient
         # on -noise_loss + alpha*penalty and the policy gradient on model_loss
@@ -250,7 +250,7 @@ def main():
             frac_resp = (raw > st["max_sigma"]).double().mean().item()
             raw_all = st["scale"] * torch.exp(head_f(st["head"], head, ref[2].reshape(-1, d)))
             frac_all = (raw_all > st["max_sigma"]).double().mean().item()
-            assert 0.02 < frac_resp < 0.98 and 0.02 < frac_all < 0.98, (frac_resp, frac_all)
+            check(0.02 < frac_resp < 0.98 and 0.02 < frac_all < 0.98, (frac_resp, frac_all))
             print(f"{name}: clamped fraction response {frac_resp:.3f}, all {frac_all:.3f}")
 
         case_dir = os.path.join(outdir, name)
@@ -267,7 +267,7 @@ def main():
         exp.update({"grad_head." + k: to_f32(g) for k, g in g_head.items()})
         save_file(exp, os.path.join(case_dir, "expected.safetensors"))
         back = load_file(os.path.join(case_dir, "expected.safetensors"))
-        assert set(back) == set(exp) and all(torch.equal(back[k], exp[k]) for k in exp)
+        check(set(back) == set(exp) and all(torch.equal(back[k], exp[k]) for k in exp))
         print(f"{name}: total {out['total'].item():.6f} model {out['model_loss'].item():.6f} "
               f"noise {out['noise_loss'].item():.6f} penalty {out['penalty'].item():.6f} "
               f"mean_s {out['mean_s'].item():.4f} margins {out['margins'].tolist()}")
