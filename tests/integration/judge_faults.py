@@ -22,11 +22,18 @@ import subprocess
 import sys
 import tempfile
 
+from checks import TIME_SCALE
+
 BIN = os.path.join(os.environ["DNPO_BIN"], "dnpo_judge")
 SRC = os.environ["DNPO_SOURCE_DIR"]
 TEMPLATE = f"{SRC}/configs/judge/default_0_100.txt"
 KEY = "sk-dnpo-test-7f3a9c1e5b"  # must never be written anywhere
 OUTPUTS = []  # every stdout/stderr text the runs produced
+# The client's deadline on one attempt, and how long a "slow" fault takes to reply: a reply takes
+# milliseconds, so a busy machine stays far inside the deadline, and a slow one (a sleep) cannot
+# beat it however fast the machine.
+JUDGE_TIMEOUT_S = 2.0 * TIME_SCALE
+SLOW_MS = int(3000 * JUDGE_TIMEOUT_S)
 
 
 def fail(msg):
@@ -100,7 +107,8 @@ def score(work, name, port, rows, *sets, env=None, expect_rc=0, scheme="http"):
            "--set", f'judge.base_url="{scheme}://127.0.0.1:{port}"',
            "--set", "judge.backoff_base_s=0.05", "--set", "judge.backoff_max_s=0.2",
            *[a for s in sets for a in ("--set", s)]]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env or os.environ, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env or os.environ,
+                       timeout=120 * TIME_SCALE)
     OUTPUTS.append(p.stdout + p.stderr)
     check(p.returncode == expect_rc,
           f"{name}: exit {p.returncode}, expected {expect_rc}\n{p.stdout}\n{p.stderr}")
@@ -133,9 +141,9 @@ def main():
     server = Server(work, "faults", "--api-key-env", "DNPO_TEST_JUDGE_KEY", "--p-429", "0.06",
                     "--p-500", "0.06", "--p-drop", "0.06", "--p-slow", "0.06",
                     "--p-malformed", "0.06", "--faults-first-k", "2", "--retry-after-s", "1",
-                    "--slow-ms", "1500", env=env)
+                    "--slow-ms", str(SLOW_MS), env=env)
     results, stats, _ = score(work, "faults", server.port, rows, *key_sets,
-                              "judge.timeout_s=0.6", "judge.max_retries=4",
+                              f"judge.timeout_s={JUDGE_TIMEOUT_S}", "judge.max_retries=4",
                               "judge.concurrency=8", env=env)
     log = server.stop()
     check([r["id"] for r in results] == [r["id"] for r in rows], "ids lost or reordered")

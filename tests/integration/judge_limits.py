@@ -7,8 +7,9 @@ being answered then.
   concurrency: job-wide judge.concurrency = 3 (ranks hold 2 + 1), every reply 150 ms late: the
                server never has more than 3 requests in flight, and reaches 3.
   rate:        job-wide judge.requests_per_minute = 1200 (20/s), no latency: over the run the
-               arrival rate is at most 20/s (+5%) and at least 70% of it (the limit binds), and no
-               one-second window holds more than 30 (each rank's first request, timer slack).
+               arrival rate is at most 20/s (+5%), the busiest 20 requests arrive at no less than
+               70% of it (the limit binds), and no one-second window holds more than 30 (each rank's
+               first request, timer slack).
   progress:    the run's progress line shows judged / pending / failed and requests/s.
   secrecy:     the judge's API key (the server requires it) appears in no output and in no file
                the runs wrote (metrics, resolved config, checkpoints, samples, logs).
@@ -85,13 +86,20 @@ def main():
     check(len(starts) == report["judge_requests"], f"{len(starts)} logged")
     mean_rate = (len(starts) - 1) / (starts[-1] - starts[0])
     check(mean_rate <= rate * 1.05, f"arrival rate {mean_rate:.2f}/s over a limit of {rate}/s")
-    check(mean_rate >= rate * 0.7, f"arrival rate {mean_rate:.2f}/s: the limit did not bind")
+    # The limit binds: the human answers (half the requests) are all queued at the start, so the
+    # busiest run of 20 requests arrives at the limit, however long the ranks then take to
+    # generate the rest (which the mean over the whole run counts).
+    k = 20
+    busiest = max((k - 1) / max(1e-9, starts[i + k - 1] - starts[i])
+                  for i in range(len(starts) - k + 1))
+    check(busiest >= rate * 0.7,
+          f"the busiest {k} requests arrived at {busiest:.2f}/s: the limit did not bind")
     # A one-second window may also catch each rank's undelayed first request and requests whose
     # timers fired late on a loaded machine; the long-run rate above is the strict bound.
     worst = max(sum(1 for u in starts if s <= u < s + 1.0) for s in starts)
     check(worst <= rate * 1.5, f"{worst} requests arrived within one second (limit {rate}/s)")
-    print(f"rate: {len(starts)} requests at {mean_rate:.2f}/s (limit {rate}/s), "
-          f"at most {worst} in any second")
+    print(f"rate: {len(starts)} requests at {mean_rate:.2f}/s (limit {rate}/s), the busiest {k} "
+          f"at {busiest:.2f}/s, at most {worst} in any second")
 
     # --- the key is nowhere ---
     check(all(e["outcome"] == "ok" for e in log), "requests were refused: the key was not sent")
