@@ -18,9 +18,11 @@
   kill_train     the same during iteration 1's NPO training.
   carry      npo.fresh_head_each_iteration = false over two DNPO iterations: differs from fresh
              heads, and a SIGKILL in iteration 2's generation resumes to the same final model.
-  stop_judging   SIGUSR1 to mpirun while iteration 1's answers wait for a slow judge: exit 0;
-             the resumed run re-sends at most the requests that were in flight (judge.concurrency),
-             never one whose verdict the checkpoint holds, and ends with the reference's model.
+  stop_judging   SIGUSR1 to mpirun while iteration 1's answers wait for a slow judge (sent once a
+             few verdicts come in after the last round's generation): exit 0; the resumed run asks
+             the judge for the rest, re-sends at most the requests that were in flight
+             (judge.concurrency), never one whose verdict the checkpoint holds, and ends with the
+             reference's model.
 
 Env: DNPO_BIN (build/bin), DNPO_SOURCE_DIR.
 """
@@ -35,6 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mpi_jobs  # noqa: E402
+from checks import check  # noqa: E402
 
 BIN = os.environ["DNPO_BIN"]
 SRC = os.environ["DNPO_SOURCE_DIR"]
@@ -54,6 +57,15 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def log_lines(path):
+    """Lines in a file so far (0 before it exists)."""
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
 class Server:
     """`dnpo_judge serve` (the rule judge over HTTP) with a request log."""
 
@@ -64,13 +76,13 @@ class Server:
              "--request-log", self.log, *args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
-        assert line.strip().isdigit(), f"server printed no port: {line!r}"
+        check(line.strip().isdigit(), f"server printed no port: {line!r}")
         self.port = int(line)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.communicate(timeout=20)
-        assert self.proc.returncode == 0, f"server exited {self.proc.returncode}"
+        check(self.proc.returncode == 0, f"server exited {self.proc.returncode}")
         return read_jsonl(self.log) if os.path.exists(self.log) else []
 
 
@@ -116,7 +128,7 @@ def interrupt(cmd, what, triggers, action):
     proc.wait()
     timer.cancel()
     out = "".join(lines)
-    assert fired, f"{what}: never saw {waiting[0]!r}\n{out[-4000:]}"
+    check(fired, lambda: f"{what}: never saw {waiting[0]!r}\n{out[-4000:]}")
     return proc.returncode, out
 
 
@@ -132,44 +144,47 @@ def final_model(work, name):
 
 def reports(work, name):
     rows = read_jsonl(f"{work}/runs/{name}/selfplay.jsonl")
-    assert rows[0]["stage"] == "model_0", rows[0]
+    check(rows[0]["stage"] == "model_0", rows[0])
     return rows[1:]
 
 
 def same_result(work, name, ref_reports, ref_model):
     got = reports(work, name)
-    assert len(got) == len(ref_reports), f"{name}: {len(got)} iteration reports"
+    check(len(got) == len(ref_reports), f"{name}: {len(got)} iteration reports")
     for r, ref in zip(got, ref_reports):
         for key in ("pairs", "generated_positive", "identical", "win", "tie", "loss_count",
                     "mean_score_generated", "model_loss_first", "model_loss_last"):
-            assert r[key] == ref[key], f"{name} iteration {r['iteration']} {key}: {r[key]} != {ref[key]}"
-        assert r["eval"] == ref["eval"], f"{name} iteration {r['iteration']}: eval differs"
-    assert final_model(work, name) == ref_model, f"{name}: final model differs from the reference"
+            check(r[key] == ref[key],
+                  f"{name} iteration {r['iteration']} {key}: {r[key]} != {ref[key]}")
+        check(r["eval"] == ref["eval"], f"{name} iteration {r['iteration']}: eval differs")
+    check(final_model(work, name) == ref_model, f"{name}: final model differs from the reference")
     print(f"{name}: reports and final model identical to the uninterrupted run")
 
 
 def check_reference(work, log):
     name = "reference"
     rows = reports(work, name)
-    assert [r["iteration"] for r in rows] == [0, 1], rows
+    check([r["iteration"] for r in rows] == [0, 1], rows)
     it0, it1 = rows
-    assert it0["labels"] == "spin" and it0["loss"] == "spin", it0
-    assert it1["labels"] == "dsl" and it1["loss"] == "npo", it1
-    assert it0["generated_positive"] == 0, it0
-    assert it1["generated_positive"] >= 1, f"no label flipped in iteration 1: {it1}"
+    check(it0["labels"] == "spin" and it0["loss"] == "spin", it0)
+    check(it1["labels"] == "dsl" and it1["loss"] == "npo", it1)
+    check(it0["generated_positive"] == 0, it0)
+    check(it1["generated_positive"] >= 1, f"no label flipped in iteration 1: {it1}")
 
     samples = read_jsonl(f"{work}/runs/{name}/iter_1/samples.jsonl")
     pairs = read_jsonl(f"{work}/runs/{name}/iter_1/pairs.jsonl")
-    assert len(samples) == PROMPTS
+    check(len(samples) == PROMPTS, f"{len(samples)} samples for {PROMPTS} prompts")
     different = [s for s in samples if s["generated"] != s["human"]]
     clears = [s for s in different
               if "score_generated" in s and "score_human" in s
               and s["score_generated"] - s["score_human"] >= 0.0]
     flipped_pairs = [p for p, s in zip(pairs, different) if p["chosen"] == s["generated"]]
-    assert len(pairs) == len(different) == it1["pairs"], (len(pairs), len(different), it1["pairs"])
-    assert len(clears) == it1["generated_positive"] == len(flipped_pairs), \
-        (len(clears), it1["generated_positive"], len(flipped_pairs))
-    assert it1["identical"] == PROMPTS - len(different)
+    check(len(pairs) == len(different) == it1["pairs"],
+          (len(pairs), len(different), it1["pairs"]))
+    check(len(clears) == it1["generated_positive"] == len(flipped_pairs),
+          (len(clears), it1["generated_positive"], len(flipped_pairs)))
+    check(it1["identical"] == PROMPTS - len(different),
+          f"{it1['identical']} identical answers reported, {PROMPTS - len(different)} counted")
     print(f"reference: iteration 1 flipped {len(clears)} of {len(pairs)} pairs, exactly those "
           f"with s' - s >= 0; {it1['identical']} identical answers skipped")
 
@@ -180,25 +195,25 @@ def check_reference(work, log):
         for s in read_jsonl(f"{work}/runs/{name}/iter_{t}/samples.jsonl"):
             distinct.add((s["prompt"], s["human"]))
             distinct.add((s["prompt"], s["generated"]))
-    assert len(log) == len(distinct), \
-        f"the judge saw {len(log)} requests; {len(distinct)} distinct (prompt, answer) pairs"
-    assert len({e["body"] for e in log}) == len(log), "a request body was sent twice"
-    assert it0["judge_requests"] + it1["judge_requests"] == len(log), (it0, it1)
-    assert it0["judge_requests"] + it0["judge_reused"] == 2 * PROMPTS, it0
-    assert it1["judge_requests"] + it1["judge_reused"] == PROMPTS, it1
+    check(len(log) == len(distinct),
+          f"the judge saw {len(log)} requests; {len(distinct)} distinct (prompt, answer) pairs")
+    check(len({e["body"] for e in log}) == len(log), "a request body was sent twice")
+    check(it0["judge_requests"] + it1["judge_requests"] == len(log), (it0, it1))
+    check(it0["judge_requests"] + it0["judge_reused"] == 2 * PROMPTS, it0)
+    check(it1["judge_requests"] + it1["judge_reused"] == PROMPTS, it1)
     print(f"reference: {len(log)} judge requests for {len(distinct)} distinct (prompt, answer) "
           f"pairs ({3 * PROMPTS} answers; reused {it0['judge_reused'] + it1['judge_reused']:.0f})")
 
     plots = f"{work}/runs/{name}/plots"
     for png in ("accuracy", "win_tie_loss", "losses", "reward", "logprobs_iter_0",
                 "logprobs_iter_1"):
-        assert os.path.getsize(f"{plots}/{png}.png") > 1000, f"plot {png}.png missing or empty"
+        check(os.path.getsize(f"{plots}/{png}.png") > 1000, f"plot {png}.png missing or empty")
         if png.startswith("logprobs"):
-            assert len(read_lines_csv(f"{plots}/{png}.csv")) > 1, f"{png}.csv is empty"
+            check(len(read_lines_csv(f"{plots}/{png}.csv")) > 1, f"{png}.csv is empty")
     metrics = read_jsonl(f"{work}/runs/{name}/metrics.jsonl")
     kinds = {(m["kind"], m["iteration"]) for m in metrics}
     for expected in [("sft", 0), ("spin", 0), ("npo", 1), ("selfplay", 0), ("selfplay", 1)]:
-        assert expected in kinds, f"metrics.jsonl lacks {expected}: {sorted(kinds)}"
+        check(expected in kinds, f"metrics.jsonl lacks {expected}: {sorted(kinds)}")
 
 
 def check_compare(work):
@@ -217,9 +232,9 @@ def check_compare(work):
     pairs = list(zip(scores["final"], scores["sft"]))
     expected = {"win": sum(a > b for a, b in pairs), "tie": sum(a == b for a, b in pairs),
                 "loss": sum(a < b for a, b in pairs)}
-    assert got["judged"] == len(pairs) == 40, got
+    check(got["judged"] == len(pairs) == 40, got)
     for key, value in expected.items():
-        assert got[key] == value, f"compare {key}: {got[key]} != {value} recounted"
+        check(got[key] == value, f"compare {key}: {got[key]} != {value} recounted")
     print(f"compare final vs model_0: win {got['win']} tie {got['tie']} loss {got['loss']} "
           "of 40, as recounted from the samples")
 
@@ -230,8 +245,8 @@ def check_compare(work):
                 "--set", f'judge.template="{TEMPLATE}"'], "eval with the http judge")
     server.stop()
     summary = json.load(open(f"{work}/compare/demo/eval.json"))
-    assert summary["sampled_judged"] == 40, summary
-    assert abs(summary["sampled_judge_score"] - summary["sampled_score"]) < 1e-9, summary
+    check(summary["sampled_judged"] == 40, summary)
+    check(abs(summary["sampled_judge_score"] - summary["sampled_score"]) < 1e-9, summary)
     print(f"eval over HTTP: judge score {summary['sampled_judge_score']:.2f} = verifier score")
 
     # generate: np 1 gives eval's samples exactly (same draws, same batches); np 2 every prompt,
@@ -245,10 +260,10 @@ def check_compare(work):
     sampled = [r["generated"] for r in read_jsonl(f"{work}/final.jsonl")]
     one = read_jsonl(f"{work}/gen1.jsonl")
     two = read_jsonl(f"{work}/gen2.jsonl")
-    assert [r["generated"] for r in one] == sampled, "generate at np 1 differs from eval's samples"
-    assert [r["id"] for r in two] == [r["id"] for r in one], "generate at np 2: other prompts"
+    check([r["generated"] for r in one] == sampled, "generate at np 1 differs from eval's samples")
+    check([r["id"] for r in two] == [r["id"] for r in one], "generate at np 2: other prompts")
     same = sum(a["generated"] == b["generated"] for a, b in zip(one, two)) / len(one)
-    assert same >= 0.9, f"generate at np 2 agrees with np 1 on only {same:.2f} of the answers"
+    check(same >= 0.9, f"generate at np 2 agrees with np 1 on only {same:.2f} of the answers")
     print(f"generate: np 1 = eval's samples; np 2 agrees on {same:.2f} of the answers")
 
     # sample.dtype = "bf16": every prompt, and greedy answers mostly as in fp32 (the logits move
@@ -257,12 +272,12 @@ def check_compare(work):
     for dtype, in_effect in (("fp32", "Float"), ("bf16", "BFloat16")):
         out = run(gen + ["--out", f"{work}/greedy_{dtype}.jsonl", "--set", "sample.temperature=0",
                          "--set", f'sample.dtype="{dtype}"'], f"generate greedy {dtype}")
-        assert f"matrices in {in_effect}" in out, out[-2000:]  # the lm_head's dtype, as decoded
+        check(f"matrices in {in_effect}" in out, out[-2000:])  # the lm_head's dtype, as decoded
         greedy[dtype] = read_jsonl(f"{work}/greedy_{dtype}.jsonl")
-    assert [r["id"] for r in greedy["bf16"]] == [r["id"] for r in one], "bf16: other prompts"
+    check([r["id"] for r in greedy["bf16"]] == [r["id"] for r in one], "bf16: other prompts")
     same = sum(a["generated"] == b["generated"]
                for a, b in zip(greedy["fp32"], greedy["bf16"])) / len(one)
-    assert same >= 0.8, f"greedy bf16 agrees with fp32 on only {same:.2f} of the answers"
+    check(same >= 0.8, f"greedy bf16 agrees with fp32 on only {same:.2f} of the answers")
     print(f"generate in bf16: greedy answers agree with fp32 on {same:.2f}")
 
 
@@ -289,10 +304,10 @@ def main():
     server = Server(work, "kill_generate")
     code, out = interrupt(command(work, "kill_generate", server.port, *every_round),
                           "kill_generate", ["in generate of iteration 1 after round 2"], kill_ranks)
-    assert code != 0, "kill_generate: the job survived SIGKILL"
+    check(code != 0, "kill_generate: the job survived SIGKILL")
     out = run(command(work, "kill_generate", server.port, *every_round,
                       "--resume", "auto"), "kill_generate resume")
-    assert "resume: self-play iteration 1 in stage 'generate'" in out, out[-4000:]
+    check("resume: self-play iteration 1 in stage 'generate'" in out, out[-4000:])
     server.stop()
     same_result(work, "kill_generate", ref_reports, ref_model)
 
@@ -300,10 +315,10 @@ def main():
     server = Server(work, "kill_train")
     code, out = interrupt(command(work, "kill_train", server.port, *every_round),
                           "kill_train", ["train (npo)", "at step 2"], kill_ranks)
-    assert code != 0, "kill_train: the job survived SIGKILL"
+    check(code != 0, "kill_train: the job survived SIGKILL")
     out = run(command(work, "kill_train", server.port, *every_round, "--resume", "auto"),
               "kill_train resume")
-    assert "resume: self-play iteration 1 in stage 'npo'" in out, out[-4000:]
+    check("resume: self-play iteration 1 in stage 'npo'" in out, out[-4000:])
     server.stop()
     same_result(work, "kill_train", ref_reports, ref_model)
 
@@ -315,36 +330,46 @@ def main():
     run(command(work, "fresh2", server.port, "--set", "selfplay.iterations=2"), "fresh2")
     code, out = interrupt(command(work, "carry_killed", server.port, *carry, *every_round),
                           "carry_killed", ["in generate of iteration 2 after round 2"], kill_ranks)
-    assert code != 0, "carry_killed: the job survived SIGKILL"
+    check(code != 0, "carry_killed: the job survived SIGKILL")
     out = run(command(work, "carry_killed", server.port, *carry, *every_round, "--resume", "auto"),
               "carry_killed resume")
-    assert "resume: self-play iteration 2 in stage 'generate'" in out, out[-4000:]
+    check("resume: self-play iteration 2 in stage 'generate'" in out, out[-4000:])
     server.stop()
     same_result(work, "carry_killed", reports(work, "carry"), final_model(work, "carry"))
-    assert final_model(work, "carry") != final_model(work, "fresh2"), \
-        "carrying the noise head over changed nothing"
+    check(final_model(work, "carry") != final_model(work, "fresh2"),
+          "carrying the noise head over changed nothing")
     print("carry: a carried-over noise head changes the run and survives a kill")
 
     # --- SIGUSR1 while iteration 1's answers wait for a slow judge ---
-    slow = ("--latency-ms", "100")
+    slow = ("--latency-ms", "200")  # about 8 s of judging for iteration 1's answers
     server = Server(work, "stop_judging", *slow)
 
-    def usr1_soon(proc):
-        time.sleep(0.5)  # generation has ended; about 3 s of judging remain
+    def usr1_while_judging(proc):
+        # Rank 0 has generated its last round; once a few more verdicts are in (held by the
+        # checkpoint, so never re-sent), the judging is under way with more to come: about 150
+        # answers at 20 a second (the resumed run's requests show that some were left).
+        wanted = log_lines(server.log) + 3 * CONCURRENCY
+        deadline = time.monotonic() + BOUND_S
+        while log_lines(server.log) < wanted and proc.poll() is None:
+            check(time.monotonic() < deadline, f"stop_judging: no verdicts in {BOUND_S} s")
+            time.sleep(0.01)
         proc.send_signal(signal.SIGUSR1)
     rounds = PROMPTS // 2 // 16
     code, out = interrupt(command(work, "stop_judging", server.port), "stop_judging",
-                          ["iteration 1: generating", f"generate {rounds}/{rounds}"], usr1_soon)
-    assert code == 0, f"stop_judging: exit {code}\n{out[-4000:]}"
-    assert "preemption: saved" in out and "in generate of iteration 1" in out, out[-4000:]
+                          ["iteration 1: generating", f"generate {rounds}/{rounds}"],
+                          usr1_while_judging)
+    check(code == 0, f"stop_judging: exit {code}\n{out[-4000:]}")
+    check("preemption: saved" in out and "in generate of iteration 1" in out, out[-4000:])
     before = {e["body"] for e in server.stop()}
     server = Server(work, "stop_judging_resumed", *slow)
     out = run(command(work, "stop_judging", server.port, "--resume", "auto"), "stop_judging resume")
     after = [e["body"] for e in server.stop()]
+    check(after, "stop_judging: the resumed run asked the judge nothing: the stop came after the "
+          "judging had ended")
     resent = before.intersection(after)
-    assert len(resent) <= CONCURRENCY, \
-        f"{len(resent)} requests sent again after the resume (at most {CONCURRENCY} were in flight)"
-    assert len(after) < PROMPTS, f"the resumed run re-judged {len(after)} answers"
+    check(len(resent) <= CONCURRENCY, f"{len(resent)} requests sent again after the resume "
+          f"(at most {CONCURRENCY} were in flight)")
+    check(len(after) < PROMPTS, f"the resumed run re-judged {len(after)} answers")
     same_result(work, "stop_judging", ref_reports, ref_model)
     print(f"stop_judging: {len(after)} requests after the resume, {len(resent)} of them re-sent "
           f"(<= {CONCURRENCY} in flight)")
