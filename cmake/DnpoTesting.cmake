@@ -27,6 +27,12 @@ function(dnpo_add_test name)
     DISCOVERY_TIMEOUT 60)
 endfunction()
 
+set(DNPO_TEST_TIME_SCALE 1 CACHE STRING
+    "dnpo: multiplies the script tests' time limits and their own time bounds (an integer >= 1)")
+if(NOT DNPO_TEST_TIME_SCALE MATCHES "^[1-9][0-9]*$")
+  message(FATAL_ERROR "DNPO_TEST_TIME_SCALE must be an integer >= 1, not '${DNPO_TEST_TIME_SCALE}'")
+endif()
+
 # dnpo_add_script_test(NAME COMMAND cmd... LABELS ...): a test that runs a command (CLI, python).
 function(dnpo_add_script_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "COMMAND;LABELS" ${ARGN})
@@ -34,10 +40,11 @@ function(dnpo_add_script_test name)
     set(ARG_TIMEOUT 600)
   endif()
   # Under AddressSanitizer every process starts and runs a few times slower: the limits (and the
-  # scripts' own bounds, through DNPO_TIME_SCALE) grow with it.
-  set(time_scale 1)
+  # scripts' own bounds, through DNPO_TIME_SCALE) grow with it, and with DNPO_TEST_TIME_SCALE (a
+  # slow or busy machine).
+  set(time_scale ${DNPO_TEST_TIME_SCALE})
   if(DNPO_SANITIZE_ADDRESS)
-    set(time_scale 4)
+    math(EXPR time_scale "${time_scale} * 4")
   endif()
   math(EXPR ARG_TIMEOUT "${ARG_TIMEOUT} * ${time_scale}")
   add_test(NAME ${name} COMMAND ${ARG_COMMAND})

@@ -2,8 +2,9 @@
 statements (tests/lint_test_scripts.py keeps bare asserts out of the test scripts)."""
 import os
 
-# How much slower than a plain build the binaries run: 4 under AddressSanitizer (set by CMake);
-# a busy machine may set more. The scripts' time bounds are multiplied by it.
+# How much slower than a plain build the binaries run: set by CMake for the script tests, 4 under
+# AddressSanitizer, times -DDNPO_TEST_TIME_SCALE=n (a slow or busy machine). The scripts' time
+# bounds are multiplied by it.
 TIME_SCALE = float(os.environ.get("DNPO_TIME_SCALE", "1"))
 
 
