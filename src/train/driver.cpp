@@ -19,10 +19,9 @@
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/model/hf_io.h"
 #include "dnpo/model/sampler.h"
+#include "dnpo/train/driver_parts.h"
 #include "dnpo/train/evaluate.h"
-#include "dnpo/train/selfplay.h"
 #include "dnpo/train/trainer.h"
-#include "driver_parts.h"
 
 #ifndef DNPO_GIT_SHA
 #define DNPO_GIT_SHA "unknown"
@@ -433,11 +432,6 @@ void run_generate(const config::RunConfig& cfg,
                   c10::toString(model.weights().lm_head.scalar_type()),
                   timer.seconds(),
                   out);
-}
-
-void run_job(const config::RunConfig& cfg, dist::Comm* comm) {
-  ensure_demo_data(cfg, comm);
-  run_selfplay(cfg, comm);
 }
 
 }  // namespace dnpo::train

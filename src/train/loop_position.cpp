@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
-#include "json_integer.h"
+#include "dnpo/train/json_integer.h"
 
 namespace dnpo::train {
 namespace {

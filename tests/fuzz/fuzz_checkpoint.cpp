@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../../src/ckpt/extent.h"
-#include "../../src/train/selfplay_state.h"
+#include "../../src/selfplay/selfplay_state.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/train/loop_position.h"
 #include "fuzz_common.h"
@@ -33,12 +33,12 @@ void loop_blob(const std::string& text) {
 void selfplay_blob(const std::string& text) {
   static const dnpo::data::ByteTokenizer tokenizer;
   expect_clean([&] {
-    dnpo::train::detail::LoopState state(3);
-    dnpo::train::detail::restore_state(text, "fuzz.h5", tokenizer, state);
-    const auto dumped = dnpo::train::detail::state_json(state).dump();
-    dnpo::train::detail::LoopState again(3);
-    dnpo::train::detail::restore_state(dumped, "fuzz.h5", tokenizer, again);
-    require(dnpo::train::detail::state_json(again).dump() == dumped,
+    dnpo::selfplay::detail::LoopState state(3);
+    dnpo::selfplay::detail::restore_state(text, "fuzz.h5", tokenizer, state);
+    const auto dumped = dnpo::selfplay::detail::state_json(state).dump();
+    dnpo::selfplay::detail::LoopState again(3);
+    dnpo::selfplay::detail::restore_state(dumped, "fuzz.h5", tokenizer, again);
+    require(dnpo::selfplay::detail::state_json(again).dump() == dumped,
             "an accepted self-play blob round-trips");
   });
 }

@@ -1,4 +1,5 @@
-// The stages a user runs (dnpo_dist subcommands): sft, train, eval, and `run`, the whole job.
+// The stages a user runs (dnpo_dist subcommands): sft, train, generate, eval; `run`, the whole
+// job, is the self-play loop's (dnpo/selfplay/selfplay.h).
 // Each stage reads a resolved RunConfig, writes into the run directory <run.out_dir>/<run.name>:
 // resolved_config.toml, metrics.jsonl, and an HF model directory per training stage. Every rank
 // calls the stage (comm null = one process); training is sharded over the ranks, rank 0 writes
@@ -48,7 +49,5 @@ void run_generate(const config::RunConfig& cfg,
                   const std::string& prompts_file,
                   const std::string& out,
                   dist::Comm* comm = nullptr);
-/// The whole job: demo data (when missing), then the self-play loop (selfplay.h).
-void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
 }  // namespace dnpo::train

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 
 using TokenIds = std::vector<std::int64_t>;
 
@@ -25,4 +25,4 @@ double rouge_l_f1(const TokenIds& hypothesis, const TokenIds& reference);
 double mean_rouge_l(const std::vector<TokenIds>& hypotheses,
                     const std::vector<TokenIds>& references);
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

@@ -1,5 +1,5 @@
 // The self-play table and plots; see report.h.
-#include "dnpo/train/report.h"
+#include "dnpo/selfplay/report.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -13,7 +13,7 @@
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
@@ -271,4 +271,4 @@ std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
   return drawn;
 }
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

@@ -1,11 +1,11 @@
 // BLEU and ROUGE-L on cases worked out by hand.
-#include "dnpo/train/text_metrics.h"
+#include "dnpo/selfplay/text_metrics.h"
 
 #include <cmath>
 
 #include <gtest/gtest.h>
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 namespace {
 
 // "the cat sat on the mat" vs "the cat is on the mat" as ids: the=1 cat=2 sat=3 on=4 mat=5 is=6.
@@ -43,4 +43,4 @@ TEST(TextMetrics, RougeLUsesTheLongestCommonSubsequence) {
 }
 
 }  // namespace
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

@@ -1,10 +1,10 @@
 // SPIN and DSL labeling with its counts; see labeling.h.
-#include "dnpo/train/labeling.h"
+#include "dnpo/selfplay/labeling.h"
 
 #include "dnpo/common/error.h"
 #include "dnpo/train/dnpo_loss.h"
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 
 LabeledPairs label_pairs(const std::vector<data::PromptRecord>& records,
                          const std::vector<SelfplaySample>& samples,
@@ -57,7 +57,7 @@ LabeledPairs label_pairs(const std::vector<data::PromptRecord>& records,
         continue;
       }
       if (g_scored && h_scored) {
-        generated_positive = dsl_generated_is_positive(g.score, h.score, threshold);
+        generated_positive = train::dsl_generated_is_positive(g.score, h.score, threshold);
       } else {
         ++c.spin_fallback;  // never flip on a failed judgement
       }
@@ -81,4 +81,4 @@ LabeledPairs label_pairs(const std::vector<data::PromptRecord>& records,
   return out;
 }
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

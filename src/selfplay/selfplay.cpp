@@ -1,5 +1,5 @@
 // The self-play loop: phases, their checkpoints, and the per-iteration report; see selfplay.h.
-#include "dnpo/train/selfplay.h"
+#include "dnpo/selfplay/selfplay.h"
 
 #include <algorithm>
 #include <array>
@@ -24,23 +24,21 @@
 #include "dnpo/judge/judge.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
+#include "dnpo/selfplay/labeling.h"
+#include "dnpo/selfplay/report.h"
+#include "dnpo/selfplay/text_metrics.h"
 #include "dnpo/train/checkpointing.h"
 #include "dnpo/train/dnpo_loss.h"
+#include "dnpo/train/driver_parts.h"
 #include "dnpo/train/evaluate.h"
-#include "dnpo/train/labeling.h"
 #include "dnpo/train/metrics.h"
-#include "dnpo/train/report.h"
-#include "dnpo/train/text_metrics.h"
 #include "dnpo/train/trainer.h"
-#include "driver_parts.h"
 #include "selfplay_state.h"
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
-using detail::barrier;
 using detail::dump;
-using detail::is_rank0;
 using detail::known_from;
 using detail::known_json;
 using detail::LoopState;
@@ -50,6 +48,8 @@ using detail::sample_json;
 using detail::state_json;
 using detail::verdict_from;
 using detail::verdict_json;
+using train::detail::barrier;
+using train::detail::is_rank0;
 
 namespace {
 
@@ -101,7 +101,7 @@ struct PhaseTimes {
   double eval_s = 0;
 };
 
-Json eval_json(const EvalReport& r) {
+Json eval_json(const train::EvalReport& r) {
   Json j = {{"prompts", r.prompts},
             {"sampled_exact", r.sampled.exact},
             {"sampled_score", r.sampled.mean_score},
@@ -123,10 +123,10 @@ class SelfplayLoop {
         comm_(comm),
         rank_(comm == nullptr ? 0 : comm->rank()),
         world_(comm == nullptr ? 1 : comm->world_size()),
-        dir_(prepare_run_dir(cfg, comm)),
+        dir_(train::prepare_run_dir(cfg, comm)),
         tokenizer_(data::make_tokenizer(cfg.tokenizer)),
         chat_(cfg.chat, *tokenizer_),
-        checkpointer_(cfg.checkpoint, detail::checkpoint_dir(cfg), comm),
+        checkpointer_(cfg.checkpoint, train::detail::checkpoint_dir(cfg), comm),
         metrics_(is_rank0(comm) ? dir_ + "/metrics.jsonl" : "") {}
 
   void run();
@@ -136,16 +136,16 @@ class SelfplayLoop {
   void train_model_0(const std::optional<std::string>& resume);
   void generate_and_judge(std::int64_t rounds_done_before);
   void share_my_results();
-  StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
+  train::StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
   /// Whether iteration t trains a noise head (NPO with a learned head).
   bool trains_noise_head(std::uint64_t t) const;
   /// An empty sharded head for the one carried over iterations (filled by a copy or a load).
   void make_carried_head();
-  TrainSummary train_iteration(const LabeledPairs& labeled,
-                               const std::optional<std::string>& resume);
+  train::TrainSummary train_iteration(const LabeledPairs& labeled,
+                                      const std::optional<std::string>& resume);
   /// Held-out eval of the current policy (rank 0), and — after an iteration's training, given
   /// its labels — the log-prob histogram data of its positive, negative and generated answers.
-  std::optional<EvalReport> evaluate_policy(const LabeledPairs* labeled = nullptr);
+  std::optional<train::EvalReport> evaluate_policy(const LabeledPairs* labeled = nullptr);
   Json write_logprobs(const model::LlamaModel& model, const LabeledPairs& labeled) const;
   void write_iteration_files(const LabeledPairs& labeled) const;
   void write_reports() const;
@@ -164,18 +164,18 @@ class SelfplayLoop {
   std::string dir_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::ChatTemplate chat_;
-  Checkpointer checkpointer_;
-  MetricsWriter metrics_;
+  train::Checkpointer checkpointer_;
+  train::MetricsWriter metrics_;
   std::vector<data::PromptRecord> train_records_;
   std::vector<data::PromptRecord> prompts_;  // the self-play prompts: the first selfplay.prompts
   std::vector<data::PromptRecord> eval_records_;
-  std::unique_ptr<ShardedLlama> policy_;
+  std::unique_ptr<train::ShardedLlama> policy_;
   LoopState state_;
   PhaseTimes times_;
   Json logprob_means_;  // rank 0: of the last iteration's answers under the model it trained
   // npo.fresh_head_each_iteration = false: the last NPO iteration's trained head, which the next
   // one starts from (and which generation checkpoints carry).
-  std::unique_ptr<ShardedNoiseHead> carried_head_;
+  std::unique_ptr<train::ShardedNoiseHead> carried_head_;
   std::int64_t judge_requests_ = 0;  // this iteration, this rank: answers sent to the judge
   std::int64_t judge_reused_ = 0;    // ... and answers that took an earlier or in-flight verdict
 };
@@ -195,7 +195,7 @@ void SelfplayLoop::load_data() {
 }
 
 void SelfplayLoop::train_model_0(const std::optional<std::string>& resume) {
-  Trainer trainer(cfg_, *policy_, *tokenizer_, metrics_, comm_);
+  train::Trainer trainer(cfg_, *policy_, *tokenizer_, metrics_, comm_);
   trainer.set_checkpointing(&checkpointer_, resume);
   const auto summary = trainer.train_sft(train_records_);
   log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
@@ -203,11 +203,12 @@ void SelfplayLoop::train_model_0(const std::optional<std::string>& resume) {
                   summary.first_loss,
                   summary.last_loss,
                   summary.mean_step_ms);
-  detail::save_trained_model(cfg_, *policy_, &summary, dir_ + "/sft", comm_);
+  train::detail::save_trained_model(cfg_, *policy_, &summary, dir_ + "/sft", comm_);
 }
 
-StageState SelfplayLoop::generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total) {
-  StageState s;
+train::StageState SelfplayLoop::generate_stage_state(std::int64_t rounds_done,
+                                                     std::int64_t rounds_total) {
+  train::StageState s;
   s.position.stage = kGenerate;
   s.position.iteration = state_.iteration;
   s.position.steps_done = rounds_done;
@@ -227,13 +228,13 @@ bool SelfplayLoop::trains_noise_head(std::uint64_t t) const {
 }
 
 void SelfplayLoop::make_carried_head() {
-  carried_head_ =
-      std::make_unique<ShardedNoiseHead>(cfg_.npo,
-                                         cfg_.model.hidden_size,
-                                         cfg_.model.vocab_size,
-                                         cfg_.run.seed,
-                                         comm_,
-                                         unit_precision(cfg_, compute_device(cfg_, comm_)));
+  carried_head_ = std::make_unique<train::ShardedNoiseHead>(
+      cfg_.npo,
+      cfg_.model.hidden_size,
+      cfg_.model.vocab_size,
+      cfg_.run.seed,
+      comm_,
+      train::unit_precision(cfg_, train::compute_device(cfg_, comm_)));
 }
 
 // Every rank sends the samples and human verdicts of its own prompts; all ranks merge them, so
@@ -270,7 +271,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
     whole.emplace(policy_->config(), policy_->gather_parameters(true));
     whole->prepare_for_decoding(model::decoding_dtype(cfg_.sample.dtype));
   }
-  ShardedDecoder layered(*policy_);
+  train::ShardedDecoder layered(*policy_);
   auto judge = judge::make_judge(judge::rank_share(cfg_.judge, rank_, world_));
   // One request per distinct (prompt, answer): a generated answer equal to one judged before
   // (the human answer, or an earlier iteration's) takes that verdict; one equal to an answer in
@@ -401,7 +402,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       total_rounds,
       batch,
       per_layer ? cfg_.train.dtype : c10::toString(whole->weights().lm_head.scalar_type()));
-  std::optional<Progress> progress;
+  std::optional<train::Progress> progress;
   if (is_rank0(comm_)) {
     progress.emplace("generate", total_rounds, cfg_.run.log_every);
   }
@@ -506,10 +507,10 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   checkpointer_.save_now(generate_stage_state(boundary, boundary));
 }
 
-TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,
-                                           const std::optional<std::string>& resume) {
+train::TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,
+                                                  const std::optional<std::string>& resume) {
   const auto cfg_t = iteration_config(cfg_, state_.iteration);
-  Trainer trainer(cfg_t, *policy_, *tokenizer_, metrics_, comm_);
+  train::Trainer trainer(cfg_t, *policy_, *tokenizer_, metrics_, comm_);
   trainer.set_checkpointing(&checkpointer_, resume);
   trainer.set_stage_blobs({{kBlob, dump(state_json(state_))}});
   trainer.set_initial_noise_head(carried_head_.get());
@@ -523,20 +524,20 @@ TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,
   return summary;
 }
 
-std::optional<EvalReport> SelfplayLoop::evaluate_policy(const LabeledPairs* labeled) {
+std::optional<train::EvalReport> SelfplayLoop::evaluate_policy(const LabeledPairs* labeled) {
   if (eval_records_.empty() && labeled == nullptr) {
     return std::nullopt;
   }
   Timer timer;
   auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
-  std::optional<EvalReport> report;
+  std::optional<train::EvalReport> report;
   if (is_rank0(comm_)) {
     const model::LlamaModel model(policy_->config(), tensors);
     if (!eval_records_.empty()) {
       auto eval_cfg = cfg_;
       eval_cfg.train.iteration = 0;  // the same draws for every model: differences are the model's
       eval_cfg.judge.backend = "rule";  // the verifier; `dnpo_dist eval` asks an http judge
-      report = evaluate(eval_cfg, model, *tokenizer_, eval_records_);
+      report = train::evaluate(eval_cfg, model, *tokenizer_, eval_records_);
     }
     if (labeled != nullptr) {
       logprob_means_ = write_logprobs(model, *labeled);
@@ -585,9 +586,10 @@ Json SelfplayLoop::write_logprobs(const model::LlamaModel& model,
     const auto batch = model::to_device(model::pad_batch(seqs, tokenizer_->pad_id()),
                                         model.weights().embed_tokens.device());
     const auto hidden = model.forward_hidden(batch.input_ids, batch.attention_mask);
-    const auto values = sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask)
-                            .to(at::kCPU)
-                            .contiguous();
+    const auto values =
+        train::sequence_logprobs(hidden, model.lm_head(), batch.input_ids, batch.loss_mask)
+            .to(at::kCPU)
+            .contiguous();
     const auto* v = values.data_ptr<float>();
     logp.insert(logp.end(), v, v + (end - begin));
   }
@@ -711,10 +713,10 @@ void SelfplayLoop::write_reports() const {
 
 void SelfplayLoop::run() {
   load_data();
-  const auto resume = resume_checkpoint(cfg_.checkpoint, checkpointer_.dir());
-  std::optional<LoopPosition> stored;
+  const auto resume = train::resume_checkpoint(cfg_.checkpoint, checkpointer_.dir());
+  std::optional<train::LoopPosition> stored;
   if (resume) {
-    stored = read_position(*resume);
+    stored = train::read_position(*resume);
   }
   if (!resume) {
     metrics_.restart();  // a run that starts over: no lines of an earlier one
@@ -722,10 +724,10 @@ void SelfplayLoop::run() {
   const bool resume_in_sft = stored && stored->stage == "sft";
   const bool resume_in_loop = stored && !resume_in_sft;
 
-  policy_ = detail::make_policy(cfg_, "", comm_);
+  policy_ = train::detail::make_policy(cfg_, "", comm_);
   log::info_rank0("model: {} parameters", policy_->num_parameters());
   if (resume_in_loop) {
-    const auto blobs = read_stage_blobs(*resume);
+    const auto blobs = train::read_stage_blobs(*resume);
     const auto it = blobs.find(kBlob);
     DNPO_CHECK_WITH(CheckpointError,
                     it != blobs.end(),
@@ -744,7 +746,7 @@ void SelfplayLoop::run() {
     Json report = {{"stage", "model_0"}, {"iteration", nullptr}};
     if (const auto eval = evaluate_policy()) {
       report["eval"] = eval_json(*eval);
-      log::info_rank0("model_0: sampled {}", format_scores(eval->sampled));
+      log::info_rank0("model_0: sampled {}", train::format_scores(eval->sampled));
     }
     state_.reports = Json::array({report});
     write_reports();
@@ -764,8 +766,8 @@ void SelfplayLoop::run() {
       if (!cfg_.npo.fresh_head_each_iteration && t > 0 && trains_noise_head(t - 1)) {
         make_carried_head();  // the head carried over from iteration t - 1 is in the checkpoint
       }
-      StageState s = generate_stage_state(0, 0);
-      load_stage(*resume, s);
+      train::StageState s = generate_stage_state(0, 0);
+      train::load_stage(*resume, s);
       generate_and_judge(s.position.steps_done);
     } else if (!resume_training) {
       state_.start_iteration(t);
@@ -801,7 +803,7 @@ void SelfplayLoop::run() {
         c.mean_score_generated,
         c.mean_score_human);
     Timer train_timer;
-    std::optional<TrainSummary> summary;
+    std::optional<train::TrainSummary> summary;
     if (labeled.pairs.empty()) {
       log::warn("iteration {}: no pairs to train on; the policy is unchanged", t);
     } else {
@@ -843,7 +845,7 @@ void SelfplayLoop::run() {
       log::info_rank0("iteration {} → model_{}: sampled {}{}",
                       t,
                       t + 1,
-                      format_scores(eval->sampled),
+                      train::format_scores(eval->sampled),
                       eval->has_greedy ? fmt::format(" | greedy exact {:.3f}", eval->greedy.exact)
                                        : std::string());
     }
@@ -857,7 +859,7 @@ void SelfplayLoop::run() {
     metrics_.write_object(dump(Json{{"kind", "selfplay"}, {"iteration", t}, {"report", report}}));
     write_reports();
   }
-  detail::save_trained_model(cfg_, *policy_, nullptr, dir_ + "/final", comm_);
+  train::detail::save_trained_model(cfg_, *policy_, nullptr, dir_ + "/final", comm_);
   if (is_rank0(comm_)) {
     log::info_rank0("self-play done:\n{}", selfplay_table({dir_}));
     log::info_rank0(
@@ -894,4 +896,9 @@ void run_selfplay(const config::RunConfig& cfg, dist::Comm* comm) {
   loop.run();
 }
 
-}  // namespace dnpo::train
+void run_job(const config::RunConfig& cfg, dist::Comm* comm) {
+  train::ensure_demo_data(cfg, comm);
+  run_selfplay(cfg, comm);
+}
+
+}  // namespace dnpo::selfplay

@@ -2,9 +2,10 @@
 #include "selfplay_state.h"
 
 #include "dnpo/common/error.h"
-#include "json_integer.h"
+#include "dnpo/train/json_integer.h"
 
-namespace dnpo::train::detail {
+namespace dnpo::selfplay::detail {
+using train::detail::checked_integer;
 namespace {
 
 judge::Outcome outcome_from(const std::string& name) {
@@ -181,4 +182,4 @@ void restore_state(const std::string& text,
   }
 }
 
-}  // namespace dnpo::train::detail
+}  // namespace dnpo::selfplay::detail

@@ -1,9 +1,9 @@
 // SPIN and DSL labeling: who is positive, what is skipped, and every count.
-#include "dnpo/train/labeling.h"
+#include "dnpo/selfplay/labeling.h"
 
 #include <gtest/gtest.h>
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 namespace {
 
 using judge::Outcome;
@@ -105,4 +105,4 @@ TEST_F(LabelingTest, AnUnjudgedSampleIsAnError) {
 }
 
 }  // namespace
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

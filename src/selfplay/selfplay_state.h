@@ -1,6 +1,6 @@
 // The self-play loop's state and its JSON form (the "selfplay" blob of every checkpoint):
 // this iteration's answers as token ids (exact bytes) with their verdicts, the human answers'
-// verdicts, every verdict by (prompt, answer), and the reports so far. Private to src/train/.
+// verdicts, every verdict by (prompt, answer), and the reports so far. Private to src/selfplay/.
 #pragma once
 
 #include <cstdint>
@@ -13,9 +13,9 @@
 
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/judge/judge.h"
-#include "dnpo/train/labeling.h"
+#include "dnpo/selfplay/labeling.h"
 
-namespace dnpo::train::detail {
+namespace dnpo::selfplay::detail {
 
 using Json = nlohmann::json;
 
@@ -64,4 +64,4 @@ void restore_state(const std::string& text,
                    const data::Tokenizer& tokenizer,
                    LoopState& state);
 
-}  // namespace dnpo::train::detail
+}  // namespace dnpo::selfplay::detail

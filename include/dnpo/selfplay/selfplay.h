@@ -15,13 +15,16 @@
 #include "dnpo/config/config.h"
 #include "dnpo/dist/comm.h"
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 
 /// The whole job. Writes into the run directory: selfplay.jsonl (one report per iteration, after
 /// a first line for model_0), iter_<t>/samples.jsonl and iter_<t>/pairs.jsonl (every prompt's
 /// answers, verdicts and label), metrics.jsonl, the SFT model (sft/) and the last one (final/).
 /// Resumes from checkpoint.resume. collective.
 void run_selfplay(const config::RunConfig& cfg, dist::Comm* comm);
+
+/// The whole job (`dnpo_dist run`): demo data (when missing), then the self-play loop.
+void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
 
 /// The configuration iteration t trains with: train.loss (spin at t = 0 and in modes spin/dsl,
 /// npo otherwise), train.lr and train.epochs from [selfplay], train.iteration = t (keys every
@@ -31,4 +34,4 @@ config::RunConfig iteration_config(const config::RunConfig& cfg, std::uint64_t t
 /// Whether iteration t labels by the judge (DSL) rather than as SPIN.
 bool uses_dsl(const config::SelfplayConfig& cfg, std::uint64_t t);
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

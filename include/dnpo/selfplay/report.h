@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 
 /// One row per model of each run (model_0, then after each iteration): labels and loss, pairs,
 /// flips, generated ≥ human, held-out sampled / greedy exact accuracy and verifier score.
@@ -29,4 +29,4 @@ std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
 /// Writes the CSVs and, when gnuplot is installed, the PNGs; returns the PNG paths drawn.
 std::vector<std::string> write_selfplay_plots(const std::string& run_dir);
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

@@ -1,5 +1,5 @@
 // BLEU and ROUGE-L; see text_metrics.h.
-#include "dnpo/train/text_metrics.h"
+#include "dnpo/selfplay/text_metrics.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "dnpo/common/error.h"
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 namespace {
 
 using NGramCounts = std::map<TokenIds, std::int64_t>;
@@ -104,4 +104,4 @@ double mean_rouge_l(const std::vector<TokenIds>& hypotheses,
   return sum / static_cast<double>(hypotheses.size());
 }
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay

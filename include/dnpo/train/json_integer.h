@@ -1,6 +1,7 @@
 // Integers out of checkpoint JSON. nlohmann converts any number with a cast, and a float out of
 // the target's range is undefined behaviour (fuzz_checkpoint found it), so a field that must be
-// an integer is checked to be one, in range, first. Private to src/train/.
+// an integer is checked to be one, in range, first. Used by every blob a loop keeps in its
+// checkpoints (train's position, selfplay's state).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// Pieces the stage drivers share (driver.cpp defines them; selfplay.cpp uses them too). Private
-// to src/train/.
+// Pieces the stage drivers share (driver.cpp defines them) with the self-play loop
+// (src/selfplay/), which builds, trains and saves the policy the same way.
 #pragma once
 
 #include <memory>

@@ -12,7 +12,7 @@
 #include "dnpo/data/jsonl.h"
 #include "dnpo/judge/judge.h"
 
-namespace dnpo::train {
+namespace dnpo::selfplay {
 
 /// A judge's verdict on one answer, once it is in.
 struct Verdict {
@@ -64,4 +64,4 @@ LabeledPairs label_pairs(const std::vector<data::PromptRecord>& records,
                          Labeling labeling,
                          double threshold);
 
-}  // namespace dnpo::train
+}  // namespace dnpo::selfplay
