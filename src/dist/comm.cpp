@@ -24,6 +24,7 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/mpi_check.h"
 
 namespace dnpo::dist {
 namespace {
@@ -61,9 +62,8 @@ bool poll_requests(MPI_Request* requests, int count, std::chrono::milliseconds t
   for (int polls = 0; done == 0; ++polls) {
     // The MPI-Checker cannot see where these requests were started.
     // NOLINTBEGIN(clang-analyzer-optin.mpi.MPI-Checker)
-    const int rc = MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE);
+    DNPO_MPI_CHECK(MPI_Testall(count, requests, &done, MPI_STATUSES_IGNORE));
     // NOLINTEND(clang-analyzer-optin.mpi.MPI-Checker)
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Testall returned ", rc);
     if (done == 0) {
       if (std::chrono::steady_clock::now() >= deadline) {
         return false;
@@ -89,10 +89,8 @@ void ring_exchange(const void* send,
   constexpr int kTag = 7101;
   std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   const auto count = static_cast<int>(bytes);
-  int rc = MPI_Irecv(recv, count, MPI_BYTE, prev, kTag, MPI_COMM_WORLD, &requests[0]);
-  DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, what, ": MPI_Irecv returned ", rc);
-  rc = MPI_Isend(send, count, MPI_BYTE, next, kTag, MPI_COMM_WORLD, &requests[1]);
-  DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, what, ": MPI_Isend returned ", rc);
+  DNPO_MPI_CHECK(MPI_Irecv(recv, count, MPI_BYTE, prev, kTag, MPI_COMM_WORLD, &requests[0]));
+  DNPO_MPI_CHECK(MPI_Isend(send, count, MPI_BYTE, next, kTag, MPI_COMM_WORLD, &requests[1]));
   DNPO_CHECK_WITH(DistError,
                   poll_requests(requests.data(), 2, timeout),
                   what,
@@ -155,6 +153,53 @@ void ring_all_gather(const at::Tensor& flat,
                   timeout,
                   "all_gather_flat (ring)");
   }
+}
+
+// collective: the c10d TCPStore the process group meets at. Rank 0 serves it on host:port
+// (port 0 = any free port) and the port it got goes to the other ranks over MPI; they connect.
+// Returns the store and its port.
+std::pair<c10::intrusive_ptr<c10d::Store>, std::string> make_store(
+    const MpiEnv& mpi, const std::string& host, int port, std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions opts;
+  opts.isServer = mpi.rank() == 0;
+  opts.numWorkers = static_cast<std::size_t>(mpi.world_size());
+  opts.waitWorkers = false;
+  opts.timeout = timeout;
+  opts.port = static_cast<std::uint16_t>(port);
+  c10::intrusive_ptr<c10d::TCPStore> tcp;
+  std::string served;
+  if (mpi.rank() == 0) {
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(host, opts);
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError,
+                "cannot serve the c10d store on ",
+                host,
+                ":",
+                port,
+                ": ",
+                e.what(),
+                "; hint: set dist.port to a free port or 0");
+    }
+    served = std::to_string(tcp->getPort());
+  }
+  served = mpi.broadcast_string(served, 0);
+  if (mpi.rank() != 0) {
+    opts.port = static_cast<std::uint16_t>(std::stoi(served));
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(host, opts);
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError,
+                "cannot reach the c10d store of rank 0 at ",
+                host,
+                ":",
+                served,
+                ": ",
+                e.what(),
+                "; hint: set dist.host to an address every node can reach");
+    }
+  }
+  return {tcp, served};
 }
 
 }  // namespace
@@ -253,6 +298,60 @@ struct Comm::Impl {
   }
 };
 
+namespace {
+
+// Who a rank is in the process group it forms.
+struct Member {
+  int rank = 0;
+  int world = 1;
+  at::Device device{at::kCPU};
+  std::chrono::milliseconds timeout{0};
+};
+
+// collective: the process group over the store: NCCL on this rank's GPU, connected now so that
+// errors surface here, or Gloo bound to `interface` (dist.interface) or else to `bind_host`.
+c10::intrusive_ptr<Group> make_process_group(const c10::intrusive_ptr<c10d::Store>& store,
+                                             const Member& s,
+                                             bool nccl,
+                                             const std::string& interface,
+                                             const std::string& bind_host) {
+  if (nccl) {
+#if DNPO_HAS_NCCL
+    auto nccl_opts = c10d::ProcessGroupNCCL::Options::create();
+    nccl_opts->timeout = s.timeout;
+    try {
+      auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, s.rank, s.world, nccl_opts);
+      group->setBoundDeviceId(s.device);
+      group->eagerConnectSingleDevice(s.device);
+      return group;
+    } catch (const std::exception& e) {
+      DNPO_FAIL(DistError,
+                "cannot form the NCCL process group of ",
+                s.world,
+                " ranks on ",
+                s.device.str(),
+                ": ",
+                first_line(e.what()));
+    }
+#endif
+    return {};
+  }
+#if DNPO_HAS_GLOO
+  auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
+  gloo_opts->devices.push_back(interface.empty()
+                                   ? c10d::ProcessGroupGloo::createDeviceForHostname(bind_host)
+                                   : c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+  try {
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store, s.rank, s.world, gloo_opts);
+  } catch (const std::exception& e) {
+    DNPO_FAIL(DistError, "cannot form the Gloo process group of ", s.world, " ranks: ", e.what());
+  }
+#endif
+  return {};
+}
+
+}  // namespace
+
 Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& device)
     : impl_(std::make_unique<Impl>()) {
   auto& s = *impl_;
@@ -293,85 +392,14 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& 
   if (store_host.empty()) {
     store_host = mpi.broadcast_string(one_node ? "127.0.0.1" : this_hostname(), 0);
   }
-  // --- c10d TCPStore: rank 0 serves (port 0 = any free port), the port goes out over MPI ---
-  c10d::TCPStoreOptions opts;
-  opts.isServer = s.rank == 0;
-  opts.numWorkers = static_cast<std::size_t>(s.world);
-  opts.waitWorkers = false;
-  opts.timeout = s.timeout;
-  opts.port = static_cast<std::uint16_t>(cfg.port);
-  c10::intrusive_ptr<c10d::TCPStore> tcp;
-  std::string port;
-  if (s.rank == 0) {
-    try {
-      tcp = c10::make_intrusive<c10d::TCPStore>(store_host, opts);
-    } catch (const std::exception& e) {
-      DNPO_FAIL(DistError,
-                "cannot serve the c10d store on ",
-                store_host,
-                ":",
-                cfg.port,
-                ": ",
-                e.what(),
-                "; hint: set dist.port to a free port or 0");
-    }
-    port = std::to_string(tcp->getPort());
-  }
-  port = mpi.broadcast_string(port, 0);
-  if (s.rank != 0) {
-    opts.port = static_cast<std::uint16_t>(std::stoi(port));
-    try {
-      tcp = c10::make_intrusive<c10d::TCPStore>(store_host, opts);
-    } catch (const std::exception& e) {
-      DNPO_FAIL(DistError,
-                "cannot reach the c10d store of rank 0 at ",
-                store_host,
-                ":",
-                port,
-                ": ",
-                e.what(),
-                "; hint: set dist.host to an address every node can reach");
-    }
-  }
-  s.store = tcp;
+  const auto bind_host = one_node ? std::string("127.0.0.1") : this_hostname();
+  auto [store, port] = make_store(mpi, store_host, cfg.port, s.timeout);
+  s.store = store;
+  s.group = make_process_group(
+      store, {s.rank, s.world, s.device, s.timeout}, s.nccl, cfg.interface, bind_host);
   if (s.nccl) {
-#if DNPO_HAS_NCCL
-    // --- NCCL process group on this rank's GPU, connected now (errors surface here) ---
-    auto nccl_opts = c10d::ProcessGroupNCCL::Options::create();
-    nccl_opts->timeout = s.timeout;
-    try {
-      auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(s.store, s.rank, s.world, nccl_opts);
-      group->setBoundDeviceId(s.device);
-      group->eagerConnectSingleDevice(s.device);
-      s.group = group;
-    } catch (const std::exception& e) {
-      DNPO_FAIL(DistError,
-                "cannot form the NCCL process group of ",
-                s.world,
-                " ranks on ",
-                s.device.str(),
-                ": ",
-                first_line(e.what()));
-    }
     s.reduce_scatter = "nccl";
     s.all_gather = "nccl";
-#endif
-  } else {
-#if DNPO_HAS_GLOO
-    // --- Gloo process group ---
-    auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
-    if (!cfg.interface.empty()) {
-      gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(cfg.interface));
-    } else {
-      gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
-          one_node ? "127.0.0.1" : this_hostname()));
-    }
-    try {
-      s.group = c10::make_intrusive<c10d::ProcessGroupGloo>(s.store, s.rank, s.world, gloo_opts);
-    } catch (const std::exception& e) {
-      DNPO_FAIL(DistError, "cannot form the Gloo process group of ", s.world, " ranks: ", e.what());
-    }
-#endif
   }
   log::info_rank0("dist: {} ranks, {}, store {}:{}, timeout {} s",
                   s.world,

@@ -8,18 +8,7 @@
 #include <mpi.h>
 
 #include "dnpo/common/error.h"
-
-#define DNPO_MPI_CHECK(call)                                                                     \
-  do {                                                                                           \
-    const int dnpo_mpi_rc = (call);                                                              \
-    if (dnpo_mpi_rc != MPI_SUCCESS) {                                                            \
-      std::array<char, MPI_MAX_ERROR_STRING> dnpo_mpi_msg{};                                     \
-      int dnpo_mpi_len = 0;                                                                      \
-      MPI_Error_string(dnpo_mpi_rc, dnpo_mpi_msg.data(), &dnpo_mpi_len);                         \
-      DNPO_FAIL(                                                                                 \
-          ::dnpo::DistError, #call " failed: ", std::string(dnpo_mpi_msg.data(), dnpo_mpi_len)); \
-    }                                                                                            \
-  } while (false)
+#include "dnpo/common/mpi_check.h"
 
 namespace dnpo::dist {
 
