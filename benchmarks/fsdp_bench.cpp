@@ -28,6 +28,7 @@
 #include "bench_common.h"
 #include "dnpo/common/allocator.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/main.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/dist/comm.h"
 #include "dnpo/dist/mpi_env.h"
@@ -276,14 +277,6 @@ int run_bench(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run_bench(argc, argv);
-  } catch (const std::exception& e) {
-    std::fputs("dnpo_fsdp_bench: ", stderr);
-    std::fputs(e.what(), stderr);
-    std::fputs("\n", stderr);
-  } catch (...) {
-    std::fputs("dnpo_fsdp_bench: unknown error\n", stderr);
-  }
-  return 1;
+  return dnpo::guarded_main(
+      "dnpo_fsdp_bench", argc, argv, run_bench, [] { dnpo::dist::MpiEnv::abort(1); });
 }

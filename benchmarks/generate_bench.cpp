@@ -23,6 +23,7 @@
 
 #include "dnpo/common/allocator.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/main.h"
 #include "dnpo/config/config.h"
 #include "dnpo/model/hf_io.h"
 #include "dnpo/model/llama.h"
@@ -143,10 +144,5 @@ int run_bench(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run_bench(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dnpo_generate_bench: %s\n", e.what());
-  }
-  return 1;
+  return dnpo::guarded_main("dnpo_generate_bench", argc, argv, run_bench);
 }

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
+#include "dnpo/common/main.h"
 #include "dnpo/data/demo_world.h"
 #include "dnpo/judge/client.h"
 
@@ -25,9 +26,7 @@ double cpu_seconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run_bench(int argc, char** argv) {
   std::string url;
   std::string template_path = "configs/judge/default_0_100.txt";
   std::string ca_file;
@@ -90,4 +89,10 @@ int main(int argc, char** argv) {
                    .dump()
             << std::endl;
   return scored == requests ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return dnpo::guarded_main("dnpo_judge_bench", argc, argv, run_bench);
 }

@@ -27,6 +27,7 @@
 #include "dnpo/common/allocator.h"
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/main.h"
 #include "dnpo/config/config.h"
 #include "dnpo/data/chat_template.h"
 #include "dnpo/data/jsonl.h"
@@ -324,14 +325,5 @@ int run_bench(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run_bench(argc, argv);
-  } catch (const std::exception& e) {
-    std::fputs("dnpo_step_bench: ", stderr);
-    std::fputs(e.what(), stderr);
-    std::fputs("\n", stderr);
-  } catch (...) {
-    std::fputs("dnpo_step_bench: unknown error\n", stderr);
-  }
-  return 1;
+  return dnpo::guarded_main("dnpo_step_bench", argc, argv, run_bench);
 }

@@ -19,6 +19,7 @@
 
 #include "dnpo/ckpt/checkpoint.h"
 #include "dnpo/common/error.h"
+#include "dnpo/common/main.h"
 #include "dnpo/config/loader.h"
 #include "dnpo/model/hf_io.h"
 #include "dnpo/model/llama.h"
@@ -169,7 +170,9 @@ int logits(const std::string& dir, const std::string& ids_text) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+
+int run_cli(int argc, char** argv) {
   CLI::App app{"dnpo_ckpt — inspect, verify and export dnpo checkpoints"};
   app.require_subcommand(1);
   std::string path;
@@ -194,19 +197,20 @@ int main(int argc, char** argv) {
   logits_cmd->add_option("--model", model_dir, "HF model directory")->required();
   logits_cmd->add_option("--ids", ids, "token ids, space-separated")->required();
   CLI11_PARSE(app, argc, argv);
-  try {
-    if (*inspect_cmd) {
-      return inspect(path);
-    }
-    if (*verify_cmd) {
-      return verify(path);
-    }
-    if (*export_cmd) {
-      return export_hf(path, out, dtype, max_shard, which);
-    }
-    return logits(model_dir, ids);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dnpo_ckpt: %s\n", e.what());
-    return 1;
+  if (*inspect_cmd) {
+    return inspect(path);
   }
+  if (*verify_cmd) {
+    return verify(path);
+  }
+  if (*export_cmd) {
+    return export_hf(path, out, dtype, max_shard, which);
+  }
+  return logits(model_dir, ids);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return dnpo::guarded_main("dnpo_ckpt", argc, argv, run_cli);
 }

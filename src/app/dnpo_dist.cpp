@@ -16,6 +16,7 @@
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/main.h"
 #include "dnpo/common/preemption.h"
 #include "dnpo/config/loader.h"
 #include "dnpo/data/demo_world.h"
@@ -241,14 +242,5 @@ int run_cli(int argc, char** argv) {
 int main(int argc, char** argv) {
   // run_cli() reports errors through the logger; this catches what escapes it (an error while
   // setting up BLAS, the logger or the command line, or one thrown by the logger itself).
-  try {
-    return run_cli(argc, argv);
-  } catch (const std::exception& e) {
-    std::fputs("fatal: ", stderr);
-    std::fputs(e.what(), stderr);
-    std::fputs("\n", stderr);
-  } catch (...) {
-    std::fputs("fatal: unknown error\n", stderr);
-  }
-  return 1;
+  return dnpo::guarded_main("dnpo_dist", argc, argv, run_cli);
 }

@@ -15,11 +15,12 @@
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
+#include "dnpo/common/main.h"
 #include "dnpo/config/loader.h"
-#include "dnpo/judge/cache.h"
 #include "dnpo/judge/judge.h"
 #include "dnpo/judge/prompt_template.h"
 #include "dnpo/judge/server.h"
+#include "dnpo/judge/verdict_book.h"
 
 namespace {
 
@@ -67,7 +68,7 @@ int run_score(const ScoreOptions& o) {
     ids.push_back(j.value("id", Json(line_no)));
     batch.push_back({j["prompt"].get<std::string>(), j["answer"].get<std::string>()});
   }
-  dnpo::judge::JudgeCache cache;
+  dnpo::judge::VerdictBook cache;
   if (!cfg.judge.cache_file.empty() && std::ifstream(cfg.judge.cache_file).good()) {
     cache.load(cfg.judge.cache_file);
   }
@@ -192,10 +193,5 @@ int run_cli(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run_cli(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dnpo_judge: fatal: %s\n", e.what());
-    return 1;
-  }
+  return dnpo::guarded_main("dnpo_judge", argc, argv, run_cli);
 }
