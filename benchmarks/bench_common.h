@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 
 #include "dnpo/data/jsonl.h"
+#include "dnpo/data/jsonl_reader.h"
 #include "dnpo/train/trainer.h"
 
 namespace dnpo::bench {
@@ -83,25 +84,23 @@ inline void print_phase_medians(const std::string& metrics_path,
                                 const nlohmann::json& config,
                                 const std::string& name) {
   std::vector<std::pair<std::string, std::vector<double>>> by_phase;
-  std::ifstream in(metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto row = nlohmann::json::parse(line);
-    if (row.value("step", 0) <= warmup_steps) {
-      continue;
-    }
-    for (const auto& [key, value] : row.items()) {
-      if (key.rfind("ms_", 0) != 0) {
-        continue;
-      }
-      auto it = std::find_if(
-          by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == key; });
-      if (it == by_phase.end()) {
-        it = by_phase.insert(by_phase.end(), {key, {}});
-      }
-      it->second.push_back(value.get<double>());
-    }
-  }
+  dnpo::data::for_each_jsonl_file(
+      metrics_path, [&](const nlohmann::json& row, const data::JsonlLine&) {
+        if (row.value("step", 0) <= warmup_steps) {
+          return;
+        }
+        for (const auto& [key, value] : row.items()) {
+          if (key.rfind("ms_", 0) != 0) {
+            continue;
+          }
+          auto it = std::find_if(
+              by_phase.begin(), by_phase.end(), [&](const auto& p) { return p.first == key; });
+          if (it == by_phase.end()) {
+            it = by_phase.insert(by_phase.end(), {key, {}});
+          }
+          it->second.push_back(value.get<double>());
+        }
+      });
   for (const auto& [key, values] : by_phase) {
     std::cout << nlohmann::json{{"name", name},
                                 {"config", config},

@@ -17,6 +17,7 @@
 #include "dnpo/common/log.h"
 #include "dnpo/common/main.h"
 #include "dnpo/config/loader.h"
+#include "dnpo/data/jsonl_reader.h"
 #include "dnpo/judge/judge.h"
 #include "dnpo/judge/prompt_template.h"
 #include "dnpo/judge/server.h"
@@ -50,24 +51,18 @@ int run_score(const ScoreOptions& o) {
   const auto cfg = dnpo::config::load_config(o.config_path, o.overrides);
   std::vector<Json> ids;
   std::vector<dnpo::judge::JudgeRequest> batch;
-  std::ifstream in(o.in);
-  DNPO_CHECK_WITH(dnpo::DataError, in.good(), "cannot read '", o.in, "'");
-  std::string line;
-  for (int line_no = 1; std::getline(in, line); ++line_no) {
-    if (line.empty()) {
-      continue;
-    }
-    const auto j = Json::parse(line, nullptr, false);
-    DNPO_CHECK_WITH(dnpo::DataError,
-                    j.is_object() && j.contains("prompt") && j["prompt"].is_string() &&
-                        j.contains("answer") && j["answer"].is_string(),
-                    o.in,
-                    ":",
-                    line_no,
-                    ": expected {\"id\", \"prompt\": str, \"answer\": str}");
-    ids.push_back(j.value("id", Json(line_no)));
-    batch.push_back({j["prompt"].get<std::string>(), j["answer"].get<std::string>()});
-  }
+  constexpr const char* kSchema = R"({"id", "prompt": str, "answer": str})";
+  dnpo::data::for_each_jsonl_file(
+      o.in,
+      [&](const Json& j, const dnpo::data::JsonlLine& line) {
+        if (!j.contains("prompt") || !j["prompt"].is_string() || !j.contains("answer") ||
+            !j["answer"].is_string()) {
+          dnpo::data::fail_jsonl_line(line, "\"prompt\" and \"answer\" must be strings", kSchema);
+        }
+        ids.push_back(j.value("id", Json(line.number)));
+        batch.push_back({j["prompt"].get<std::string>(), j["answer"].get<std::string>()});
+      },
+      kSchema);
   dnpo::judge::VerdictBook cache;
   if (!cfg.judge.cache_file.empty() && std::ifstream(cfg.judge.cache_file).good()) {
     cache.load(cfg.judge.cache_file);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
+#include "dnpo/data/jsonl_reader.h"
 
 namespace dnpo::data {
 namespace {
@@ -31,13 +32,12 @@ constexpr const char* kChoiceSchema =
 
 /// Where a record came from, for error messages.
 struct LineContext {
-  const std::string& path;
-  int line;
+  const JsonlLine& line;
   const char* schema;
 };
 
 [[noreturn]] void fail(const LineContext& ctx, const std::string& what) {
-  DNPO_FAIL(DataError, ctx.path, ":", ctx.line, ": ", what, "; expected ", ctx.schema);
+  fail_jsonl_line(ctx.line, what, ctx.schema);
 }
 
 std::string error_text(int err) {
@@ -52,52 +52,27 @@ std::vector<Record> read_jsonl_lines(std::istream& in,
                                      const char* schema,
                                      Parse parse) {
   std::vector<Record> records;
-  std::string line;
-  int line_no = 0;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (line_no == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) {
-      line.erase(0, 3);  // UTF-8 byte order mark
-    }
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) {
-      continue;
-    }
-    const LineContext ctx{path, line_no, schema};
-    Json object;
-    try {
-      object = Json::parse(line);
-    } catch (const Json::exception& e) {  // parse_error, and out_of_range for 1e999 (fuzzing)
-      fail(ctx, std::string("invalid JSON (") + e.what() + ")");
-    }
-    if (!object.is_object()) {
-      fail(ctx, std::string("expected a JSON object, got ") + object.type_name());
-    }
-    records.push_back(parse(object, ctx));
-  }
-  DNPO_CHECK_WITH(DataError,
-                  !in.bad(),
-                  "read error in '",
-                  path,
-                  "' after line ",
-                  line_no,
-                  ": ",
-                  error_text(errno));
+  for_each_jsonl(
+      in,
+      path,
+      [&](const Json& object, const JsonlLine& line) {
+        records.push_back(parse(object, LineContext{line, schema}));
+      },
+      schema);
   return records;
 }
 
 /// read_jsonl_lines over the file `path`.
 template <typename Record, typename Parse>
 std::vector<Record> read_jsonl(const std::string& path, const char* schema, Parse parse) {
-  std::error_code ec;
-  DNPO_CHECK_WITH(DataError,
-                  !std::filesystem::is_directory(path, ec),
-                  "cannot read JSONL file '",
-                  path,
-                  "': it is a directory; expected a file with one JSON object per line");
-  std::ifstream in(path);
-  DNPO_CHECK_WITH(
-      DataError, in.is_open(), "cannot open JSONL file '", path, "': ", error_text(errno));
-  return read_jsonl_lines<Record>(in, path, schema, parse);
+  std::vector<Record> records;
+  for_each_jsonl_file(
+      path,
+      [&](const Json& object, const JsonlLine& line) {
+        records.push_back(parse(object, LineContext{line, schema}));
+      },
+      schema);
+  return records;
 }
 
 /// read_jsonl_lines over text in memory.
@@ -151,7 +126,7 @@ std::string get_id(const Json& object, const LineContext& ctx) {
          std::string("field \"") + key + "\" must be a string or an integer, got " +
              it->type_name());
   }
-  return std::to_string(ctx.line);
+  return std::to_string(ctx.line.number);
 }
 
 std::optional<double> get_optional_number(const Json& object,
