@@ -158,11 +158,11 @@ int world_of(const dist::Comm* comm) {
 /// A stage being run: its objective and models, the optimizer over the trained shards, what its
 /// checkpoints hold, and where its steps come from.
 struct Trainer::StageRun {
-  StageRun(const config::RunConfig& cfg, Objective& objective, int rank)
-      : objective(objective),
-        models(objective.models()),
+  StageRun(const config::RunConfig& cfg, Objective& stage_objective, int rank)
+      : objective(stage_objective),
+        models(stage_objective.models()),
         units(models.trained_units()),
-        sampler(cfg, objective.num_samples()),
+        sampler(cfg, stage_objective.num_samples()),
         injected(rank) {}
   Objective& objective;
   StageModels& models;
