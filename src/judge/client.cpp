@@ -21,8 +21,8 @@
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
 #include "dnpo/judge/backoff.h"
-#include "dnpo/judge/cache.h"
 #include "dnpo/judge/prompt_template.h"
+#include "dnpo/judge/verdict_book.h"
 #include "tls.h"
 
 namespace dnpo::judge {
@@ -151,7 +151,8 @@ struct JudgeClient::Impl {
 
   config::JudgeConfig cfg;
   PromptTemplate tmpl;
-  JudgeCache* cache;
+  VerdictBook* cache;
+  std::string scope;  // of this judge's verdicts in the cache
   std::string api_key;
   Url url;
   std::optional<asio::ssl::context> tls;  // set for https:// endpoints
@@ -172,10 +173,11 @@ struct JudgeClient::Impl {
   std::atomic<std::int64_t> submitted{0}, scored{0}, cache_hits{0}, spin_fallback{0}, dropped{0},
       failed{0}, attempts{0}, retries{0}, resolved{0};
 
-  Impl(const config::JudgeConfig& c, JudgeCache* cache_in)
+  Impl(const config::JudgeConfig& c, VerdictBook* cache_in)
       : cfg(c),
         tmpl(load_template(c.prompt_template)),
         cache(cache_in),
+        scope(judge_scope(c.model, tmpl.hash)),
         url(parse_url(c.base_url)) {
     target = url.path + "/v1/chat/completions";
     if (url.https) {
@@ -239,7 +241,7 @@ struct JudgeClient::Impl {
 
   void finish_scored(const JobPtr& job, double score) {
     if (cache != nullptr) {
-      cache->insert(cfg.model, tmpl.hash, job->request.question, job->request.answer, score);
+      cache->insert({scope, job->request.question, job->request.answer}, score);
     }
     ++scored;
     JudgeResult r;
@@ -491,7 +493,7 @@ struct JudgeClient::Impl {
   void enqueue(JudgeRequest request, Callback done) {
     ++submitted;
     if (cache != nullptr) {
-      if (auto hit = cache->find(cfg.model, tmpl.hash, request.question, request.answer)) {
+      if (auto hit = cache->find({scope, request.question, request.answer})) {
         ++cache_hits;
         ++scored;
         ++resolved;
@@ -514,7 +516,7 @@ struct JudgeClient::Impl {
   }
 };
 
-JudgeClient::JudgeClient(const config::JudgeConfig& cfg, JudgeCache* cache)
+JudgeClient::JudgeClient(const config::JudgeConfig& cfg, VerdictBook* cache)
     : impl_(std::make_unique<Impl>(cfg, cache)) {}
 
 JudgeClient::~JudgeClient() = default;

@@ -40,7 +40,7 @@ config::JudgeConfig rank_share(const config::JudgeConfig& cfg, int rank, int wor
   return mine;
 }
 
-std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, JudgeCache* cache) {
+std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, VerdictBook* cache) {
   if (cfg.backend == "rule") {
     return std::make_unique<RuleJudge>(cfg.imperfection, cfg.seed, cache);
   }

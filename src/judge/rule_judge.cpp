@@ -5,12 +5,12 @@
 
 #include "dnpo/common/counter_rng.h"
 #include "dnpo/data/demo_world.h"
-#include "dnpo/judge/cache.h"
 #include "dnpo/judge/prompt_template.h"
+#include "dnpo/judge/verdict_book.h"
 
 namespace dnpo::judge {
 
-RuleJudge::RuleJudge(double imperfection, std::uint64_t seed, JudgeCache* cache)
+RuleJudge::RuleJudge(double imperfection, std::uint64_t seed, VerdictBook* cache)
     : imperfection_(imperfection), seed_(seed), cache_(cache) {}
 
 int RuleJudge::score(const std::string& question, const std::string& answer) const {
@@ -34,20 +34,21 @@ std::vector<std::future<JudgeResult>> RuleJudge::submit(std::vector<JudgeRequest
   out.reserve(batch.size());
   const std::string salt =
       "imperfection=" + std::to_string(imperfection_) + ";seed=" + std::to_string(seed_);
+  const auto scope = judge_scope(kModel, salt);
   for (auto& request : batch) {
     ++submitted_;
     std::promise<JudgeResult> promise;
     try {
       JudgeResult result;
-      if (auto hit = cache_ ? cache_->find(kModel, salt, request.question, request.answer)
-                            : std::nullopt) {
+      if (auto hit =
+              cache_ ? cache_->find({scope, request.question, request.answer}) : std::nullopt) {
         result.score = *hit;
         result.cached = true;
         ++cache_hits_;
       } else {
         result.score = score(request.question, request.answer);
         if (cache_ != nullptr) {
-          cache_->insert(kModel, salt, request.question, request.answer, result.score);
+          cache_->insert({scope, request.question, request.answer}, result.score);
         }
       }
       ++scored_;

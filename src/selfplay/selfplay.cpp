@@ -3,9 +3,9 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <map>
 #include <optional>
 
@@ -22,6 +22,7 @@
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/judge/judge.h"
+#include "dnpo/judge/verdict_book.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
 #include "dnpo/selfplay/labeling.h"
@@ -39,15 +40,11 @@ namespace dnpo::selfplay {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 using detail::dump;
-using detail::known_from;
-using detail::known_json;
 using detail::LoopState;
 using detail::restore_sample;
 using detail::restore_state;
 using detail::sample_json;
 using detail::state_json;
-using detail::verdict_from;
-using detail::verdict_json;
 using train::detail::barrier;
 using train::detail::is_rank0;
 
@@ -116,6 +113,63 @@ Json eval_json(const train::EvalReport& r) {
   return j;
 }
 
+/// The policy as it samples: whole on every rank (one gather per iteration), or gathered a layer
+/// at a time with every rank decoding in lockstep (each forward is collective).
+class SamplingPolicy {
+ public:
+  SamplingPolicy(train::ShardedLlama& policy,
+                 const config::RunConfig& cfg,
+                 const data::Tokenizer& tokenizer,
+                 std::uint64_t iteration)
+      : cfg_(cfg),
+        tokenizer_(tokenizer),
+        keys_{cfg.run.seed, iteration},
+        per_layer_(cfg.selfplay.generation == "per_layer"),
+        layered_(policy) {
+    if (!per_layer_) {
+      whole_.emplace(policy.config(), policy.gather_parameters(true));
+      whole_->prepare_for_decoding(model::decoding_dtype(cfg.sample.dtype));
+    }
+  }
+
+  std::vector<model::Generation> generate(const std::vector<model::GenerationRequest>& requests) {
+    const auto eos = tokenizer_.eos_id();
+    const auto pad = tokenizer_.pad_id();
+    if (per_layer_) {
+      return model::generate(layered_, requests, cfg_.sample, eos, pad, keys_, true);
+    }
+    return model::generate(*whole_, requests, cfg_.sample, eos, pad, keys_);
+  }
+
+  /// A round with nothing to generate on this rank: decoding layer by layer, a one-token
+  /// stand-in still matches the other ranks' gathers.
+  void idle_round() {
+    if (per_layer_) {
+      generate({{{tokenizer_.bos_id()}, 0}});
+    }
+  }
+
+  /// The dtype its matrices decode in, for the log.
+  std::string dtype() const {
+    return per_layer_ ? cfg_.train.dtype : c10::toString(whole_->weights().lm_head.scalar_type());
+  }
+
+ private:
+  const config::RunConfig& cfg_;
+  const data::Tokenizer& tokenizer_;
+  model::SamplingKeys keys_;
+  bool per_layer_;
+  std::optional<model::LlamaModel> whole_;
+  train::ShardedDecoder layered_;
+};
+
+/// A generation phase on this rank: the judge it asks (shut when a stop is requested) and the
+/// clock since its first round.
+struct GenerationRun {
+  std::unique_ptr<judge::Judge> judge;
+  Timer clock;
+};
+
 class SelfplayLoop {
  public:
   SelfplayLoop(const config::RunConfig& cfg, dist::Comm* comm)
@@ -134,7 +188,30 @@ class SelfplayLoop {
  private:
   void load_data();
   void train_model_0(const std::optional<std::string>& resume);
+  /// What this rank still owes an iteration: human answers never judged, answers generated but
+  /// not judged (a resumed run), and prompts not generated yet.
+  struct WorkLeft {
+    std::vector<std::size_t> human;
+    std::vector<std::size_t> judge;
+    std::vector<std::size_t> generate;
+  };
+
   void generate_and_judge(std::int64_t rounds_done_before);
+  WorkLeft work_left() const;
+  /// collective: the most rounds of sample.batch_size prompts any rank has to generate.
+  std::int64_t count_rounds(std::size_t prompts) const;
+  /// Asks for the verdicts on the human (or generated) answers of these prompts.
+  void ask_judge(judge::Judge& judge, const std::vector<std::size_t>& prompts, bool human);
+  /// Generates round `round`'s batch of `todo` and hands it to the judge.
+  void generate_round(SamplingPolicy& sampler,
+                      judge::Judge& judge,
+                      const std::vector<std::size_t>& todo,
+                      std::int64_t round);
+  /// collective: a checkpoint when one is due or a stop was requested.
+  void checkpoint_boundary(GenerationRun& run, std::int64_t rounds_done, std::int64_t rounds_total);
+  /// collective: polls until every rank has every verdict; returns the last boundary's count.
+  std::int64_t wait_for_verdicts(GenerationRun& run, std::int64_t boundary);
+  JudgeProgress judge_progress(const judge::Judge& judge) const;
   void share_my_results();
   train::StageState generate_stage_state(std::int64_t rounds_done, std::int64_t rounds_total);
   /// Whether iteration t trains a noise head (NPO with a learned head).
@@ -190,7 +267,11 @@ void SelfplayLoop::load_data() {
   if (!cfg_.data.eval_file.empty() && (cfg_.selfplay.eval_each_iteration)) {
     eval_records_ = data::read_prompts_jsonl(cfg_.data.eval_file);
   }
-  state_ = LoopState(prompts_.size());
+  std::vector<std::string> questions;
+  for (const auto& p : prompts_) {
+    questions.push_back(p.prompt);
+  }
+  state_ = LoopState(std::move(questions));
   state_.start_iteration(0);
 }
 
@@ -245,7 +326,7 @@ void SelfplayLoop::share_my_results() {
     if (mine(i)) {
       mine_json["s"].push_back(sample_json(state_.samples[i]));
       mine_json["h"].push_back(
-          Json::array({i, verdict_json(state_.human[i]), known_json(state_.known[i])}));
+          Json::array({i, judge::verdict_json(state_.human[i]), state_.known_json(i)}));
     }
   }
   for (const auto& text : dist::all_gather_text(comm_, mine_json.dump())) {
@@ -255,256 +336,188 @@ void SelfplayLoop::share_my_results() {
     }
     for (const auto& h : j.at("h")) {
       const auto i = h.at(0).get<std::size_t>();
-      state_.human[i] = verdict_from(h.at(1));
-      state_.known[i] = known_from(h.at(2));
+      state_.human[i] = judge::verdict_from(h.at(1));
+      state_.restore_known(i, h.at(2));
     }
   }
 }
 
-void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
-  const auto t = state_.iteration;
-  // The policy while it samples: whole on every rank (one gather per iteration), or gathered a
-  // layer at a time with every rank decoding in lockstep (each forward is collective).
-  const bool per_layer = cfg_.selfplay.generation == "per_layer";
-  std::optional<model::LlamaModel> whole;
-  if (!per_layer) {
-    whole.emplace(policy_->config(), policy_->gather_parameters(true));
-    whole->prepare_for_decoding(model::decoding_dtype(cfg_.sample.dtype));
-  }
-  train::ShardedDecoder layered(*policy_);
-  auto judge = judge::make_judge(judge::rank_share(cfg_.judge, rank_, world_));
-  // One request per distinct (prompt, answer): a generated answer equal to one judged before
-  // (the human answer, or an earlier iteration's) takes that verdict; one equal to an answer in
-  // flight waits for it.
-  struct Pending {
-    bool human = false;      // the verdict is the human answer's
-    bool generated = false;  // ... and/or this iteration's generated answer's
-    std::future<judge::JudgeResult> verdict;
-  };
-  std::map<std::pair<std::size_t, std::string>, Pending> pending;
-  const auto apply = [&](std::size_t i, const Pending& p, const Verdict& v) {
-    if (p.human) {
-      state_.human[i] = v;
-    }
-    if (p.generated) {
-      state_.samples[i].generated_verdict = v;
-    }
-  };
-  const auto submit = [&](const std::vector<std::size_t>& indices, bool human) {
-    std::vector<judge::JudgeRequest> batch;
-    std::vector<std::pair<std::size_t, std::string>> keys;
-    for (const auto i : indices) {
-      const auto& text = human ? prompts_[i].answer : state_.samples[i].answer;
-      Pending target;
-      target.human = human;
-      target.generated = !human;
-      if (const auto known = state_.known[i].find(text); known != state_.known[i].end()) {
-        apply(i, target, known->second);
-        ++judge_reused_;
-        continue;
-      }
-      const auto key = std::make_pair(i, text);
-      if (const auto in_flight = pending.find(key); in_flight != pending.end()) {
-        in_flight->second.human |= human;
-        in_flight->second.generated |= !human;
-        ++judge_reused_;
-        continue;
-      }
-      pending.emplace(key, std::move(target));
-      keys.push_back(key);
-      batch.push_back({prompts_[i].prompt, text});
-    }
-    judge_requests_ += static_cast<std::int64_t>(batch.size());
-    auto futures = judge->submit(std::move(batch));
-    for (std::size_t k = 0; k < keys.size(); ++k) {
-      pending.at(keys[k]).verdict = std::move(futures[k]);
-    }
-  };
-  const auto harvest = [&](bool block) {
-    for (auto it = pending.begin(); it != pending.end();) {
-      auto& p = it->second;
-      if (!block && p.verdict.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-        ++it;
-        continue;
-      }
-      judge::JudgeResult r;
-      try {
-        r = p.verdict.get();  // throws JudgeError under failure_policy "fail"
-      } catch (const std::future_error&) {
-        it = pending.erase(it);  // abandoned by a stopped judge: a resumed run asks again
-        continue;
-      }
-      const Verdict v{r.outcome, r.score};
-      const auto i = it->first.first;
-      if (r.outcome == judge::Outcome::kScored) {
-        state_.known[i][it->first.second] = v;
-      }
-      apply(i, p, v);
-      it = pending.erase(it);
-    }
-  };
-
-  // Before a checkpoint: every verdict in so far, on every rank. Before a stop, the judge is shut
-  // first, so no request starts or completes unrecorded: a resumed run re-sends only the
-  // requests that were in flight.
-  const auto collect = [&](bool stopping) {
-    if (stopping) {
-      judge.reset();
-      harvest(true);
-    } else {
-      harvest(false);
-    }
-    share_my_results();
-  };
-
-  // What this rank still owes: human answers never judged, answers generated but not judged
-  // (a resumed run), and prompts not generated yet.
-  std::vector<std::size_t> human_todo;
-  std::vector<std::size_t> judge_todo;
-  std::vector<std::size_t> generate_todo;
+SelfplayLoop::WorkLeft SelfplayLoop::work_left() const {
+  WorkLeft left;
   for (std::size_t i = 0; i < prompts_.size(); ++i) {
     if (!mine(i)) {
       continue;
     }
     if (!state_.human[i]) {
-      human_todo.push_back(i);
+      left.human.push_back(i);
     }
     const auto& s = state_.samples[i];
     if (!s.generated) {
-      generate_todo.push_back(i);
+      left.generate.push_back(i);
     } else if (!s.generated_verdict) {
-      judge_todo.push_back(i);
+      left.judge.push_back(i);
     }
   }
-  if (!human_todo.empty()) {
-    submit(human_todo, true);
-  }
-  if (!judge_todo.empty()) {
-    submit(judge_todo, false);
-  }
-  // Rounds of one generation batch per rank; every rank runs the same number of rounds, so the
-  // checkpoint boundaries (collective) line up.
+  return left;
+}
+
+std::int64_t SelfplayLoop::count_rounds(std::size_t prompts) const {
   const auto batch = static_cast<std::size_t>(cfg_.sample.batch_size);
-  const auto my_rounds = static_cast<std::int64_t>((generate_todo.size() + batch - 1) / batch);
-  std::int64_t total_rounds = my_rounds;
-  if (comm_ != nullptr && world_ > 1) {
-    auto all = at::zeros({world_}, at::kDouble);
-    all[rank_] = static_cast<double>(my_rounds);
-    comm_->all_reduce_sum(all).wait();
-    total_rounds = static_cast<std::int64_t>(all.max().item<double>());
+  const auto mine = static_cast<std::int64_t>((prompts + batch - 1) / batch);
+  if (comm_ == nullptr || world_ == 1) {
+    return mine;
   }
+  auto all = at::zeros({world_}, at::kDouble);
+  all[rank_] = static_cast<double>(mine);
+  comm_->all_reduce_sum(all).wait();
+  return static_cast<std::int64_t>(all.max().item<double>());
+}
+
+// One request per distinct (prompt, answer): an answer equal to one judged before (the human
+// answer, or an earlier iteration's) takes that verdict; one equal to an answer in flight waits
+// for it.
+void SelfplayLoop::ask_judge(judge::Judge& judge,
+                             const std::vector<std::size_t>& prompts,
+                             bool human) {
+  for (const auto i : prompts) {
+    const auto& answer = human ? prompts_[i].answer : state_.samples[i].answer;
+    judge::VerdictBook::Reader reader;
+    if (human) {
+      reader = [this, i](const Verdict& v) { state_.human[i] = v; };
+    } else {
+      reader = [this, i](const Verdict& v) { state_.samples[i].generated_verdict = v; };
+    }
+    if (state_.verdicts.ask(state_.key(i, answer), std::move(reader)) !=
+        judge::VerdictBook::Asked::kNew) {
+      ++judge_reused_;
+    }
+  }
+  judge_requests_ += static_cast<std::int64_t>(state_.verdicts.send(judge));
+}
+
+void SelfplayLoop::generate_round(SamplingPolicy& sampler,
+                                  judge::Judge& judge,
+                                  const std::vector<std::size_t>& todo,
+                                  std::int64_t round) {
+  const auto batch = static_cast<std::size_t>(cfg_.sample.batch_size);
+  const auto begin = static_cast<std::size_t>(round) * batch;
+  if (begin >= todo.size()) {
+    sampler.idle_round();
+    return;
+  }
+  const auto end = std::min(todo.size(), begin + batch);
+  const std::vector<std::size_t> indices(todo.begin() + static_cast<std::ptrdiff_t>(begin),
+                                         todo.begin() + static_cast<std::ptrdiff_t>(end));
+  std::vector<model::GenerationRequest> requests;
+  for (const auto i : indices) {
+    requests.push_back({chat_.encode_prompt(prompts_[i].prompt), i});
+  }
+  const auto generations = sampler.generate(requests);
+  for (std::size_t k = 0; k < indices.size(); ++k) {
+    auto& s = state_.samples[indices[k]];
+    s.generated = true;
+    s.tokens = generations[k].tokens;
+    s.answer = tokenizer_->decode(s.tokens);
+    s.finished = generations[k].finished;
+  }
+  ask_judge(judge, indices, false);  // judged while the next batch generates
+}
+
+// Before a checkpoint: every verdict in so far, on every rank. Before a stop, the judge is shut
+// first, so no request starts or completes unrecorded: a resumed run re-sends only the requests
+// that were in flight.
+void SelfplayLoop::checkpoint_boundary(GenerationRun& run,
+                                       std::int64_t rounds_done,
+                                       std::int64_t rounds_total) {
+  checkpointer_.at_boundary(
+      [&](bool stopping) {
+        if (stopping) {
+          run.judge.reset();
+        }
+        state_.verdicts.collect(stopping);
+        share_my_results();
+        return generate_stage_state(rounds_done, rounds_total);
+      },
+      rounds_done);
+}
+
+void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
+  const auto t = state_.iteration;
+  SamplingPolicy sampler(*policy_, cfg_, *tokenizer_, t);
+  GenerationRun run;
+  run.judge = judge::make_judge(judge::rank_share(cfg_.judge, rank_, world_));
+  const auto left = work_left();
+  ask_judge(*run.judge, left.human, true);
+  ask_judge(*run.judge, left.judge, false);
+  // Every rank runs the same number of rounds, so the checkpoint boundaries (collective) line up.
+  const auto rounds = count_rounds(left.generate.size());
   log::info_rank0(
       "iteration {}: generating for {} prompts on {} rank(s) ({} rounds of {} per rank; "
       "matrices in {})",
       t,
       prompts_.size(),
       world_,
-      total_rounds,
-      batch,
-      per_layer ? cfg_.train.dtype : c10::toString(whole->weights().lm_head.scalar_type()));
+      rounds,
+      cfg_.sample.batch_size,
+      sampler.dtype());
   std::optional<train::Progress> progress;
   if (is_rank0(comm_)) {
-    progress.emplace("generate", total_rounds, cfg_.run.log_every);
+    progress.emplace("generate", rounds, cfg_.run.log_every);
   }
-  Timer generate_timer;
-  for (std::int64_t round = 0; round < total_rounds; ++round) {
-    const auto begin = static_cast<std::size_t>(round) * batch;
-    if (per_layer && begin >= generate_todo.size()) {
-      // Nothing left here: decode a one-token stand-in so the others' gathers are matched.
-      const std::vector<model::GenerationRequest> stand_in{{{tokenizer_->bos_id()}, 0}};
-      model::generate(layered,
-                      stand_in,
-                      cfg_.sample,
-                      tokenizer_->eos_id(),
-                      tokenizer_->pad_id(),
-                      {cfg_.run.seed, t},
-                      true);
-    }
-    if (begin < generate_todo.size()) {
-      const auto end = std::min(generate_todo.size(), begin + batch);
-      std::vector<std::size_t> indices(generate_todo.begin() + static_cast<std::ptrdiff_t>(begin),
-                                       generate_todo.begin() + static_cast<std::ptrdiff_t>(end));
-      std::vector<model::GenerationRequest> requests;
-      for (const auto i : indices) {
-        requests.push_back({chat_.encode_prompt(prompts_[i].prompt), i});
-      }
-      const auto generations = per_layer ? model::generate(layered,
-                                                           requests,
-                                                           cfg_.sample,
-                                                           tokenizer_->eos_id(),
-                                                           tokenizer_->pad_id(),
-                                                           {cfg_.run.seed, t},
-                                                           true)
-                                         : model::generate(*whole,
-                                                           requests,
-                                                           cfg_.sample,
-                                                           tokenizer_->eos_id(),
-                                                           tokenizer_->pad_id(),
-                                                           {cfg_.run.seed, t});
-      for (std::size_t k = 0; k < indices.size(); ++k) {
-        auto& s = state_.samples[indices[k]];
-        s.generated = true;
-        s.tokens = generations[k].tokens;
-        s.answer = tokenizer_->decode(s.tokens);
-        s.finished = generations[k].finished;
-      }
-      submit(indices, false);  // judged while the next batch generates
-    }
-    harvest(false);
-    const auto judging = JudgeProgress::of_job(*judge, pending.size(), comm_, world_);
+  run.clock.reset();
+  for (std::int64_t round = 0; round < rounds; ++round) {
+    generate_round(sampler, *run.judge, left.generate, round);
+    state_.verdicts.collect(false);
+    const auto judging = judge_progress(*run.judge);
     if (progress) {
-      progress->update(round + 1, judging.text(generate_timer.seconds()));
+      progress->update(round + 1, judging.text(run.clock.seconds()));
     }
-    const auto done = rounds_done_before + round + 1;
-    checkpointer_.at_boundary(
-        [&](bool stopping) {
-          collect(stopping);
-          return generate_stage_state(done, rounds_done_before + total_rounds);
-        },
-        done);
+    checkpoint_boundary(run, rounds_done_before + round + 1, rounds_done_before + rounds);
   }
   if (progress) {
     progress->finish();
   }
-  times_.generate_s = generate_timer.seconds();
-  // Wait for the last verdicts in short polls that are also checkpoint boundaries, so a job
-  // stopped while the judge is slow keeps every verdict already in.
+  times_.generate_s = run.clock.seconds();
+  const auto boundary = wait_for_verdicts(run, rounds_done_before + rounds);
+  share_my_results();
+  // The phase's result is committed before training starts.
+  checkpointer_.save_now(generate_stage_state(boundary, boundary));
+}
+
+// The last verdicts come in short polls that are also checkpoint boundaries, so a job stopped
+// while the judge is slow keeps every verdict already in.
+std::int64_t SelfplayLoop::wait_for_verdicts(GenerationRun& run, std::int64_t boundary) {
   Timer wait_timer;
   double last_report_s = 0;
   JudgeProgress judging;  // the job's counts as of the last poll
-  std::int64_t boundary = rounds_done_before + total_rounds;
   for (;;) {
-    if (!pending.empty()) {
-      pending.begin()->second.verdict.wait_for(std::chrono::milliseconds(100));
-    }
-    harvest(false);
-    judging = JudgeProgress::of_job(*judge, pending.size(), comm_, world_);
+    state_.verdicts.wait(std::chrono::milliseconds(100));
+    state_.verdicts.collect(false);
+    judging = judge_progress(*run.judge);
     if (judging.unharvested == 0) {
       break;
     }
     if (wait_timer.seconds() - last_report_s >= kJudgeReportEveryS) {  // rank 0 decides alone
       last_report_s = wait_timer.seconds();
-      log::info_rank0(
-          "iteration {}: waiting for the judge; {}", t, judging.text(generate_timer.seconds()));
+      log::info_rank0("iteration {}: waiting for the judge; {}",
+                      state_.iteration,
+                      judging.text(run.clock.seconds()));
     }
     ++boundary;
-    checkpointer_.at_boundary(
-        [&](bool stopping) {
-          collect(stopping);
-          return generate_stage_state(boundary, boundary);
-        },
-        boundary);
+    checkpoint_boundary(run, boundary, boundary);
   }
   times_.judge_wait_s = wait_timer.seconds();
   log::info_rank0(
       "iteration {}: generated in {:.1f} s; waited {:.2f} s for the judge after generation; {}",
-      t,
+      state_.iteration,
       times_.generate_s,
       times_.judge_wait_s,
-      judging.text(generate_timer.seconds()));
-  share_my_results();
-  // The phase's result is committed before training starts.
-  checkpointer_.save_now(generate_stage_state(boundary, boundary));
+      judging.text(run.clock.seconds()));
+  return boundary;
+}
+
+JudgeProgress SelfplayLoop::judge_progress(const judge::Judge& judge) const {
+  return JudgeProgress::of_job(judge, state_.verdicts.in_flight(), comm_, world_);
 }
 
 train::TrainSummary SelfplayLoop::train_iteration(const LabeledPairs& labeled,

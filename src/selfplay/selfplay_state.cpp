@@ -1,23 +1,20 @@
 // The self-play state's JSON form; see selfplay_state.h.
 #include "selfplay_state.h"
 
+#include <utility>
+
 #include "dnpo/common/error.h"
 #include "dnpo/train/json_integer.h"
 
 namespace dnpo::selfplay::detail {
+using judge::verdict_from;
+using judge::verdict_json;
 using train::detail::checked_integer;
 namespace {
 
-judge::Outcome outcome_from(const std::string& name) {
-  for (const auto o : {judge::Outcome::kScored,
-                       judge::Outcome::kSpinFallback,
-                       judge::Outcome::kDropped,
-                       judge::Outcome::kFailed}) {
-    if (name == judge::outcome_name(o)) {
-      return o;
-    }
-  }
-  throw CheckpointError("unknown judge outcome '" + name + "'");
+// The verdict book's scope of a prompt's answers.
+std::string prompt_scope(std::size_t prompt) {
+  return std::to_string(prompt);
 }
 
 }  // namespace
@@ -28,57 +25,8 @@ std::string dump(const Json& j) {
   return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
-Json verdict_json(const std::optional<Verdict>& v) {
-  if (!v) {
-    return nullptr;
-  }
-  return Json::array({judge::outcome_name(v->outcome), v->score});
-}
-
-std::optional<Verdict> verdict_from(const Json& j) {
-  if (j.is_null()) {
-    return std::nullopt;
-  }
-  return Verdict{outcome_from(j.at(0).get<std::string>()), j.at(1).get<double>()};
-}
-
-/// Text that may not be valid UTF-8 (a byte-level model's answer): a JSON string when it is
-/// valid, else its bytes as an array, so a checkpoint restores it exactly.
-Json text_json(const std::string& text) {
-  try {
-    return Json::parse(Json(text).dump());
-  } catch (const Json::exception&) {
-    return Json(std::vector<std::uint8_t>(text.begin(), text.end()));
-  }
-}
-
-std::string text_from(const Json& j) {
-  if (j.is_string()) {
-    return j.get<std::string>();
-  }
-  const auto bytes = j.get<std::vector<std::uint8_t>>();
-  return {bytes.begin(), bytes.end()};
-}
-
-Json known_json(const KnownVerdicts& known) {
-  Json out = Json::array();
-  for (const auto& [text, v] : known) {
-    out.push_back(Json::array({text_json(text), verdict_json(v)}));
-  }
-  return out;
-}
-
-KnownVerdicts known_from(const Json& j) {
-  KnownVerdicts known;
-  for (const auto& entry : j) {
-    const auto v = verdict_from(entry.at(1));
-    if (!v) {
-      throw CheckpointError("a known answer without a verdict");
-    }
-    known[text_from(entry.at(0))] = *v;
-  }
-  return known;
-}
+LoopState::LoopState(std::vector<std::string> prompts)
+    : questions(std::move(prompts)), samples(questions.size()), human(questions.size()) {}
 
 void LoopState::start_iteration(std::uint64_t t) {
   iteration = t;
@@ -86,6 +34,18 @@ void LoopState::start_iteration(std::uint64_t t) {
     samples[i] = SelfplaySample{};
     samples[i].index = static_cast<std::int64_t>(i);
   }
+}
+
+judge::VerdictKey LoopState::key(std::size_t prompt, const std::string& answer) const {
+  return {prompt_scope(prompt), questions.at(prompt), answer};
+}
+
+Json LoopState::known_json(std::size_t prompt) const {
+  return verdicts.scope_json(prompt_scope(prompt));
+}
+
+void LoopState::restore_known(std::size_t prompt, const Json& j) {
+  verdicts.restore_scope(prompt_scope(prompt), questions.at(prompt), j);
 }
 
 Json sample_json(const SelfplaySample& s) {
@@ -128,8 +88,8 @@ Json state_json(const LoopState& state) {
     human.push_back(verdict_json(v));
   }
   Json known = Json::array();
-  for (const auto& k : state.known) {
-    known.push_back(known_json(k));
+  for (std::size_t i = 0; i < state.questions.size(); ++i) {
+    known.push_back(state.known_json(i));
   }
   return {{"version", 1},
           {"iteration", state.iteration},
@@ -172,7 +132,7 @@ void restore_state(const std::string& text,
     }
     for (std::size_t i = 0; i < state.human.size(); ++i) {
       state.human[i] = verdict_from(human.at(i));
-      state.known[i] = known_from(known.at(i));
+      state.restore_known(i, known.at(i));
     }
     state.reports = j.at("reports");
   } catch (const Json::exception& e) {

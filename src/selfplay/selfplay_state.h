@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +12,7 @@
 
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/judge/judge.h"
+#include "dnpo/judge/verdict_book.h"
 #include "dnpo/selfplay/labeling.h"
 
 namespace dnpo::selfplay::detail {
@@ -22,33 +22,28 @@ using Json = nlohmann::json;
 /// JSON text for people and files: invalid UTF-8 (a byte-level model's answer) becomes U+FFFD.
 std::string dump(const Json& j);
 
-/// Text that may not be valid UTF-8: a JSON string when it is valid, else its bytes as an array,
-/// so a checkpoint restores it exactly.
-Json text_json(const std::string& text);
-std::string text_from(const Json& j);
-
-Json verdict_json(const std::optional<Verdict>& v);
-std::optional<Verdict> verdict_from(const Json& j);
-
-/// Verdicts already in for a prompt, by answer text (scored ones only: a failure is asked again).
-using KnownVerdicts = std::map<std::string, Verdict>;
-Json known_json(const KnownVerdicts& known);
-KnownVerdicts known_from(const Json& j);
-
 /// What the loop carries from phase to phase (and in every checkpoint, as JSON).
 struct LoopState {
-  /// A state for a run of `prompts` prompts: one (empty) sample, human verdict and set of known
-  /// verdicts each.
-  explicit LoopState(std::size_t prompts = 0) : samples(prompts), human(prompts), known(prompts) {}
+  /// A state for a run over these prompts (their texts, by index): one empty sample and human
+  /// verdict each, no verdicts known.
+  explicit LoopState(std::vector<std::string> prompts = {});
 
   std::uint64_t iteration = 0;
+  std::vector<std::string> questions;         // the prompts' texts, by index
   std::vector<SelfplaySample> samples;        // this iteration's, one per prompt, by index
   std::vector<std::optional<Verdict>> human;  // human answers' verdicts, reused every iteration
-  std::vector<KnownVerdicts> known;  // per prompt, every answer judged so far: never asked twice
-  Json reports = Json::array();      // model_0's and every finished iteration's
+  /// Every answer judged so far, scoped by prompt (key()): never asked twice in a run.
+  judge::VerdictBook verdicts;
+  Json reports = Json::array();  // model_0's and every finished iteration's
 
   /// Empties every sample for iteration t (the verdicts and reports stay).
   void start_iteration(std::uint64_t t);
+  /// The verdict book's key of `answer` to prompt `prompt`.
+  judge::VerdictKey key(std::size_t prompt, const std::string& answer) const;
+  /// Prompt `prompt`'s verdicts known, in the checkpoint's form.
+  Json known_json(std::size_t prompt) const;
+  /// Replaces prompt `prompt`'s verdicts known by those of known_json()'s form.
+  void restore_known(std::size_t prompt, const Json& j);
 };
 
 Json sample_json(const SelfplaySample& s);
@@ -57,7 +52,7 @@ Json sample_json(const SelfplaySample& s);
 void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& state);
 
 Json state_json(const LoopState& state);
-/// Restores `state` (already sized to the run's prompts) from state_json's text. Throws
+/// Restores `state` (made for the run's prompts) from state_json's text. Throws
 /// CheckpointError naming `path` on another number of prompts or unreadable JSON.
 void restore_state(const std::string& text,
                    const std::string& path,

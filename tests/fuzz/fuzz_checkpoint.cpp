@@ -33,10 +33,10 @@ void loop_blob(const std::string& text) {
 void selfplay_blob(const std::string& text) {
   static const dnpo::data::ByteTokenizer tokenizer;
   expect_clean([&] {
-    dnpo::selfplay::detail::LoopState state(3);
+    dnpo::selfplay::detail::LoopState state({"q0", "q1", "q2"});
     dnpo::selfplay::detail::restore_state(text, "fuzz.h5", tokenizer, state);
     const auto dumped = dnpo::selfplay::detail::state_json(state).dump();
-    dnpo::selfplay::detail::LoopState again(3);
+    dnpo::selfplay::detail::LoopState again({"q0", "q1", "q2"});
     dnpo::selfplay::detail::restore_state(dumped, "fuzz.h5", tokenizer, again);
     require(dnpo::selfplay::detail::state_json(again).dump() == dumped,
             "an accepted self-play blob round-trips");

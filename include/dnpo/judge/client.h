@@ -22,7 +22,7 @@ class JudgeClient : public Judge {
   /// Loads judge.template, reads the API key from the variable judge.api_key_env names (the key
   /// is kept in memory only and never logged), resolves judge.base_url, starts the I/O thread.
   /// Throws ConfigError (bad URL, missing key variable, bad template) or JudgeError (resolve).
-  explicit JudgeClient(const config::JudgeConfig& cfg, JudgeCache* cache = nullptr);
+  explicit JudgeClient(const config::JudgeConfig& cfg, VerdictBook* cache = nullptr);
   /// Stops the I/O thread; requests still pending are abandoned (their futures throw
   /// std::future_error broken_promise). Blocking.
   ~JudgeClient() override;

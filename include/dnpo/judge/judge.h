@@ -12,7 +12,7 @@
 
 namespace dnpo::judge {
 
-class JudgeCache;
+class VerdictBook;
 
 /// One answer to score (pointwise: docs/judge.md).
 struct JudgeRequest {
@@ -39,6 +39,12 @@ struct JudgeResult {
   bool cached = false;          ///< answered from the cache
   std::string error;            ///< why it was not scored (never holds the API key)
   std::uint64_t body_hash = 0;  ///< hash_text of the request body sent (http backend)
+};
+
+/// A judge's verdict on one answer, once it is in.
+struct Verdict {
+  Outcome outcome = Outcome::kScored;
+  double score = 0;  ///< 0..100, when scored
 };
 
 /// Counts of every outcome since construction.
@@ -70,6 +76,6 @@ config::JudgeConfig rank_share(const config::JudgeConfig& cfg, int rank, int wor
 
 /// The backend judge.backend names: "rule" (RuleJudge) or "http" (JudgeClient). A non-null
 /// `cache` is consulted before and filled after scoring. Throws ConfigError / JudgeError.
-std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, JudgeCache* cache = nullptr);
+std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, VerdictBook* cache = nullptr);
 
 }  // namespace dnpo::judge

@@ -14,7 +14,7 @@ namespace dnpo::judge {
 class RuleJudge : public Judge {
  public:
   /// `imperfection` in [0, 1]: the fraction of scores perturbed.
-  RuleJudge(double imperfection, std::uint64_t seed, JudgeCache* cache = nullptr);
+  RuleJudge(double imperfection, std::uint64_t seed, VerdictBook* cache = nullptr);
 
   /// 0..100 for a demo-world question; perturbed when the (seed, question, answer) draw falls
   /// under `imperfection` (then uniform over the other 100 scores). Pure and thread-safe.
@@ -29,7 +29,7 @@ class RuleJudge : public Judge {
  private:
   double imperfection_;
   std::uint64_t seed_;
-  JudgeCache* cache_;
+  VerdictBook* cache_;
   std::atomic<std::int64_t> submitted_{0};
   std::atomic<std::int64_t> scored_{0};
   std::atomic<std::int64_t> cache_hits_{0};

@@ -14,11 +14,7 @@
 
 namespace dnpo::selfplay {
 
-/// A judge's verdict on one answer, once it is in.
-struct Verdict {
-  judge::Outcome outcome = judge::Outcome::kScored;
-  double score = 0;  ///< 0..100, when scored
-};
+using judge::Verdict;
 
 /// One prompt of an iteration: the human answer and the policy's answer with their verdicts.
 struct SelfplaySample {

@@ -10,9 +10,9 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/data/demo_world.h"
-#include "dnpo/judge/cache.h"
 #include "dnpo/judge/faults.h"
 #include "dnpo/judge/server.h"
+#include "dnpo/judge/verdict_book.h"
 
 namespace dnpo::judge {
 namespace {
@@ -52,7 +52,7 @@ class ServerThread {
 
 TEST(JudgeClient, ScoresLikeTheRuleJudgeAndCaches) {
   const ServerThread server;
-  JudgeCache cache;
+  VerdictBook cache;
   JudgeClient client(server.client_config(), &cache);
   auto futures = client.submit({{"123+456=", "579"}, {"rev abc", "cab"}});
   const auto r0 = futures[0].get();

@@ -9,8 +9,8 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/data/demo_world.h"
-#include "dnpo/judge/cache.h"
 #include "dnpo/judge/faults.h"
+#include "dnpo/judge/verdict_book.h"
 
 namespace dnpo::judge {
 namespace {
@@ -48,7 +48,7 @@ TEST(RuleJudge, ImperfectionPerturbsASeededFraction) {
 }
 
 TEST(RuleJudge, SubmitResolvesAtOnceAndUsesTheCache) {
-  JudgeCache cache;
+  VerdictBook cache;
   RuleJudge judge(0.0, 1, &cache);
   auto first = judge.submit({{"1+1=", "2"}, {"rev ab", "ab"}, {"nonsense", "x"}});
   ASSERT_EQ(first.size(), 3U);

@@ -25,17 +25,19 @@ std::string checkpoint_error(F&& f) {
   return "";
 }
 
+const std::vector<std::string> kPrompts = {"1+1=", "rev ab", "sort 31"};
+
 // A self-play state of three prompts: a byte-level answer that is not valid UTF-8, verdicts of
 // every kind, known answers by exact bytes.
 std::string three_prompt_state() {
-  detail::LoopState state(3);
+  detail::LoopState state(kPrompts);
   state.start_iteration(2);
   state.samples[0].generated = true;
   state.samples[0].tokens = {104, 255, 105};
   state.samples[0].finished = true;
   state.samples[0].generated_verdict = Verdict{judge::Outcome::kScored, 7.5};
   state.human[1] = Verdict{judge::Outcome::kSpinFallback, 0.0};
-  state.known[2][std::string("\xff\x00", 2)] = Verdict{judge::Outcome::kScored, 1.0};
+  state.verdicts.insert(state.key(2, std::string("\xff\x00", 2)), 1.0);
   state.reports = nlohmann::json::array({{{"stage", "model_0"}}});
   return detail::state_json(state).dump();
 }
@@ -43,14 +45,32 @@ std::string three_prompt_state() {
 TEST(SelfplayStateBlob, RoundTripsExactBytes) {
   const data::ByteTokenizer tokenizer;
   const auto text = three_prompt_state();
-  detail::LoopState state(3);
+  detail::LoopState state(kPrompts);
   detail::restore_state(text, "a.h5", tokenizer, state);
   EXPECT_EQ(state.iteration, 2U);
   // the tokens come back exactly; their text is valid UTF-8 (ByteTokenizer::decode: U+FFFD)
   EXPECT_EQ(state.samples[0].tokens, (std::vector<std::int64_t>{'h', 0xff, 'i'}));
   EXPECT_EQ(state.samples[0].answer, std::string("h\xEF\xBF\xBDi"));
-  EXPECT_EQ(state.known[2].count(std::string("\xff\x00", 2)), 1U);
+  EXPECT_EQ(state.verdicts.find(state.key(2, std::string("\xff\x00", 2))), 1.0);
+  EXPECT_EQ(state.verdicts.size(), 1U);
   EXPECT_EQ(detail::state_json(state).dump(), text);
+}
+
+// The blob three_prompt_state() makes, as the builds before the verdict book wrote it: checkpoints
+// written then resume, and checkpoints written now read the same.
+TEST(SelfplayStateBlob, KeepsTheFormOfEarlierCheckpoints) {
+  const std::string earlier =
+      R"({"human":[null,["spin_fallback",0.0],null],"iteration":2,)"
+      R"("known":[[],[],[[[255,0],["scored",1.0]]]],"reports":[{"stage":"model_0"}],)"
+      R"("samples":[{"f":true,"g":true,"i":0,"t":[104,255,105],"v":["scored",7.5]},)"
+      R"({"f":false,"g":false,"i":1,"t":[],"v":null},{"f":false,"g":false,"i":2,"t":[],"v":null}],)"
+      R"("version":1})";
+  EXPECT_EQ(three_prompt_state(), earlier);
+  const data::ByteTokenizer tokenizer;
+  detail::LoopState state(kPrompts);
+  detail::restore_state(earlier, "old.h5", tokenizer, state);
+  EXPECT_EQ(state.verdicts.find(state.key(2, std::string("\xff\x00", 2))), 1.0);
+  EXPECT_FALSE(state.verdicts.find(state.key(1, std::string("\xff\x00", 2))));
 }
 
 TEST(SelfplayStateBlob, DamageIsACheckpointErrorNamingTheFile) {
@@ -69,6 +89,8 @@ TEST(SelfplayStateBlob, DamageIsACheckpointErrorNamingTheFile) {
       // these two were undefined behaviour: an index past the end, a missing verdict dereferenced
       {edited([](auto& j) { j["known"].erase(0); }), "known verdicts for 2 prompts"},
       {edited([](auto& j) { j["known"][2][0][1] = nullptr; }), "a known answer without a verdict"},
+      {edited([](auto& j) { j["known"][2][0][1][0] = "dropped"; }),
+       "a known answer with outcome 'dropped'"},
       {edited([](auto& j) { j["samples"][0]["i"] = 3; }), "prompt index 3 is outside the 3"},
       {edited([](auto& j) { j["samples"][0]["t"][0] = -1; }), "negative token id -1"},
       {edited([](auto& j) { j["samples"][0]["t"][0] = 1.5e300; }), "token id: expected an integer"},
@@ -76,7 +98,7 @@ TEST(SelfplayStateBlob, DamageIsACheckpointErrorNamingTheFile) {
       {edited([](auto& j) { j["human"][1][0] = "great"; }), "unknown judge outcome 'great'"},
   };
   for (const auto& [text, expected] : cases) {
-    detail::LoopState state(3);
+    detail::LoopState state(kPrompts);
     const auto message =
         checkpoint_error([&] { detail::restore_state(text, "run/ckpt-3.h5", tokenizer, state); });
     EXPECT_THAT(message, HasSubstr("checkpoint run/ckpt-3.h5: ")) << text;
