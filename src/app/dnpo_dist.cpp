@@ -68,153 +68,190 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
   return cfg;
 }
 
+/// The subcommands, for telling which one the command line chose.
+struct Commands {
+  CLI::App* sft = nullptr;
+  CLI::App* train = nullptr;
+  CLI::App* eval = nullptr;
+  CLI::App* generate = nullptr;
+  CLI::App* demo = nullptr;
+  CLI::App* report = nullptr;
+};
+
+/// sft, train, generate and demo-data: the commands that run one stage of the job.
+void add_stage_commands(CLI::App& app, Options& o, Commands& c) {
+  auto* run = app.add_subcommand(
+      "run", "the whole job (default): demo data, SFT, SPIN iteration 0, iterations 1..T");
+  add_common(run, o);
+  c.sft =
+      app.add_subcommand("sft", "supervised fine-tuning on prompt/answer JSONL (data.train_file)");
+  add_common(c.sft, o);
+  c.sft->add_option("--init", o.stage.init_model, "HF model directory to start from");
+  c.sft->add_option(
+      "--out", o.stage.output_dir, "where to write the model (default <run_dir>/sft)");
+  c.train = app.add_subcommand("train", "preference training on pairs JSONL (data.pairs_file)");
+  add_common(c.train, o);
+  c.train->add_option("--init", o.stage.init_model, "HF model directory to start from");
+  c.train->add_option(
+      "--out", o.stage.output_dir, "where to write the model (default <run_dir>/train)");
+  c.train->add_option("--loss", o.loss, "spin | npo (sets train.loss)");
+  c.train->add_option("--pairs", o.pairs, "pairs JSONL (sets data.pairs_file)");
+  c.generate = app.add_subcommand(
+      "generate", "answers to a prompts JSONL, split across the ranks (sampling per [sample])");
+  add_common(c.generate, o);
+  c.generate->add_option(
+      "--model", o.stage.init_model, "HF model directory (default model.init_from)");
+  c.generate
+      ->add_option("--prompts", o.prompts_file, "prompts JSONL ({\"id\",\"prompt\"[,\"answer\"]})")
+      ->required();
+  c.generate->add_option("--out", o.generate_out, "answers JSONL to write")->required();
+  c.demo = app.add_subcommand("demo-data", "write the demo world's train/eval JSONL");
+  add_common(c.demo, o);
+  c.demo->add_option("--out", o.demo_out, "directory (default: that of data.train_file)");
+}
+
+/// eval (a model's accuracy, or two models compared) and report (run directories side by side).
+void add_reading_commands(CLI::App& app, Options& o, Commands& c) {
+  c.eval = app.add_subcommand("eval", "held-out accuracy and verifier score of a model");
+  add_common(c.eval, o);
+  auto* eval_model =
+      c.eval->add_option("--model", o.stage.init_model, "HF model directory to evaluate");
+  auto* eval_compare = c.eval
+                           ->add_option("--compare",
+                                        o.stage.compare,
+                                        "instead: two HF model directories A B; win/tie/loss "
+                                        "of A's judged answers against B's on data.eval_file")
+                           ->expected(2);
+  eval_model->excludes(eval_compare);
+  c.eval->callback([eval_model, eval_compare] {
+    if (eval_model->count() == 0 && eval_compare->count() == 0) {
+      throw CLI::RequiredError("--model or --compare");
+    }
+  });
+  c.eval->add_option("--samples-out", o.stage.samples_out, "write generated answers as JSONL");
+  c.eval->add_option("--choices",
+                     o.stage.choices_file,
+                     "instead: multiple-choice accuracy (acc, acc_norm) on a JSONL of "
+                     "{question, choices, label|answer}");
+  c.eval->add_option(
+      "--choices-out", o.stage.choices_out, "per-question log-likelihoods and predictions (JSONL)");
+  c.report = app.add_subcommand(
+      "report", "print the self-play table of run directories side by side; redraw their plots");
+  c.report->add_option("runs", o.report_runs, "run directories (<run.out_dir>/<run.name>)")
+      ->required();
+  c.report->add_option("--by-mode",
+                       o.report_metrics,
+                       "instead: mean ± std over the runs of each mode, per model, of these "
+                       "comma-separated metrics (sampled_exact, greedy_exact, sampled_score, "
+                       "generated_at_least_human)");
+}
+
+/// `report`: reads files only (no config, no process group); rank 0 prints and plots.
+void run_report(const Options& o, int rank) {
+  if (rank != 0) {
+    return;
+  }
+  if (o.report_metrics.empty()) {
+    for (const auto& dir : o.report_runs) {
+      for (const auto& png : dnpo::selfplay::write_selfplay_plots(dir)) {
+        dnpo::log::info("plot: {}", png);
+      }
+    }
+    std::cout << dnpo::selfplay::selfplay_table(o.report_runs);
+    return;
+  }
+  for (std::size_t at = 0; at < o.report_metrics.size();) {
+    const auto comma = std::min(o.report_metrics.find(',', at), o.report_metrics.size());
+    const auto metric = o.report_metrics.substr(at, comma - at);
+    at = comma + 1;
+    const bool of_answers = metric == "generated_at_least_human";
+    std::cout << metric << " (mean ± std over seeds, (runs)); column model_k: "
+              << (of_answers ? "iteration k-1's answers, generated by model_k-1\n"
+                             : "the model after iteration k-1 (model_0 = SFT)\n")
+              << dnpo::selfplay::selfplay_mode_table(o.report_runs, metric) << "\n";
+  }
+}
+
+/// Resolves the config, opens the process group and runs the chosen command (the whole job when
+/// none was named).
+void run_command(Options& o,
+                 const Commands& c,
+                 const dnpo::dist::MpiEnv& mpi,
+                 const std::string& blas,
+                 const std::string& heap) {
+  if (!o.loss.empty()) {
+    o.overrides.push_back("train.loss=" + o.loss);
+  }
+  if (!o.pairs.empty()) {
+    o.overrides.push_back("data.pairs_file=" + o.pairs);
+  }
+  if (!o.resume.empty()) {
+    o.overrides.push_back("checkpoint.resume=\"" + o.resume + "\"");
+  }
+  const auto cfg = resolve(o, mpi.world_size());
+  dnpo::log::init(mpi.rank(), cfg.run.log_level);
+  dnpo::log::info_rank0("{}", blas);
+  dnpo::log::info_rank0("{}", heap);
+  // One process on the CPU needs no process group; several share one (Gloo). On CUDA there is
+  // always one (NCCL, one GPU per rank by local rank): one GPU runs the same streams and events
+  // as many.
+  std::unique_ptr<dnpo::dist::Comm> comm;
+  if (mpi.world_size() > 1 || cfg.run.device == "cuda") {
+    comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist, cfg.run.device);
+  }
+  if (*c.sft) {
+    dnpo::train::run_sft(cfg, o.stage, comm.get());
+  } else if (*c.train) {
+    dnpo::train::run_train(cfg, o.stage, comm.get());
+  } else if (*c.generate) {
+    dnpo::train::run_generate(cfg, o.stage, o.prompts_file, o.generate_out, comm.get());
+  } else if (*c.eval) {
+    dnpo::train::run_eval(cfg, o.stage, comm.get());
+  } else if (*c.demo) {
+    if (mpi.rank() == 0 && !o.demo_out.empty()) {
+      dnpo::data::write_demo_data(cfg.demo, o.demo_out);
+    } else if (o.demo_out.empty()) {
+      dnpo::train::ensure_demo_data(cfg, comm.get());
+    }
+  } else {
+    dnpo::selfplay::run_job(cfg, comm.get());
+  }
+}
+
+/// An error on this rank: one line naming it; with several ranks the whole job ends now, since
+/// the others may be blocked in a collective with this one.
+int fail(const std::exception& e, int rank, int world) {
+  if (world == 1) {
+    dnpo::log::error("fatal: {}", e.what());
+    return 1;
+  }
+  dnpo::log::error("fatal on rank {} of {}: {}", rank, world, e.what());
+  dnpo::log::error("aborting all {} ranks", world);
+  spdlog::default_logger()->flush();
+  dnpo::dist::MpiEnv::abort(1);
+}
+
 /// The whole command line; main() only adds a last-resort catch around it.
 int run_cli(int argc, char** argv) {
   const auto blas = dnpo::app::ensure_fast_blas(argc, argv);  // may re-exec: before MPI_Init
   const auto heap = dnpo::configure_heap();
   const dnpo::dist::MpiEnv mpi(&argc, &argv);
-  const int rank = mpi.rank();
-  const int world = mpi.world_size();
-  dnpo::log::init(rank, dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
+  dnpo::log::init(mpi.rank(), dnpo::env::get(dnpo::env::kLogLevel).value_or("info"));
   dnpo::preemption::install_handlers();
   CLI::App app{"dnpo_dist — DNPO self-improvement trainer (SFT, SPIN, NPO/DNPO)"};
   app.require_subcommand(0, 1);
   Options o;
   add_common(&app, o);
-
-  auto* run = app.add_subcommand(
-      "run", "the whole job (default): demo data, SFT, SPIN iteration 0, iterations 1..T");
-  add_common(run, o);
-  auto* sft =
-      app.add_subcommand("sft", "supervised fine-tuning on prompt/answer JSONL (data.train_file)");
-  add_common(sft, o);
-  sft->add_option("--init", o.stage.init_model, "HF model directory to start from");
-  sft->add_option("--out", o.stage.output_dir, "where to write the model (default <run_dir>/sft)");
-  auto* train = app.add_subcommand("train", "preference training on pairs JSONL (data.pairs_file)");
-  add_common(train, o);
-  train->add_option("--init", o.stage.init_model, "HF model directory to start from");
-  train->add_option(
-      "--out", o.stage.output_dir, "where to write the model (default <run_dir>/train)");
-  train->add_option("--loss", o.loss, "spin | npo (sets train.loss)");
-  train->add_option("--pairs", o.pairs, "pairs JSONL (sets data.pairs_file)");
-  auto* eval = app.add_subcommand("eval", "held-out accuracy and verifier score of a model");
-  add_common(eval, o);
-  auto* eval_model =
-      eval->add_option("--model", o.stage.init_model, "HF model directory to evaluate");
-  auto* eval_compare = eval->add_option("--compare",
-                                        o.stage.compare,
-                                        "instead: two HF model directories A B; win/tie/loss of "
-                                        "A's judged answers against B's on data.eval_file")
-                           ->expected(2);
-  eval_model->excludes(eval_compare);
-  eval->callback([eval_model, eval_compare] {
-    if (eval_model->count() == 0 && eval_compare->count() == 0) {
-      throw CLI::RequiredError("--model or --compare");
-    }
-  });
-  eval->add_option("--samples-out", o.stage.samples_out, "write generated answers as JSONL");
-  eval->add_option("--choices",
-                   o.stage.choices_file,
-                   "instead: multiple-choice accuracy (acc, acc_norm) on a JSONL of "
-                   "{question, choices, label|answer}");
-  eval->add_option(
-      "--choices-out", o.stage.choices_out, "per-question log-likelihoods and predictions (JSONL)");
-  auto* generate = app.add_subcommand(
-      "generate", "answers to a prompts JSONL, split across the ranks (sampling per [sample])");
-  add_common(generate, o);
-  generate->add_option(
-      "--model", o.stage.init_model, "HF model directory (default model.init_from)");
-  generate
-      ->add_option("--prompts", o.prompts_file, "prompts JSONL ({\"id\",\"prompt\"[,\"answer\"]})")
-      ->required();
-  generate->add_option("--out", o.generate_out, "answers JSONL to write")->required();
-  auto* demo = app.add_subcommand("demo-data", "write the demo world's train/eval JSONL");
-  add_common(demo, o);
-  demo->add_option("--out", o.demo_out, "directory (default: that of data.train_file)");
-
-  auto* report = app.add_subcommand(
-      "report", "print the self-play table of run directories side by side; redraw their plots");
-  report->add_option("runs", o.report_runs, "run directories (<run.out_dir>/<run.name>)")
-      ->required();
-  report->add_option("--by-mode",
-                     o.report_metrics,
-                     "instead: mean ± std over the runs of each mode, per model, of these "
-                     "comma-separated metrics (sampled_exact, greedy_exact, sampled_score, "
-                     "generated_at_least_human)");
-
+  Commands commands;
+  add_stage_commands(app, o, commands);
+  add_reading_commands(app, o, commands);
   CLI11_PARSE(app, argc, argv);
-  if (*report) {
-    // Reads files only: no config, no process group.
-    try {
-      for (const auto& dir : o.report_runs) {
-        if (rank == 0 && o.report_metrics.empty()) {
-          for (const auto& png : dnpo::selfplay::write_selfplay_plots(dir)) {
-            dnpo::log::info("plot: {}", png);
-          }
-        }
-      }
-      if (rank == 0 && o.report_metrics.empty()) {
-        std::cout << dnpo::selfplay::selfplay_table(o.report_runs);
-      }
-      std::vector<std::string> metrics;
-      for (std::size_t at = 0; at < o.report_metrics.size();) {
-        const auto comma = std::min(o.report_metrics.find(',', at), o.report_metrics.size());
-        metrics.push_back(o.report_metrics.substr(at, comma - at));
-        at = comma + 1;
-      }
-      for (const auto& metric : metrics) {
-        if (rank == 0) {
-          const bool of_answers = metric == "generated_at_least_human";
-          std::cout << metric << " (mean ± std over seeds, (runs)); column model_k: "
-                    << (of_answers ? "iteration k-1's answers, generated by model_k-1\n"
-                                   : "the model after iteration k-1 (model_0 = SFT)\n")
-                    << dnpo::selfplay::selfplay_mode_table(o.report_runs, metric) << "\n";
-        }
-      }
-      return 0;
-    } catch (const std::exception& e) {
-      dnpo::log::error("fatal: {}", e.what());
-      return 1;
-    }
-  }
   try {
-    if (!o.loss.empty()) {
-      o.overrides.push_back("train.loss=" + o.loss);
+    if (*commands.report) {
+      run_report(o, mpi.rank());
+      return 0;
     }
-    if (!o.pairs.empty()) {
-      o.overrides.push_back("data.pairs_file=" + o.pairs);
-    }
-    if (!o.resume.empty()) {
-      o.overrides.push_back("checkpoint.resume=\"" + o.resume + "\"");
-    }
-    const auto cfg = resolve(o, world);
-    dnpo::log::init(rank, cfg.run.log_level);
-    dnpo::log::info_rank0("{}", blas);
-    dnpo::log::info_rank0("{}", heap);
-    // One process on the CPU needs no process group; several share one (Gloo). On CUDA there is
-    // always one (NCCL, one GPU per rank by local rank): one GPU runs the same streams and events
-    // as many.
-    std::unique_ptr<dnpo::dist::Comm> comm;
-    if (world > 1 || cfg.run.device == "cuda") {
-      comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist, cfg.run.device);
-    }
-    if (*sft) {
-      dnpo::train::run_sft(cfg, o.stage, comm.get());
-    } else if (*train) {
-      dnpo::train::run_train(cfg, o.stage, comm.get());
-    } else if (*generate) {
-      dnpo::train::run_generate(cfg, o.stage, o.prompts_file, o.generate_out, comm.get());
-    } else if (*eval) {
-      dnpo::train::run_eval(cfg, o.stage, comm.get());
-    } else if (*demo) {
-      if (rank == 0 && !o.demo_out.empty()) {
-        dnpo::data::write_demo_data(cfg.demo, o.demo_out);
-      } else if (o.demo_out.empty()) {
-        dnpo::train::ensure_demo_data(cfg, comm.get());
-      }
-    } else {
-      dnpo::selfplay::run_job(cfg, comm.get());
-    }
+    run_command(o, commands, mpi, blas, heap);
   } catch (const dnpo::train::Preempted& p) {
     // Every rank saved its part of the checkpoint and agreed to stop: a clean exit, so Slurm
     // (or the user's script) can requeue and resume.
@@ -222,17 +259,8 @@ int run_cli(int argc, char** argv) {
                           p.signal_number,
                           p.step,
                           p.path);
-    return 0;
   } catch (const std::exception& e) {
-    if (world == 1) {
-      dnpo::log::error("fatal: {}", e.what());
-      return 1;
-    }
-    // The others may be blocked in a collective with this rank: end the whole job now.
-    dnpo::log::error("fatal on rank {} of {}: {}", rank, world, e.what());
-    dnpo::log::error("aborting all {} ranks", world);
-    spdlog::default_logger()->flush();
-    dnpo::dist::MpiEnv::abort(1);
+    return fail(e, mpi.rank(), mpi.world_size());
   }
   return 0;
 }
