@@ -44,6 +44,14 @@ std::string error_text(int err) {
   return std::error_code(err, std::generic_category()).message();
 }
 
+/// A visitor that appends parse(object, ctx) to `records`.
+template <typename Record, typename Parse>
+JsonlVisitor collect_into(std::vector<Record>& records, const char* schema, Parse parse) {
+  return [&records, schema, parse](const Json& object, const JsonlLine& line) {
+    records.push_back(parse(object, LineContext{line, schema}));
+  };
+}
+
 /// Calls parse(object, ctx) for every non-blank line of `in` (named `path` in errors); collects
 /// the results.
 template <typename Record, typename Parse>
@@ -52,13 +60,7 @@ std::vector<Record> read_jsonl_lines(std::istream& in,
                                      const char* schema,
                                      Parse parse) {
   std::vector<Record> records;
-  for_each_jsonl(
-      in,
-      path,
-      [&](const Json& object, const JsonlLine& line) {
-        records.push_back(parse(object, LineContext{line, schema}));
-      },
-      schema);
+  for_each_jsonl(in, path, collect_into(records, schema, parse), schema);
   return records;
 }
 
@@ -66,12 +68,7 @@ std::vector<Record> read_jsonl_lines(std::istream& in,
 template <typename Record, typename Parse>
 std::vector<Record> read_jsonl(const std::string& path, const char* schema, Parse parse) {
   std::vector<Record> records;
-  for_each_jsonl_file(
-      path,
-      [&](const Json& object, const JsonlLine& line) {
-        records.push_back(parse(object, LineContext{line, schema}));
-      },
-      schema);
+  for_each_jsonl_file(path, collect_into(records, schema, parse), schema);
   return records;
 }
 

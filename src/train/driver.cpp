@@ -237,6 +237,26 @@ void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm) {
   barrier(comm);
 }
 
+namespace {
+
+/// Runs `stage` on a Trainer of `policy` that writes <dir>/metrics.jsonl (rank 0), checkpoints
+/// under checkpoint.dir and resumes as checkpoint.resume says.
+template <typename Stage>
+TrainSummary run_trainer(const config::RunConfig& cfg,
+                         ShardedLlama& policy,
+                         const data::Tokenizer& tokenizer,
+                         const std::string& dir,
+                         dist::Comm* comm,
+                         Stage stage) {
+  MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
+  Trainer trainer(cfg, policy, tokenizer, metrics, comm);
+  Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
+  trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
+  return stage(trainer);
+}
+
+}  // namespace
+
 void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
   const auto dir = prepare_run_dir(cfg, comm);
   DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
@@ -244,11 +264,9 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Co
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   auto policy = make_policy(cfg, options.init_model, comm);
   log::info_rank0("model: {} parameters", policy->num_parameters());
-  MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
-  Trainer trainer(cfg, *policy, *tokenizer, metrics, comm);
-  Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
-  trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
-  const auto summary = trainer.train_sft(records);
+  const auto summary = run_trainer(cfg, *policy, *tokenizer, dir, comm, [&](Trainer& trainer) {
+    return trainer.train_sft(records);
+  });
   log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
                   summary.steps,
                   summary.first_loss,
@@ -263,11 +281,9 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
   const auto pairs = data::read_pairs_jsonl(cfg.data.pairs_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   auto policy = make_policy(cfg, options.init_model, comm);
-  MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
-  Trainer trainer(cfg, *policy, *tokenizer, metrics, comm);
-  Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
-  trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
-  const auto summary = trainer.train_preference(pairs);
+  const auto summary = run_trainer(cfg, *policy, *tokenizer, dir, comm, [&](Trainer& trainer) {
+    return trainer.train_preference(pairs);
+  });
   log::info_rank0("train ({}) done: {} steps, model loss {:.4f} → {:.4f}, {:.0f} ms/step",
                   cfg.train.loss,
                   summary.steps,
