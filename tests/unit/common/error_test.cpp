@@ -3,20 +3,21 @@
 
 #include <gtest/gtest.h>
 
+#include "expect_error.h"
+
 namespace dnpo {
 namespace {
 
 TEST(Error, CheckThrowsTypedErrorWithLocationAndRank) {
   set_error_rank(3);
-  try {
-    DNPO_CHECK_WITH(ConfigError, 1 + 1 == 3, "bad value for 'train.lr': ", 5, "; expected > 0");
-    FAIL() << "DNPO_CHECK did not throw";
-  } catch (const ConfigError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find("bad value for 'train.lr': 5; expected > 0"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("error_test.cpp:"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("[rank 3]"), std::string::npos) << msg;
-  }
+  EXPECT_ERROR(
+      ConfigError,
+      [] {
+        DNPO_CHECK_WITH(ConfigError, 1 + 1 == 3, "bad value for 'train.lr': ", 5, "; expected > 0");
+      },
+      "bad value for 'train.lr': 5; expected > 0",
+      "error_test.cpp:",
+      "[rank 3]");
   set_error_rank(-1);
 }
 

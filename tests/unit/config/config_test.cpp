@@ -15,6 +15,7 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/config/loader.h"
+#include "expect_error.h"
 
 namespace dnpo::config {
 namespace {
@@ -25,21 +26,6 @@ std::string write_temp_file(const std::string& name, const std::string& text) {
   out << text;
   return path;
 }
-
-/// The ConfigError message `f` throws ("" and a test failure if it throws none).
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a ConfigError";
-  return "";
-}
-
-#define EXPECT_CONTAINS(text, part)                          \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) \
-      << "missing: " << (part) << "\nin: " << (text)
 
 /// Every field set to a value that differs from its default (checked by
 /// AllNonDefaultDiffersFromTheDefaultsInEveryField).
@@ -284,102 +270,135 @@ top_p = 0.9
 
 TEST(ConfigLoader, UnknownKeyNamesKeyAndLine) {
   const std::string path = write_temp_file("unknown_key.toml", "[train]\nlr = 1e-3\nlrr = 2\n");
-  const std::string msg = config_error([&] { load_config(path); });
-  EXPECT_CONTAINS(msg, path + ":3:1: unknown config key 'train.lrr'");
-  EXPECT_CONTAINS(msg, "did you mean 'train.lr'?");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { load_config(path); },
+      path + ":3:1: unknown config key 'train.lrr'",
+      "did you mean 'train.lr'?");
 }
 
 TEST(ConfigLoader, UnknownKeyWithoutCloseMatchListsTableKeys) {
-  const std::string msg = config_error([] { parse_config("[loss]\ngamma = 1\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "t.toml:2:1: unknown config key 'loss.gamma'");
-  EXPECT_CONTAINS(msg, "the keys of [loss] are beta");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[loss]\ngamma = 1\n", "t.toml"); },
+      "t.toml:2:1: unknown config key 'loss.gamma'",
+      "the keys of [loss] are beta");
 }
 
 TEST(ConfigLoader, KeyInWrongTableSuggestsItsTable) {
-  const std::string msg = config_error([] { parse_config("[train]\nbeta = 0.2\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "unknown config key 'train.beta'");
-  EXPECT_CONTAINS(msg, "did you mean 'loss.beta'?");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[train]\nbeta = 0.2\n", "t.toml"); },
+      "unknown config key 'train.beta'",
+      "did you mean 'loss.beta'?");
 }
 
 TEST(ConfigLoader, UnknownTableNamesTable) {
-  const std::string msg = config_error([] { parse_config("[trian]\nlr = 1.0\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "t.toml:1:2: unknown config key 'trian'");
-  EXPECT_CONTAINS(msg, "did you mean 'train'?");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[trian]\nlr = 1.0\n", "t.toml"); },
+      "t.toml:1:2: unknown config key 'trian'",
+      "did you mean 'train'?");
 }
 
 TEST(ConfigLoader, WrongTypeNamesKeyAndLine) {
-  const std::string msg =
-      config_error([] { parse_config("[train]\n\nbatch_size = \"8\"\n", "t.toml"); });
-  EXPECT_CONTAINS(msg,
-                  "t.toml:3:14: config key 'train.batch_size': expected an integer >= 1, got "
-                  "string \"8\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[train]\n\nbatch_size = \"8\"\n", "t.toml"); },
+      "t.toml:3:14: config key 'train.batch_size': expected an integer >= 1, got string \"8\"");
 }
 
 TEST(ConfigLoader, FloatIsNotAcceptedForInteger) {
-  const std::string msg = config_error([] { parse_config("[sample]\ntop_k = 4.0\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "t.toml:2:9: config key 'sample.top_k'");
-  EXPECT_CONTAINS(msg, "got float 4.0");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[sample]\ntop_k = 4.0\n", "t.toml"); },
+      "t.toml:2:9: config key 'sample.top_k'",
+      "got float 4.0");
 }
 
 TEST(ConfigLoader, TableGivenAsValueIsRejected) {
-  const std::string msg = config_error([] { parse_config("train = 5\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "config key 'train': expected a table, got integer 5");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("train = 5\n", "t.toml"); },
+      "config key 'train': expected a table, got integer 5");
 }
 
 TEST(ConfigLoader, BadValueNamesKey) {
-  const std::string msg = config_error([] { parse_config("[train]\nlr = -1\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "t.toml:2:6: config key 'train.lr': expected a float > 0, got -1");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[train]\nlr = -1\n", "t.toml"); },
+      "t.toml:2:6: config key 'train.lr': expected a float > 0, got -1");
 }
 
 TEST(ConfigLoader, BadChoiceListsChoices) {
-  const std::string msg = config_error([] { parse_config("[train]\nloss = \"dpo\"\n", "t.toml"); });
-  EXPECT_CONTAINS(msg,
-                  "config key 'train.loss': expected one of \"sft\", \"spin\", \"npo\", got "
-                  "\"dpo\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[train]\nloss = \"dpo\"\n", "t.toml"); },
+      "config key 'train.loss': expected one of \"sft\", \"spin\", \"npo\", got \"dpo\"");
 }
 
 TEST(ConfigLoader, BadRangesAreRejected) {
-  EXPECT_CONTAINS(config_error([] { parse_config("[sample]\ntop_p = 0\n", "t"); }),
-                  "'sample.top_p': expected a float in (0, 1], got 0");
-  EXPECT_CONTAINS(config_error([] { parse_config("[demo]\nnoise_rate = 1.5\n", "t"); }),
-                  "'demo.noise_rate': expected a float in [0, 1], got 1.5");
-  EXPECT_CONTAINS(config_error([] { parse_config("[model]\nhidden_size = 0\n", "t"); }),
-                  "'model.hidden_size': expected an integer >= 1, got 0");
-  EXPECT_CONTAINS(config_error([] { parse_config("[loss]\nbeta = nan\n", "t"); }),
-                  "'loss.beta': expected a float > 0, got nan");
-  EXPECT_CONTAINS(config_error([] { parse_config("[run]\nseed = -1\n", "t"); }),
-                  "'run.seed': expected a non-negative integer, got -1");
-  EXPECT_CONTAINS(config_error([] { parse_config("[run]\nthreads = 3000000000\n", "t"); }),
-                  "'run.threads'");
-  EXPECT_CONTAINS(config_error([] { parse_config("[chat]\nprompt_template = \"x\"\n", "t"); }),
-                  "'chat.prompt_template': expected a non-empty string containing \"{prompt}\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[sample]\ntop_p = 0\n", "t"); },
+      "'sample.top_p': expected a float in (0, 1], got 0");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[demo]\nnoise_rate = 1.5\n", "t"); },
+      "'demo.noise_rate': expected a float in [0, 1], got 1.5");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[model]\nhidden_size = 0\n", "t"); },
+      "'model.hidden_size': expected an integer >= 1, got 0");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[loss]\nbeta = nan\n", "t"); },
+      "'loss.beta': expected a float > 0, got nan");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[run]\nseed = -1\n", "t"); },
+      "'run.seed': expected a non-negative integer, got -1");
+  EXPECT_ERROR(
+      ConfigError, [] { parse_config("[run]\nthreads = 3000000000\n", "t"); }, "'run.threads'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[chat]\nprompt_template = \"x\"\n", "t"); },
+      "'chat.prompt_template': expected a non-empty string containing \"{prompt}\"");
 }
 
 TEST(ConfigLoader, BadArrayElementNamesIndex) {
-  const std::string msg =
-      config_error([] { parse_config("[demo]\ntasks = [\"add\", \"mul\"]\n", "t.toml"); });
-  EXPECT_CONTAINS(msg,
-                  "t.toml:2:17: config key 'demo.tasks[1]': expected one of \"add\", "
-                  "\"reverse\", \"sort\", got \"mul\"");
-  EXPECT_CONTAINS(config_error([] { parse_config("[demo]\ntasks = []\n", "t.toml"); }),
-                  "'demo.tasks': expected a non-empty array of strings");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[demo]\ntasks = [\"add\", \"mul\"]\n", "t.toml"); },
+      "t.toml:2:17: config key 'demo.tasks[1]': expected one of \"add\", "
+      "\"reverse\", \"sort\", got \"mul\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[demo]\ntasks = []\n", "t.toml"); },
+      "'demo.tasks': expected a non-empty array of strings");
 }
 
 TEST(ConfigLoader, InvalidTomlNamesPosition) {
-  const std::string msg = config_error([] { parse_config("[train]\nlr = = 1\n", "t.toml"); });
-  EXPECT_CONTAINS(msg, "t.toml:2:");
-  EXPECT_CONTAINS(msg, "invalid TOML");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[train]\nlr = = 1\n", "t.toml"); },
+      "t.toml:2:",
+      "invalid TOML");
 }
 
 TEST(ConfigLoader, UnnamedSourceStillGivesLineAndColumn) {
-  EXPECT_CONTAINS(config_error([] { parse_config("[train]\nlr = 0\n", ""); }),
-                  "<toml>:2:6: config key 'train.lr'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { parse_config("[train]\nlr = 0\n", ""); },
+      "<toml>:2:6: config key 'train.lr'");
 }
 
 TEST(ConfigLoader, MissingFileNamesPath) {
   const std::string path = ::testing::TempDir() + "no_such_config.toml";
-  const std::string msg = config_error([&] { load_config(path); });
-  EXPECT_CONTAINS(msg, "cannot read config file '" + path + "': no such file");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { load_config(path); },
+      "cannot read config file '" + path + "': no such file");
 }
 
 // --- overrides ---
@@ -403,12 +422,14 @@ TEST(ConfigLoader, OverrideWinsAndIsTypeChecked) {
   EXPECT_EQ(c.model.init_from, "");
   EXPECT_EQ(c.chat.prompt_template, "Q: {prompt} A:");
 
-  const std::string msg = config_error([&] { load_config(path, {"train.lr=abc"}); });
-  EXPECT_CONTAINS(msg,
-                  "--set train.lr=abc: config key 'train.lr': expected a float > 0, got string "
-                  "\"abc\"");
-  EXPECT_CONTAINS(config_error([&] { load_config(path, {"train.batch_size=2.5"}); }),
-                  "--set train.batch_size=2.5: config key 'train.batch_size'");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { load_config(path, {"train.lr=abc"}); },
+      "--set train.lr=abc: config key 'train.lr': expected a float > 0, got string \"abc\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { load_config(path, {"train.batch_size=2.5"}); },
+      "--set train.batch_size=2.5: config key 'train.batch_size'");
 }
 
 TEST(ConfigLoader, LaterOverrideWinsAndTablesMerge) {
@@ -429,20 +450,30 @@ TEST(ConfigLoader, OverridesApplyToDefaults) {
 }
 
 TEST(ConfigLoader, BadOverrideNamesOverride) {
-  EXPECT_CONTAINS(config_error([] { load_config("", {"train.lrr=1"}); }),
-                  "--set train.lrr=1: unknown config key 'train.lrr'");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"trian.lr=1"}); }),
-                  "--set trian.lr=1: unknown config key 'trian'");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"run.name=123"}); }),
-                  "got integer 123; hint: quote the string past the shell: --set "
-                  "'run.name=\"123\"'");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"train.lr"}); }),
-                  "--set train.lr: expected KEY=VALUE");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"=3"}); }), "--set =3: expected KEY=VALUE");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"train lr=3"}); }),
-                  "--set train lr=3: invalid key 'train lr'");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"train.lr.x=3"}); }),
-                  "--set train.lr.x=3: config key 'train.lr': expected a float > 0, got a table");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"train.lrr=1"}); },
+      "--set train.lrr=1: unknown config key 'train.lrr'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"trian.lr=1"}); },
+      "--set trian.lr=1: unknown config key 'trian'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"run.name=123"}); },
+      "got integer 123; hint: quote the string past the shell: --set 'run.name=\"123\"'");
+  EXPECT_ERROR(
+      ConfigError, [] { load_config("", {"train.lr"}); }, "--set train.lr: expected KEY=VALUE");
+  EXPECT_ERROR(
+      ConfigError, [] { load_config("", {"=3"}); }, "--set =3: expected KEY=VALUE");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"train lr=3"}); },
+      "--set train lr=3: invalid key 'train lr'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"train.lr.x=3"}); },
+      "--set train.lr.x=3: config key 'train.lr': expected a float > 0, got a table");
 }
 
 // --- to_toml ---
@@ -483,7 +514,8 @@ TEST(ConfigLoader, ToTomlRoundTripsDefaults) {
 TEST(ConfigLoader, ToTomlRejectsSeedBeyondTomlIntegers) {
   RunConfig c;
   c.run.seed = ~std::uint64_t{0};
-  EXPECT_CONTAINS(config_error([&] { to_toml(c); }), "config key 'run.seed'");
+  EXPECT_ERROR(
+      ConfigError, [&] { to_toml(c); }, "config key 'run.seed'");
 }
 
 // --- validate ---
@@ -496,21 +528,25 @@ TEST(ConfigValidate, BatchRuleNamesEveryFactor) {
   RunConfig c;
   c.train.batch_size = 64;
   c.train.micro_batch_size = 48;
-  const std::string msg = config_error([&] { validate(c, 2); });
-  EXPECT_CONTAINS(msg, "train.batch_size (64)");
-  EXPECT_CONTAINS(msg, "train.micro_batch_size (48)");
-  EXPECT_CONTAINS(msg, "world_size (2)");
-  EXPECT_CONTAINS(msg, "grad_accum");
-  EXPECT_CONTAINS(msg, "hint: set train.batch_size to 96");
-  EXPECT_CONTAINS(msg, "train.micro_batch_size to 32 (grad_accum 1)");
-  EXPECT_CONTAINS(config_error([&] { grad_accum_steps(c.train, 2); }), "world_size (2)");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c, 2); },
+      "train.batch_size (64)",
+      "train.micro_batch_size (48)",
+      "world_size (2)",
+      "grad_accum",
+      "hint: set train.batch_size to 96",
+      "train.micro_batch_size to 32 (grad_accum 1)");
+  EXPECT_ERROR(
+      ConfigError, [&] { grad_accum_steps(c.train, 2); }, "world_size (2)");
 
   c.train.batch_size = 128;
   c.train.micro_batch_size = 16;
   EXPECT_NO_THROW(validate(c, 2));
   EXPECT_EQ(grad_accum_steps(c.train, 2), 4);
   EXPECT_EQ(grad_accum_steps(c.train, 8), 1);
-  EXPECT_CONTAINS(config_error([&] { grad_accum_steps(c.train, 16); }), "world_size (16)");
+  EXPECT_ERROR(
+      ConfigError, [&] { grad_accum_steps(c.train, 16); }, "world_size (16)");
 }
 
 TEST(ConfigValidate, JudgeConcurrencyIsJobWide) {
@@ -520,8 +556,10 @@ TEST(ConfigValidate, JudgeConcurrencyIsJobWide) {
   c.train.batch_size = 64;
   c.train.micro_batch_size = 16;
   EXPECT_NO_THROW(validate(c, 2));
-  EXPECT_CONTAINS(config_error([&] { validate(c, 4); }),
-                  "judge.concurrency (2) is job-wide and must be >= world_size (4)");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c, 4); },
+      "judge.concurrency (2) is job-wide and must be >= world_size (4)");
   c.judge.backend = "rule";
   EXPECT_NO_THROW(validate(c, 4));
 }
@@ -529,20 +567,25 @@ TEST(ConfigValidate, JudgeConcurrencyIsJobWide) {
 TEST(ConfigValidate, BackendAndReduceDtypeMatchTheDevice) {
   RunConfig c;
   c.dist.backend = "nccl";
-  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }),
-                  "dist.backend = \"nccl\" cannot move run.device = \"cpu\" tensors");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c, 1); },
+      "dist.backend = \"nccl\" cannot move run.device = \"cpu\" tensors");
   c.run.device = "cuda";
   EXPECT_NO_THROW(validate(c, 1));
   c.dist.backend = "gloo";
-  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }), "expected \"nccl\" or \"auto\"");
+  EXPECT_ERROR(
+      ConfigError, [&] { validate(c, 1); }, "expected \"nccl\" or \"auto\"");
   c.dist.backend = "auto";
   c.dist.reduce_dtype = "bf16";
   EXPECT_NO_THROW(validate(c, 1));
   c.run.device = "cpu";
-  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }),
-                  "dist.reduce_dtype = \"bf16\" needs run.device = \"cuda\"");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"dist.reduce_dtype=\"fp16\""}); }),
-                  "dist.reduce_dtype");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c, 1); },
+      "dist.reduce_dtype = \"bf16\" needs run.device = \"cuda\"");
+  EXPECT_ERROR(
+      ConfigError, [] { load_config("", {"dist.reduce_dtype=\"fp16\""}); }, "dist.reduce_dtype");
 }
 
 TEST(ConfigValidate, Bf16GenerationNeedsTheWholePolicy) {
@@ -550,11 +593,14 @@ TEST(ConfigValidate, Bf16GenerationNeedsTheWholePolicy) {
   c.sample.dtype = "bf16";
   EXPECT_NO_THROW(validate(c, 1));
   c.selfplay.generation = "per_layer";
-  EXPECT_CONTAINS(config_error([&] { validate(c, 1); }),
-                  "sample.dtype = \"bf16\" needs selfplay.generation = \"whole\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c, 1); },
+      "sample.dtype = \"bf16\" needs selfplay.generation = \"whole\"");
   c.sample.dtype = "fp32";
   EXPECT_NO_THROW(validate(c, 1));
-  EXPECT_CONTAINS(config_error([] { load_config("", {"sample.dtype=\"fp16\""}); }), "sample.dtype");
+  EXPECT_ERROR(
+      ConfigError, [] { load_config("", {"sample.dtype=\"fp16\""}); }, "sample.dtype");
 }
 
 TEST(ConfigValidate, ListsEveryProblem) {
@@ -564,33 +610,42 @@ TEST(ConfigValidate, ListsEveryProblem) {
   c.data.max_prompt_length = c.data.max_length;
   c.tokenizer.kind = "sentencepiece";
   c.demo.tasks = {"add", "add"};
-  const std::string msg = config_error([&] { validate(c); });
-  EXPECT_CONTAINS(msg, "5 problems");
-  EXPECT_CONTAINS(msg,
-                  "model.hidden_size (130) must be divisible by model.num_attention_heads (4)");
-  EXPECT_CONTAINS(
-      msg, "model.num_attention_heads (4) must be divisible by model.num_key_value_heads (3)");
-  EXPECT_CONTAINS(msg, "data.max_prompt_length (1024) must be < data.max_length (1024)");
-  EXPECT_CONTAINS(msg, "tokenizer.path");
-  EXPECT_CONTAINS(msg, "demo.tasks lists \"add\" twice");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c); },
+      "5 problems",
+      "model.hidden_size (130) must be divisible by model.num_attention_heads (4)",
+      "model.num_attention_heads (4) must be divisible by model.num_key_value_heads (3)",
+      "data.max_prompt_length (1024) must be < data.max_length (1024)",
+      "tokenizer.path",
+      "demo.tasks lists \"add\" twice");
 }
 
 TEST(ConfigLoader, JudgeKeysAreChecked) {
-  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.backend=\"grpc\""}); }),
-                  "config key 'judge.backend': expected one of \"rule\", \"http\"");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.failure_policy=\"retry\""}); }),
-                  "config key 'judge.failure_policy'");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.imperfection=1.5"}); }),
-                  "config key 'judge.imperfection'");
-  EXPECT_CONTAINS(config_error([] { load_config("", {"judge.concurrency=0"}); }),
-                  "config key 'judge.concurrency'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"judge.backend=\"grpc\""}); },
+      "config key 'judge.backend': expected one of \"rule\", \"http\"");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"judge.failure_policy=\"retry\""}); },
+      "config key 'judge.failure_policy'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"judge.imperfection=1.5"}); },
+      "config key 'judge.imperfection'");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"judge.concurrency=0"}); },
+      "config key 'judge.concurrency'");
   EXPECT_EQ(load_config("", {"judge.template=\"t.txt\""}).judge.prompt_template, "t.txt");
 }
 
 TEST(ConfigValidate, OddHeadDimIsRejected) {
   RunConfig c;
   c.model.hidden_size = 20;  // head_dim 5
-  EXPECT_CONTAINS(config_error([&] { validate(c); }), "= 5 must be even");
+  EXPECT_ERROR(
+      ConfigError, [&] { validate(c); }, "= 5 must be even");
 }
 
 TEST(ConfigValidate, RepeatsSingleKeyRulesForConfigsBuiltInCode) {
@@ -598,10 +653,12 @@ TEST(ConfigValidate, RepeatsSingleKeyRulesForConfigsBuiltInCode) {
   c.train.lr = -1;
   c.train.loss = "dpo";
   c.demo.tasks = {"add", "mul"};
-  const std::string msg = config_error([&] { validate(c); });
-  EXPECT_CONTAINS(msg, "config key 'train.lr': expected a float > 0, got -1.0");
-  EXPECT_CONTAINS(msg, "config key 'train.loss': expected one of \"sft\", \"spin\", \"npo\"");
-  EXPECT_CONTAINS(msg, "config key 'demo.tasks[1]'");
+  EXPECT_ERROR(
+      ConfigError,
+      [&] { validate(c); },
+      "config key 'train.lr': expected a float > 0, got -1.0",
+      "config key 'train.loss': expected one of \"sft\", \"spin\", \"npo\"",
+      "config key 'demo.tasks[1]'");
 }
 
 // --- configs/demo.toml ---
