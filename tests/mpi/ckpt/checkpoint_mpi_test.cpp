@@ -12,6 +12,7 @@
 #include "dnpo/ckpt/checkpoint.h"
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
+#include "expect_error.h"
 #include "mpi_test_main.h"
 
 namespace dnpo::ckpt {
@@ -42,16 +43,6 @@ std::string test_dir() {
 /// The file every world size reads: written by CrossWorld.SaveAtNp2 (the np 2 run).
 std::string cross_world_path() {
   return (fs::path(DNPO_BINARY_DIR) / "tests" / "ckpt_cross_world" / "np2.h5").string();
-}
-
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const CheckpointError& e) {
-    return e.what();
-  }
-  return {};
 }
 
 /// Rank r's part when n elements are cut at n·r²/w² (uneven: rank 0 holds least).
@@ -137,12 +128,12 @@ TEST(Faults, FlippedByteFailsOnEveryRankNamingTensorChunkAndFile) {
   }
   test::mpi().barrier();
   // Every rank throws, also those whose slices miss the damaged chunk.
-  for (const auto& msg : {error_of([&] { (void)load(path); }), error_of([&] { verify(path); })}) {
-    EXPECT_NE(msg.find("checkpoint " + path +
-                       ", tensor big.exact_chunks: checksum mismatch in "
-                       "chunk 1 (elements [1048576, 2097152))"),
-              std::string::npos)
-        << msg;
+  for (const auto& msg : {test::error_of<CheckpointError>([&] { (void)load(path); }),
+                          test::error_of<CheckpointError>([&] { verify(path); })}) {
+    EXPECT_CONTAINS(msg,
+                    "checkpoint " + path +
+                        ", tensor big.exact_chunks: checksum mismatch in chunk 1 (elements "
+                        "[1048576, 2097152))");
   }
 }
 
@@ -153,9 +144,11 @@ TEST(Faults, TruncatedFileFailsOnEveryRankNamingFile) {
     fs::resize_file(path, fs::file_size(path) - 1000);
   }
   test::mpi().barrier();
-  const std::string msg = error_of([&] { (void)load(path); });
-  EXPECT_NE(msg.find("checkpoint " + path + ": cannot open"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("truncated file"), std::string::npos) << msg;
+  EXPECT_ERROR(
+      CheckpointError,
+      [&] { (void)load(path); },
+      "checkpoint " + path + ": cannot open",
+      "truncated file");
 }
 
 TEST(Faults, ShapeMismatchFailsOnEveryRankNamingBothShapes) {
@@ -164,11 +157,10 @@ TEST(Faults, ShapeMismatchFailsOnEveryRankNamingBothShapes) {
   StateDict wanted;
   const auto range = even_slice(std::int64_t{32} * 64, rank(), world());
   wanted.add_request("model.layers.3.q_proj.weight", {32, 64}, range.offset, range.numel);
-  const std::string msg = error_of([&] { load_into(path, wanted); });
-  EXPECT_NE(msg.find("tensor model.layers.3.q_proj.weight: shape mismatch: file has [64, 64], "
-                     "expected [32, 64]"),
-            std::string::npos)
-      << msg;
+  EXPECT_ERROR(
+      CheckpointError,
+      [&] { load_into(path, wanted); },
+      "tensor model.layers.3.q_proj.weight: shape mismatch: file has [64, 64], expected [32, 64]");
 }
 
 TEST(Faults, RanksThatDisagreeAllFail) {
@@ -179,20 +171,21 @@ TEST(Faults, RanksThatDisagreeAllFail) {
   // Overlapping slices: every rank holds the whole tensor.
   StateDict overlap;
   overlap.add("w", {10}, 0, at::zeros({10}));
-  EXPECT_NE(error_of([&] { save(path, overlap); }).find("w: the ranks' slices do not tile it"),
-            std::string::npos);
+  EXPECT_ERROR(
+      CheckpointError, [&] { save(path, overlap); }, "w: the ranks' slices do not tile it");
   // Different tensor lists.
   StateDict mine;
   mine.add("w", {10}, 0, rank() == 0 ? at::zeros({10}) : at::Tensor());
   if (rank() == 1) {
     mine.add("extra", {1}, 0, at::zeros({1}));
   }
-  const std::string msg = error_of([&] { save(path, mine); });
-  EXPECT_NE(msg.find("ranks disagree on the tensor list at entry 1"), std::string::npos) << msg;
+  EXPECT_ERROR(
+      CheckpointError, [&] { save(path, mine); }, "ranks disagree on the tensor list at entry 1");
   // A bad slice on one rank only.
   StateDict bad;
   bad.add("w", {10}, rank() == 1 ? 8 : 0, rank() <= 1 ? at::zeros({5}) : at::Tensor());
-  EXPECT_NE(error_of([&] { save(path, bad); }).find("lies outside"), std::string::npos);
+  EXPECT_ERROR(
+      CheckpointError, [&] { save(path, bad); }, "lies outside");
   test::mpi().barrier();
   EXPECT_FALSE(fs::exists(path));
 }
@@ -211,9 +204,11 @@ TEST(Directory, CrashBeforeRenameLeavesPreviousCheckpointAndLatest) {
   const auto state = test::ckpt_demo_state(rank(), world());
   commit_checkpoint(dir, checkpoint_name(10), state);
   ::setenv(env::kTestCkptFail, "before_rename", 1);
-  const std::string msg = error_of([&] { commit_checkpoint(dir, checkpoint_name(20), state); });
+  EXPECT_ERROR(
+      CheckpointError,
+      [&] { commit_checkpoint(dir, checkpoint_name(20), state); },
+      "simulated crash before the rename");
   ::unsetenv(env::kTestCkptFail);
-  EXPECT_NE(msg.find("simulated crash before the rename"), std::string::npos) << msg;
   test::mpi().barrier();
   EXPECT_TRUE(fs::exists(checkpoint_path(dir, checkpoint_name(20)) + ".tmp"));
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(20))));
@@ -243,6 +238,8 @@ class SmallDisk {
   }
   SmallDisk(const SmallDisk&) = delete;
   SmallDisk& operator=(const SmallDisk&) = delete;
+  SmallDisk(SmallDisk&&) = delete;
+  SmallDisk& operator=(SmallDisk&&) = delete;
   bool mounted() const {
     return mounted_;
   }
@@ -271,12 +268,12 @@ TEST(Directory, AFullDiskLeavesPreviousCheckpointAndLatest) {
   }
   commit_checkpoint(dir, checkpoint_name(1), state);
   // The check for room refuses before anything is written.
-  const std::string before = error_of([&] { commit_checkpoint(dir, checkpoint_name(2), state); });
-  EXPECT_NE(before.find("checkpoint " + checkpoint_path(dir, checkpoint_name(2)) +
-                        ": the disk is full: " + dir + " has "),
-            std::string::npos)
-      << before;
-  EXPECT_NE(before.find("nothing is written"), std::string::npos) << before;
+  EXPECT_ERROR(
+      CheckpointError,
+      [&] { commit_checkpoint(dir, checkpoint_name(2), state); },
+      "checkpoint " + checkpoint_path(dir, checkpoint_name(2)) + ": the disk is full: " + dir +
+          " has ",
+      "nothing is written");
   test::mpi().barrier();
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(2)) + ".tmp"));
   EXPECT_EQ(read_latest(dir), checkpoint_name(1));
@@ -289,13 +286,13 @@ TEST(Directory, AFullDiskLeavesPreviousCheckpointAndLatest) {
   // The disk fills up during the write (as if another process took the room after the check):
   // the write fails, the partial file is deleted, and HDF5 lets go of it.
   ::setenv(env::kTestCkptFail, "no_space_check", 1);
-  const std::string partway = error_of([&] { commit_checkpoint(dir, checkpoint_name(3), state); });
+  EXPECT_ERROR(
+      CheckpointError,
+      [&] { commit_checkpoint(dir, checkpoint_name(3), state); },
+      "checkpoint " + checkpoint_path(dir, checkpoint_name(3)) +
+          ": writing it failed: the disk is full: " + dir + " has ",
+      "the partial file is deleted");
   ::unsetenv(env::kTestCkptFail);
-  EXPECT_NE(partway.find("checkpoint " + checkpoint_path(dir, checkpoint_name(3)) +
-                         ": writing it failed: the disk is full: " + dir + " has "),
-            std::string::npos)
-      << partway;
-  EXPECT_NE(partway.find("the partial file is deleted"), std::string::npos) << partway;
   test::mpi().barrier();
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(3)) + ".tmp"));
   EXPECT_FALSE(fs::exists(checkpoint_path(dir, checkpoint_name(3))));

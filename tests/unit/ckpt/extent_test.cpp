@@ -8,22 +8,12 @@
 #include <gtest/gtest.h>
 
 #include "dnpo/common/error.h"
+#include "expect_error.h"
 
 namespace dnpo::ckpt::extent {
 namespace {
 
 constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
-
-std::string error_of(const std::vector<std::uint64_t>& dims,
-                     std::int64_t elem_bytes,
-                     std::uint64_t file_bytes) {
-  try {
-    checked_shape(dims, elem_bytes, file_bytes, "checkpoint a.h5, tensor w");
-  } catch (const CheckpointError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Extent, ShapesThatFitTheFileAreAccepted) {
   EXPECT_EQ(checked_shape({64, 32}, 4, kMiB, "w"), (std::vector<std::int64_t>{64, 32}));
@@ -46,13 +36,18 @@ TEST(Extent, OverflowsAndDataBeyondTheFileAreDamage) {
            {std::uint64_t{1} << 32, std::uint64_t{1} << 32},  // wraps to 0 in 64 bits
            {max},
            {0, max}}) {  // empty, but an extent that is not an int64
-    const auto msg = error_of(dims, 4, kMiB);
-    EXPECT_NE(msg.find("checkpoint a.h5, tensor w: dataset extents ["), std::string::npos) << msg;
-    EXPECT_NE(msg.find("do not fit in the file's 1048576 bytes; the file is damaged"),
-              std::string::npos)
-        << msg;
+    SCOPED_TRACE(::testing::PrintToString(dims));
+    EXPECT_ERROR(
+        CheckpointError,
+        [&] { checked_shape(dims, 4, kMiB, "checkpoint a.h5, tensor w"); },
+        "checkpoint a.h5, tensor w: dataset extents [",
+        "do not fit in the file's 1048576 bytes; the file is damaged");
   }
-  EXPECT_NE(error_of({4}, 0, kMiB), "");  // elements of no size
+  // elements of no size
+  EXPECT_ERROR(
+      CheckpointError,
+      [] { checked_shape({4}, 0, kMiB, "checkpoint a.h5, tensor w"); },
+      "checkpoint a.h5, tensor w: dataset extents [4] of 0-byte elements");
 }
 
 TEST(Extent, ChecksumsMustCoverEveryChunk) {
@@ -63,15 +58,12 @@ TEST(Extent, ChecksumsMustCoverEveryChunk) {
   EXPECT_EQ(chunk_count(max, max), 1);  // (numel + chunk - 1) would overflow
   EXPECT_EQ(chunk_count(max - 1, max), 1);
   EXPECT_NO_THROW(check_checksums({3, 5}, {4}, 4, "w"));
-  try {
-    check_checksums({3, 5}, {3}, 4, "checkpoint a.h5, tensor w");
-    FAIL() << "a checksum short";
-  } catch (const CheckpointError& e) {
-    EXPECT_NE(std::string(e.what()).find(
-                  "checkpoint a.h5, tensor w: checksum dataset has shape [3]; expected [4]"),
-              std::string::npos)
-        << e.what();
-  }
+  EXPECT_ERROR(
+      CheckpointError,
+      [] {
+        check_checksums({3, 5}, {3}, 4, "checkpoint a.h5, tensor w");
+      },
+      "checkpoint a.h5, tensor w: checksum dataset has shape [3]; expected [4]");
   EXPECT_THROW(check_checksums({3, 5}, {4, 1}, 4, "w"), CheckpointError);
   EXPECT_THROW(check_checksums({3, 5}, {4}, 0, "w"), CheckpointError);
 }
