@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "dnpo/common/error.h"
+#include "expect_error.h"
 
 namespace dnpo::data {
 namespace {
@@ -65,12 +66,8 @@ TEST(ChatTemplate, TemplateWithoutPromptIsConfigError) {
   const ByteTokenizer tok;
   config::ChatConfig cfg;
   cfg.prompt_template = "<|user|>\n{eos}";
-  try {
-    ChatTemplate chat(cfg, tok);
-    FAIL() << "template without {prompt} accepted";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("chat.prompt_template"), std::string::npos) << e.what();
-  }
+  EXPECT_ERROR(
+      ConfigError, [&] { ChatTemplate chat(cfg, tok); }, "chat.prompt_template");
   cfg.prompt_template = "{prompt}{prompt}";
   EXPECT_THROW(ChatTemplate(cfg, tok), ConfigError);
 }

@@ -10,20 +10,16 @@
 #include <nlohmann/json.hpp>
 
 #include "dnpo/common/error.h"
+#include "expect_error.h"
 
 namespace dnpo::data {
 namespace {
 
-std::string error_reading(const std::string& text, const char* schema = nullptr) {
+/// for_each_jsonl over `text` as x.jsonl, visiting nothing.
+void read_text(const std::string& text, const char* schema = nullptr) {
   std::istringstream in(text);
-  try {
-    for_each_jsonl(
-        in, "x.jsonl", [](const nlohmann::json&, const JsonlLine&) {}, schema);
-  } catch (const DataError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a DataError";
-  return "";
+  for_each_jsonl(
+      in, "x.jsonl", [](const nlohmann::json&, const JsonlLine&) {}, schema);
 }
 
 TEST(JsonlReader, VisitsObjectsWithTheirLineNumbers) {
@@ -37,39 +33,33 @@ TEST(JsonlReader, VisitsObjectsWithTheirLineNumbers) {
 }
 
 TEST(JsonlReader, ErrorsNameThePathAndTheLine) {
-  const auto bad_json = error_reading("{\"a\": 1}\n{nope\n");
-  EXPECT_NE(bad_json.find("x.jsonl:2: invalid JSON"), std::string::npos) << bad_json;
-  const auto not_object = error_reading("\n[1, 2]\n", "{\"a\": int}");
-  EXPECT_NE(not_object.find("x.jsonl:2: expected a JSON object, got array; expected {\"a\": int}"),
-            std::string::npos)
-      << not_object;
+  EXPECT_ERROR(
+      DataError, [] { read_text("{\"a\": 1}\n{nope\n"); }, "x.jsonl:2: invalid JSON");
+  EXPECT_ERROR(
+      DataError,
+      [] { read_text("\n[1, 2]\n", "{\"a\": int}"); },
+      "x.jsonl:2: expected a JSON object, got array; expected {\"a\": int}");
 }
 
 TEST(JsonlReader, TheVisitorsOwnErrorsCarryTheLine) {
   std::istringstream in("{\"a\": 1}\n{\"b\": 1}\n");
-  try {
+  const auto read = [&] {
     for_each_jsonl(in, "y.jsonl", [](const nlohmann::json& object, const JsonlLine& line) {
       if (!object.contains("a")) {
         fail_jsonl_line(line, "missing field \"a\"", "{\"a\": int}");
       }
     });
-    ADD_FAILURE() << "expected a DataError";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find("y.jsonl:2: missing field \"a\"; expected {\"a\": int}"),
-              std::string::npos)
-        << e.what();
-  }
+  };
+  EXPECT_ERROR(DataError, read, "y.jsonl:2: missing field \"a\"; expected {\"a\": int}");
 }
 
 TEST(JsonlReader, AFileThatCannotBeOpenedIsNamed) {
-  try {
-    for_each_jsonl_file("/nonexistent/z.jsonl", [](const nlohmann::json&, const JsonlLine&) {});
-    ADD_FAILURE() << "expected a DataError";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find("cannot open JSONL file '/nonexistent/z.jsonl'"),
-              std::string::npos)
-        << e.what();
-  }
+  EXPECT_ERROR(
+      DataError,
+      [] {
+        for_each_jsonl_file("/nonexistent/z.jsonl", [](const nlohmann::json&, const JsonlLine&) {});
+      },
+      "cannot open JSONL file '/nonexistent/z.jsonl'");
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "dnpo/common/error.h"
+#include "expect_error.h"
 
 namespace dnpo::data {
 namespace {
@@ -30,17 +31,6 @@ class JsonlTest : public ::testing::Test {
     std::string path = (dir_ / name).string();
     std::ofstream(path) << text;
     return path;
-  }
-  /// The DataError message of read_prompts_jsonl on `text` (fails the test if none).
-  std::string prompt_error(const std::string& text) {
-    const std::string path = write_file("bad.jsonl", text);
-    try {
-      read_prompts_jsonl(path);
-    } catch (const DataError& e) {
-      return e.what();
-    }
-    ADD_FAILURE() << "no DataError for: " << text;
-    return "";
   }
   fs::path dir_;
 };
@@ -105,10 +95,12 @@ TEST_F(JsonlTest, MalformedLinesNameFileAndLine) {
     std::string text = good;
     text += "\n" + c.line + "\n";
     text += good;
-    const std::string msg = prompt_error(text);
+    SCOPED_TRACE(c.line);
+    write_file("bad.jsonl", text);
+    const std::string msg = test::error_of<DataError>([&] { read_prompts_jsonl(path); });
     EXPECT_EQ(msg.rfind(path + ":3: ", 0), 0U) << msg;
-    EXPECT_NE(msg.find(c.what), std::string::npos) << msg;
-    EXPECT_NE(msg.find("expected {\"id\""), std::string::npos) << "schema missing: " << msg;
+    EXPECT_CONTAINS(msg, c.what);
+    EXPECT_CONTAINS(msg, "expected {\"id\"");  // the schema
   }
 }
 
@@ -127,21 +119,21 @@ TEST_F(JsonlTest, InMemoryReadersEqualTheFileReaders) {
     EXPECT_EQ(from_text[i].prompt, from_file[i].prompt);
     EXPECT_EQ(from_text[i].answer, from_file[i].answer);
   }
-  const auto pairs = parse_pairs_jsonl(
-      "{\"id\": \"a\", \"prompt\": \"q\", \"chosen\": \"x\", \"rejected\": \"y\"}", "m");
+  const auto pairs =
+      parse_pairs_jsonl(R"({"id": "a", "prompt": "q", "chosen": "x", "rejected": "y"})", "m");
   ASSERT_EQ(pairs.size(), 1U);
   EXPECT_EQ(pairs[0].chosen, "x");
   const auto choices = parse_choices_jsonl(
-      "{\"id\": 1, \"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"B\"}", "m");
+      R"({"id": 1, "question": "q", "choices": ["a", "b"], "answer": "B"})", "m");
   ASSERT_EQ(choices.size(), 1U);
   EXPECT_EQ(choices[0].label, 1);
-  try {
-    parse_prompts_jsonl("{\"id\": 1, \"prompt\": \"ok\", \"answer\": \"a\"}\n{\"id\": 2",
-                        "inline.jsonl");
-    FAIL() << "a truncated line must be rejected";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find("inline.jsonl:2:"), std::string::npos) << e.what();
-  }
+  EXPECT_ERROR(
+      DataError,
+      [] {
+        parse_prompts_jsonl("{\"id\": 1, \"prompt\": \"ok\", \"answer\": \"a\"}\n{\"id\": 2",
+                            "inline.jsonl");
+      },
+      "inline.jsonl:2:");
 }
 
 // Found by fuzz_jsonl: a number too large for a double escaped as nlohmann's out_of_range,
@@ -151,23 +143,14 @@ TEST_F(JsonlTest, NumberOverflowNamesFileAndLine) {
       write_file("big.jsonl",
                  "{\"id\": 1, \"prompt\": \"p\", \"answer\": \"a\"}\n"
                  "{\"id\": 2, \"prompt\": \"p\", \"answer\": \"a\", \"x\": 905e8888888}\n");
-  try {
-    read_prompts_jsonl(path);
-    FAIL() << "expected a DataError";
-  } catch (const DataError& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("big.jsonl:2: invalid JSON"), std::string::npos) << what;
-  }
+  EXPECT_ERROR(
+      DataError, [&] { read_prompts_jsonl(path); }, "big.jsonl:2: invalid JSON");
 }
 
 TEST_F(JsonlTest, MissingFileNamesPath) {
   const std::string path = (dir_ / "absent.jsonl").string();
-  try {
-    read_prompts_jsonl(path);
-    FAIL() << "missing file accepted";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
-  }
+  EXPECT_ERROR(
+      DataError, [&] { read_prompts_jsonl(path); }, path);
   EXPECT_THROW(read_pairs_jsonl(path), DataError);
   EXPECT_THROW(read_prompts_jsonl(dir_.string()), DataError);
 }
@@ -227,14 +210,9 @@ TEST_F(JsonlTest, PairsRoundTripAndHfForm) {
                                      "\"rejected\": \"y\"}\n\n"
                                      "{\"id\": \"b\", \"prompt\": \"q\", \"chosen\": \"x\", "
                                      "\"rejected\": \"y\", \"score_chosen\": \"high\"}\n");
-  try {
-    read_pairs_jsonl(bad);
-    FAIL() << "string score accepted";
-  } catch (const DataError& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.rfind(bad + ":3: ", 0), 0U) << msg;
-    EXPECT_NE(msg.find("score_chosen"), std::string::npos) << msg;
-  }
+  const std::string msg = test::error_of<DataError>([&] { read_pairs_jsonl(bad); });
+  EXPECT_EQ(msg.rfind(bad + ":3: ", 0), 0U) << msg;
+  EXPECT_CONTAINS(msg, "score_chosen");
 }
 
 }  // namespace

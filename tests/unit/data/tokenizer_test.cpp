@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "dnpo/common/error.h"
+#include "expect_error.h"
 
 namespace dnpo::data {
 namespace {
@@ -77,12 +78,8 @@ TEST(MakeTokenizer, ByteAndErrors) {
   config::TokenizerConfig cfg;
   EXPECT_EQ(make_tokenizer(cfg)->vocab_size(), ByteTokenizer::kVocabSize);
   cfg.kind = "wordpiece";
-  try {
-    make_tokenizer(cfg);
-    FAIL() << "unknown kind accepted";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("tokenizer.kind"), std::string::npos) << e.what();
-  }
+  EXPECT_ERROR(
+      ConfigError, [&] { make_tokenizer(cfg); }, "tokenizer.kind");
   cfg.kind = "sentencepiece";
   EXPECT_THROW(make_tokenizer(cfg), ConfigError);
 }
@@ -92,20 +89,12 @@ TEST(SentencePieceTokenizer, MissingOrInvalidModelNamesPath) {
       fs::path(::testing::TempDir()) / ("dnpo_spm_bad_" + std::to_string(getpid()));
   fs::create_directories(dir);
   const std::string missing = (dir / "nope.model").string();
-  try {
-    SentencePieceTokenizer tok(missing);
-    FAIL() << "missing model accepted";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
-  }
+  EXPECT_ERROR(
+      DataError, [&] { SentencePieceTokenizer tok(missing); }, missing);
   const std::string garbage = (dir / "garbage.model").string();
   std::ofstream(garbage) << "not a sentencepiece model";
-  try {
-    SentencePieceTokenizer tok(garbage);
-    FAIL() << "invalid model accepted";
-  } catch (const DataError& e) {
-    EXPECT_NE(std::string(e.what()).find(garbage), std::string::npos) << e.what();
-  }
+  EXPECT_ERROR(
+      DataError, [&] { SentencePieceTokenizer tok(garbage); }, garbage);
   fs::remove_all(dir);
 }
 
