@@ -8,9 +8,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "../../common/tiny_model.h"
 #include "dnpo/model/noise_head.h"
 #include "dnpo/train/dnpo_loss.h"
+#include "tiny_model.h"
 
 namespace dnpo::train {
 namespace {
