@@ -56,6 +56,107 @@ bool have_gnuplot() {
   return std::system("command -v gnuplot > /dev/null 2>&1") == 0;
 }
 
+// One row per model: held-out accuracy, and generated vs human answers by judge score as shares
+// of the prompts both were scored on.
+void write_iterations_csv(const std::string& reports, const std::string& path) {
+  std::ofstream csv(path);
+  csv << "model,sampled_exact,greedy_exact,sampled_score,win,tie,loss,mean_score_generated,"
+         "mean_score_human\n";
+  std::int64_t model = 0;
+  for (const auto& r : read_lines(reports)) {
+    const auto eval = r.value("eval", Json::object());
+    const double judged =
+        number_or(r, "win", 0) + number_or(r, "tie", 0) + number_or(r, "loss_count", 0);
+    const auto share = [&](const char* key) {
+      return judged > 0 ? fmt::format("{}", number_or(r, key, 0) / judged) : std::string();
+    };
+    const auto value = [](const Json& j, const char* key) {
+      return j.contains(key) ? fmt::format("{}", j.at(key).get<double>()) : std::string();
+    };
+    csv << model++ << "," << value(eval, "sampled_exact") << "," << value(eval, "greedy_exact")
+        << "," << value(eval, "sampled_score") << "," << share("win") << "," << share("tie") << ","
+        << share("loss_count") << "," << value(r, "mean_score_generated") << ","
+        << value(r, "mean_score_human") << "\n";
+  }
+}
+
+// One row per training step of the self-play iterations, numbered across them (SFT's steps left
+// out: they are another loss).
+void write_steps_csv(const std::string& metrics, const std::string& path) {
+  std::ofstream csv(path);
+  csv << "step,iteration,kind,loss,model_loss,noise_loss,reward_accuracy,margin,mean_s\n";
+  std::int64_t step = 0;
+  for (const auto& m : read_lines(metrics)) {
+    const auto kind = m.value("kind", "");
+    if (kind != "spin" && kind != "npo") {
+      continue;
+    }
+    const auto value = [&](const char* key) {
+      return m.contains(key) && m.at(key).is_number() ? fmt::format("{}", m.at(key).get<double>())
+                                                      : std::string();
+    };
+    csv << ++step << "," << m.value("iteration", std::uint64_t{0}) << "," << kind << ","
+        << value("loss") << "," << value("model_loss") << "," << value("noise_loss") << ","
+        << value("reward_accuracy") << "," << value("margin") << "," << value("mean_s") << "\n";
+  }
+}
+
+// The log-prob histograms the loop wrote, one per iteration from 0 (logprobs_iter_<t>).
+std::vector<std::string> logprob_histograms(const std::string& plots) {
+  std::vector<std::string> names;
+  for (std::uint64_t t = 0; fs::exists(fmt::format("{}/logprobs_iter_{}.csv", plots, t)); ++t) {
+    names.push_back(fmt::format("logprobs_iter_{}", t));
+  }
+  return names;
+}
+
+void write_gnuplot_script(const std::string& script,
+                          const std::string& plots,
+                          const std::vector<std::string>& histograms) {
+  std::ofstream gp(script);
+  gp << "set terminal pngcairo size 900,540 noenhanced\n"
+        "set datafile separator ','\n"
+        "set key autotitle columnhead outside bottom center horizontal\n"
+        "set grid\n"
+        "cd '"
+     << plots
+     << "'\n"
+        "set output 'accuracy.png'\n"
+        "set title 'held-out exact accuracy per model (model_0 = SFT)'\n"
+        "set xlabel 'model'; set ylabel 'exact'; set xtics 1\n"
+        "plot 'iterations.csv' using 1:2 with linespoints lw 2, '' using 1:3 with linespoints "
+        "lw 2\n"
+        "set output 'win_tie_loss.png'\n"
+        "set title 'generated vs human answers by judge score (iteration = model - 1)'\n"
+        "set ylabel 'share of prompts'; set yrange [0:1]\n"
+        "plot 'iterations.csv' using ($1-1):5 with linespoints lw 2 title 'win', "
+        "'' using ($1-1):6 with linespoints lw 2 title 'tie', "
+        "'' using ($1-1):7 with linespoints lw 2 title 'loss'\n"
+        "set autoscale y; set xtics autofreq\n"
+        "set output 'losses.png'\n"
+        "set title 'training losses, all iterations in order'\n"
+        "set xlabel 'optimizer step'; set ylabel 'loss'\n"
+        "plot 'steps.csv' using 1:5 with lines lw 2 title 'model loss', "
+        "'' using 1:6 with lines lw 2 title 'noise loss'\n"
+        "set output 'reward.png'\n"
+        "set title 'reward accuracy, margin and mean noise scale s'\n"
+        "set ylabel 'value'\n"
+        "plot 'steps.csv' using 1:7 with lines lw 2 title 'reward accuracy', "
+        "'' using 1:8 with lines lw 2 title 'margin', "
+        "'' using 1:9 with lines lw 2 title 'mean s'\n";
+  for (const auto& name : histograms) {
+    gp << "set output '" << name << ".png'\n"
+       << "set title 'log p(y|x) of the answers of iteration " << name.substr(14)
+       << " under the model it trained (first 1000 prompts)"
+       << "'\n"
+          "set xlabel 'log p(y|x)'; set ylabel 'answers'; set autoscale\n"
+          "plot '"
+       << name << ".csv' using 1:2 with steps lw 2 title 'positive', '' using 1:3 with steps lw 2 "
+       << "title 'negative', '' using 1:4 with steps lw 2 title 'generated'";
+    gp << "\n";
+  }
+}
+
 }  // namespace
 
 std::string selfplay_table(const std::vector<std::string>& run_dirs) {
@@ -157,105 +258,15 @@ std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
 std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
   const auto plots = run_dir + "/plots";
   fs::create_directories(plots);
-  // --- per model: accuracy and win/tie/loss ---
-  {
-    std::ofstream csv(plots + "/iterations.csv");
-    csv << "model,sampled_exact,greedy_exact,sampled_score,win,tie,loss,mean_score_generated,"
-           "mean_score_human\n";
-    std::int64_t model = 0;
-    for (const auto& r : read_lines(run_dir + "/selfplay.jsonl")) {
-      const auto eval = r.value("eval", Json::object());
-      const double judged =
-          number_or(r, "win", 0) + number_or(r, "tie", 0) + number_or(r, "loss_count", 0);
-      const auto share = [&](const char* key) {
-        return judged > 0 ? fmt::format("{}", number_or(r, key, 0) / judged) : std::string();
-      };
-      const auto value = [](const Json& j, const char* key) {
-        return j.contains(key) ? fmt::format("{}", j.at(key).get<double>()) : std::string();
-      };
-      csv << model++ << "," << value(eval, "sampled_exact") << "," << value(eval, "greedy_exact")
-          << "," << value(eval, "sampled_score") << "," << share("win") << "," << share("tie")
-          << "," << share("loss_count") << "," << value(r, "mean_score_generated") << ","
-          << value(r, "mean_score_human") << "\n";
-    }
-  }
-  // --- per training step of the self-play iterations (SFT steps left out) ---
-  {
-    std::ofstream csv(plots + "/steps.csv");
-    csv << "step,iteration,kind,loss,model_loss,noise_loss,reward_accuracy,margin,mean_s\n";
-    std::int64_t step = 0;
-    for (const auto& m : read_lines(run_dir + "/metrics.jsonl")) {
-      const auto kind = m.value("kind", "");
-      if (kind != "spin" && kind != "npo") {
-        continue;
-      }
-      const auto value = [&](const char* key) {
-        return m.contains(key) && m.at(key).is_number() ? fmt::format("{}", m.at(key).get<double>())
-                                                        : std::string();
-      };
-      csv << ++step << "," << m.value("iteration", std::uint64_t{0}) << "," << kind << ","
-          << value("loss") << "," << value("model_loss") << "," << value("noise_loss") << ","
-          << value("reward_accuracy") << "," << value("margin") << "," << value("mean_s") << "\n";
-    }
-  }
+  write_iterations_csv(run_dir + "/selfplay.jsonl", plots + "/iterations.csv");
+  write_steps_csv(run_dir + "/metrics.jsonl", plots + "/steps.csv");
   if (!have_gnuplot()) {
     log::warn("plots: gnuplot not found; wrote the CSVs to {} only", plots);
     return {};
   }
+  const auto histograms = logprob_histograms(plots);
   const auto script = plots + "/plots.gp";
-  {
-    std::ofstream gp(script);
-    gp << "set terminal pngcairo size 900,540 noenhanced\n"
-          "set datafile separator ','\n"
-          "set key autotitle columnhead outside bottom center horizontal\n"
-          "set grid\n"
-          "cd '"
-       << plots
-       << "'\n"
-          "set output 'accuracy.png'\n"
-          "set title 'held-out exact accuracy per model (model_0 = SFT)'\n"
-          "set xlabel 'model'; set ylabel 'exact'; set xtics 1\n"
-          "plot 'iterations.csv' using 1:2 with linespoints lw 2, '' using 1:3 with linespoints "
-          "lw 2\n"
-          "set output 'win_tie_loss.png'\n"
-          "set title 'generated vs human answers by judge score (iteration = model - 1)'\n"
-          "set ylabel 'share of prompts'; set yrange [0:1]\n"
-          "plot 'iterations.csv' using ($1-1):5 with linespoints lw 2 title 'win', "
-          "'' using ($1-1):6 with linespoints lw 2 title 'tie', "
-          "'' using ($1-1):7 with linespoints lw 2 title 'loss'\n"
-          "set autoscale y; set xtics autofreq\n"
-          "set output 'losses.png'\n"
-          "set title 'training losses, all iterations in order'\n"
-          "set xlabel 'optimizer step'; set ylabel 'loss'\n"
-          "plot 'steps.csv' using 1:5 with lines lw 2 title 'model loss', "
-          "'' using 1:6 with lines lw 2 title 'noise loss'\n"
-          "set output 'reward.png'\n"
-          "set title 'reward accuracy, margin and mean noise scale s'\n"
-          "set ylabel 'value'\n"
-          "plot 'steps.csv' using 1:7 with lines lw 2 title 'reward accuracy', "
-          "'' using 1:8 with lines lw 2 title 'margin', "
-          "'' using 1:9 with lines lw 2 title 'mean s'\n";
-  }
-  // One histogram per iteration of log π(y|x) under the model it trained (Fig. 2 and 10).
-  std::vector<std::string> histograms;
-  for (std::uint64_t t = 0; fs::exists(fmt::format("{}/logprobs_iter_{}.csv", plots, t)); ++t) {
-    histograms.push_back(fmt::format("logprobs_iter_{}", t));
-  }
-  {
-    std::ofstream gp(script, std::ios::app);
-    for (const auto& name : histograms) {
-      gp << "set output '" << name << ".png'\n"
-         << "set title 'log p(y|x) of the answers of iteration " << name.substr(14)
-         << " under the model it trained (first 1000 prompts)"
-         << "'\n"
-            "set xlabel 'log p(y|x)'; set ylabel 'answers'; set autoscale\n"
-            "plot '"
-         << name
-         << ".csv' using 1:2 with steps lw 2 title 'positive', '' using 1:3 with steps lw 2 "
-         << "title 'negative', '' using 1:4 with steps lw 2 title 'generated'";
-      gp << "\n";
-    }
-  }
+  write_gnuplot_script(script, plots, histograms);
   const auto command = fmt::format("gnuplot '{}' 2> '{}/gnuplot.log'", script, plots);
   if (std::system(command.c_str()) != 0) {
     log::warn("plots: gnuplot failed (see {}/gnuplot.log); the CSVs are in {}", plots, plots);

@@ -4,13 +4,12 @@
 //             it samples; each finished batch goes straight to the judge (asynchronous), so
 //             judging overlaps generation;
 //   label     SPIN or DSL (labeling.h), the same on every rank once the answers are all-gathered;
-//   train     SPIN or NPO on this iteration's pairs, reference := the iteration's starting policy;
+//   train     SPIN or NPO on this iteration's pairs, reference := the iteration's starting policy
+//             (which labels and which objective: selfplay.mode's row of the table in modes.h);
 //   eval      held-out accuracy and verifier score (rank 0).
 // Every phase checkpoints (generation and judging per prompt, training per step), so a killed job
 // resumes mid-iteration without regenerating or re-judging what a committed checkpoint holds.
 #pragma once
-
-#include <cstdint>
 
 #include "dnpo/config/config.h"
 #include "dnpo/dist/comm.h"
@@ -25,13 +24,5 @@ void run_selfplay(const config::RunConfig& cfg, dist::Comm* comm);
 
 /// The whole job (`dnpo_dist run`): demo data (when missing), then the self-play loop.
 void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
-
-/// The configuration iteration t trains with: train.loss (spin at t = 0 and in modes spin/dsl,
-/// npo otherwise), train.lr and train.epochs from [selfplay], train.iteration = t (keys every
-/// draw), npo.fixed_noise under mode fixed_noise.
-config::RunConfig iteration_config(const config::RunConfig& cfg, std::uint64_t t);
-
-/// Whether iteration t labels by the judge (DSL) rather than as SPIN.
-bool uses_dsl(const config::SelfplayConfig& cfg, std::uint64_t t);
 
 }  // namespace dnpo::selfplay

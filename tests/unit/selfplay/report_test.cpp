@@ -1,0 +1,84 @@
+// The self-play report from a run directory's files: the plots' CSVs and the tables.
+#include "dnpo/selfplay/report.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "dnpo/common/error.h"
+
+namespace dnpo::selfplay {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string read(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// model_0, a SPIN iteration and a DNPO one; metrics of an SFT step (left out of the plots), a
+// SPIN and an NPO step.
+std::string make_run(const std::string& name) {
+  const auto dir = ::testing::TempDir() + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/selfplay.jsonl")
+      << R"({"stage":"model_0","iteration":null,"eval":{"sampled_exact":0.25,"sampled_score":61.5}})"
+      << "\n"
+      << R"({"stage":"iteration","iteration":0,"mode":"dnpo","labels":"spin","loss":"spin",)"
+      << R"("pairs":12,"generated_positive":0,"win":3,"tie":2,"loss_count":7,)"
+      << R"("generated_at_least_human":0.41,"mean_score_generated":55.2,"mean_score_human":70.1,)"
+      << R"("eval":{"sampled_exact":0.3,"greedy_exact":0.35,"sampled_score":64.0}})"
+      << "\n"
+      << R"({"stage":"iteration","iteration":1,"mode":"dnpo","labels":"dsl","loss":"npo",)"
+      << R"("pairs":11,"generated_positive":4,"win":5,"tie":2,"loss_count":5,)"
+      << R"("mean_score_generated":60.2,"mean_score_human":70.1,)"
+      << R"("eval":{"sampled_exact":0.4,"sampled_score":66.0}})"
+      << "\n";
+  std::ofstream(dir + "/metrics.jsonl")
+      << R"({"kind":"sft","step":1,"loss":2.5})"
+      << "\n"
+      << R"({"kind":"spin","iteration":0,"step":1,"loss":0.69,"model_loss":0.69,)"
+      << R"("reward_accuracy":0.5,"margin":0.01})"
+      << "\n"
+      << R"({"kind":"npo","iteration":1,"step":1,"loss":0.9,"model_loss":0.68,"noise_loss":0.22,)"
+      << R"("reward_accuracy":0.6,"margin":0.1,"mean_s":0.5})"
+      << "\n";
+  return dir;
+}
+
+TEST(Report, PlotsDataHoldEveryModelAndEveryIterationStep) {
+  const auto dir = make_run("report_plots");
+  write_selfplay_plots(dir);  // PNGs too where gnuplot is installed; the CSVs always
+  EXPECT_EQ(read(dir + "/plots/iterations.csv"),
+            "model,sampled_exact,greedy_exact,sampled_score,win,tie,loss,mean_score_generated,"
+            "mean_score_human\n"
+            "0,0.25,,61.5,,,,,\n"
+            "1,0.3,0.35,64,0.25,0.16666666666666666,0.5833333333333334,55.2,70.1\n"
+            "2,0.4,,66,0.4166666666666667,0.16666666666666666,0.4166666666666667,60.2,70.1\n");
+  EXPECT_EQ(read(dir + "/plots/steps.csv"),
+            "step,iteration,kind,loss,model_loss,noise_loss,reward_accuracy,margin,mean_s\n"
+            "1,0,spin,0.69,0.69,,0.5,0.01,\n"
+            "2,1,npo,0.9,0.68,0.22,0.6,0.1,0.5\n");
+}
+
+TEST(Report, TablesNameEachModelsTrainingAndScores) {
+  const auto dir = make_run("report_tables");
+  const auto table = selfplay_table({dir});
+  EXPECT_THAT(table, HasSubstr("model_0  sft             -      -         -    0.250        -"));
+  EXPECT_THAT(table, HasSubstr("model_1  spin+spin      12      0     0.410    0.300    0.350"));
+  EXPECT_THAT(table, HasSubstr("model_2  dsl+npo        11      4         -    0.400        -"));
+  EXPECT_THAT(selfplay_mode_table({dir}, "sampled_exact"),
+              HasSubstr("dnpo         0.250 ± 0.000 (1) 0.300 ± 0.000 (1) 0.400 ± 0.000 (1)"));
+  EXPECT_THROW(selfplay_table({dir + "/missing"}), DataError);
+}
+
+}  // namespace
+}  // namespace dnpo::selfplay
