@@ -105,7 +105,7 @@ int run_bench(int argc, char** argv) {
   report("ckpt.load", timer.seconds(), {{"cold_cache", cold}});
   for (std::size_t i = 0; i < state.tensors.size(); ++i) {
     DNPO_CHECK(at::equal(state.tensors[i].data, wanted.tensors[i].data),
-               "loaded tensor differs: ",
+               "loaded tensor differs: {}",
                state.tensors[i].name);
   }
 

@@ -44,9 +44,8 @@ std::int64_t parse_size(const std::string& text) {
   } else {
     DNPO_CHECK_WITH(dnpo::ConfigError,
                     unit.empty() || unit == "B",
-                    "--max-shard-size '",
-                    text,
-                    "': expected a number with KB, MB or GB");
+                    "--max-shard-size '{}': expected a number with KB, MB or GB",
+                    text);
   }
   return static_cast<std::int64_t>(value * scale);
 }
@@ -55,11 +54,11 @@ std::int64_t parse_size(const std::string& text) {
 dnpo::config::RunConfig checkpoint_config(const dnpo::ckpt::StateDict& sd,
                                           const std::string& path) {
   const auto it = sd.blobs.find("config");
-  DNPO_CHECK_WITH(dnpo::CheckpointError,
-                  it != sd.blobs.end() && !it->second.empty(),
-                  "checkpoint ",
-                  path,
-                  " carries no resolved config (blob 'config'): not a dnpo training checkpoint");
+  DNPO_CHECK_WITH(
+      dnpo::CheckpointError,
+      it != sd.blobs.end() && !it->second.empty(),
+      "checkpoint {} carries no resolved config (blob 'config'): not a dnpo training checkpoint",
+      path);
   return dnpo::config::parse_config(it->second, path + ":config");
 }
 
@@ -124,13 +123,10 @@ int export_hf(const std::string& path,
     const auto* slice = sd.find(which + "." + name);
     DNPO_CHECK_WITH(dnpo::CheckpointError,
                     slice != nullptr,
-                    "checkpoint ",
+                    "checkpoint {} has no tensor '{}.{}'{}",
                     path,
-                    " has no tensor '",
                     which,
-                    ".",
                     name,
-                    "'",
                     which == "reference" ? " (only preference stages keep a reference)" : "");
     tensors.emplace_back(name, slice->data.view(slice->shape));
   }
@@ -155,7 +151,7 @@ int logits(const std::string& dir, const std::string& ids_text) {
   for (std::int64_t id = 0; in >> id;) {
     ids.push_back(id);
   }
-  DNPO_CHECK_WITH(dnpo::ConfigError, !ids.empty(), "--ids: no token ids in '", ids_text, "'");
+  DNPO_CHECK_WITH(dnpo::ConfigError, !ids.empty(), "--ids: no token ids in '{}'", ids_text);
   at::NoGradGuard no_grad;
   const auto input = at::tensor(ids, at::kLong).view({1, -1});
   const auto out = model.logits(model.forward_hidden(input, at::ones_like(input)))[0].contiguous();

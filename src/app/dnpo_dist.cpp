@@ -60,10 +60,9 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
 #ifndef DNPO_WITH_CUDA
   DNPO_CHECK_WITH(dnpo::ConfigError,
                   cfg.run.device == "cpu",
-                  "run.device = \"",
-                  cfg.run.device,
-                  "\": this build has no CUDA (its LibTorch is CPU-only); build against a CUDA "
-                  "LibTorch (launch/device-debs) or set run.device = \"cpu\"");
+                  "run.device = \"{}\": this build has no CUDA (its LibTorch is CPU-only); build "
+                  "against a CUDA LibTorch (launch/device-debs) or set run.device = \"cpu\"",
+                  cfg.run.device);
 #endif
   return cfg;
 }

@@ -70,7 +70,7 @@ int run_score(const ScoreOptions& o) {
   auto judge = dnpo::judge::make_judge(cfg.judge, &cache);
   auto futures = judge->submit(std::move(batch));
   std::ofstream out(o.out, std::ios::trunc);
-  DNPO_CHECK_WITH(dnpo::DataError, out.good(), "cannot write '", o.out, "'");
+  DNPO_CHECK_WITH(dnpo::DataError, out.good(), "cannot write '{}'", o.out);
   std::string first_failure;
   for (std::size_t i = 0; i < futures.size(); ++i) {
     Json row{{"id", ids[i]}};

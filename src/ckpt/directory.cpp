@@ -38,7 +38,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): POSIX open
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  DNPO_CHECK_WITH(CheckpointError, fd >= 0, "cannot create ", tmp, ": ", std::strerror(errno));
+  DNPO_CHECK_WITH(CheckpointError, fd >= 0, "cannot create {}: {}", tmp, std::strerror(errno));
   const auto written = ::write(fd, text.data(), text.size());
   const int write_errno = errno;
   const int synced = ::fsync(fd);
@@ -46,15 +46,14 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   ::close(fd);
   DNPO_CHECK_WITH(CheckpointError,
                   written == static_cast<ssize_t>(text.size()),
-                  "cannot write ",
+                  "cannot write {}: {}",
                   tmp,
-                  ": ",
                   std::strerror(write_errno));
   DNPO_CHECK_WITH(
-      CheckpointError, synced == 0, "fsync of ", tmp, " failed: ", std::strerror(sync_errno));
+      CheckpointError, synced == 0, "fsync of {} failed: {}", tmp, std::strerror(sync_errno));
   std::error_code ec;
   fs::rename(tmp, path, ec);
-  DNPO_CHECK_WITH(CheckpointError, !ec, "cannot rename ", tmp, " to ", path, ": ", ec.message());
+  DNPO_CHECK_WITH(CheckpointError, !ec, "cannot rename {} to {}: {}", tmp, path, ec.message());
   const auto dir = fs::path(path).parent_path();
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): POSIX open
   const int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
@@ -142,10 +141,10 @@ std::string commit_checkpoint(const std::string& dir,
   const std::string where = "checkpoint directory " + dir;
   group.agree(group.rank() != 0 ? std::string() : capture_error([&] {
     format::check_name(name, "checkpoint", where);
-    DNPO_CHECK_WITH(CheckpointError, name != kLatest, where, ": '", name, "' is reserved");
+    DNPO_CHECK_WITH(CheckpointError, name != kLatest, "{}: '{}' is reserved", where, name);
     std::error_code ec;
     fs::create_directories(dir, ec);
-    DNPO_CHECK_WITH(CheckpointError, !ec, where, ": cannot create it: ", ec.message());
+    DNPO_CHECK_WITH(CheckpointError, !ec, "{}: cannot create it: {}", where, ec.message());
     if (options.keep) {
       write_file_atomically((fs::path(dir) / (name + kKeepExtension)).string(), "");
     }

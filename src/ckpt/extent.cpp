@@ -46,14 +46,12 @@ std::vector<std::int64_t> checked_shape(const std::vector<std::uint64_t>& dims,
   }
   DNPO_CHECK_WITH(CheckpointError,
                   fits,
+                  "{}: dataset extents {} of {}-byte elements do not fit in the file's {} bytes; "
+                  "the file is damaged",
                   where,
-                  ": dataset extents ",
                   shape_str(dims),
-                  " of ",
                   elem_bytes,
-                  "-byte elements do not fit in the file's ",
-                  file_bytes,
-                  " bytes; the file is damaged");
+                  file_bytes);
   return {dims.begin(), dims.end()};
 }
 
@@ -62,16 +60,14 @@ void check_checksums(const std::vector<std::int64_t>& shape,
                      std::int64_t chunk_elems,
                      const std::string& where) {
   DNPO_CHECK_WITH(
-      CheckpointError, chunk_elems > 0, where, ": bad chunk_elems ", chunk_elems, "; expected > 0");
+      CheckpointError, chunk_elems > 0, "{}: bad chunk_elems {}; expected > 0", where, chunk_elems);
   const std::int64_t n_chunks = chunk_count(numel_of(shape), chunk_elems);
   DNPO_CHECK_WITH(CheckpointError,
                   crc_shape == std::vector<std::int64_t>{n_chunks},
+                  "{}: checksum dataset has shape {}; expected [{}]",
                   where,
-                  ": checksum dataset has shape ",
                   shape_str(crc_shape),
-                  "; expected [",
-                  n_chunks,
-                  "]");
+                  n_chunks);
 }
 
 }  // namespace dnpo::ckpt::extent

@@ -27,12 +27,10 @@ void check_name(const std::string& name, const char* what, const std::string& wh
   DNPO_CHECK_WITH(
       CheckpointError,
       !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos,
+      "{}: invalid {} name '{}'; expected a non-empty name without '/'",
       where,
-      ": invalid ",
       what,
-      " name '",
-      name,
-      "'; expected a non-empty name without '/'");
+      name);
 }
 
 void check_slices(const StateDict& state, const std::string& where) {
@@ -40,44 +38,36 @@ void check_slices(const StateDict& state, const std::string& where) {
   for (const auto& t : state.tensors) {
     check_name(t.name, "tensor", where);
     const std::string at = where + ", tensor " + t.name;
-    DNPO_CHECK_WITH(CheckpointError, seen.insert(t.name).second, at, ": listed twice");
+    DNPO_CHECK_WITH(CheckpointError, seen.insert(t.name).second, "{}: listed twice", at);
     DNPO_CHECK_WITH(CheckpointError,
                     t.dtype == at::kFloat || t.dtype == at::kLong,
+                    "{}: unsupported dtype {}; expected Float or Long",
                     at,
-                    ": unsupported dtype ",
-                    t.dtype,
-                    "; expected Float or Long");
+                    t.dtype);
     DNPO_CHECK_WITH(CheckpointError,
                     std::all_of(t.shape.begin(), t.shape.end(), [](auto d) { return d >= 0; }),
+                    "{}: negative dimension in shape {}",
                     at,
-                    ": negative dimension in shape ",
                     shape_str(t.shape));
     if (t.numel() > 0) {
       DNPO_CHECK_WITH(CheckpointError,
                       t.data.device().is_cpu() && t.data.dim() == 1 && t.data.is_contiguous() &&
                           t.data.scalar_type() == t.dtype,
+                      "{}: slice data must be a contiguous 1-D CPU tensor of {}; got {} {} on {}",
                       at,
-                      ": slice data must be a contiguous 1-D CPU tensor of ",
                       t.dtype,
-                      "; got ",
                       t.data.sizes(),
-                      " ",
                       t.data.scalar_type(),
-                      " on ",
                       t.data.device());
     }
     DNPO_CHECK_WITH(CheckpointError,
                     t.offset >= 0 && t.offset + t.numel() <= t.global_numel(),
+                    "{}: slice [{}, {}) lies outside the tensor of shape {} ({} elements)",
                     at,
-                    ": slice [",
                     t.offset,
-                    ", ",
                     t.offset + t.numel(),
-                    ") lies outside the tensor of shape ",
                     shape_str(t.shape),
-                    " (",
-                    t.global_numel(),
-                    " elements)");
+                    t.global_numel());
   }
 }
 

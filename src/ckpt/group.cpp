@@ -15,9 +15,8 @@ namespace {
 int checked_count(std::size_t n) {
   DNPO_CHECK_WITH(CheckpointError,
                   n <= static_cast<std::size_t>(std::numeric_limits<int>::max()),
-                  "checkpoint metadata too large for one MPI message: ",
-                  n,
-                  " elements");
+                  "checkpoint metadata too large for one MPI message: {} elements",
+                  n);
   return static_cast<int>(n);
 }
 

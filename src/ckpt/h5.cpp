@@ -192,9 +192,8 @@ Id open_file(const std::string& path, const Group& group) {
   std::error_code ec;  // the plain case first: HDF5's own message for it is a page long
   DNPO_CHECK_WITH(CheckpointError,
                   std::filesystem::is_regular_file(path, ec),
-                  "checkpoint ",
-                  path,
-                  ": no such file");
+                  "checkpoint {}: no such file",
+                  path);
   const std::string where =
       "checkpoint " + path + ": cannot open (missing, truncated or not an HDF5 file)";
   const Id fapl = make_fapl(group, where);
@@ -220,7 +219,7 @@ hid_t file_type(at::ScalarType dtype) {
     case at::kByte:
       return H5T_STD_U8LE;
     default:
-      DNPO_FAIL(InternalError, "ckpt: no HDF5 type for dtype ", dtype);
+      DNPO_FAIL(InternalError, "ckpt: no HDF5 type for dtype {}", dtype);
   }
 }
 
@@ -233,7 +232,7 @@ hid_t mem_type(at::ScalarType dtype) {
     case at::kByte:
       return H5T_NATIVE_UINT8;
     default:
-      DNPO_FAIL(InternalError, "ckpt: no HDF5 type for dtype ", dtype);
+      DNPO_FAIL(InternalError, "ckpt: no HDF5 type for dtype {}", dtype);
   }
 }
 
@@ -255,13 +254,12 @@ at::ScalarType dtype_of(hid_t type, const std::string& where) {
   if (DNPO_H5_CHECK(H5Tequal(type, H5T_STD_I64LE), where) > 0) {
     return at::kLong;
   }
-  DNPO_FAIL(CheckpointError,
-            where,
-            ": unsupported stored type (class ",
-            static_cast<int>(H5Tget_class(type)),
-            ", ",
-            H5Tget_size(type),
-            " bytes); expected fp32 or int64 little-endian");
+  DNPO_FAIL(
+      CheckpointError,
+      "{}: unsupported stored type (class {}, {} bytes); expected fp32 or int64 little-endian",
+      where,
+      static_cast<int>(H5Tget_class(type)),
+      H5Tget_size(type));
 }
 
 // --- datasets ---
@@ -470,21 +468,20 @@ std::vector<std::pair<std::string, AttrValue>> read_attrs(hid_t obj, const std::
     } else {
       DNPO_CHECK_WITH(CheckpointError,
                       DNPO_H5_CHECK(H5Sget_simple_extent_npoints(space.get()), at) == 1,
-                      at,
-                      ": unsupported attribute; expected one value");
+                      "{}: unsupported attribute; expected one value",
+                      at);
       if (type_class == H5T_STRING) {
         DNPO_CHECK_WITH(CheckpointError,
                         DNPO_H5_CHECK(H5Tis_variable_str(type.get()), at) == 0,
-                        at,
-                        ": variable-length strings are not supported");
+                        "{}: variable-length strings are not supported",
+                        at);
         value.kind = AttrValue::Kind::kString;
         const std::size_t bytes = H5Tget_size(type.get());
         DNPO_CHECK_WITH(CheckpointError,
                         bytes <= file_bytes_of(obj, at),
+                        "{}: a string of {} bytes does not fit in the file; the file is damaged",
                         at,
-                        ": a string of ",
-                        bytes,
-                        " bytes does not fit in the file; the file is damaged");
+                        bytes);
         value.s.resize(bytes);
         DNPO_H5_CHECK(H5Aread(attr.get(), type.get(), value.s.data()), at);
         if (H5Tget_strpad(type.get()) != H5T_STR_NULLPAD) {
@@ -497,7 +494,7 @@ std::vector<std::pair<std::string, AttrValue>> read_attrs(hid_t obj, const std::
         value.kind = AttrValue::Kind::kFloat;
         DNPO_H5_CHECK(H5Aread(attr.get(), H5T_NATIVE_DOUBLE, &value.d), at);
       } else {
-        DNPO_FAIL(CheckpointError, at, ": unsupported attribute type class ", type_class);
+        DNPO_FAIL(CheckpointError, "{}: unsupported attribute type class {}", at, type_class);
       }
     }
     out.emplace_back(name, std::move(value));
@@ -509,12 +506,12 @@ std::int64_t read_int_attr(hid_t obj, const std::string& name, const std::string
   const std::string at = detail::concat(where, ", attribute ", name);
   DNPO_CHECK_WITH(CheckpointError,
                   DNPO_H5_CHECK(H5Aexists(obj, name.c_str()), at) > 0,
-                  at,
-                  ": missing (not a dnpo checkpoint, or a damaged one)");
+                  "{}: missing (not a dnpo checkpoint, or a damaged one)",
+                  at);
   const Id attr(DNPO_H5_CHECK(H5Aopen(obj, name.c_str(), H5P_DEFAULT), at));
   const Id type(DNPO_H5_CHECK(H5Aget_type(attr.get()), at));
   DNPO_CHECK_WITH(
-      CheckpointError, H5Tget_class(type.get()) == H5T_INTEGER, at, ": expected an integer");
+      CheckpointError, H5Tget_class(type.get()) == H5T_INTEGER, "{}: expected an integer", at);
   std::int64_t value = 0;
   DNPO_H5_CHECK(H5Aread(attr.get(), H5T_NATIVE_INT64, &value), at);
   return value;

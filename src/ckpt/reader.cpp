@@ -58,19 +58,17 @@ class Reader {
     const std::int64_t version = h5::read_int_attr(file_.get(), "format_version", where_);
     DNPO_CHECK_WITH(CheckpointError,
                     version == kFormatVersion,
+                    "{}: unknown format version {}; this build of dnpo reads version {}; hint: "
+                    "read it with the dnpo version that wrote it (see its code_version)",
                     where_,
-                    ": unknown format version ",
                     version,
-                    "; this build of dnpo reads version ",
-                    kFormatVersion,
-                    "; hint: read it with the dnpo version that wrote it (see its code_version)");
+                    kFormatVersion);
     chunk_elems_ = h5::read_int_attr(file_.get(), "chunk_elems", where_);
     DNPO_CHECK_WITH(CheckpointError,
                     chunk_elems_ > 0,
+                    "{}: bad chunk_elems {}; expected > 0",
                     where_,
-                    ": bad chunk_elems ",
-                    chunk_elems_,
-                    "; expected > 0");
+                    chunk_elems_);
     tensors_ = open_group(format::kTensors);
     checksums_ = open_group(format::kChecksums);
   }
@@ -93,10 +91,9 @@ class Reader {
   h5::Id open_group(const char* name) const {
     DNPO_CHECK_WITH(CheckpointError,
                     h5::exists(file_.get(), name, where_),
+                    "{}: no /{} group (not a dnpo checkpoint, or a damaged one)",
                     where_,
-                    ": no /",
-                    name,
-                    " group (not a dnpo checkpoint, or a damaged one)");
+                    name);
     return h5::Id(DNPO_H5_CHECK(H5Gopen2(file_.get(), name, H5P_DEFAULT), where_));
   }
 
@@ -111,10 +108,9 @@ class Reader {
     const std::string at = where_ + ", tensor " + name;
     DNPO_CHECK_WITH(CheckpointError,
                     h5::exists(tensors_.get(), name, at),
+                    "{}: missing from the file (it holds {} tensors; list them with inspect)",
                     at,
-                    ": missing from the file (it holds ",
-                    tensor_names().size(),
-                    " tensors; list them with inspect)");
+                    tensor_names().size());
     Tensor t;
     t.data = h5::Id(DNPO_H5_CHECK(H5Dopen2(tensors_.get(), name.c_str(), H5P_DEFAULT), at));
     const h5::Id type(DNPO_H5_CHECK(H5Dget_type(t.data.get()), at));
@@ -122,12 +118,10 @@ class Reader {
     t.shape = h5::shape_of(t.data.get(), static_cast<std::int64_t>(c10::elementSize(t.dtype)), at);
     DNPO_CHECK_WITH(CheckpointError,
                     h5::exists(checksums_.get(), name, at),
+                    "{}: its checksums (/{}/{}) are missing",
                     at,
-                    ": its checksums (/",
                     format::kChecksums,
-                    "/",
-                    name,
-                    ") are missing");
+                    name);
     const h5::Id crc(DNPO_H5_CHECK(H5Dopen2(checksums_.get(), name.c_str(), H5P_DEFAULT), at));
     const auto crc_shape = h5::shape_of(crc.get(), sizeof(std::uint32_t), at);
     extent::check_checksums(t.shape, crc_shape, chunk_elems_, at);
@@ -185,17 +179,15 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
   const Reader::Tensor stored = reader.open_tensor(t.name);
   DNPO_CHECK_WITH(CheckpointError,
                   stored.shape == t.shape,
+                  "{}: shape mismatch: file has {}, expected {}",
                   at,
-                  ": shape mismatch: file has ",
                   format::shape_str(stored.shape),
-                  ", expected ",
                   format::shape_str(t.shape));
   DNPO_CHECK_WITH(CheckpointError,
                   stored.dtype == t.dtype,
+                  "{}: dtype mismatch: file has {}, expected {}",
                   at,
-                  ": dtype mismatch: file has ",
                   h5::dtype_name(stored.dtype),
-                  ", expected ",
                   h5::dtype_name(t.dtype));
   const std::int64_t numel = t.numel();
   const std::int64_t total = t.global_numel();
@@ -274,7 +266,7 @@ std::string read_replicated(const Reader& reader, StateDict& state) {
     const std::string at = reader.where() + ", blob " + name;
     const h5::Id data(DNPO_H5_CHECK(H5Dopen2(blobs.get(), name.c_str(), H5P_DEFAULT), at));
     const auto shape = h5::shape_of(data.get(), 1, at);
-    DNPO_CHECK_WITH(CheckpointError, shape.size() == 1, at, ": expected a 1-D byte dataset");
+    DNPO_CHECK_WITH(CheckpointError, shape.size() == 1, "{}: expected a 1-D byte dataset", at);
     const auto want = static_cast<std::uint32_t>(h5::read_int_attr(data.get(), "crc32", at));
     std::string bytes(static_cast<std::size_t>(shape[0]), '\0');
     h5::read_flat(data.get(), at::kByte, 0, shape[0], bytes.data(), shape[0], reader.xfer(), at);

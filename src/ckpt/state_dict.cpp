@@ -24,11 +24,9 @@ std::int64_t TensorSlice::global_numel() const {
 SliceRange even_slice(std::int64_t global_numel, int rank, int world) {
   DNPO_CHECK_WITH(CheckpointError,
                   world > 0 && rank >= 0 && rank < world && global_numel >= 0,
-                  "even_slice: bad arguments; got global_numel ",
+                  "even_slice: bad arguments; got global_numel {}, rank {}, world {}",
                   global_numel,
-                  ", rank ",
                   rank,
-                  ", world ",
                   world);
   const std::int64_t per = (global_numel + world - 1) / world;
   const std::int64_t begin = std::min(global_numel, per * rank);
@@ -80,7 +78,7 @@ const TensorSlice* StateDict::find(const std::string& name) const {
 
 const TensorSlice& StateDict::at(const std::string& name) const {
   const TensorSlice* slice = find(name);
-  DNPO_CHECK_WITH(CheckpointError, slice != nullptr, "state dict has no tensor '", name, "'");
+  DNPO_CHECK_WITH(CheckpointError, slice != nullptr, "state dict has no tensor '{}'", name);
   return *slice;
 }
 

@@ -51,14 +51,12 @@ void check_replicated(const StateDict& state, const std::string& where) {
     format::check_name(key, "attribute", where);
     DNPO_CHECK_WITH(CheckpointError,
                     value.size() <= format::kMaxStringBytes,
+                    "{}, attribute {}: string of {} bytes; expected at most {}; hint: store large "
+                    "values in StateDict::blobs",
                     where,
-                    ", attribute ",
                     key,
-                    ": string of ",
                     value.size(),
-                    " bytes; expected at most ",
-                    format::kMaxStringBytes,
-                    "; hint: store large values in StateDict::blobs");
+                    format::kMaxStringBytes);
     ++keys[key];
   }
   for (const auto& [key, value] : state.ints) {
@@ -70,12 +68,12 @@ void check_replicated(const StateDict& state, const std::string& where) {
     ++keys[key];
   }
   for (const auto& [key, count] : keys) {
-    DNPO_CHECK_WITH(CheckpointError,
-                    count == 1,
-                    where,
-                    ", attribute ",
-                    key,
-                    ": set in more than one of strings/ints/floats; keys must be unique");
+    DNPO_CHECK_WITH(
+        CheckpointError,
+        count == 1,
+        "{}, attribute {}: set in more than one of strings/ints/floats; keys must be unique",
+        where,
+        key);
   }
   for (const auto& [name, bytes] : state.blobs) {
     format::check_name(name, "blob", where);
@@ -169,29 +167,23 @@ std::vector<std::int64_t> check_tiling(const Group& group,
       }
       DNPO_CHECK_WITH(CheckpointError,
                       offset == next,
+                      "{}, tensor {}: the ranks' slices do not tile it ({}); expected contiguous, "
+                      "non-overlapping slices covering [0, {})",
                       where,
-                      ", tensor ",
                       t.name,
-                      ": the ranks' slices do not tile it (",
                       listing.str(),
-                      "); expected contiguous, non-overlapping slices covering [0, ",
-                      t.global_numel(),
-                      ")");
+                      t.global_numel());
       next = offset + numel;
       largest = std::max(largest, numel);
     }
     DNPO_CHECK_WITH(CheckpointError,
                     next == t.global_numel(),
+                    "{}, tensor {}: the ranks' slices cover [0, {}) ({}); expected [0, {})",
                     where,
-                    ", tensor ",
                     t.name,
-                    ": the ranks' slices cover [0, ",
                     next,
-                    ") (",
                     listing.str(),
-                    "); expected [0, ",
-                    t.global_numel(),
-                    ")");
+                    t.global_numel());
     max_counts.push_back(largest);
   }
   return max_counts;
@@ -383,11 +375,11 @@ void fsync_path(const std::string& path, bool directory) {
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): POSIX open
   const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
   DNPO_CHECK_WITH(
-      CheckpointError, fd >= 0, "cannot open ", path, " to fsync it: ", std::strerror(errno));
+      CheckpointError, fd >= 0, "cannot open {} to fsync it: {}", path, std::strerror(errno));
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
-  DNPO_CHECK_WITH(CheckpointError, rc == 0, "fsync of ", path, " failed: ", std::strerror(err));
+  DNPO_CHECK_WITH(CheckpointError, rc == 0, "fsync of {} failed: {}", path, std::strerror(err));
 }
 
 /// Rank 0: makes the complete temporary file durable, then atomically the checkpoint.
@@ -395,17 +387,15 @@ void commit(const std::string& tmp, const std::string& path, const std::string& 
   const auto fail = env::get(env::kTestCkptFail);
   DNPO_CHECK_WITH(CheckpointError,
                   !(fail && *fail == "before_rename"),
+                  "{}: simulated crash before the rename ({}=before_rename); {} stays behind",
                   where,
-                  ": simulated crash before the rename (",
                   env::kTestCkptFail,
-                  "=before_rename); ",
-                  tmp,
-                  " stays behind");
+                  tmp);
   fsync_path(tmp, false);
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   DNPO_CHECK_WITH(
-      CheckpointError, !ec, where, ": cannot rename ", tmp, " to ", path, ": ", ec.message());
+      CheckpointError, !ec, "{}: cannot rename {} to {}: {}", where, tmp, path, ec.message());
   const auto parent = std::filesystem::path(path).parent_path();
   fsync_path(parent.empty() ? std::string(".") : parent.string(), true);
 }
@@ -508,10 +498,10 @@ void save(const std::string& path, const StateDict& state) {
     const auto room = room_note(dir_of(path), needed, &full);
     DNPO_CHECK_WITH(CheckpointError,
                     !full,
+                    "{}: the disk is full: {}; nothing is written, earlier checkpoints and "
+                    "`latest` are untouched",
                     where,
-                    ": the disk is full: ",
-                    room,
-                    "; nothing is written, earlier checkpoints and `latest` are untouched");
+                    room);
   }));
 
   // --- write aside, then commit ---

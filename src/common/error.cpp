@@ -16,6 +16,25 @@ int error_rank() {
 }
 
 namespace detail {
+std::string substitute(const char* format, const std::vector<std::string>& args) {
+  std::string out;
+  std::size_t next = 0;
+  for (const char* p = format; *p != '\0'; ++p) {
+    if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
+      out += *p++;
+    } else if (p[0] == '{' && p[1] == '}' && next < args.size()) {
+      out += args[next++];
+      ++p;
+    } else {
+      out += *p;
+    }
+  }
+  for (; next < args.size(); ++next) {
+    out += args[next];
+  }
+  return out;
+}
+
 std::string decorate_error(const std::string& msg, const char* file, int line) {
   std::string where = file;
   const auto pos = where.rfind("/src/");

@@ -103,12 +103,10 @@ std::string quote_hint(const toml::node& node, std::string_view noun) {
                              bool wrong_type,
                              std::string_view note = "") {
   DNPO_FAIL(ConfigError,
+            "{}config key '{}': expected {}, got {}{}{}",
             location(node.source()),
-            "config key '",
             path,
-            "': expected ",
             schema::expectation(noun, rule),
-            ", got ",
             describe_node(node, wrong_type),
             note,
             quote_hint(node, noun));
@@ -275,10 +273,9 @@ std::string unknown_key_hint(std::string_view table, std::string_view name) {
   const std::string path =
       table.empty() ? std::string(key.str()) : detail::concat(table, ".", key.str());
   DNPO_FAIL(ConfigError,
+            "{}unknown config key '{}'{}",
             location(key_source(key, value)),
-            "unknown config key '",
             path,
-            "'",
             unknown_key_hint(table, key.str()));
 }
 
@@ -289,10 +286,9 @@ void map_table(const schema::Table<S, T...>& table, const toml::node& node, S& o
   const auto* entries = node.as_table();
   if (entries == nullptr) {
     DNPO_FAIL(ConfigError,
+              "{}config key '{}': expected a table, got {}",
               location(node.source()),
-              "config key '",
               table.name,
-              "': expected a table, got ",
               describe_node(node, true));
   }
   for (auto&& entry : *entries) {
@@ -347,8 +343,8 @@ toml::table parse_override(const std::string& text) {
   DNPO_CHECK_WITH(ConfigError,
                   equals != std::string::npos && !trim(text.substr(0, equals)).empty() &&
                       text.find_first_of("\r\n") == std::string::npos,
-                  source,
-                  ": expected KEY=VALUE on one line, e.g. --set train.lr=1e-4");
+                  "{}: expected KEY=VALUE on one line, e.g. --set train.lr=1e-4",
+                  source);
   const std::string key = trim(text.substr(0, equals));
   const std::string value = trim(text.substr(equals + 1));
   try {
@@ -360,12 +356,10 @@ toml::table parse_override(const std::string& text) {
     return toml::parse(key + " = " + schema::format_toml(value), std::string_view(source));
   } catch (const toml::parse_error& e) {
     DNPO_FAIL(ConfigError,
+              "{}: invalid key '{}': {}; expected a dotted key such as train.lr",
               source,
-              ": invalid key '",
               key,
-              "': ",
-              e.description(),
-              "; expected a dotted key such as train.lr");
+              e.description());
   }
 }
 
@@ -390,7 +384,7 @@ RunConfig resolve(toml::table document, const std::vector<std::string>& override
 }
 
 [[noreturn]] void fail_parse(const toml::parse_error& error) {
-  DNPO_FAIL(ConfigError, location(error.source()), "invalid TOML: ", error.description());
+  DNPO_FAIL(ConfigError, "{}invalid TOML: {}", location(error.source()), error.description());
 }
 
 // --- struct → TOML text ---
@@ -403,11 +397,9 @@ std::string value_text(std::string_view /*path*/, const T& value) {
 std::string value_text(std::string_view path, std::uint64_t value) {
   DNPO_CHECK_WITH(ConfigError,
                   value <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
-                  "config key '",
+                  "config key '{}': {} does not fit a TOML integer; expected <= 2^63 - 1",
                   path,
-                  "': ",
-                  value,
-                  " does not fit a TOML integer; expected <= 2^63 - 1");
+                  value);
   return schema::format_toml(value);
 }
 
@@ -420,9 +412,8 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
     if (!std::filesystem::is_regular_file(path, ec)) {
       const bool exists = std::filesystem::exists(path, ec);
       DNPO_FAIL(ConfigError,
-                "cannot read config file '",
+                "cannot read config file '{}': {}{}",
                 path,
-                "': ",
                 exists ? "not a regular file" : "no such file",
                 std::filesystem::path(path).is_relative()
                     ? "; hint: relative paths start at the working directory " +

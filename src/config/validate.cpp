@@ -239,7 +239,7 @@ void check_cross_fields(const RunConfig& config, int world_size, Problems& probl
 
 int grad_accum_steps(const TrainConfig& train, int world_size) {
   const std::string problem = batch_problem(train, world_size);
-  DNPO_CHECK_WITH(ConfigError, problem.empty(), problem);
+  DNPO_CHECK_WITH(ConfigError, problem.empty(), "{}", problem);
   return train.batch_size / (train.micro_batch_size * world_size);
 }
 
@@ -255,9 +255,8 @@ void validate(const RunConfig& config, int world_size) {
     list += "\n  - " + problem;
   }
   DNPO_FAIL(ConfigError,
-            "invalid config (world_size ",
+            "invalid config (world_size {}), {}{}{}",
             world_size,
-            "), ",
             problems.size(),
             problems.size() == 1 ? " problem:" : " problems:",
             list);

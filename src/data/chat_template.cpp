@@ -49,16 +49,15 @@ ChatTemplate::ChatTemplate(const config::ChatConfig& cfg, const Tokenizer& token
 
   DNPO_CHECK_WITH(ConfigError,
                   prompt_count == 1,
-                  "chat.prompt_template must contain \"{prompt}\" exactly once; got ",
+                  "chat.prompt_template must contain \"{{prompt}}\" exactly once; got {} in "
+                  "\"{}\"; expected e.g. \"<|user|>\\n{{prompt}}{{eos}}\\n<|assistant|>\\n\"",
                   prompt_count,
-                  " in \"",
-                  text,
-                  "\"; expected e.g. \"<|user|>\\n{prompt}{eos}\\n<|assistant|>\\n\"");
+                  text);
   DNPO_CHECK_WITH(ConfigError,
                   !add_bos_ || tokenizer_.bos_id() >= 0,
-                  "chat.add_bos = true but the tokenizer has no BOS token (bos_id ",
-                  tokenizer_.bos_id(),
-                  "); hint: set chat.add_bos = false");
+                  "chat.add_bos = true but the tokenizer has no BOS token (bos_id {}); hint: set "
+                  "chat.add_bos = false",
+                  tokenizer_.bos_id());
 }
 
 std::vector<std::int64_t> ChatTemplate::encode_prompt(const std::string& prompt) const {

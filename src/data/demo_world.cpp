@@ -237,22 +237,16 @@ std::vector<PromptRecord> generate(const config::DemoConfig& cfg,
     do {
       DNPO_CHECK_WITH(ConfigError,
                       draws < kMaxDrawsPerRecord,
-                      "demo world: no new \"",
+                      "demo world: no new \"{}\" prompt for split '{}' record {} after {} draws "
+                      "(demo.add_digits = {}, demo.string_length = {}, demo.eval_size = {}); hint: "
+                      "raise demo.add_digits / demo.string_length or lower demo.eval_size",
                       task,
-                      "\" prompt for split '",
                       split,
-                      "' record ",
                       i,
-                      " after ",
                       kMaxDrawsPerRecord,
-                      " draws (demo.add_digits = ",
                       cfg.add_digits,
-                      ", demo.string_length = ",
                       cfg.string_length,
-                      ", demo.eval_size = ",
-                      cfg.eval_size,
-                      "); hint: raise demo.add_digits / demo.string_length or lower "
-                      "demo.eval_size");
+                      cfg.eval_size);
       prompt = draw_prompt(task, cfg, rng);
       ++draws;
     } while (exclude.count(prompt) != 0 || (unique && seen.count(prompt) != 0));
@@ -281,30 +275,28 @@ DemoWorld::DemoWorld(config::DemoConfig cfg) : cfg_(std::move(cfg)) {
     const std::string& task = cfg_.tasks[i];
     DNPO_CHECK_WITH(ConfigError,
                     task == "add" || task == "reverse" || task == "sort",
-                    "demo.tasks[",
+                    "demo.tasks[{}] = \"{}\" is unknown; expected \"add\", \"reverse\" or \"sort\"",
                     i,
-                    "] = \"",
-                    task,
-                    "\" is unknown; expected \"add\", \"reverse\" or \"sort\"");
+                    task);
   }
   DNPO_CHECK_WITH(
-      ConfigError, cfg_.add_digits >= 1, "demo.add_digits must be >= 1, got ", cfg_.add_digits);
+      ConfigError, cfg_.add_digits >= 1, "demo.add_digits must be >= 1, got {}", cfg_.add_digits);
   DNPO_CHECK_WITH(ConfigError,
                   cfg_.string_length >= 1,
-                  "demo.string_length must be >= 1, got ",
+                  "demo.string_length must be >= 1, got {}",
                   cfg_.string_length);
   DNPO_CHECK_WITH(ConfigError,
                   cfg_.noise_rate >= 0.0 && cfg_.noise_rate <= 1.0,
-                  "demo.noise_rate must be in [0, 1], got ",
+                  "demo.noise_rate must be in [0, 1], got {}",
                   cfg_.noise_rate);
   DNPO_CHECK_WITH(
-      ConfigError, cfg_.train_size >= 0, "demo.train_size must be >= 0, got ", cfg_.train_size);
+      ConfigError, cfg_.train_size >= 0, "demo.train_size must be >= 0, got {}", cfg_.train_size);
   DNPO_CHECK_WITH(
-      ConfigError, cfg_.eval_size >= 0, "demo.eval_size must be >= 0, got ", cfg_.eval_size);
+      ConfigError, cfg_.eval_size >= 0, "demo.eval_size must be >= 0, got {}", cfg_.eval_size);
 }
 
 std::vector<PromptRecord> DemoWorld::make_split(const std::string& split, int n) const {
-  DNPO_CHECK(n >= 0, "demo world: split '", split, "' size must be >= 0, got ", n);
+  DNPO_CHECK(n >= 0, "demo world: split '{}' size must be >= 0, got {}", split, n);
   if (split == "eval") {
     return generate(cfg_, split, n, {}, /*unique=*/true);
   }
@@ -319,7 +311,7 @@ void write_demo_data(const config::DemoConfig& cfg, const std::string& dir) {
   const DemoWorld world(cfg);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  DNPO_CHECK_WITH(DataError, !ec, "cannot create demo data directory '", dir, "': ", ec.message());
+  DNPO_CHECK_WITH(DataError, !ec, "cannot create demo data directory '{}': {}", dir, ec.message());
   const std::filesystem::path root(dir);
   write_prompts_jsonl((root / "train.jsonl").string(), world.make_split("train", cfg.train_size));
   std::vector<PromptRecord> eval = world.make_split("eval", cfg.eval_size);
@@ -343,9 +335,8 @@ int verify_answer(const std::string& prompt, const std::string& answer) {
   const std::optional<Solved> solved = solve(prompt);
   DNPO_CHECK_WITH(DataError,
                   solved.has_value(),
-                  "verifier: not a demo-world prompt: \"",
+                  "verifier: not a demo-world prompt: \"{}\"; expected {}",
                   prompt.size() > 80 ? prompt.substr(0, 80) + "..." : prompt,
-                  "\"; expected ",
                   kPromptForms);
   const std::string& truth = solved->truth;
   const std::string given = trim(answer);

@@ -290,29 +290,24 @@ void write_jsonl(const std::string& path, const std::vector<Record>& records, Ma
   std::ofstream out(path, std::ios::out | std::ios::trunc);
   DNPO_CHECK_WITH(DataError,
                   out.is_open(),
-                  "cannot open '",
+                  "cannot open '{}' for writing: {}; hint: does its directory exist?",
                   path,
-                  "' for writing: ",
-                  error_text(errno),
-                  "; hint: does its directory exist?");
+                  error_text(errno));
   for (const Record& record : records) {
     std::string line;
     try {
       line = make(record).dump();
     } catch (const nlohmann::ordered_json::type_error& e) {
       DNPO_FAIL(DataError,
-                "cannot write record id '",
+                "cannot write record id '{}' to '{}': {}; expected UTF-8 text",
                 record.id,
-                "' to '",
                 path,
-                "': ",
-                e.what(),
-                "; expected UTF-8 text");
+                e.what());
     }
     out << line << '\n';
   }
   out.flush();
-  DNPO_CHECK_WITH(DataError, out.good(), "write error on '", path, "': ", error_text(errno));
+  DNPO_CHECK_WITH(DataError, out.good(), "write error on '{}': {}", path, error_text(errno));
 }
 
 }  // namespace

@@ -22,9 +22,9 @@ std::string error_text(int err) {
 
 void fail_jsonl_line(const JsonlLine& line, const std::string& what, const char* schema) {
   if (schema == nullptr) {
-    DNPO_FAIL(DataError, line.path, ":", line.number, ": ", what);
+    DNPO_FAIL(DataError, "{}:{}: {}", line.path, line.number, what);
   }
-  DNPO_FAIL(DataError, line.path, ":", line.number, ": ", what, "; expected ", schema);
+  DNPO_FAIL(DataError, "{}:{}: {}; expected {}", line.path, line.number, what, schema);
 }
 
 void for_each_jsonl(std::istream& in,
@@ -56,11 +56,9 @@ void for_each_jsonl(std::istream& in,
   }
   DNPO_CHECK_WITH(DataError,
                   !in.bad(),
-                  "read error in '",
+                  "read error in '{}' after line {}: {}",
                   path,
-                  "' after line ",
                   number,
-                  ": ",
                   error_text(errno));
 }
 
@@ -68,12 +66,12 @@ void for_each_jsonl_file(const std::string& path, const JsonlVisitor& visit, con
   std::error_code ec;
   DNPO_CHECK_WITH(DataError,
                   !std::filesystem::is_directory(path, ec),
-                  "cannot read JSONL file '",
-                  path,
-                  "': it is a directory; expected a file with one JSON object per line");
+                  "cannot read JSONL file '{}': it is a directory; expected a file with one JSON "
+                  "object per line",
+                  path);
   std::ifstream in(path);
   DNPO_CHECK_WITH(
-      DataError, in.is_open(), "cannot open JSONL file '", path, "': ", error_text(errno));
+      DataError, in.is_open(), "cannot open JSONL file '{}': {}", path, error_text(errno));
   for_each_jsonl(in, path, visit, schema);
 }
 

@@ -53,7 +53,7 @@ std::vector<std::string> candidate_paths() {
 template <typename Fn>
 void bind(void* lib, const char* name, Fn& fn) {
   fn = reinterpret_cast<Fn>(dlsym(lib, name));
-  DNPO_CHECK_WITH(DataError, fn != nullptr, "SentencePiece shim lacks symbol '", name, "'");
+  DNPO_CHECK_WITH(DataError, fn != nullptr, "SentencePiece shim lacks symbol '{}'", name);
 }
 
 SpmLibrary load() {
@@ -77,16 +77,13 @@ SpmLibrary load() {
     bind(lib, "dnpo_spm_decode", spm.decode);
     return spm;  // never dlclosed: tokenizers may live until exit
   }
-  DNPO_FAIL(DataError,
-            "cannot load the SentencePiece shim ",
-            kShimName,
-            "; tried:",
-            tried,
-            "\nhint: set ",
-            env::kSpmShim,
-            " to its path (build/lib/",
-            kShimName,
-            ")");
+  DNPO_FAIL(
+      DataError,
+      "cannot load the SentencePiece shim {}; tried:{}\nhint: set {} to its path (build/lib/{})",
+      kShimName,
+      tried,
+      env::kSpmShim,
+      kShimName);
   return {};
 }
 

@@ -40,7 +40,7 @@ std::string ByteTokenizer::decode(const std::vector<std::int64_t>& ids) const {
   std::string text;
   text.reserve(ids.size());
   for (const std::int64_t id : ids) {
-    DNPO_CHECK_WITH(DataError, id >= 0, "byte tokenizer: cannot decode negative token id ", id);
+    DNPO_CHECK_WITH(DataError, id >= 0, "byte tokenizer: cannot decode negative token id {}", id);
     if (id < 256) {
       text.push_back(static_cast<char>(static_cast<unsigned char>(id)));
     }
@@ -58,19 +58,18 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : path_(
   std::error_code ec;
   DNPO_CHECK_WITH(DataError,
                   std::filesystem::is_regular_file(path, ec),
-                  "SentencePiece model not found: '",
-                  path,
-                  "'; expected a tokenizer.model file (config key tokenizer.path)");
+                  "SentencePiece model not found: '{}'; expected a tokenizer.model file (config "
+                  "key tokenizer.path)",
+                  path);
   const auto& spm = detail::spm_library();
   std::array<char, 512> err{};
   void* handle = spm.open(path.c_str(), err.data(), err.size());
   DNPO_CHECK_WITH(DataError,
                   handle != nullptr,
-                  "cannot load SentencePiece model '",
+                  "cannot load SentencePiece model '{}': {}; expected a SentencePiece "
+                  "tokenizer.model (tokenizer.path)",
                   path,
-                  "': ",
-                  err.data(),
-                  "; expected a SentencePiece tokenizer.model (tokenizer.path)");
+                  err.data());
   handle_ = std::shared_ptr<void>(handle, spm.close);
   int vocab = 0;
   int bos = -1;
@@ -82,11 +81,10 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : path_(
   eos_id_ = eos;
   DNPO_CHECK_WITH(DataError,
                   eos_id_ >= 0 && eos_id_ < vocab_size_,
-                  "SentencePiece model '",
+                  "SentencePiece model '{}' has no EOS piece (eos_id {}); expected a model trained "
+                  "with an eos_id",
                   path,
-                  "' has no EOS piece (eos_id ",
-                  eos_id_,
-                  "); expected a model trained with an eos_id");
+                  eos_id_);
   pad_id_ = pad >= 0 ? pad : eos_id_;
 }
 
@@ -112,7 +110,7 @@ std::vector<std::int64_t> SentencePieceTokenizer::encode(const std::string& text
                    err.size());
   }
   DNPO_CHECK_WITH(
-      DataError, n >= 0, "SentencePiece encode failed (model '", path_, "'): ", err.data());
+      DataError, n >= 0, "SentencePiece encode failed (model '{}'): {}", path_, err.data());
   return {pieces.begin(), pieces.begin() + n};
 }
 
@@ -121,7 +119,7 @@ std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids)
   pieces.reserve(ids.size());
   for (const std::int64_t id : ids) {
     DNPO_CHECK_WITH(
-        DataError, id >= 0, "SentencePiece tokenizer: cannot decode negative token id ", id);
+        DataError, id >= 0, "SentencePiece tokenizer: cannot decode negative token id {}", id);
     if (id < vocab_size_ && !is_special(id)) {
       pieces.push_back(static_cast<int>(id));
     }
@@ -147,7 +145,7 @@ std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids)
                    err.size());
   }
   DNPO_CHECK_WITH(
-      DataError, n >= 0, "SentencePiece decode failed (model '", path_, "'): ", err.data());
+      DataError, n >= 0, "SentencePiece decode failed (model '{}'): {}", path_, err.data());
   text.resize(static_cast<std::size_t>(n));
   return text;
 }
@@ -174,9 +172,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const config::TokenizerConfig& cfg) {
     return std::make_unique<SentencePieceTokenizer>(cfg.path);
   }
   DNPO_FAIL(ConfigError,
-            "unknown tokenizer.kind \"",
-            cfg.kind,
-            "\"; expected \"byte\" or \"sentencepiece\"");
+            "unknown tokenizer.kind \"{}\"; expected \"byte\" or \"sentencepiece\"",
+            cfg.kind);
   return nullptr;
 }
 

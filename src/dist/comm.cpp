@@ -85,7 +85,7 @@ void ring_exchange(const void* send,
                    int prev,
                    std::chrono::milliseconds timeout,
                    const char* what) {
-  DNPO_CHECK(bytes <= std::numeric_limits<int>::max(), what, ": block too large for MPI");
+  DNPO_CHECK(bytes <= std::numeric_limits<int>::max(), "{}: block too large for MPI", what);
   constexpr int kTag = 7101;
   std::array<MPI_Request, 2> requests{MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   const auto count = static_cast<int>(bytes);
@@ -93,11 +93,10 @@ void ring_exchange(const void* send,
   DNPO_MPI_CHECK(MPI_Isend(send, count, MPI_BYTE, next, kTag, MPI_COMM_WORLD, &requests[1]));
   DNPO_CHECK_WITH(DistError,
                   poll_requests(requests.data(), 2, timeout),
+                  "{} failed (timeout {} ms): no reply from the other ranks; hint: another rank "
+                  "may have failed or be stuck (dist.timeout_s)",
                   what,
-                  " failed (timeout ",
-                  timeout.count(),
-                  " ms): no reply from the other ranks; hint: another rank may have failed or be "
-                  "stuck (dist.timeout_s)");
+                  timeout.count());
 }
 
 // Ring reduce-scatter over MPI point-to-point: world − 1 exchanges; in exchange s rank r sends
@@ -173,13 +172,10 @@ std::pair<c10::intrusive_ptr<c10d::Store>, std::string> make_store(
       tcp = c10::make_intrusive<c10d::TCPStore>(host, opts);
     } catch (const std::exception& e) {
       DNPO_FAIL(DistError,
-                "cannot serve the c10d store on ",
+                "cannot serve the c10d store on {}:{}: {}; hint: set dist.port to a free port or 0",
                 host,
-                ":",
                 port,
-                ": ",
-                e.what(),
-                "; hint: set dist.port to a free port or 0");
+                e.what());
     }
     served = std::to_string(tcp->getPort());
   }
@@ -190,13 +186,11 @@ std::pair<c10::intrusive_ptr<c10d::Store>, std::string> make_store(
       tcp = c10::make_intrusive<c10d::TCPStore>(host, opts);
     } catch (const std::exception& e) {
       DNPO_FAIL(DistError,
-                "cannot reach the c10d store of rank 0 at ",
+                "cannot reach the c10d store of rank 0 at {}:{}: {}; hint: set dist.host to an "
+                "address every node can reach",
                 host,
-                ":",
                 served,
-                ": ",
-                e.what(),
-                "; hint: set dist.host to an address every node can reach");
+                e.what());
     }
   }
   return {tcp, served};
@@ -235,12 +229,11 @@ void Work::wait() {
     }
   } catch (const std::exception& e) {
     DNPO_FAIL(DistError,
+              "{} failed (timeout {} ms): {}; hint: another rank may have failed or be stuck "
+              "(dist.timeout_s)",
               state_->what,
-              " failed (timeout ",
               state_->timeout.count(),
-              " ms): ",
-              first_line(e.what()),
-              "; hint: another rank may have failed or be stuck (dist.timeout_s)");
+              first_line(e.what()));
   }
   if (state_->then) {
     state_->then();
@@ -326,11 +319,9 @@ c10::intrusive_ptr<Group> make_process_group(const c10::intrusive_ptr<c10d::Stor
       return group;
     } catch (const std::exception& e) {
       DNPO_FAIL(DistError,
-                "cannot form the NCCL process group of ",
+                "cannot form the NCCL process group of {} ranks on {}: {}",
                 s.world,
-                " ranks on ",
                 s.device.str(),
-                ": ",
                 first_line(e.what()));
     }
 #endif
@@ -344,7 +335,7 @@ c10::intrusive_ptr<Group> make_process_group(const c10::intrusive_ptr<c10d::Stor
   try {
     return c10::make_intrusive<c10d::ProcessGroupGloo>(store, s.rank, s.world, gloo_opts);
   } catch (const std::exception& e) {
-    DNPO_FAIL(DistError, "cannot form the Gloo process group of ", s.world, " ranks: ", e.what());
+    DNPO_FAIL(DistError, "cannot form the Gloo process group of {} ranks: {}", s.world, e.what());
   }
 #endif
   return {};
@@ -365,13 +356,11 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& 
   const std::string backend = device == "cuda" ? "nccl" : "gloo";
   DNPO_CHECK_WITH(ConfigError,
                   cfg.backend == "auto" || cfg.backend == backend,
-                  "dist.backend = \"",
+                  "dist.backend = \"{}\" cannot serve run.device = \"{}\"; set dist.backend = "
+                  "\"{}\" or \"auto\"",
                   cfg.backend,
-                  "\" cannot serve run.device = \"",
                   device,
-                  "\"; set dist.backend = \"",
-                  backend,
-                  "\" or \"auto\"");
+                  backend);
 #if !DNPO_HAS_GLOO
   DNPO_CHECK_WITH(ConfigError,
                   backend != "gloo",
@@ -381,8 +370,8 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& 
 #if !DNPO_HAS_NCCL
   DNPO_CHECK_WITH(ConfigError,
                   backend != "nccl",
-                  "run.device = \"cuda\" needs NCCL, which this build lacks (a CPU-only "
-                  "LibTorch); build against a CUDA LibTorch (launch/device-check)");
+                  "run.device = \"cuda\" needs NCCL, which this build lacks (a CPU-only LibTorch); "
+                  "build against a CUDA LibTorch (launch/device-check)");
 #endif
   s.nccl = backend == "nccl";
   s.device = rank_device(device, mpi.local_rank());
@@ -441,14 +430,12 @@ at::Device Comm::device() const {
 
 Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
   const auto n = shard.numel();
-  DNPO_CHECK(flat.numel() == n * impl_->world && flat.is_contiguous() && shard.is_contiguous(),
-             "all_gather_flat: flat has ",
-             flat.numel(),
-             " elements; expected world (",
-             impl_->world,
-             ") × shard (",
-             n,
-             "), both contiguous");
+  DNPO_CHECK(
+      flat.numel() == n * impl_->world && flat.is_contiguous() && shard.is_contiguous(),
+      "all_gather_flat: flat has {} elements; expected world ({}) × shard ({}), both contiguous",
+      flat.numel(),
+      impl_->world,
+      n);
   DNPO_CHECK(flat.scalar_type() == shard.scalar_type(), "all_gather_flat: dtypes differ");
   impl_->bytes.all_gather += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.all_gather_ops;
@@ -477,13 +464,10 @@ Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
 Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) {
   const auto n = shard.numel();
   DNPO_CHECK(flat.numel() == n * impl_->world && flat.is_contiguous(),
-             "reduce_scatter_flat: flat has ",
+             "reduce_scatter_flat: flat has {} elements; expected world ({}) × shard ({})",
              flat.numel(),
-             " elements; expected world (",
              impl_->world,
-             ") × shard (",
-             n,
-             ")");
+             n);
   const auto rank = impl_->rank;
   impl_->bytes.reduce_scatter += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.reduce_scatter_ops;
@@ -518,7 +502,7 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
                                              MPI_SUM,
                                              MPI_COMM_WORLD,
                                              &w.state_->request);
-    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Ireduce_scatter_block returned ", rc);
+    DNPO_CHECK_WITH(DistError, rc == MPI_SUCCESS, "MPI_Ireduce_scatter_block returned {}", rc);
     return w;
   }
   const auto own = flat.view({-1}).narrow(0, static_cast<std::int64_t>(rank) * n, n);
@@ -578,9 +562,8 @@ at::Device rank_device(const std::string& run_device, int local_rank) {
   }
   DNPO_CHECK_WITH(ConfigError,
                   run_device == "cuda",
-                  "run.device = \"",
-                  run_device,
-                  "\"; expected \"cpu\" or \"cuda\"");
+                  "run.device = \"{}\"; expected \"cpu\" or \"cuda\"",
+                  run_device);
 #if DNPO_WITH_CUDA
   const int gpus = static_cast<int>(c10::cuda::device_count());
   DNPO_CHECK_WITH(ConfigError,

@@ -53,9 +53,8 @@ ShardOptimizer::ShardOptimizer(const config::TrainConfig& cfg, std::vector<at::T
   } else {
     DNPO_CHECK_WITH(ConfigError,
                     cfg_.optimizer == "rmsprop",
-                    "train.optimizer '",
-                    cfg_.optimizer,
-                    "' is unknown; expected \"adamw\" or \"rmsprop\"");
+                    "train.optimizer '{}' is unknown; expected \"adamw\" or \"rmsprop\"",
+                    cfg_.optimizer);
     state_names_ = {"square_avg"};
   }
   // Allocated at the first step (or when a checkpoint fills them), not here: a training step's
@@ -79,7 +78,7 @@ at::Tensor& ShardOptimizer::state(std::size_t param, const std::string& name) {
       return state_.at(param)[i];
     }
   }
-  DNPO_CHECK(false, "optimizer ", cfg_.optimizer, " has no state '", name, "'");
+  DNPO_CHECK(false, "optimizer {} has no state '{}'", cfg_.optimizer, name);
   return state_.at(param)[0];  // unreachable
 }
 

@@ -36,13 +36,10 @@ ShardedUnit::ShardedUnit(std::string name,
     world_ = comm_->world_size();
     rank_ = comm_->rank();
     DNPO_CHECK(comm_->device().type() == precision_.device.type(),
-               "unit ",
+               "unit {}: its buffers are on {} but the process group moves {} tensors",
                name_,
-               ": its buffers are on ",
                precision_.device.str(),
-               " but the process group moves ",
-               comm_->device().str(),
-               " tensors");
+               comm_->device().str());
   }
   // NCCL's collectives run even for one rank (a device copy each), so that one GPU exercises the
   // same streams and events as many; Gloo's would only cost time on the host.
@@ -85,25 +82,19 @@ std::vector<ShardedUnit::ShardPiece> ShardedUnit::shard_pieces() const {
 
 void ShardedUnit::load_full(const std::vector<at::Tensor>& full) {
   DNPO_CHECK(full.size() == specs_.size(),
-             "unit ",
+             "unit {}: {} tensors given for {} specs",
              name_,
-             ": ",
              full.size(),
-             " tensors given for ",
-             specs_.size(),
-             " specs");
+             specs_.size());
   at::NoGradGuard no_grad;
   const std::int64_t begin = static_cast<std::int64_t>(rank_) * shard_numel_;
   const std::int64_t end = begin + shard_numel_;
   for (std::size_t i = 0; i < specs_.size(); ++i) {
     DNPO_CHECK(full[i].numel() == specs_[i].numel(),
-               "unit ",
+               "unit {}: tensor {} has {} elements; expected {}",
                name_,
-               ": tensor ",
                specs_[i].name,
-               " has ",
                full[i].numel(),
-               " elements; expected ",
                specs_[i].numel());
     // The overlap of tensor i's range [off, off+numel) with this rank's [begin, end).
     const auto off = offsets_[i];
@@ -239,7 +230,7 @@ at::Tensor ShardedUnit::reduced_slice(at::Tensor flat) {
 }
 
 void ShardedUnit::set_defer_reduction(bool defer) {
-  DNPO_CHECK(!pending_grad_.defined(), "unit ", name_, ": unflushed gradients");
+  DNPO_CHECK(!pending_grad_.defined(), "unit {}: unflushed gradients", name_);
   defer_reduction_ = defer && !local_only_ && trainable_;
 }
 

@@ -49,9 +49,8 @@ Url parse_url(const std::string& url) {
   const std::string scheme = url.substr(0, scheme_end);
   DNPO_CHECK_WITH(ConfigError,
                   scheme_end != std::string::npos && (scheme == "http" || scheme == "https"),
-                  "judge.base_url = \"",
-                  url,
-                  "\": expected http[s]://host[:port][/path]");
+                  "judge.base_url = \"{}\": expected http[s]://host[:port][/path]",
+                  url);
   const std::string rest = url.substr(scheme_end + 3);
   const auto slash = rest.find('/');
   const std::string authority = rest.substr(0, slash);
@@ -74,9 +73,8 @@ Url parse_url(const std::string& url) {
   }
   DNPO_CHECK_WITH(ConfigError,
                   !u.host.empty(),
-                  "judge.base_url = \"",
-                  url,
-                  "\": no host; expected http[s]://host[:port]");
+                  "judge.base_url = \"{}\": no host; expected http[s]://host[:port]",
+                  url);
   return u;
 }
 
@@ -185,13 +183,12 @@ struct JudgeClient::Impl {
     }
     if (!cfg.api_key_env.empty()) {
       auto key = env::get(cfg.api_key_env.c_str());
-      DNPO_CHECK_WITH(ConfigError,
-                      key && !key->empty(),
-                      "judge.api_key_env = \"",
-                      cfg.api_key_env,
-                      "\": that environment variable is not set or empty; hint: export it "
-                      "before starting, or set judge.api_key_env = \"\" for a server without "
-                      "keys");
+      DNPO_CHECK_WITH(
+          ConfigError,
+          key && !key->empty(),
+          "judge.api_key_env = \"{}\": that environment variable is not set or empty; hint: export "
+          "it before starting, or set judge.api_key_env = \"\" for a server without keys",
+          cfg.api_key_env);
       api_key = *key;
     }
     backoff = BackoffPolicy{cfg.backoff_base_s, cfg.backoff_max_s, 2.0};
@@ -200,11 +197,9 @@ struct JudgeClient::Impl {
     endpoints = resolver.resolve(url.host, url.port, ec);
     DNPO_CHECK_WITH(JudgeError,
                     !ec,
-                    "judge endpoint ",
+                    "judge endpoint {}: cannot resolve {}: {}",
                     cfg.base_url,
-                    ": cannot resolve ",
                     url.host,
-                    ": ",
                     ec.message());
     thread = std::thread([this] { ioc.run(); });
   }

@@ -22,18 +22,17 @@ const char* outcome_name(Outcome outcome) {
 }
 
 config::JudgeConfig rank_share(const config::JudgeConfig& cfg, int rank, int world) {
-  DNPO_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of ", world);
+  DNPO_CHECK(world >= 1 && rank >= 0 && rank < world, "rank {} of {}", rank, world);
   config::JudgeConfig mine = cfg;
   if (cfg.backend != "http") {
     return mine;  // the rule judge runs in-process: nothing to share
   }
   DNPO_CHECK_WITH(ConfigError,
                   cfg.concurrency >= world,
-                  "judge.concurrency = ",
+                  "judge.concurrency = {} is job-wide and below the {} ranks, each of which needs "
+                  "a request in flight; hint: set it to at least {}",
                   cfg.concurrency,
-                  " is job-wide and below the ",
                   world,
-                  " ranks, each of which needs a request in flight; hint: set it to at least ",
                   world);
   mine.concurrency = cfg.concurrency / world + (rank < cfg.concurrency % world ? 1 : 0);
   mine.requests_per_minute = cfg.requests_per_minute / world;
@@ -46,9 +45,8 @@ std::unique_ptr<Judge> make_judge(const config::JudgeConfig& cfg, VerdictBook* c
   }
   DNPO_CHECK_WITH(ConfigError,
                   cfg.backend == "http",
-                  "judge.backend = \"",
-                  cfg.backend,
-                  "\": expected \"rule\" or \"http\"");
+                  "judge.backend = \"{}\": expected \"rule\" or \"http\"",
+                  cfg.backend);
   return std::make_unique<JudgeClient>(cfg, cache);
 }
 

@@ -98,10 +98,9 @@ double parse_header_number(const std::string& value, const std::string& where) {
   const double v = std::strtod(value.c_str(), &end);
   DNPO_CHECK_WITH(ConfigError,
                   !value.empty() && end != nullptr && *end == '\0' && std::isfinite(v),
+                  "{}: expected a number, got \"{}\"",
                   where,
-                  ": expected a number, got \"",
-                  value,
-                  "\"");
+                  value);
   return v;
 }
 
@@ -129,19 +128,17 @@ PromptTemplate parse_template(const std::string& text, const std::string& name) 
     const auto eq = stripped.find('=');
     DNPO_CHECK_WITH(ConfigError,
                     eq != std::string_view::npos,
+                    "{}: expected \"key = value\" or \"---\", got \"{}\"",
                     where,
-                    ": expected \"key = value\" or \"---\", got \"",
-                    stripped,
-                    "\"");
+                    stripped);
     const std::string key(trim(stripped.substr(0, eq)));
     const std::string value(trim(stripped.substr(eq + 1)));
     if (key == "score_format") {
       DNPO_CHECK_WITH(ConfigError,
                       value == "bare" || value == "brackets",
+                      "{}: score_format must be \"bare\" or \"brackets\", got \"{}\"",
                       where,
-                      ": score_format must be \"bare\" or \"brackets\", got \"",
-                      value,
-                      "\"");
+                      value);
       t.format = value == "bare" ? ScoreFormat::kBare : ScoreFormat::kBrackets;
     } else if (key == "score_min") {
       t.score_min = parse_header_number(value, where);
@@ -150,15 +147,15 @@ PromptTemplate parse_template(const std::string& text, const std::string& name) 
     } else if (key == "system") {
       t.system = value;
     } else {
-      DNPO_FAIL(ConfigError,
-                where,
-                ": unknown header key \"",
-                key,
-                "\"; expected score_format, score_min, score_max or system");
+      DNPO_FAIL(
+          ConfigError,
+          "{}: unknown header key \"{}\"; expected score_format, score_min, score_max or system",
+          where,
+          key);
     }
   }
   DNPO_CHECK_WITH(
-      ConfigError, body_started, "judge template ", name, ": no \"---\" line before the prompt");
+      ConfigError, body_started, "judge template {}: no \"---\" line before the prompt", name);
   std::ostringstream body;
   body << in.rdbuf();
   t.body = body.str();
@@ -167,22 +164,19 @@ PromptTemplate parse_template(const std::string& text, const std::string& name) 
   }
   const auto q = t.body.find(kQuestion);
   const auto a = t.body.find(kAnswer);
-  DNPO_CHECK_WITH(ConfigError,
-                  q != std::string::npos && a != std::string::npos && q < a &&
-                      t.body.find(kQuestion, q + 1) == std::string::npos &&
-                      t.body.find(kAnswer, a + 1) == std::string::npos,
-                  "judge template ",
-                  name,
-                  ": the prompt must contain {question} and then {answer}, once each");
+  DNPO_CHECK_WITH(
+      ConfigError,
+      q != std::string::npos && a != std::string::npos && q < a &&
+          t.body.find(kQuestion, q + 1) == std::string::npos &&
+          t.body.find(kAnswer, a + 1) == std::string::npos,
+      "judge template {}: the prompt must contain {{question}} and then {{answer}}, once each",
+      name);
   DNPO_CHECK_WITH(ConfigError,
                   t.score_min < t.score_max,
-                  "judge template ",
+                  "judge template {}: score_min ({}) must be < score_max ({})",
                   name,
-                  ": score_min (",
                   t.score_min,
-                  ") must be < score_max (",
-                  t.score_max,
-                  ")");
+                  t.score_max);
   return t;
 }
 
@@ -190,10 +184,9 @@ PromptTemplate load_template(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   DNPO_CHECK_WITH(ConfigError,
                   in.good(),
-                  "cannot read judge template '",
-                  path,
-                  "' (judge.template); hint: paths are relative to the working directory, "
-                  "e.g. configs/judge/default_0_100.txt");
+                  "cannot read judge template '{}' (judge.template); hint: paths are relative to "
+                  "the working directory, e.g. configs/judge/default_0_100.txt",
+                  path);
   std::ostringstream text;
   text << in.rdbuf();
   return parse_template(text.str(), std::filesystem::path(path).stem().string());

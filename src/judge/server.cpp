@@ -81,9 +81,8 @@ struct JudgeServer::Impl {
       auto key = env::get(options.api_key_env.c_str());
       DNPO_CHECK_WITH(JudgeError,
                       key && !key->empty(),
-                      "--api-key-env ",
-                      options.api_key_env,
-                      ": the environment variable is not set");
+                      "--api-key-env {}: the environment variable is not set",
+                      options.api_key_env);
       api_key = *key;
     }
     DNPO_CHECK_WITH(JudgeError,
@@ -94,18 +93,17 @@ struct JudgeServer::Impl {
     }
     if (!options.request_log.empty()) {
       log.open(options.request_log, std::ios::app);
-      DNPO_CHECK_WITH(
-          JudgeError, log.good(), "cannot open request log '", options.request_log, "'");
+      DNPO_CHECK_WITH(JudgeError, log.good(), "cannot open request log '{}'", options.request_log);
     }
     boost::system::error_code ec;
     const auto address = asio::ip::make_address(options.host, ec);
-    DNPO_CHECK_WITH(JudgeError, !ec, "bad --host '", options.host, "': ", ec.message());
+    DNPO_CHECK_WITH(JudgeError, !ec, "bad --host '{}': {}", options.host, ec.message());
     const tcp::endpoint endpoint{address, static_cast<unsigned short>(options.port)};
     acceptor.open(endpoint.protocol());
     acceptor.set_option(asio::socket_base::reuse_address(true));
     acceptor.bind(endpoint, ec);
     DNPO_CHECK_WITH(
-        JudgeError, !ec, "cannot bind ", options.host, ":", options.port, ": ", ec.message());
+        JudgeError, !ec, "cannot bind {}:{}: {}", options.host, options.port, ec.message());
     acceptor.listen(asio::socket_base::max_listen_connections);
   }
 

@@ -25,25 +25,21 @@ ssl::context client_context(bool verify, const std::string& ca_file) {
     ctx.set_default_verify_paths(ec);
     DNPO_CHECK_WITH(ConfigError,
                     !ec,
-                    "judge: cannot load the system's CA certificates: ",
-                    ec.message(),
-                    "; hint: set judge.ca_file to a PEM file of the CA that signed the judge's "
-                    "certificate");
+                    "judge: cannot load the system's CA certificates: {}; hint: set judge.ca_file "
+                    "to a PEM file of the CA that signed the judge's certificate",
+                    ec.message());
     return ctx;
   }
   DNPO_CHECK_WITH(ConfigError,
                   std::ifstream(ca_file).good(),
-                  "judge.ca_file = \"",
-                  ca_file,
-                  "\": cannot read that file");
+                  "judge.ca_file = \"{}\": cannot read that file",
+                  ca_file);
   ctx.load_verify_file(ca_file, ec);
   DNPO_CHECK_WITH(ConfigError,
                   !ec,
-                  "judge.ca_file = \"",
+                  "judge.ca_file = \"{}\": no PEM CA certificate in it ({})",
                   ca_file,
-                  "\": no PEM CA certificate in it (",
-                  ec.message(),
-                  ")");
+                  ec.message());
   return ctx;
 }
 
@@ -54,21 +50,16 @@ ssl::context server_context(const std::string& cert_file, const std::string& key
   ctx.use_certificate_chain_file(cert_file, ec);
   DNPO_CHECK_WITH(JudgeError,
                   !ec,
-                  "--tls-cert ",
+                  "--tls-cert {}: cannot use it as a PEM certificate chain ({})",
                   cert_file,
-                  ": cannot use it as a PEM certificate chain (",
-                  ec.message(),
-                  ")");
+                  ec.message());
   ctx.use_private_key_file(key_file, ssl::context::pem, ec);
   DNPO_CHECK_WITH(JudgeError,
                   !ec,
-                  "--tls-key ",
+                  "--tls-key {}: cannot use it as the PEM private key of {} ({})",
                   key_file,
-                  ": cannot use it as the PEM private key of ",
                   cert_file,
-                  " (",
-                  ec.message(),
-                  ")");
+                  ec.message());
   return ctx;
 }
 

@@ -187,7 +187,7 @@ void VerdictBook::save(const std::string& path) const {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    DNPO_CHECK_WITH(JudgeError, out.good(), "cannot write judge cache '", tmp, "'");
+    DNPO_CHECK_WITH(JudgeError, out.good(), "cannot write judge cache '{}'", tmp);
     const std::lock_guard<std::mutex> lock(mutex_);
     for (const auto& [key, score] : known_) {
       const auto [model, template_hash] = split_scope(key.scope);
@@ -200,20 +200,18 @@ void VerdictBook::save(const std::string& path) const {
       out << j.dump(-1, ' ', false, Json::error_handler_t::replace) << '\n';
     }
     out.flush();
-    DNPO_CHECK_WITH(JudgeError, out.good(), "writing judge cache '", tmp, "' failed");
+    DNPO_CHECK_WITH(JudgeError, out.good(), "writing judge cache '{}' failed", tmp);
   }
   DNPO_CHECK_WITH(JudgeError,
                   std::rename(tmp.c_str(), path.c_str()) == 0,
-                  "cannot rename judge cache '",
+                  "cannot rename judge cache '{}' to '{}'",
                   tmp,
-                  "' to '",
-                  path,
-                  "'");
+                  path);
 }
 
 void VerdictBook::load(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  DNPO_CHECK_WITH(JudgeError, in.good(), "cannot read judge cache '", path, "'");
+  DNPO_CHECK_WITH(JudgeError, in.good(), "cannot read judge cache '{}'", path);
   std::string line;
   int line_no = 0;
   while (std::getline(in, line)) {
@@ -229,12 +227,11 @@ void VerdictBook::load(const std::string& path) {
              j.at("score").get<double>());
     } catch (const Json::exception& e) {
       DNPO_FAIL(JudgeError,
+                "{}:{}: bad judge cache entry ({}); expected {{\"model\", \"template\", "
+                "\"question\", \"answer\", \"score\"}}",
                 path,
-                ":",
                 line_no,
-                ": bad judge cache entry (",
-                e.what(),
-                "); expected {\"model\", \"template\", \"question\", \"answer\", \"score\"}");
+                e.what());
     }
   }
 }

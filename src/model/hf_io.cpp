@@ -21,13 +21,13 @@ template <typename T>
 void read_field(
     const nlohmann::json& j, const std::string& path, const char* key, T& out, bool required) {
   if (!j.contains(key)) {
-    DNPO_CHECK_WITH(DataError, !required, path, ": missing field '", key, "'");
+    DNPO_CHECK_WITH(DataError, !required, "{}: missing field '{}'", path, key);
     return;
   }
   try {
     out = j.at(key).get<T>();
   } catch (const nlohmann::json::exception& e) {
-    DNPO_FAIL(DataError, path, ": field '", key, "' has the wrong type: ", e.what());
+    DNPO_FAIL(DataError, "{}: field '{}' has the wrong type: {}", path, key, e.what());
   }
 }
 
@@ -36,12 +36,12 @@ void read_field(
 config::ModelConfig read_hf_config(const std::string& dir, const config::ModelConfig& base) {
   const std::string path = dir + "/config.json";
   std::ifstream in(path);
-  DNPO_CHECK_WITH(DataError, in.good(), "cannot open HF config '", path, "'");
+  DNPO_CHECK_WITH(DataError, in.good(), "cannot open HF config '{}'", path);
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
-    DNPO_FAIL(DataError, path, ": not valid JSON: ", e.what());
+    DNPO_FAIL(DataError, "{}: not valid JSON: {}", path, e.what());
   }
   config::ModelConfig cfg = base;
   read_field(j, path, "vocab_size", cfg.vocab_size, true);
@@ -61,10 +61,9 @@ config::ModelConfig read_hf_config(const std::string& dir, const config::ModelCo
     const auto act = j.at("hidden_act").get<std::string>();
     DNPO_CHECK_WITH(DataError,
                     act == "silu",
+                    "{}: hidden_act '{}' is not supported; expected 'silu'",
                     path,
-                    ": hidden_act '",
-                    act,
-                    "' is not supported; expected 'silu'");
+                    act);
   }
   return cfg;
 }
@@ -89,7 +88,7 @@ void write_hf_config(const std::string& dir,
                       {"initializer_range", cfg.initializer_range},
                       {"torch_dtype", torch_dtype}};
   std::ofstream out(dir + "/config.json");
-  DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", dir, "/config.json'");
+  DNPO_CHECK_WITH(DataError, out.good(), "cannot write '{}/config.json'", dir);
   out << j.dump(2) << "\n";
 }
 
@@ -139,8 +138,8 @@ WeightFiles weight_files(const std::string& dir) {
     const auto index = nlohmann::json::parse(in);
     DNPO_CHECK_WITH(DataError,
                     index.contains("weight_map") && index["weight_map"].is_object(),
-                    index_path,
-                    ": no \"weight_map\" object");
+                    "{}: no \"weight_map\" object",
+                    index_path);
     for (const auto& [name, file] : index["weight_map"].items()) {
       const auto f = file.get<std::string>();
       out.file_of[name] = f;
@@ -149,15 +148,14 @@ WeightFiles weight_files(const std::string& dir) {
       }
     }
   } catch (const nlohmann::json::exception& e) {
-    DNPO_FAIL(DataError, index_path, ": not a valid index: ", e.what());
+    DNPO_FAIL(DataError, "{}: not a valid index: {}", index_path, e.what());
   }
   for (const auto& file : out.files) {
     DNPO_CHECK_WITH(DataError,
                     std::filesystem::exists(dir + "/" + file),
+                    "{} names shard '{}', which does not exist",
                     index_path,
-                    " names shard '",
-                    file,
-                    "', which does not exist");
+                    file);
   }
   return out;
 }
@@ -167,12 +165,10 @@ void check_index_complete(const WeightFiles& weights, const std::set<std::string
   for (const auto& [name, file] : weights.file_of) {
     DNPO_CHECK_WITH(DataError,
                     found.count(name) == 1,
+                    "{}: tensor '{}' should be in {} but is not",
                     weights.index_path,
-                    ": tensor '",
                     name,
-                    "' should be in ",
-                    file,
-                    " but is not");
+                    file);
   }
 }
 
@@ -221,7 +217,7 @@ void save_hf_tensors(const std::string& dir,
   std::ofstream out(path + ".tmp");
   out << index.dump(2) << "\n";
   out.close();
-  DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", path, "'");
+  DNPO_CHECK_WITH(DataError, out.good(), "cannot write '{}'", path);
   std::filesystem::rename(path + ".tmp", path);  // the index last: it names complete shards
 }
 
@@ -255,7 +251,7 @@ HfTensorReader::HfTensorReader(std::string dir) : dir_(std::move(dir)) {
 
 const HfTensorReader::Located& HfTensorReader::at(const std::string& name) const {
   const auto it = entries_.find(name);
-  DNPO_CHECK_WITH(DataError, it != entries_.end(), dir_, ": no tensor '", name, "'");
+  DNPO_CHECK_WITH(DataError, it != entries_.end(), "{}: no tensor '{}'", dir_, name);
   return it->second;
 }
 

@@ -138,24 +138,19 @@ LlamaWeights weights_from_map(const config::ModelConfig& cfg,
 void check_model_config(const config::ModelConfig& cfg) {
   DNPO_CHECK_WITH(ConfigError,
                   cfg.num_attention_heads > 0 && cfg.hidden_size % cfg.num_attention_heads == 0,
-                  "model.hidden_size (",
+                  "model.hidden_size ({}) must be divisible by model.num_attention_heads ({})",
                   cfg.hidden_size,
-                  ") must be divisible by model.num_attention_heads (",
-                  cfg.num_attention_heads,
-                  ")");
+                  cfg.num_attention_heads);
   DNPO_CHECK_WITH(
       ConfigError,
       cfg.num_key_value_heads > 0 && cfg.num_attention_heads % cfg.num_key_value_heads == 0,
-      "model.num_attention_heads (",
+      "model.num_attention_heads ({}) must be divisible by model.num_key_value_heads ({})",
       cfg.num_attention_heads,
-      ") must be divisible by model.num_key_value_heads (",
-      cfg.num_key_value_heads,
-      ")");
+      cfg.num_key_value_heads);
   DNPO_CHECK_WITH(ConfigError,
                   head_dim(cfg) % 2 == 0,
-                  "head dim (hidden_size / heads = ",
-                  head_dim(cfg),
-                  ") must be even for rotary embeddings");
+                  "head dim (hidden_size / heads = {}) must be even for rotary embeddings",
+                  head_dim(cfg));
 }
 
 // fp32 masters are cast to the compute dtype (differentiably); a weight stored narrower than the
@@ -182,9 +177,8 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
   const auto total = attention_mask.size(1);
   const auto steps = total - past_length;
   DNPO_CHECK(steps > 0,
-             "attention_mask covers ",
+             "attention_mask covers {} positions but the cache already holds {}",
              total,
-             " positions but the cache already holds ",
              past_length);
   const auto device = attention_mask.device();
   // positions: (B, T) — HF style, so left padding does not shift real tokens' positions.
@@ -289,11 +283,9 @@ at::Tensor block_forward(const config::ModelConfig& cfg,
   if (cache != nullptr) {
     const auto past = cache->length;
     DNPO_CHECK(past + steps <= cache->capacity,
-               "KV cache full: ",
+               "KV cache full: {} + {} > {}",
                past,
-               " + ",
                steps,
-               " > ",
                cache->capacity);
     cache->keys[layer_index].narrow(2, past, steps).copy_(k);
     cache->values[layer_index].narrow(2, past, steps).copy_(v);
@@ -326,7 +318,7 @@ std::vector<std::int64_t> parameter_shape(const config::ModelConfig& cfg, const 
       return spec.shape;
     }
   }
-  DNPO_FAIL(Error, "the model config has no parameter '", name, "'");
+  DNPO_FAIL(Error, "the model config has no parameter '{}'", name);
   return {};
 }
 
@@ -338,7 +330,7 @@ at::Tensor initial_parameter(const config::ModelConfig& cfg,
   while (index < specs.size() && specs[index].name != name) {
     ++index;
   }
-  DNPO_CHECK(index < specs.size(), "the model config has no parameter '", name, "'");
+  DNPO_CHECK(index < specs.size(), "the model config has no parameter '{}'", name);
   const auto& spec = specs[index];
   const auto key = draw_key(seed, 0, 0, index, 0, RandomStream::kInit);
   return spec.is_norm ? at::ones(spec.shape, at::kFloat)
@@ -364,22 +356,17 @@ LlamaModel::LlamaModel(config::ModelConfig cfg, const NamedTensors& tensors)
     auto it = given.find(spec.name);
     DNPO_CHECK_WITH(DataError,
                     it != given.end(),
-                    "model weights lack tensor '",
+                    "model weights lack tensor '{}'; hint: the weights do not match model config "
+                    "(layers={}, tie_word_embeddings={})",
                     spec.name,
-                    "'; hint: the weights do not match model config (layers=",
                     cfg_.num_hidden_layers,
-                    ", tie_word_embeddings=",
-                    cfg_.tie_word_embeddings,
-                    ")");
+                    cfg_.tie_word_embeddings);
     DNPO_CHECK_WITH(DataError,
                     it->second.sizes().vec() == spec.shape,
-                    "tensor '",
+                    "tensor '{}' has shape {}; expected {} from the model config",
                     spec.name,
-                    "' has shape ",
                     it->second.sizes(),
-                    "; expected ",
-                    at::IntArrayRef(spec.shape),
-                    " from the model config");
+                    at::IntArrayRef(spec.shape));
     by_name[spec.name] = it->second.to(at::kFloat).contiguous().clone();
     given.erase(it);
   }
@@ -388,9 +375,8 @@ LlamaModel::LlamaModel(config::ModelConfig cfg, const NamedTensors& tensors)
     // Rotary caches of older exports are derived buffers, not parameters.
     DNPO_CHECK_WITH(DataError,
                     name.find("rotary_emb") != std::string::npos,
-                    "unexpected tensor '",
-                    name,
-                    "' in model weights");
+                    "unexpected tensor '{}' in model weights",
+                    name);
   }
   weights_ = weights_from_map(cfg_, by_name);
   bind_named();
@@ -506,15 +492,13 @@ void LlamaModel::copy_from(const LlamaModel& other) {
 at::Tensor LlamaModel::forward_hidden(const at::Tensor& input_ids,
                                       const at::Tensor& attention_mask,
                                       KVCache* cache) const {
-  DNPO_CHECK(input_ids.dim() == 2, "input_ids must be (B,T), got ", input_ids.sizes());
+  DNPO_CHECK(input_ids.dim() == 2, "input_ids must be (B,T), got {}", input_ids.sizes());
   const std::int64_t past = cache != nullptr ? cache->length : 0;
   DNPO_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == input_ids.size(0) &&
                  attention_mask.size(1) == past + input_ids.size(1),
-             "attention_mask must be (B, past+T) = (",
+             "attention_mask must be (B, past+T) = ({}, {}), got {}",
              input_ids.size(0),
-             ", ",
              past + input_ids.size(1),
-             "), got ",
              attention_mask.sizes());
   const auto dtype = compute_dtype_;
   auto cast = [dtype](const at::Tensor& w) { return as_compute(w, dtype); };

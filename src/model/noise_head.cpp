@@ -29,9 +29,8 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg,
   } else {
     DNPO_CHECK_WITH(ConfigError,
                     cfg.head == "linear",
-                    "npo.head '",
-                    cfg.head,
-                    "' is unknown; expected \"ln_gelu_linear\" or \"linear\"");
+                    "npo.head '{}' is unknown; expected \"ln_gelu_linear\" or \"linear\"",
+                    cfg.head);
     proj_bias_ = at::zeros({vocab}, at::kFloat);
     named_ = {{"proj.weight", proj_weight_}, {"proj.bias", proj_bias_}};
   }
@@ -42,7 +41,7 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg, const NamedTensors& tensors) 
   auto take = [&](const std::string& name) {
     auto it = by_name.find(name);
     DNPO_CHECK_WITH(
-        DataError, it != by_name.end(), "noise head (", cfg.head, ") lacks tensor '", name, "'");
+        DataError, it != by_name.end(), "noise head ({}) lacks tensor '{}'", cfg.head, name);
     return it->second.to(at::kFloat).contiguous().clone();
   };
   proj_weight_ = take("proj.weight");

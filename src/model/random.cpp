@@ -80,7 +80,7 @@ at::Tensor counter_normal_rows(const at::Tensor& row_keys, std::int64_t cols) {
                               u1.data_ptr<float>(),
                               u2.data_ptr<float>(),
                               c10::cuda::getCurrentCUDAStream(keys.device().index()).stream());
-    DNPO_CHECK(rc == 0, "counter_uniforms: CUDA error ", rc);
+    DNPO_CHECK(rc == 0, "counter_uniforms: CUDA error {}", rc);
     return box_muller(std::move(u1), std::move(u2), cols);
   }
 #endif

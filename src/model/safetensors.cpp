@@ -39,7 +39,7 @@ at::ScalarType dtype_from_name(const std::string& name,
       return d.type;
     }
   }
-  DNPO_FAIL(DataError, path, ": tensor '", tensor, "' has unsupported dtype '", name, "'");
+  DNPO_FAIL(DataError, "{}: tensor '{}' has unsupported dtype '{}'", path, tensor, name);
   return at::kFloat;
 }
 
@@ -49,7 +49,7 @@ const char* name_from_dtype(at::ScalarType type) {
       return d.name;
     }
   }
-  DNPO_FAIL(DataError, "safetensors: cannot write dtype ", type);
+  DNPO_FAIL(DataError, "safetensors: cannot write dtype {}", type);
   return "";
 }
 
@@ -65,21 +65,20 @@ std::int64_t SafetensorsEntry::numel() const {
 
 std::vector<SafetensorsEntry> read_safetensors_header(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '", path, "'");
+  DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '{}'", path);
   const auto file_size = static_cast<std::uint64_t>(std::filesystem::file_size(path));
   std::uint64_t header_len = 0;
   std::array<unsigned char, 8> len_bytes{};
   in.read(reinterpret_cast<char*>(len_bytes.data()), 8);
-  DNPO_CHECK_WITH(DataError, in.gcount() == 8, path, ": file too short for a safetensors header");
+  DNPO_CHECK_WITH(DataError, in.gcount() == 8, "{}: file too short for a safetensors header", path);
   for (auto it = len_bytes.rbegin(); it != len_bytes.rend(); ++it) {  // little-endian u64
     header_len = (header_len << 8U) | *it;
   }
   DNPO_CHECK_WITH(DataError,
                   header_len <= file_size - 8 && header_len < (100ULL << 20U),
+                  "{}: header length {} exceeds the file size {}",
                   path,
-                  ": header length ",
                   header_len,
-                  " exceeds the file size ",
                   file_size);
   std::string header(header_len, '\0');
   in.read(header.data(), static_cast<std::streamsize>(header_len));
@@ -87,9 +86,9 @@ std::vector<SafetensorsEntry> read_safetensors_header(const std::string& path) {
   try {
     meta = nlohmann::json::parse(header);
   } catch (const nlohmann::json::exception& e) {
-    DNPO_FAIL(DataError, path, ": safetensors header is not valid JSON: ", e.what());
+    DNPO_FAIL(DataError, "{}: safetensors header is not valid JSON: {}", path, e.what());
   }
-  DNPO_CHECK_WITH(DataError, meta.is_object(), path, ": safetensors header is not a JSON object");
+  DNPO_CHECK_WITH(DataError, meta.is_object(), "{}: safetensors header is not a JSON object", path);
   const std::uint64_t data_start = 8 + header_len;
   const std::uint64_t data_size = file_size - data_start;
   std::vector<SafetensorsEntry> entries;
@@ -105,37 +104,34 @@ std::vector<SafetensorsEntry> read_safetensors_header(const std::string& path) {
       const auto offsets = info.at("data_offsets").get<std::vector<std::uint64_t>>();
       DNPO_CHECK_WITH(DataError,
                       offsets.size() == 2 && offsets[0] <= offsets[1] && offsets[1] <= data_size,
+                      "{}: tensor '{}' has data_offsets outside the file",
                       path,
-                      ": tensor '",
-                      name,
-                      "' has data_offsets outside the file");
+                      name);
       // The byte count without overflow: a crafted shape (found by fuzzing) whose product wrapped
       // to the size of its data_offsets was accepted, and then read past the end of the file.
       std::uint64_t bytes = at::elementSize(e.dtype);
       for (const auto dim : e.shape) {
-        DNPO_CHECK_WITH(DataError, dim >= 0, path, ": tensor '", name, "' has a negative dim");
+        DNPO_CHECK_WITH(DataError, dim >= 0, "{}: tensor '{}' has a negative dim", path, name);
         DNPO_CHECK_WITH(
             DataError,
             !__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(dim), &bytes) &&
                 bytes <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
+            "{}: tensor '{}' has a shape too large for any file",
             path,
-            ": tensor '",
-            name,
-            "' has a shape too large for any file");
+            name);
       }
       DNPO_CHECK_WITH(DataError,
                       bytes == offsets[1] - offsets[0],
+                      "{}: tensor '{}' has {} bytes; its shape and dtype need {}",
                       path,
-                      ": tensor '",
                       name,
-                      "' has ",
                       offsets[1] - offsets[0],
-                      " bytes; its shape and dtype need ",
                       bytes);
       e.data_begin = data_start + offsets[0];
       entries.push_back(std::move(e));
     } catch (const nlohmann::json::exception& e) {
-      DNPO_FAIL(DataError, path, ": tensor '", name, "' has a malformed header entry: ", e.what());
+      DNPO_FAIL(
+          DataError, "{}: tensor '{}' has a malformed header entry: {}", path, name, e.what());
     }
   }
   std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
@@ -150,26 +146,23 @@ at::Tensor read_safetensors_range(const std::string& path,
                                   std::int64_t numel) {
   DNPO_CHECK_WITH(DataError,
                   offset >= 0 && numel >= 0 && offset + numel <= entry.numel(),
+                  "{}: elements [{}, {}) are outside tensor '{}' of {}",
                   path,
-                  ": elements [",
                   offset,
-                  ", ",
                   offset + numel,
-                  ") are outside tensor '",
                   entry.name,
-                  "' of ",
                   entry.numel());
   auto out = at::empty({numel}, at::TensorOptions().dtype(entry.dtype));
   if (numel == 0) {
     return out;
   }
   std::ifstream in(path, std::ios::binary);
-  DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '", path, "'");
+  DNPO_CHECK_WITH(DataError, in.good(), "cannot open safetensors file '{}'", path);
   const auto element = static_cast<std::int64_t>(at::elementSize(entry.dtype));
   in.seekg(static_cast<std::streamoff>(entry.data_begin + offset * element));
   in.read(static_cast<char*>(out.data_ptr()), static_cast<std::streamsize>(numel * element));
   DNPO_CHECK_WITH(
-      DataError, in.gcount() == numel * element, path, ": short read of tensor '", entry.name, "'");
+      DataError, in.gcount() == numel * element, "{}: short read of tensor '{}'", path, entry.name);
   return out;
 }
 
@@ -207,7 +200,7 @@ void write_safetensors(const std::string& path,
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", tmp, "'");
+    DNPO_CHECK_WITH(DataError, out.good(), "cannot write '{}'", tmp);
     std::uint64_t len = text.size();
     std::array<unsigned char, 8> len_bytes{};
     for (unsigned char& byte : len_bytes) {
@@ -221,7 +214,7 @@ void write_safetensors(const std::string& path,
                 static_cast<std::streamsize>(t.numel() * t.element_size()));
     }
     out.flush();
-    DNPO_CHECK_WITH(DataError, out.good(), "write to '", tmp, "' failed (disk full?)");
+    DNPO_CHECK_WITH(DataError, out.good(), "write to '{}' failed (disk full?)", tmp);
   }
   std::filesystem::rename(tmp, path);
 }

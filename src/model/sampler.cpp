@@ -15,9 +15,8 @@ namespace dnpo::model {
 at::ScalarType decoding_dtype(const std::string& sample_dtype) {
   DNPO_CHECK_WITH(ConfigError,
                   sample_dtype == "fp32" || sample_dtype == "bf16",
-                  "sample.dtype must be \"fp32\" or \"bf16\", got \"",
-                  sample_dtype,
-                  "\"");
+                  "sample.dtype must be \"fp32\" or \"bf16\", got \"{}\"",
+                  sample_dtype);
   return sample_dtype == "bf16" ? at::kBFloat16 : at::kFloat;
 }
 
@@ -109,10 +108,8 @@ std::vector<Generation> generate(Decoder& model,
     const std::size_t end = std::min(requests.size(), begin + batch_size);
     std::vector<TokenSequence> prompts;
     for (std::size_t i = begin; i < end; ++i) {
-      DNPO_CHECK(!requests[i].prompt.empty(),
-                 "generate: prompt ",
-                 requests[i].sample_id,
-                 " has no tokens");
+      DNPO_CHECK(
+          !requests[i].prompt.empty(), "generate: prompt {} has no tokens", requests[i].sample_id);
       prompts.push_back({requests[i].prompt, {}});
     }
     auto batch = pad_batch(prompts, pad_id, PadSide::kLeft);

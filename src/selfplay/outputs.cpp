@@ -84,7 +84,7 @@ Json write_histogram(const std::string& path,
     totals[rows[i].kind] += 1;
   }
   std::ofstream out(path);
-  DNPO_CHECK(out.good(), "cannot write '", path, "'");
+  DNPO_CHECK(out.good(), "cannot write '{}'", path);
   out << "logp,positive,negative,generated\n";
   for (int b = 0; b < kBins; ++b) {
     const auto& c = counts[static_cast<std::size_t>(b)];
@@ -171,7 +171,7 @@ void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
   const auto dir = fmt::format("{}/iter_{}", dir_, state_.iteration);
   fs::create_directories(dir);
   std::ofstream out(dir + "/samples.jsonl");
-  DNPO_CHECK(out.good(), "cannot write '", dir, "/samples.jsonl'");
+  DNPO_CHECK(out.good(), "cannot write '{}/samples.jsonl'", dir);
   for (const auto& s : state_.samples) {
     const auto& r = prompts_[static_cast<std::size_t>(s.index)];
     const auto& g = s.generated_verdict;
@@ -193,7 +193,7 @@ void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
   }
   // As data::write_pairs_jsonl, but invalid UTF-8 from a byte-level model is replaced, not fatal.
   std::ofstream pairs(dir + "/pairs.jsonl");
-  DNPO_CHECK(pairs.good(), "cannot write '", dir, "/pairs.jsonl'");
+  DNPO_CHECK(pairs.good(), "cannot write '{}/pairs.jsonl'", dir);
   for (const auto& p : labeled.pairs) {
     Json j = {{"id", p.id}, {"prompt", p.prompt}, {"chosen", p.chosen}, {"rejected", p.rejected}};
     if (p.score_chosen && p.score_rejected) {
@@ -239,7 +239,7 @@ void SelfplayLoop::write_reports() const {
     for (const auto& r : state_.reports) {
       out << dump(r) << "\n";
     }
-    DNPO_CHECK(out.good(), "cannot write '", tmp, "'");
+    DNPO_CHECK(out.good(), "cannot write '{}'", tmp);
   }
   fs::rename(tmp, path);
   try {

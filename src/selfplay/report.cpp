@@ -21,7 +21,7 @@ namespace {
 
 std::vector<Json> read_lines(const std::string& path) {
   std::ifstream in(path);
-  DNPO_CHECK_WITH(DataError, in.good(), "cannot read '", path, "'");
+  DNPO_CHECK_WITH(DataError, in.good(), "cannot read '{}'", path);
   std::vector<Json> rows;
   std::string line;
   int number = 0;

@@ -95,13 +95,12 @@ void SelfplayLoop::start(const std::optional<std::string>& resume) {
 void SelfplayLoop::restore(const std::string& checkpoint, const std::string& stage) {
   const auto blobs = train::read_stage_blobs(checkpoint);
   const auto it = blobs.find(kBlob);
-  DNPO_CHECK_WITH(CheckpointError,
-                  it != blobs.end(),
-                  "checkpoint ",
-                  checkpoint,
-                  " (stage '",
-                  stage,
-                  "') has no self-play state; was it written by `dnpo_dist train`?");
+  DNPO_CHECK_WITH(
+      CheckpointError,
+      it != blobs.end(),
+      "checkpoint {} (stage '{}') has no self-play state; was it written by `dnpo_dist train`?",
+      checkpoint,
+      stage);
   restore_state(it->second, checkpoint, *tokenizer_, state_);
   log::info_rank0("resume: self-play iteration {} in stage '{}'", state_.iteration, stage);
 }

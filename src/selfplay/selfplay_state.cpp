@@ -61,11 +61,10 @@ void restore_sample(const Json& j, const data::Tokenizer& tokenizer, LoopState& 
   const auto i = checked_integer<std::int64_t>(j.at("i"), "sample index");
   DNPO_CHECK_WITH(CheckpointError,
                   i >= 0 && i < static_cast<std::int64_t>(state.samples.size()),
-                  "prompt index ",
+                  "prompt index {} is outside the {} prompts of this run (selfplay.prompts or "
+                  "data.train_file changed?)",
                   i,
-                  " is outside the ",
-                  state.samples.size(),
-                  " prompts of this run (selfplay.prompts or data.train_file changed?)");
+                  state.samples.size());
   auto& s = state.samples[static_cast<std::size_t>(i)];
   s.index = i;
   s.generated = j.at("g").get<bool>();
@@ -107,23 +106,20 @@ void restore_state(const std::string& text,
     const auto j = Json::parse(text);
     DNPO_CHECK_WITH(CheckpointError,
                     j.at("version") == 1,
-                    "self-play state version ",
-                    j.at("version").dump(),
-                    "; this build reads version 1");
+                    "self-play state version {}; this build reads version 1",
+                    j.at("version").dump());
     const auto& human = j.at("human");
     const auto& known = j.at("known");
     DNPO_CHECK_WITH(CheckpointError,
                     human.is_array() && human.size() == state.human.size(),
-                    "a run of ",
+                    "a run of {} prompts; this configuration has {} (selfplay.prompts or "
+                    "data.train_file differ)",
                     human.size(),
-                    " prompts; this configuration has ",
-                    state.human.size(),
-                    " (selfplay.prompts or data.train_file differ)");
+                    state.human.size());
     DNPO_CHECK_WITH(CheckpointError,
                     known.is_array() && known.size() == human.size(),
-                    "known verdicts for ",
+                    "known verdicts for {} prompts, human verdicts for {}",
                     known.size(),
-                    " prompts, human verdicts for ",
                     human.size());
     state.iteration = checked_integer<std::uint64_t>(j.at("iteration"), "iteration");
     state.start_iteration(state.iteration);

@@ -27,12 +27,10 @@ double corpus_bleu(const std::vector<TokenIds>& hypotheses,
                    const std::vector<TokenIds>& references,
                    int max_n) {
   DNPO_CHECK(hypotheses.size() == references.size(),
-             "corpus_bleu: ",
+             "corpus_bleu: {} hypotheses but {} references",
              hypotheses.size(),
-             " hypotheses but ",
-             references.size(),
-             " references");
-  DNPO_CHECK(max_n >= 1, "corpus_bleu: max_n must be >= 1, got ", max_n);
+             references.size());
+  DNPO_CHECK(max_n >= 1, "corpus_bleu: max_n must be >= 1, got {}", max_n);
   std::vector<double> matched(static_cast<std::size_t>(max_n), 0.0);
   std::vector<double> total(static_cast<std::size_t>(max_n), 0.0);
   double hyp_length = 0;
@@ -89,11 +87,9 @@ double rouge_l_f1(const TokenIds& hypothesis, const TokenIds& reference) {
 double mean_rouge_l(const std::vector<TokenIds>& hypotheses,
                     const std::vector<TokenIds>& references) {
   DNPO_CHECK(hypotheses.size() == references.size(),
-             "mean_rouge_l: ",
+             "mean_rouge_l: {} hypotheses but {} references",
              hypotheses.size(),
-             " hypotheses but ",
-             references.size(),
-             " references");
+             references.size());
   if (hypotheses.empty()) {
     return 0.0;
   }

@@ -71,11 +71,11 @@ std::string steps_key(const std::string& prefix, const dist::ShardedUnit& unit) 
 
 LoopPosition position_from(const ckpt::StateDict& sd, const std::string& path) {
   const auto it = sd.blobs.find("loop");
-  DNPO_CHECK_WITH(CheckpointError,
-                  it != sd.blobs.end(),
-                  "checkpoint ",
-                  path,
-                  " has no training loop state (blob 'loop'); is it a dnpo training checkpoint?");
+  DNPO_CHECK_WITH(
+      CheckpointError,
+      it != sd.blobs.end(),
+      "checkpoint {} has no training loop state (blob 'loop'); is it a dnpo training checkpoint?",
+      path);
   return parse_loop_position(it->second, path);
 }
 
@@ -174,15 +174,11 @@ void load_stage(const std::string& path, StageState& state) {
   DNPO_CHECK_WITH(
       CheckpointError,
       position.stage == state.position.stage && position.iteration == state.position.iteration,
-      "checkpoint ",
+      "checkpoint {} is of stage '{}' iteration {}; this run is at stage '{}' iteration {}",
       path,
-      " is of stage '",
       position.stage,
-      "' iteration ",
       position.iteration,
-      "; this run is at stage '",
       state.position.stage,
-      "' iteration ",
       state.position.iteration);
   for (const auto& groups : {state.trained, state.frozen}) {
     for (const auto& group : groups) {
@@ -200,11 +196,9 @@ void load_stage(const std::string& path, StageState& state) {
       const auto it = wanted.ints.find(steps_key(prefix, *unit));
       DNPO_CHECK_WITH(CheckpointError,
                       it != wanted.ints.end(),
-                      "checkpoint ",
+                      "checkpoint {} lacks the optimizer's step count of {}/{}",
                       path,
-                      " lacks the optimizer's step count of ",
                       prefix,
-                      "/",
                       unit->name());
       state.optimizer->set_steps_taken(i, it->second);
     }

@@ -13,11 +13,9 @@ namespace dnpo::train {
 
 ResponseRows response_rows(const at::Tensor& input_ids, const at::Tensor& loss_mask) {
   DNPO_CHECK(input_ids.sizes() == loss_mask.sizes(),
-             "input_ids ",
+             "input_ids {} and loss_mask {} differ in shape",
              input_ids.sizes(),
-             " and loss_mask ",
-             loss_mask.sizes(),
-             " differ in shape");
+             loss_mask.sizes());
   const auto steps = input_ids.size(1);
   auto nz = loss_mask.nonzero();  // (N, 2): (b, t) in row-major order
   ResponseRows rows;
@@ -73,7 +71,7 @@ at::Tensor sequence_logprobs(const at::Tensor& hidden,
                              const at::Tensor& lm_head,
                              const ResponseRows& rows,
                              std::int64_t chunk_rows) {
-  DNPO_CHECK(hidden.dim() == 3, "hidden must be (B,T,C), got ", hidden.sizes());
+  DNPO_CHECK(hidden.dim() == 3, "hidden must be (B,T,C), got {}", hidden.sizes());
   return gather_logprobs(
       hidden.reshape({-1, hidden.size(2)}), lm_head, rows, hidden.size(0), chunk_rows);
 }
@@ -126,8 +124,7 @@ NpoTerms npo_loss(const NpoInputs& in,
                   const config::NpoConfig& npo,
                   double beta) {
   DNPO_CHECK(npo.fixed_noise || head != nullptr,
-             "npo_loss: a noise head is required unless "
-             "npo.fixed_noise = true");
+             "npo_loss: a noise head is required unless npo.fixed_noise = true");
   return npo_loss(in, npo.fixed_noise ? std::vector<at::Tensor>{} : head->parameters(), npo, beta);
 }
 
@@ -146,12 +143,8 @@ NpoTerms npo_loss(const NpoInputs& in,
   const auto n = rows.hidden_row.size(0);
   const auto given = in.draws.eps1.defined() ? in.draws.eps1.size(0)
                                              : static_cast<std::int64_t>(in.draws.row_keys1.size());
-  DNPO_CHECK(given == n,
-             "npo_loss: ",
-             given,
-             " noise rows given for ",
-             n,
-             " response rows of the negatives");
+  DNPO_CHECK(
+      given == n, "npo_loss: {} noise rows given for {} response rows of the negatives", given, n);
 
   // --- the noisy side: log π~_ref(y−; ε1, s.detach()), log π~_ref(y−; ε2, s), Σ P(s) ---
   detail::NoisyNegativeInputs noisy_in;

@@ -43,24 +43,19 @@ void set_threads(const config::RunConfig& cfg, const dist::Comm* comm) {
 void check_same_model(const config::ModelConfig& m,
                       const config::RunConfig& cfg,
                       const std::string& dir) {
-  DNPO_CHECK_WITH(ConfigError,
-                  m.vocab_size == cfg.model.vocab_size && m.hidden_size == cfg.model.hidden_size &&
-                      m.num_hidden_layers == cfg.model.num_hidden_layers,
-                  "the model in '",
-                  dir,
-                  "' (vocab ",
-                  m.vocab_size,
-                  ", hidden ",
-                  m.hidden_size,
-                  ", layers ",
-                  m.num_hidden_layers,
-                  ") differs from [model] in the config (vocab ",
-                  cfg.model.vocab_size,
-                  ", hidden ",
-                  cfg.model.hidden_size,
-                  ", layers ",
-                  cfg.model.num_hidden_layers,
-                  "); hint: make [model] match the HF config.json");
+  DNPO_CHECK_WITH(
+      ConfigError,
+      m.vocab_size == cfg.model.vocab_size && m.hidden_size == cfg.model.hidden_size &&
+          m.num_hidden_layers == cfg.model.num_hidden_layers,
+      "the model in '{}' (vocab {}, hidden {}, layers {}) differs from [model] in the config "
+      "(vocab {}, hidden {}, layers {}); hint: make [model] match the HF config.json",
+      dir,
+      m.vocab_size,
+      m.hidden_size,
+      m.num_hidden_layers,
+      cfg.model.vocab_size,
+      cfg.model.hidden_size,
+      cfg.model.num_hidden_layers);
 }
 
 }  // namespace
@@ -133,7 +128,7 @@ void save_model(const config::RunConfig& cfg,
 
 void write_summary(const std::string& path, const nlohmann::json& j) {
   std::ofstream out(path);
-  DNPO_CHECK(out.good(), "cannot write '", path, "'");
+  DNPO_CHECK(out.good(), "cannot write '{}'", path);
   out << j.dump(2) << "\n";
 }
 
@@ -191,7 +186,7 @@ std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm) {
   if (is_rank0(comm)) {
     fs::create_directories(dir);
     std::ofstream out(dir + "/resolved_config.toml");
-    DNPO_CHECK(out.good(), "cannot write '", dir, "/resolved_config.toml'");
+    DNPO_CHECK(out.good(), "cannot write '{}/resolved_config.toml'", dir);
     out << "# resolved configuration (dnpo " << DNPO_GIT_SHA << ")\n" << config::to_toml(cfg);
   }
   set_threads(cfg, comm);
@@ -222,13 +217,12 @@ void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm) {
       has_train ? "data.eval_file '" + eval_file + "'" : "data.train_file '" + train_file + "'";
   DNPO_CHECK_WITH(DataError,
                   !has_train && !has_eval && demo_layout,
+                  "{}: no such file{}; hint: give both data files, or leave both missing as "
+                  "<dir>/train.jsonl and <dir>/eval.jsonl to have the demo world generated there",
                   missing,
-                  ": no such file",
                   has_train || has_eval ? " (the other data file exists, so the demo world is "
                                           "not generated over it)"
-                                        : "",
-                  "; hint: give both data files, or leave both missing as <dir>/train.jsonl and "
-                  "<dir>/eval.jsonl to have the demo world generated there");
+                                        : "");
   log::info_rank0("demo world: writing {} train / {} eval tasks to {}",
                   cfg.demo.train_size,
                   cfg.demo.eval_size,
@@ -349,7 +343,7 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
                    {"acc_norm", r.acc_norm}});
     if (!options.choices_out.empty()) {
       std::ofstream out(options.choices_out);
-      DNPO_CHECK_WITH(DataError, out.good(), "cannot write '", options.choices_out, "'");
+      DNPO_CHECK_WITH(DataError, out.good(), "cannot write '{}'", options.choices_out);
       for (std::size_t i = 0; i < questions.size(); ++i) {
         out << nlohmann::json{{"id", questions[i].id},
                               {"label", questions[i].label},
@@ -431,7 +425,7 @@ void run_generate(const config::RunConfig& cfg,
     }
   }
   std::ofstream file(out);
-  DNPO_CHECK_WITH(DataError, file.good(), "cannot write '", out, "'");
+  DNPO_CHECK_WITH(DataError, file.good(), "cannot write '{}'", out);
   for (std::size_t i = 0; i < records.size(); ++i) {
     const nlohmann::json j = {{"id", records[i].id},
                               {"prompt", records[i].prompt},

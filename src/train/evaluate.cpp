@@ -127,11 +127,11 @@ ChoiceReport score_choices(const config::RunConfig& cfg,
     std::vector<model::TokenSequence> seqs;
     for (const auto& choice : q.choices) {
       model::TokenSequence seq{context, tokenizer.encode(" " + choice)};
-      DNPO_CHECK_WITH(DataError,
-                      seq.response.size() < max_tokens,
-                      "eval: a choice of question '",
-                      q.id,
-                      "' is longer than model.max_position_embeddings");
+      DNPO_CHECK_WITH(
+          DataError,
+          seq.response.size() < max_tokens,
+          "eval: a choice of question '{}' is longer than model.max_position_embeddings",
+          q.id);
       if (seq.prompt.size() + seq.response.size() > max_tokens) {  // keep the question's end
         seq.prompt.erase(
             seq.prompt.begin(),
@@ -257,7 +257,7 @@ EvalReport evaluate(const config::RunConfig& cfg,
   }
   if (!samples_out.empty()) {
     std::ofstream out(samples_out);
-    DNPO_CHECK_WITH(DataError, out.good(), "cannot write samples file '", samples_out, "'");
+    DNPO_CHECK_WITH(DataError, out.good(), "cannot write samples file '{}'", samples_out);
     for (std::size_t i = 0; i < records.size(); ++i) {
       const auto& r = records[i];
       const bool scorable = data::solve_prompt(r.prompt).has_value();

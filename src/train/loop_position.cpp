@@ -47,21 +47,15 @@ LoopPosition parse_loop_position(const std::string& text, const std::string& pat
                   !p.stage.empty() && p.steps_done >= 0 && p.total_steps >= 0 &&
                       p.steps_done <= p.total_steps && p.total_tokens >= 0 &&
                       p.step_losses.size() <= steps && p.step_ms.size() <= steps,
-                  "checkpoint ",
+                  "checkpoint {}: damaged training loop state (blob 'loop'): stage '{}', {} of {} "
+                  "steps done with {} losses and {} times, {} tokens",
                   path,
-                  ": damaged training loop state (blob 'loop'): stage '",
                   p.stage,
-                  "', ",
                   p.steps_done,
-                  " of ",
                   p.total_steps,
-                  " steps done with ",
                   p.step_losses.size(),
-                  " losses and ",
                   p.step_ms.size(),
-                  " times, ",
-                  p.total_tokens,
-                  " tokens");
+                  p.total_tokens);
   return p;
 }
 

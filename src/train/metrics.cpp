@@ -17,7 +17,7 @@ namespace dnpo::train {
 MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
   if (!path.empty()) {
     out_.open(path, std::ios::app);
-    DNPO_CHECK(out_.good(), "cannot open metrics file '", path, "'");
+    DNPO_CHECK(out_.good(), "cannot open metrics file '{}'", path);
   }
 }
 
@@ -46,11 +46,11 @@ void MetricsWriter::drop_after(const std::string& kind, std::int64_t step) {
     for (const auto& line : kept) {
       out << line << "\n";
     }
-    DNPO_CHECK(out.good(), "cannot write '", tmp, "'");
+    DNPO_CHECK(out.good(), "cannot write '{}'", tmp);
   }
-  DNPO_CHECK(std::rename(tmp.c_str(), path_.c_str()) == 0, "cannot replace '", path_, "'");
+  DNPO_CHECK(std::rename(tmp.c_str(), path_.c_str()) == 0, "cannot replace '{}'", path_);
   out_.open(path_, std::ios::app);
-  DNPO_CHECK(out_.good(), "cannot open metrics file '", path_, "'");
+  DNPO_CHECK(out_.good(), "cannot open metrics file '{}'", path_);
 }
 
 void MetricsWriter::write(const std::string& kind,
@@ -73,7 +73,7 @@ void MetricsWriter::restart() {
   }
   out_.close();
   out_.open(path_, std::ios::trunc);
-  DNPO_CHECK(out_.good(), "cannot open metrics file '", path_, "'");
+  DNPO_CHECK(out_.good(), "cannot open metrics file '{}'", path_);
 }
 
 void MetricsWriter::write_object(const std::string& json_line) {

@@ -27,11 +27,9 @@ PairData::PairData(const std::vector<data::PairRecord>& records,
   }
   DNPO_CHECK_WITH(DataError,
                   !pairs.empty(),
-                  "train: no usable pairs (",
+                  "train: no usable pairs ({} given, {} with identical chosen and rejected)",
                   records.size(),
-                  " given, ",
-                  skipped_identical,
-                  " with identical chosen and rejected)");
+                  skipped_identical);
 }
 
 std::string PairData::describe() const {

@@ -60,7 +60,7 @@ ShardedLlama::ShardedLlama(const model::LlamaModel& model,
                 return t.detach();
               }
             }
-            DNPO_CHECK(false, "the model has no parameter '", name, "'");
+            DNPO_CHECK(false, "the model has no parameter '{}'", name);
             return at::Tensor();
           },
           comm,
@@ -122,7 +122,7 @@ std::unique_ptr<ShardedLlama> ShardedLlama::frozen_copy() const {
             }
           }
         }
-        DNPO_CHECK(false, "no parameter '", name, "'");
+        DNPO_CHECK(false, "no parameter '{}'", name);
         return at::Tensor();
       },
       comm_,
@@ -149,9 +149,8 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
                                            const at::Tensor& attention_mask,
                                            std::optional<bool> right_padded) {
   DNPO_CHECK(input_ids.dim() == 2 && attention_mask.sizes() == input_ids.sizes(),
-             "forward: input_ids and attention_mask must both be (B,T); got ",
+             "forward: input_ids and attention_mask must both be (B,T); got {} and {}",
              input_ids.sizes(),
-             " and ",
              attention_mask.sizes());
   if (!keep_gathered_) {
     release();
@@ -327,12 +326,10 @@ void ShardedLlama::load_hf(const model::HfTensorReader& reader) {
       const auto& spec = unit->specs()[piece.spec];
       DNPO_CHECK_WITH(DataError,
                       reader.shape(spec.name) == spec.shape,
+                      "{}: tensor '{}' has shape {}; the model config needs {}",
                       reader.dir(),
-                      ": tensor '",
                       spec.name,
-                      "' has shape ",
                       at::IntArrayRef(reader.shape(spec.name)),
-                      "; the model config needs ",
                       at::IntArrayRef(spec.shape));
       if (piece.numel > 0) {
         shard.narrow(0, piece.shard_offset, piece.numel)

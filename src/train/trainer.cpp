@@ -123,21 +123,18 @@ class InjectedFailure {
       const auto colon = spec->find(':');
       DNPO_CHECK_WITH(ConfigError,
                       colon != std::string::npos,
+                      "{} must be RANK:STEP, got '{}'",
                       env::kTestFail,
-                      " must be RANK:STEP, got '",
-                      *spec,
-                      "'");
+                      *spec);
       target_rank_ = std::stoi(spec->substr(0, colon));
       target_step_ = std::stoll(spec->substr(colon + 1));
     }
   }
   void check(std::int64_t step) const {
     DNPO_CHECK(!(rank_ == target_rank_ && step == target_step_),
-               "injected failure at step ",
+               "injected failure at step {} ({})",
                step,
-               " (",
-               env::kTestFail,
-               ")");
+               env::kTestFail);
   }
 
  private:
@@ -234,11 +231,10 @@ Trainer::Trainer(const config::RunConfig& cfg,
       device_(compute_device(cfg, comm)) {
   DNPO_CHECK_WITH(ConfigError,
                   tokenizer.vocab_size() <= cfg.model.vocab_size,
-                  "tokenizer has ",
+                  "tokenizer has {} ids but model.vocab_size is {}; hint: raise model.vocab_size "
+                  "or use the model's own tokenizer",
                   tokenizer.vocab_size(),
-                  " ids but model.vocab_size is ",
-                  cfg.model.vocab_size,
-                  "; hint: raise model.vocab_size or use the model's own tokenizer");
+                  cfg.model.vocab_size);
 }
 
 Trainer::~Trainer() = default;
@@ -279,9 +275,8 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   const auto& loss_kind = cfg_.train.loss;
   DNPO_CHECK_WITH(ConfigError,
                   loss_kind == "spin" || loss_kind == "npo",
-                  "train.loss is '",
-                  loss_kind,
-                  "'; preference training needs \"spin\" or \"npo\"");
+                  "train.loss is '{}'; preference training needs \"spin\" or \"npo\"",
+                  loss_kind);
   PairData data(pairs, chat_, cfg_.data);
   const auto truncated = data.truncated;
   const auto skipped = data.skipped_identical;
@@ -436,13 +431,11 @@ bool Trainer::maybe_resume(StageState& state) {
   }
   DNPO_CHECK_WITH(CheckpointError,
                   stored.total_steps == state.position.total_steps,
-                  "checkpoint ",
+                  "checkpoint {} was written for a stage of {} steps; this configuration makes {} "
+                  "(train.batch_size, epochs, max_steps or the data differ)",
                   path,
-                  " was written for a stage of ",
                   stored.total_steps,
-                  " steps; this configuration makes ",
-                  state.position.total_steps,
-                  " (train.batch_size, epochs, max_steps or the data differ)");
+                  state.position.total_steps);
   load_stage(path, state);
   restored_from_ = path;
   metrics_.drop_after(state.position.stage, state.position.steps_done);

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace dnpo {
 
@@ -52,16 +53,28 @@ std::string concat(const Args&... args) {
   (out << ... << args);
   return out.str();
 }
+
+/// `format` with each "{}" replaced by the next of `args`; "{{" and "}}" are literal braces.
+/// Placeholders left without an argument stay as they are; arguments left over are appended.
+std::string substitute(const char* format, const std::vector<std::string>& args);
+
+/// The check macros' message: "{}" placeholders filled with the arguments as operator<< writes
+/// them (so tensor sizes, dtypes and paths print without fmt formatters).
+template <typename... Args>
+std::string format_message(const char* format, const Args&... args) {
+  return substitute(format, {concat(args)...});
+}
 }  // namespace detail
 }  // namespace dnpo
 
-/// User/input/environment errors. The message is built only on failure.
-#define DNPO_CHECK_WITH(ErrorType, cond, ...)                        \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      throw ErrorType(::dnpo::detail::decorate_error(                \
-          ::dnpo::detail::concat(__VA_ARGS__), __FILE__, __LINE__)); \
-    }                                                                \
+/// User/input/environment errors: DNPO_CHECK_WITH(ConfigError, n > 0, "n is {}; expected > 0", n).
+/// The message is built only on failure.
+#define DNPO_CHECK_WITH(ErrorType, cond, ...)                                \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      throw ErrorType(::dnpo::detail::decorate_error(                        \
+          ::dnpo::detail::format_message(__VA_ARGS__), __FILE__, __LINE__)); \
+    }                                                                        \
   } while (false)
 
 #define DNPO_CHECK(cond, ...) DNPO_CHECK_WITH(::dnpo::Error, cond, __VA_ARGS__)

@@ -13,7 +13,7 @@ TEST(Error, CheckThrowsTypedErrorWithLocationAndRank) {
   EXPECT_ERROR(
       ConfigError,
       [] {
-        DNPO_CHECK_WITH(ConfigError, 1 + 1 == 3, "bad value for 'train.lr': ", 5, "; expected > 0");
+        DNPO_CHECK_WITH(ConfigError, 1 + 1 == 3, "bad value for 'train.lr': {}; expected > 0", 5);
       },
       "bad value for 'train.lr': 5; expected > 0",
       "error_test.cpp:",
@@ -27,7 +27,7 @@ TEST(Error, PassingCheckDoesNotEvaluateMessage) {
   // that the message is never built is exactly what this test checks.
   // NOLINTNEXTLINE(clang-analyzer-deadcode.DeadStores): deliberately never evaluated
   auto count = [&] { return ++evaluated; };
-  DNPO_CHECK(true, "never built ", count());
+  DNPO_CHECK(true, "never built {}", count());
   EXPECT_EQ(evaluated, 0);
 }
 
