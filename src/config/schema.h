@@ -106,9 +106,10 @@ void for_each_in(const Tuple& tuple, F&& f) {
   std::apply([&f](const auto&... element) { (f(element), ...); }, tuple);
 }
 
-/// Every table of RunConfig in file order; each table lists every member of its struct.
-inline const auto& tables() {
-  static const auto registry = std::make_tuple(
+/// The tables of the run, the model, the tokenizer and chat template, the data files and the demo
+/// world.
+inline auto data_tables() {
+  return std::make_tuple(
       table("run",
             &RunConfig::run,
             key("name", &RunSection::name, non_empty()),
@@ -158,7 +159,12 @@ inline const auto& tables() {
             key("noise_rate", &DemoConfig::noise_rate, closed(0, 1)),
             key("tasks", &DemoConfig::tasks, one_of({"add", "reverse", "sort"})),
             key("add_digits", &DemoConfig::add_digits, closed(1, 18)),
-            key("string_length", &DemoConfig::string_length, at_least(1))),
+            key("string_length", &DemoConfig::string_length, at_least(1))));
+}
+
+/// The tables of training, the losses, the self-play loop, sampling and evaluation.
+inline auto training_tables() {
+  return std::make_tuple(
       table("train",
             &RunConfig::train,
             key("loss", &TrainConfig::loss, one_of({"sft", "spin", "npo"})),
@@ -216,7 +222,12 @@ inline const auto& tables() {
       table("eval",
             &RunConfig::eval,
             key("max_prompts", &EvalConfig::max_prompts, non_negative()),
-            key("greedy_too", &EvalConfig::greedy_too)),
+            key("greedy_too", &EvalConfig::greedy_too)));
+}
+
+/// The tables of processes, checkpoints and the judge.
+inline auto system_tables() {
+  return std::make_tuple(
       table("dist",
             &RunConfig::dist,
             key("backend", &DistConfig::backend, one_of({"auto", "gloo", "nccl"})),
@@ -259,6 +270,11 @@ inline const auto& tables() {
             key("temperature", &JudgeConfig::temperature, non_negative()),
             key("max_tokens", &JudgeConfig::max_tokens, at_least(1)),
             key("cache_file", &JudgeConfig::cache_file)));
+}
+
+/// Every table of RunConfig in file order; each table lists every member of its struct.
+inline const auto& tables() {
+  static const auto registry = std::tuple_cat(data_tables(), training_tables(), system_tables());
   return registry;
 }
 

@@ -13,6 +13,7 @@
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
 #include "dnpo/common/timer.h"
+#include "dnpo/data/jsonl_reader.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/selfplay/report.h"
 #include "dnpo/selfplay/text_metrics.h"
@@ -211,12 +212,9 @@ Json SelfplayLoop::similarity_to_previous_positives() const {
     return nullptr;
   }
   std::map<std::string, std::string> chosen;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = Json::parse(line);
+  data::for_each_jsonl_file(path, [&chosen](const Json& j, const data::JsonlLine&) {
     chosen[j.at("id").get<std::string>()] = j.at("chosen").get<std::string>();
-  }
+  });
   std::vector<TokenIds> generated;
   std::vector<TokenIds> previous;
   for (std::size_t i = 0; i < prompts_.size(); ++i) {

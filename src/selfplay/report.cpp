@@ -12,6 +12,7 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
+#include "dnpo/data/jsonl_reader.h"
 
 namespace dnpo::selfplay {
 namespace fs = std::filesystem;
@@ -20,22 +21,9 @@ using Json = nlohmann::json;
 namespace {
 
 std::vector<Json> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  DNPO_CHECK_WITH(DataError, in.good(), "cannot read '{}'", path);
   std::vector<Json> rows;
-  std::string line;
-  int number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    if (line.empty()) {
-      continue;
-    }
-    try {
-      rows.push_back(Json::parse(line));
-    } catch (const Json::exception& e) {
-      throw DataError(fmt::format("{}:{}: not JSON: {}", path, number, e.what()));
-    }
-  }
+  data::for_each_jsonl_file(
+      path, [&rows](const Json& row, const data::JsonlLine&) { rows.push_back(row); });
   return rows;
 }
 
