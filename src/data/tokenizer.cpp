@@ -92,22 +92,19 @@ std::vector<std::int64_t> SentencePieceTokenizer::encode(const std::string& text
   const auto& spm = detail::spm_library();
   std::array<char, 512> err{};
   std::vector<int> pieces(text.size() + 8);
-  long n = spm.encode(handle_.get(),
+  const auto encode_into_pieces = [&] {
+    return spm.encode(handle_.get(),
                       text.data(),
                       text.size(),
                       pieces.data(),
                       pieces.size(),
                       err.data(),
                       err.size());
+  };
+  long n = encode_into_pieces();
   if (n > static_cast<long>(pieces.size())) {  // more pieces than bytes: rare, retry exactly
     pieces.resize(static_cast<std::size_t>(n));
-    n = spm.encode(handle_.get(),
-                   text.data(),
-                   text.size(),
-                   pieces.data(),
-                   pieces.size(),
-                   err.data(),
-                   err.size());
+    n = encode_into_pieces();
   }
   DNPO_CHECK_WITH(
       DataError, n >= 0, "SentencePiece encode failed (model '{}'): {}", path_, err.data());
