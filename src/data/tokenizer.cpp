@@ -124,22 +124,19 @@ std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids)
   const auto& spm = detail::spm_library();
   std::array<char, 512> err{};
   std::string text(pieces.size() * 16 + 16, '\0');
-  long n = spm.decode(handle_.get(),
+  const auto decode_into_text = [&] {
+    return spm.decode(handle_.get(),
                       pieces.data(),
                       pieces.size(),
                       text.data(),
                       text.size(),
                       err.data(),
                       err.size());
-  if (n > static_cast<long>(text.size())) {
+  };
+  long n = decode_into_text();
+  if (n > static_cast<long>(text.size())) {  // longer than guessed: retry exactly
     text.resize(static_cast<std::size_t>(n));
-    n = spm.decode(handle_.get(),
-                   pieces.data(),
-                   pieces.size(),
-                   text.data(),
-                   text.size(),
-                   err.data(),
-                   err.size());
+    n = decode_into_text();
   }
   DNPO_CHECK_WITH(
       DataError, n >= 0, "SentencePiece decode failed (model '{}'): {}", path_, err.data());
