@@ -16,12 +16,10 @@ NpoObjective::NpoObjective(PairData data,
                            dist::Comm* comm,
                            dist::UnitPrecision precision,
                            const ShardedNoiseHead* initial_head)
-    : data_(std::move(data)),
+    : PairObjective(std::move(data), pad_id, precision.device),
       policy_(policy),
       reference_(policy.frozen_copy()),
-      cfg_(cfg),
-      pad_id_(pad_id),
-      device_(precision.device) {
+      cfg_(cfg) {
   models_.trained = {{"policy", policy.units()}};
   models_.modules = {&policy};
   if (!cfg.npo.fixed_noise) {
@@ -44,13 +42,11 @@ NpoObjective::NpoObjective(PairData data,
 
 void NpoObjective::plan_step(std::int64_t step,
                              const std::vector<std::vector<std::int64_t>>& micro_samples) {
+  PairObjective::plan_step(step, micro_samples);
   step_ = step;
-  micro_ = make_pair_batches(data_, micro_samples, pad_id_);
-  global_pairs_ = 0;
   global_penalty_elements_ = 0;
   for (const auto& m : micro_) {
     const auto rows = m.rows();
-    global_pairs_ += static_cast<double>(rows);
     global_penalty_elements_ += static_cast<double>(
         penalty_rows(cfg_.npo, m.batch.loss_mask.narrow(0, rows, rows)) * cfg_.model.vocab_size);
   }

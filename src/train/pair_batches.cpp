@@ -95,4 +95,13 @@ MetricValues pair_metrics(const StepStats& stats, double global_pairs) {
           {"logp_rejected", stats.logp_rejected.value() / global_pairs}};
 }
 
+void PairObjective::plan_step(std::int64_t /*step*/,
+                              const std::vector<std::vector<std::int64_t>>& micro_samples) {
+  micro_ = make_pair_batches(data_, micro_samples, pad_id_);
+  global_pairs_ = 0;
+  for (const auto& m : micro_) {
+    global_pairs_ += static_cast<double>(m.rows());
+  }
+}
+
 }  // namespace dnpo::train

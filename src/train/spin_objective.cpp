@@ -10,24 +10,13 @@ namespace dnpo::train {
 
 SpinObjective::SpinObjective(
     PairData data, ShardedLlama& policy, double beta, std::int64_t pad_id, at::Device device)
-    : data_(std::move(data)),
+    : PairObjective(std::move(data), pad_id, device),
       policy_(policy),
       reference_(policy.frozen_copy()),
-      beta_(beta),
-      pad_id_(pad_id),
-      device_(device) {
+      beta_(beta) {
   models_.trained = {{"policy", policy.units()}};
   models_.frozen = {{"reference", reference_->units()}};
   models_.modules = {&policy, reference_.get()};
-}
-
-void SpinObjective::plan_step(std::int64_t /*step*/,
-                              const std::vector<std::vector<std::int64_t>>& micro_samples) {
-  micro_ = make_pair_batches(data_, micro_samples, pad_id_);
-  global_pairs_ = 0;
-  for (const auto& ids : micro_samples) {
-    global_pairs_ += static_cast<double>(ids.size());
-  }
 }
 
 at::Tensor SpinObjective::micro_batch_loss(std::size_t index,

@@ -15,7 +15,7 @@
 
 namespace dnpo::train {
 
-class NpoObjective : public Objective {
+class NpoObjective : public PairObjective {
  public:
   /// The noise head starts from `initial_head`'s parameters when given, else fresh from
   /// (run.seed, train.iteration); the same on every rank.
@@ -29,18 +29,6 @@ class NpoObjective : public Objective {
 
   std::string stage() const override {
     return "npo";
-  }
-  std::string label() const override {
-    return "train (npo)";
-  }
-  std::string describe_data() const override {
-    return data_.describe();
-  }
-  std::int64_t num_samples() const override {
-    return static_cast<std::int64_t>(data_.pairs.size());
-  }
-  StageModels& models() override {
-    return models_;
   }
   void plan_step(std::int64_t step,
                  const std::vector<std::vector<std::int64_t>>& micro_samples) override;
@@ -60,17 +48,11 @@ class NpoObjective : public Objective {
   /// ε keys of the negatives' response rows: (seed, iteration, step, pair, position, stream).
   NoiseDraws draws_of(const ResponseRows& rejected_rows, const PairBatch& micro) const;
 
-  PairData data_;
   ShardedLlama& policy_;
   std::unique_ptr<ShardedLlama> reference_;  // frozen: params only
   std::unique_ptr<ShardedNoiseHead> head_;
   const config::RunConfig& cfg_;
-  std::int64_t pad_id_;
-  at::Device device_;
-  StageModels models_;
-  std::int64_t step_ = 0;         // the planned step
-  std::vector<PairBatch> micro_;  // its micro-batches (host)
-  double global_pairs_ = 0;
+  std::int64_t step_ = 0;  // the planned step
   double global_penalty_elements_ = 0;
 };
 

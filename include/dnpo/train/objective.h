@@ -40,11 +40,15 @@ class Objective {
   /// The stage's name in checkpoints and metrics.jsonl ("sft", "spin", "npo").
   virtual std::string stage() const = 0;
   /// The stage in the log ("sft", "train (npo)"); its first word labels the progress display.
-  virtual std::string label() const = 0;
+  virtual std::string label() const {
+    return "train (" + stage() + ")";
+  }
   /// What an epoch runs over ("20 pairs (1 identical skipped, 0 truncated)"), for the log.
   virtual std::string describe_data() const = 0;
   virtual std::int64_t num_samples() const = 0;
-  virtual StageModels& models() = 0;
+  StageModels& models() {
+    return models_;
+  }
 
   /// Builds step `step`'s micro-batches on the host, one per list of sample indices. Every rank
   /// builds all of them, so a step's batches and global counts do not depend on the world size.
@@ -59,6 +63,9 @@ class Objective {
                                       Phase& phase) = 0;
   /// The objective's own metrics.jsonl fields after "loss", from the step's reduced stats.
   virtual MetricValues metrics(const StepStats& stats) const = 0;
+
+ protected:
+  StageModels models_;  ///< filled by the objective's constructor
 };
 
 }  // namespace dnpo::train

@@ -75,4 +75,30 @@ void add_pair_stats(StepStats& stats,
 /// model_loss, margin, reward_accuracy, logp_chosen, logp_rejected: means over the step's pairs.
 MetricValues pair_metrics(const StepStats& stats, double global_pairs);
 
+/// What SPIN and NPO share as objectives: the pairs, a step's pair micro-batches and its count
+/// of pairs, and the pair metrics.
+class PairObjective : public Objective {
+ public:
+  PairObjective(PairData data, std::int64_t pad_id, at::Device device)
+      : data_(std::move(data)), pad_id_(pad_id), device_(device) {}
+  std::string describe_data() const override {
+    return data_.describe();
+  }
+  std::int64_t num_samples() const override {
+    return static_cast<std::int64_t>(data_.pairs.size());
+  }
+  void plan_step(std::int64_t step,
+                 const std::vector<std::vector<std::int64_t>>& micro_samples) override;
+  MetricValues metrics(const StepStats& stats) const override {
+    return pair_metrics(stats, global_pairs_);
+  }
+
+ protected:
+  PairData data_;
+  std::int64_t pad_id_;
+  at::Device device_;
+  std::vector<PairBatch> micro_;  ///< the planned step's micro-batches (host)
+  double global_pairs_ = 0;       ///< pairs in the planned step
+};
+
 }  // namespace dnpo::train

@@ -37,9 +37,6 @@ class SftObjective : public Objective {
   std::int64_t num_samples() const override {
     return static_cast<std::int64_t>(data_.sequences.size());
   }
-  StageModels& models() override {
-    return models_;
-  }
   void plan_step(std::int64_t step,
                  const std::vector<std::vector<std::int64_t>>& micro_samples) override;
   at::Tensor micro_batch_loss(std::size_t index,
@@ -53,7 +50,6 @@ class SftObjective : public Objective {
   ShardedLlama& policy_;
   std::int64_t pad_id_;
   at::Device device_;
-  StageModels models_;
   std::vector<model::TokenBatch> micro_;  // the planned step's micro-batches (host)
   double global_tokens_ = 0;              // the step's answer tokens, over all micro-batches
 };
