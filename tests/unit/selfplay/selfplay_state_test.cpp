@@ -8,22 +8,12 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/data/tokenizer.h"
+#include "expect_error.h"
 
 namespace dnpo::selfplay {
 namespace {
 
 using ::testing::HasSubstr;
-
-// The message of the CheckpointError that f throws ("" if it throws none).
-template <typename F>
-std::string checkpoint_error(F&& f) {
-  try {
-    f();
-  } catch (const CheckpointError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 const std::vector<std::string> kPrompts = {"1+1=", "rev ab", "sort 31"};
 
@@ -99,8 +89,8 @@ TEST(SelfplayStateBlob, DamageIsACheckpointErrorNamingTheFile) {
   };
   for (const auto& [text, expected] : cases) {
     detail::LoopState state(kPrompts);
-    const auto message =
-        checkpoint_error([&] { detail::restore_state(text, "run/ckpt-3.h5", tokenizer, state); });
+    const auto message = test::error_of<CheckpointError>(
+        [&] { detail::restore_state(text, "run/ckpt-3.h5", tokenizer, state); });
     EXPECT_THAT(message, HasSubstr("checkpoint run/ckpt-3.h5: ")) << text;
     EXPECT_THAT(message, HasSubstr(expected)) << text;
   }

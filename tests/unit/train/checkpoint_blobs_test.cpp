@@ -7,22 +7,12 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/train/loop_position.h"
+#include "expect_error.h"
 
 namespace dnpo::train {
 namespace {
 
 using ::testing::HasSubstr;
-
-// The message of the CheckpointError that f throws ("" if it throws none).
-template <typename F>
-std::string checkpoint_error(F&& f) {
-  try {
-    f();
-  } catch (const CheckpointError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(LoopPositionBlob, RoundTrips) {
   LoopPosition p;
@@ -70,7 +60,8 @@ TEST(LoopPositionBlob, DamageIsACheckpointErrorNamingTheFile) {
       {std::string(good).replace(good.find("\"sft\""), 5, "\"\""), "damaged training loop state"},
   };
   for (const auto& [text, expected] : cases) {
-    const auto message = checkpoint_error([&] { parse_loop_position(text, "run/ckpt-7.h5"); });
+    const auto message =
+        test::error_of<CheckpointError>([&] { parse_loop_position(text, "run/ckpt-7.h5"); });
     EXPECT_THAT(message, HasSubstr("checkpoint run/ckpt-7.h5: " + expected)) << text;
   }
 }
