@@ -61,14 +61,18 @@ def write_pairs(path):
                                 "rejected": str(a + b + 1 + i % 3)}) + "\n")
 
 
-def command(work, name, np_, *extra):
-    return ["mpirun", "-np", str(np_), "--oversubscribe", BIN, "train", "--loss", "npo",
-            "--config", f"{SRC}/configs/demo.toml",
+def train_args(work, name, *extra):
+    """The job's dnpo_dist command line (tests/multihost starts it on several hosts)."""
+    return [BIN, "train", "--loss", "npo", "--config", f"{SRC}/configs/demo.toml",
             "--pairs", f"{work}/pairs.jsonl",
             "--set", f'run.out_dir="{work}/runs"', "--set", f'run.name="{name}"',
             "--set", "train.batch_size=8", "--set", "train.micro_batch_size=2",
             "--set", f"train.max_steps={STEPS}", "--set", "run.log_every=1",
             "--set", "npo.chunk_positions=16", *extra]
+
+
+def command(work, name, np_, *extra):
+    return ["mpirun", "-np", str(np_), "--oversubscribe", *train_args(work, name, *extra)]
 
 
 def metrics(work, name):
@@ -163,7 +167,7 @@ def same_run(work, name, ref_rows, ref_final):
           "bit-identical to the uninterrupted run")
 
 
-def close_run(work, name, ref_rows, ref_final):
+def close_run(work, name, ref_rows, ref_final, reference="the np 2 run"):
     """The same run up to fp32 rounding (another world size): every step's losses, every final
     tensor (relative L2 difference), the integer tensors and attributes exactly."""
     rows = metrics(work, name)
@@ -193,7 +197,7 @@ def close_run(work, name, ref_rows, ref_final):
         worst = max(worst, (rel, k))
     check(attributes == ref_attributes, f"{name}: attributes {attributes} != {ref_attributes}")
     print(f"{name}: {STEPS} steps' losses within {worst_loss:.1e} and {len(tensors)} final "
-          f"tensors within {worst[0]:.1e} ({worst[1]}) of the np 2 run")
+          f"tensors within {worst[0]:.1e} ({worst[1]}) of {reference}")
 
 
 def main():

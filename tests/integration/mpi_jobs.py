@@ -35,14 +35,24 @@ def rank_pids(mpirun_pid):
     return pids
 
 
-def rank_pid(mpirun_pid, rank):
-    """The pid of the process with that MPI rank among mpirun's children."""
-    for pid in rank_pids(mpirun_pid):
+def ranks_among(pids):
+    """{MPI rank: pid} of the MPI processes among `pids` (read from their environment)."""
+    ranks = {}
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
-            return pid
-    raise AssertionError(f"no process of rank {rank} under mpirun {mpirun_pid}")
+        for var in env:
+            if var.startswith(b"OMPI_COMM_WORLD_RANK="):
+                ranks[int(var.split(b"=", 1)[1])] = pid
+    return ranks
+
+
+def rank_pid(mpirun_pid, rank):
+    """The pid of the process with that MPI rank among mpirun's children."""
+    pid = ranks_among(rank_pids(mpirun_pid)).get(rank)
+    if pid is None:
+        raise AssertionError(f"no process of rank {rank} under mpirun {mpirun_pid}")
+    return pid
