@@ -2,12 +2,12 @@
 """`launch/run --launcher srun --retries 2` inside an allocation restarts a failed job:
 
   salloc --nodes=1 --ntasks=2 --cpus-per-task=1 launch/run --launcher srun --retries 2 -- \\
-    --config configs/demo.toml (small world, a checkpoint every 4 steps)
+    --config configs/demo.toml (small world, a checkpoint every 8 steps)
 
 Rank 1 (found by SLURM_PROCID among the tasks started with this test's tag) is SIGKILLed once
 SFT has logged 10 steps, as a lost node would take it. srun (--kill-on-bad-exit) ends the step
 with a failure; launch/run starts it again with --resume auto, inside the same allocation; the
-second attempt resumes from the newest periodic checkpoint (step 8; 12 if the kill came late) and
+second attempt resumes from the newest periodic checkpoint (step 8; 16 if the kill came late) and
 the job ends with exit 0, the iteration reports and the final model of the uninterrupted job run
 with mpirun -np 2 outside Slurm, byte for byte.
 
@@ -27,7 +27,7 @@ from cluster import (BIN, BOUND_S, SFT_STEPS, SRC, Cluster, check, demo_sets,  #
                      run_reference, skip_unless_runnable, wait_for_sft_steps)
 from selfplay_e2e import final_model, reports, same_result  # noqa: E402  (tests/integration)
 
-EVERY = "checkpoint.every_steps=4"
+EVERY = "checkpoint.every_steps=8"
 KILL_AFTER = 10  # SFT steps logged before rank 1 is killed
 
 
@@ -91,7 +91,7 @@ def main():
         at = re.search(rf"resume: sft at step (\d+) of {SFT_STEPS}\n", retry)
         check(resumed and at, f"the retry did not resume in SFT\n{retry[-4000:]}")
         step = int(at.group(1))
-        check(step % 4 == 0 and KILL_AFTER - 4 < step <= KILL_AFTER + 4,
+        check(step % 8 == 0 and KILL_AFTER - 8 < step <= KILL_AFTER + 8,
               f"the retry resumed at step {step}, not from the newest periodic checkpoint")
         same_result(work, "retried", ref_reports, ref_model)
         print(f"retries: rank 1 killed after SFT step {KILL_AFTER}; srun failed (exit "
