@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <map>
 #include <sstream>
+#include <type_traits>
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
@@ -80,23 +81,38 @@ void check_replicated(const StateDict& state, const std::string& where) {
   }
 }
 
+/// One attribute map: its size, then its (key, value) pairs in key order; unpack_map reads it.
+template <typename Value>
+void pack_map(Packer& p, const std::map<std::string, Value>& map) {
+  p.put(static_cast<std::int64_t>(map.size()));
+  for (const auto& [key, value] : map) {
+    p.put(key);
+    p.put(value);
+  }
+}
+
+template <typename Value>
+std::map<std::string, Value> unpack_map(Unpacker& u) {
+  std::map<std::string, Value> map;
+  for (auto n = u.get_int(); n > 0; --n) {
+    auto key = u.get_string();
+    if constexpr (std::is_same_v<Value, std::string>) {
+      map[key] = u.get_string();
+    } else if constexpr (std::is_same_v<Value, std::int64_t>) {
+      map[key] = u.get_int();
+    } else {
+      static_assert(std::is_same_v<Value, double>, "attributes are strings, ints or floats");
+      map[key] = u.get_double();
+    }
+  }
+  return map;
+}
+
 std::string pack(const StateDict& state) {
   Packer p;
-  p.put(static_cast<std::int64_t>(state.strings.size()));
-  for (const auto& [key, value] : state.strings) {
-    p.put(key);
-    p.put(value);
-  }
-  p.put(static_cast<std::int64_t>(state.ints.size()));
-  for (const auto& [key, value] : state.ints) {
-    p.put(key);
-    p.put(value);
-  }
-  p.put(static_cast<std::int64_t>(state.floats.size()));
-  for (const auto& [key, value] : state.floats) {
-    p.put(key);
-    p.put(value);
-  }
+  pack_map(p, state.strings);
+  pack_map(p, state.ints);
+  pack_map(p, state.floats);
   p.put(static_cast<std::int64_t>(state.blobs.size()));
   for (const auto& [name, bytes] : state.blobs) {
     p.put(name);
@@ -110,18 +126,9 @@ std::string pack(const StateDict& state) {
 Replicated unpack(const std::string& bytes) {
   Unpacker u(bytes);
   Replicated r;
-  for (auto n = u.get_int(); n > 0; --n) {
-    auto key = u.get_string();
-    r.strings[key] = u.get_string();
-  }
-  for (auto n = u.get_int(); n > 0; --n) {
-    auto key = u.get_string();
-    r.ints[key] = u.get_int();
-  }
-  for (auto n = u.get_int(); n > 0; --n) {
-    auto key = u.get_string();
-    r.floats[key] = u.get_double();
-  }
+  r.strings = unpack_map<std::string>(u);
+  r.ints = unpack_map<std::int64_t>(u);
+  r.floats = unpack_map<double>(u);
   for (auto n = u.get_int(); n > 0; --n) {
     BlobMeta b;
     b.name = u.get_string();
