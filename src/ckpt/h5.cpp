@@ -210,30 +210,34 @@ Id transfer_plist(const Group& group) {
 
 // --- types ---
 
-hid_t file_type(at::ScalarType dtype) {
+namespace {
+/// A dtype's two HDF5 types, side by side because they must agree in kind and width: the
+/// little-endian type stored in the file and the native type transfers read and write.
+struct H5Types {
+  hid_t file;
+  hid_t memory;
+};
+
+H5Types h5_types(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat:
-      return H5T_IEEE_F32LE;
+      return {H5T_IEEE_F32LE, H5T_NATIVE_FLOAT};
     case at::kLong:
-      return H5T_STD_I64LE;
+      return {H5T_STD_I64LE, H5T_NATIVE_INT64};
     case at::kByte:
-      return H5T_STD_U8LE;
+      return {H5T_STD_U8LE, H5T_NATIVE_UINT8};
     default:
       DNPO_FAIL(InternalError, "ckpt: no HDF5 type for dtype {}", dtype);
   }
 }
+}  // namespace
+
+hid_t file_type(at::ScalarType dtype) {
+  return h5_types(dtype).file;
+}
 
 hid_t mem_type(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat:
-      return H5T_NATIVE_FLOAT;
-    case at::kLong:
-      return H5T_NATIVE_INT64;
-    case at::kByte:
-      return H5T_NATIVE_UINT8;
-    default:
-      DNPO_FAIL(InternalError, "ckpt: no HDF5 type for dtype {}", dtype);
-  }
+  return h5_types(dtype).memory;
 }
 
 const char* dtype_name(at::ScalarType dtype) {
