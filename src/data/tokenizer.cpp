@@ -88,27 +88,34 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& path) : path_(
   pad_id_ = pad >= 0 ? pad : eos_id_;
 }
 
-std::vector<std::int64_t> SentencePieceTokenizer::encode(const std::string& text) const {
-  const auto& spm = detail::spm_library();
+namespace {
+
+/// Runs the shim's encode or decode (spm_library.h), which share one protocol: shim_call(out,
+/// out_size, err, err_size) fills `out` and returns the length of the result, which may pass
+/// out_size (then `out` grows to it and the call runs again; the callers' first guesses make
+/// that rare), or returns < 0 with the reason in `err`. Leaves `out` holding just the result.
+template <typename Buffer, typename ShimCall>
+void run_spm(Buffer& out, const char* what, const std::string& model_path, ShimCall shim_call) {
   std::array<char, 512> err{};
-  std::vector<int> pieces(text.size() + 8);
-  const auto encode_into_pieces = [&] {
-    return spm.encode(handle_.get(),
-                      text.data(),
-                      text.size(),
-                      pieces.data(),
-                      pieces.size(),
-                      err.data(),
-                      err.size());
-  };
-  long n = encode_into_pieces();
-  if (n > static_cast<long>(pieces.size())) {  // more pieces than bytes: rare, retry exactly
-    pieces.resize(static_cast<std::size_t>(n));
-    n = encode_into_pieces();
+  long n = shim_call(out.data(), out.size(), err.data(), err.size());
+  if (n > static_cast<long>(out.size())) {
+    out.resize(static_cast<std::size_t>(n));
+    n = shim_call(out.data(), out.size(), err.data(), err.size());
   }
   DNPO_CHECK_WITH(
-      DataError, n >= 0, "SentencePiece encode failed (model '{}'): {}", path_, err.data());
-  return {pieces.begin(), pieces.begin() + n};
+      DataError, n >= 0, "SentencePiece {} failed (model '{}'): {}", what, model_path, err.data());
+  out.resize(static_cast<std::size_t>(n));
+}
+
+}  // namespace
+
+std::vector<std::int64_t> SentencePieceTokenizer::encode(const std::string& text) const {
+  const auto& spm = detail::spm_library();
+  std::vector<int> pieces(text.size() + 8);  // more pieces than bytes is rare
+  run_spm(pieces, "encode", path_, [&](auto... out_and_err) {
+    return spm.encode(handle_.get(), text.data(), text.size(), out_and_err...);
+  });
+  return {pieces.begin(), pieces.end()};
 }
 
 std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids) const {
@@ -122,25 +129,10 @@ std::string SentencePieceTokenizer::decode(const std::vector<std::int64_t>& ids)
     }
   }
   const auto& spm = detail::spm_library();
-  std::array<char, 512> err{};
   std::string text(pieces.size() * 16 + 16, '\0');
-  const auto decode_into_text = [&] {
-    return spm.decode(handle_.get(),
-                      pieces.data(),
-                      pieces.size(),
-                      text.data(),
-                      text.size(),
-                      err.data(),
-                      err.size());
-  };
-  long n = decode_into_text();
-  if (n > static_cast<long>(text.size())) {  // longer than guessed: retry exactly
-    text.resize(static_cast<std::size_t>(n));
-    n = decode_into_text();
-  }
-  DNPO_CHECK_WITH(
-      DataError, n >= 0, "SentencePiece decode failed (model '{}'): {}", path_, err.data());
-  text.resize(static_cast<std::size_t>(n));
+  run_spm(text, "decode", path_, [&](auto... out_and_err) {
+    return spm.decode(handle_.get(), pieces.data(), pieces.size(), out_and_err...);
+  });
   return text;
 }
 
