@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <random>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 
@@ -109,25 +110,32 @@ struct Solved {
   std::string truth;
 };
 
+/// The tasks whose prompt is "<keyword> <characters of one range>" and whose answer rearranges
+/// those characters.
+struct RearrangeTask {
+  std::string_view keyword;  ///< with its trailing space
+  const char* task;
+  char lo;
+  char hi;
+  void (*rearrange)(std::string&);
+};
+
+constexpr RearrangeTask kRearrangeTasks[] = {
+    {"rev ", "reverse", 'a', 'z', [](std::string& s) { std::reverse(s.begin(), s.end()); }},
+    {"sort ", "sort", '0', '9', [](std::string& s) { std::sort(s.begin(), s.end()); }},
+};
+
 std::optional<Solved> solve(const std::string& raw_prompt) {
   const std::string prompt = trim(raw_prompt);
-  const std::string rev = "rev ";
-  const std::string sort = "sort ";
-  if (prompt.rfind(rev, 0) == 0) {
-    std::string text = prompt.substr(rev.size());
-    if (!all_of_range(text, 'a', 'z')) {
-      return std::nullopt;
+  for (const RearrangeTask& form : kRearrangeTasks) {
+    if (prompt.rfind(form.keyword, 0) == 0) {
+      std::string text = prompt.substr(form.keyword.size());
+      if (!all_of_range(text, form.lo, form.hi)) {
+        return std::nullopt;
+      }
+      form.rearrange(text);
+      return Solved{form.task, text};
     }
-    std::reverse(text.begin(), text.end());
-    return Solved{"reverse", text};
-  }
-  if (prompt.rfind(sort, 0) == 0) {
-    std::string digits = prompt.substr(sort.size());
-    if (!all_of_range(digits, '0', '9')) {
-      return std::nullopt;
-    }
-    std::sort(digits.begin(), digits.end());
-    return Solved{"sort", digits};
   }
   const auto plus = prompt.find('+');
   if (plus != std::string::npos && !prompt.empty() && prompt.back() == '=') {
