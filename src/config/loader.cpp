@@ -114,26 +114,37 @@ std::string quote_hint(const toml::node& node, std::string_view noun) {
 
 // --- one value per C++ field type ---
 
-void read_value(const std::string& path, const toml::node& node, const Rule& rule, bool& out) {
-  const auto* v = node.as_boolean();
+/// The node's value as the TOML type `Toml`, or a ConfigError expecting a `Field`.
+template <typename Field, typename Toml>
+Toml typed_value(const std::string& path, const toml::node& node, const Rule& rule) {
+  const auto* v = node.as<Toml>();
   if (v == nullptr) {
-    fail_value(path, node, type_noun<bool>(), rule, true);
+    fail_value(path, node, type_noun<Field>(), rule, true);
   }
-  out = v->get();
+  return v->get();
+}
+
+/// A ConfigError expecting a `Field` where `x` is outside the rule's range or choices.
+template <typename Field, typename Value>
+void check_admitted(const std::string& path,
+                    const toml::node& node,
+                    const Rule& rule,
+                    const Value& x) {
+  if (!schema::admits(rule, x)) {
+    fail_value(path, node, type_noun<Field>(), rule, false);
+  }
+}
+
+void read_value(const std::string& path, const toml::node& node, const Rule& rule, bool& out) {
+  out = typed_value<bool, bool>(path, node, rule);
 }
 
 void read_value(const std::string& path, const toml::node& node, const Rule& rule, int& out) {
-  const auto* v = node.as_integer();
-  if (v == nullptr) {
-    fail_value(path, node, type_noun<int>(), rule, true);
-  }
-  const std::int64_t x = v->get();
+  const auto x = typed_value<int, std::int64_t>(path, node, rule);
   if (x < std::numeric_limits<int>::min() || x > std::numeric_limits<int>::max()) {
     fail_value(path, node, type_noun<int>(), rule, false, " (outside the 32-bit range)");
   }
-  if (!schema::admits(rule, static_cast<double>(x))) {
-    fail_value(path, node, type_noun<int>(), rule, false);
-  }
+  check_admitted<int>(path, node, rule, static_cast<double>(x));
   out = static_cast<int>(x);
 }
 
@@ -141,14 +152,12 @@ void read_value(const std::string& path,
                 const toml::node& node,
                 const Rule& rule,
                 std::uint64_t& out) {
-  const auto* v = node.as_integer();
-  if (v == nullptr) {
-    fail_value(path, node, type_noun<std::uint64_t>(), rule, true);
-  }
-  if (v->get() < 0 || !schema::admits(rule, static_cast<double>(v->get()))) {
+  const auto x = typed_value<std::uint64_t, std::int64_t>(path, node, rule);
+  if (x < 0) {
     fail_value(path, node, type_noun<std::uint64_t>(), rule, false);
   }
-  out = static_cast<std::uint64_t>(v->get());
+  check_admitted<std::uint64_t>(path, node, rule, static_cast<double>(x));
+  out = static_cast<std::uint64_t>(x);
 }
 
 void read_value(const std::string& path, const toml::node& node, const Rule& rule, double& out) {
@@ -163,9 +172,7 @@ void read_value(const std::string& path, const toml::node& node, const Rule& rul
   if (!std::isfinite(x)) {
     fail_value(path, node, type_noun<double>(), rule, false, " (must be finite)");
   }
-  if (!schema::admits(rule, x)) {
-    fail_value(path, node, type_noun<double>(), rule, false);
-  }
+  check_admitted<double>(path, node, rule, x);
   out = x;
 }
 
@@ -173,14 +180,9 @@ void read_value(const std::string& path,
                 const toml::node& node,
                 const Rule& rule,
                 std::string& out) {
-  const auto* v = node.as_string();
-  if (v == nullptr) {
-    fail_value(path, node, type_noun<std::string>(), rule, true);
-  }
-  if (!schema::admits(rule, v->get())) {
-    fail_value(path, node, type_noun<std::string>(), rule, false);
-  }
-  out = v->get();
+  std::string x = typed_value<std::string, std::string>(path, node, rule);
+  check_admitted<std::string>(path, node, rule, x);
+  out = std::move(x);
 }
 
 void read_value(const std::string& path,
