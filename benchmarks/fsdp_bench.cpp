@@ -43,13 +43,10 @@ const dnpo::dist::CommBytes& last_of(const std::vector<dnpo::dist::CommBytes>& v
 }
 
 // Every rank's value, on every rank (a one-hot sum).
-std::vector<double> per_rank(double value, dnpo::dist::Comm* comm) {
-  if (comm == nullptr) {
-    return {value};
-  }
-  auto t = at::zeros({comm->world_size()}, at::kDouble);
-  t[comm->rank()] = value;
-  comm->all_reduce_sum(t).wait();
+std::vector<double> per_rank(double value, dnpo::dist::Comm& comm) {
+  auto t = at::zeros({comm.world_size()}, at::kDouble);
+  t[comm.rank()] = value;
+  comm.all_reduce_sum(t).wait();
   return {t.data_ptr<double>(), t.data_ptr<double>() + t.numel()};
 }
 
@@ -115,10 +112,8 @@ int run_bench(int argc, char** argv) {
   cfg.dist.reduce_scatter = reduce_scatter;
   cfg.dist.all_gather = all_gather;
 
-  std::unique_ptr<dnpo::dist::Comm> comm;
-  if (world > 1) {
-    comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist);
-  }
+  const auto comm = world > 1 ? std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist)
+                              : dnpo::dist::Comm::one_process();
   // --- the policy, a unit at a time from the counter-based init ---
   const double rss_start = dnpo::bench::peak_rss_mib();
   dnpo::train::ShardedLlama policy(
@@ -126,7 +121,7 @@ int run_bench(int argc, char** argv) {
       [&cfg](const std::string& name) {
         return dnpo::model::initial_parameter(cfg.model, name, 1);
       },
-      comm.get(),
+      *comm,
       dnpo::dist::UnitPrecision{},
       true,
       world > 1);
@@ -141,12 +136,12 @@ int run_bench(int argc, char** argv) {
                             ("dnpo_fsdp_bench_" + std::to_string(::getpid()) + ".jsonl");
   cfg.run.phase_times = phases;
   dnpo::train::MetricsWriter metrics(phases && mpi.rank() == 0 ? metrics_path.string() : "");
-  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, comm.get());
+  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, *comm);
   // Collective bytes at each step's gradient hand-off: differences are whole steps.
   std::vector<dnpo::dist::CommBytes> at_step;
   std::vector<double> faults_at_step;  // this rank's minor page faults so far
   trainer.set_gradient_observer([&](std::int64_t, const std::vector<dnpo::dist::ShardedUnit*>&) {
-    at_step.push_back(comm ? comm->bytes() : dnpo::dist::CommBytes{});
+    at_step.push_back(comm->bytes());
     faults_at_step.push_back(dnpo::bench::minor_page_faults());
   });
   std::optional<torch::autograd::profiler::RecordProfile> tracing;
@@ -202,15 +197,15 @@ int run_bench(int argc, char** argv) {
     gather_theory = world > 1 ? gather_theory * micro_per_rank + gather_once : 0;
     scatter_theory = world > 1 ? scatter_theory * micro_per_rank + scatter_once : 0;
   }
-  const auto rss = per_rank(dnpo::bench::peak_rss_mib(), comm.get());
+  const auto rss = per_rank(dnpo::bench::peak_rss_mib(), *comm);
   const auto faults_per_step = per_rank(
       timed_steps
           ? (faults_at_step.back() - faults_at_step.at(static_cast<std::size_t>(warmup) - 1)) /
                 spans
           : 0.0,
-      comm.get());
-  const auto rss_at_start = per_rank(rss_start, comm.get());
-  const auto rss_after_build = per_rank(rss_built, comm.get());
+      *comm);
+  const auto rss_at_start = per_rank(rss_start, *comm);
+  const auto rss_after_build = per_rank(rss_built, *comm);
   if (mpi.rank() != 0) {
     return 0;
   }

@@ -181,13 +181,13 @@ dnpo::train::TrainSummary run_stage(const Options& o,
         return name.find("norm") != std::string::npos ? at::ones(shape, on)
                                                       : at::randn(shape, on) * 0.02;
       },
-      &comm,
+      comm,
       dnpo::train::unit_precision(cfg, device),
       true,
       false);
   const dnpo::data::ByteTokenizer tokenizer;
   dnpo::train::MetricsWriter metrics;
-  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, &comm);
+  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, comm);
   auto data = pairs(o);
   data.resize(static_cast<std::size_t>(num_pairs));
   return trainer.train_preference(data);

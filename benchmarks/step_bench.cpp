@@ -32,6 +32,7 @@
 #include "dnpo/data/chat_template.h"
 #include "dnpo/data/jsonl.h"
 #include "dnpo/data/tokenizer.h"
+#include "dnpo/dist/comm.h"
 #include "dnpo/model/batch.h"
 #include "dnpo/model/hf_io.h"
 #include "dnpo/model/llama.h"
@@ -158,7 +159,8 @@ int run_alternating(dnpo::config::RunConfig cfg,
       cfg.train.loss = k == 0 ? "spin" : "npo";
       policy.copy_from(initial);
       dnpo::train::MetricsWriter metrics("");
-      dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
+      const auto comm = dnpo::dist::Comm::one_process();
+      dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, *comm);
       const auto summary =
           dnpo::bench::train_synthetic(trainer, cfg.train.loss, batch, prompt_len, response_len);
       const std::vector<double> timed(summary.step_ms.begin() + kWarmupSteps,
@@ -280,7 +282,8 @@ int run_bench(int argc, char** argv) {
                             ("dnpo_step_bench_" + std::to_string(::getpid()) + ".jsonl");
   cfg.run.phase_times = phases;
   dnpo::train::MetricsWriter metrics(phases ? metrics_path.string() : "");
-  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics);
+  const auto comm = dnpo::dist::Comm::one_process();
+  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, *comm);
   const double rss_before = dnpo::bench::peak_rss_mib();
   std::optional<torch::autograd::profiler::RecordProfile> tracing;
   if (!profile.empty()) {

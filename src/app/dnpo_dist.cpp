@@ -194,26 +194,25 @@ void run_command(Options& o,
   // One process on the CPU needs no process group; several share one (Gloo). On CUDA there is
   // always one (NCCL, one GPU per rank by local rank): one GPU runs the same streams and events
   // as many.
-  std::unique_ptr<dnpo::dist::Comm> comm;
-  if (mpi.world_size() > 1 || cfg.run.device == "cuda") {
-    comm = std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist, cfg.run.device);
-  }
+  const auto comm = mpi.world_size() > 1 || cfg.run.device == "cuda"
+                        ? std::make_unique<dnpo::dist::Comm>(mpi, cfg.dist, cfg.run.device)
+                        : dnpo::dist::Comm::one_process();
   if (*c.sft) {
-    dnpo::train::run_sft(cfg, o.stage, comm.get());
+    dnpo::train::run_sft(cfg, o.stage, *comm);
   } else if (*c.train) {
-    dnpo::train::run_train(cfg, o.stage, comm.get());
+    dnpo::train::run_train(cfg, o.stage, *comm);
   } else if (*c.generate) {
-    dnpo::train::run_generate(cfg, o.stage, o.prompts_file, o.generate_out, comm.get());
+    dnpo::train::run_generate(cfg, o.stage, o.prompts_file, o.generate_out, *comm);
   } else if (*c.eval) {
-    dnpo::train::run_eval(cfg, o.stage, comm.get());
+    dnpo::train::run_eval(cfg, o.stage, *comm);
   } else if (*c.demo) {
     if (mpi.rank() == 0 && !o.demo_out.empty()) {
       dnpo::data::write_demo_data(cfg.demo, o.demo_out);
     } else if (o.demo_out.empty()) {
-      dnpo::train::ensure_demo_data(cfg, comm.get());
+      dnpo::train::ensure_demo_data(cfg, *comm);
     }
   } else {
-    dnpo::selfplay::run_job(cfg, comm.get());
+    dnpo::selfplay::run_job(cfg, *comm);
   }
 }
 

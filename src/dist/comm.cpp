@@ -252,7 +252,7 @@ struct Comm::Impl {
   std::string all_gather;
   std::chrono::milliseconds timeout{0};
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<Group> group;
+  c10::intrusive_ptr<Group> group;  // null for one_process()
   bool nccl = false;
   at::Device device{at::kCPU};
   CommBytes bytes;
@@ -398,6 +398,16 @@ Comm::Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& 
                   cfg.timeout_s);
 }
 
+Comm::Comm(at::Device device) : impl_(std::make_unique<Impl>()) {
+  impl_->device = device;
+  impl_->reduce_scatter = "local";
+  impl_->all_gather = "local";
+}
+
+std::unique_ptr<Comm> Comm::one_process(at::Device device) {
+  return std::unique_ptr<Comm>(new Comm(device));
+}
+
 Comm::~Comm() {
 #if DNPO_HAS_NCCL
   // NCCL wants an explicit shutdown: destroying a live ProcessGroupNCCL warns from its
@@ -422,6 +432,9 @@ int Comm::local_world_size() const {
   return impl_->local_world;
 }
 std::string Comm::backend() const {
+  if (!impl_->group) {
+    return "local";
+  }
   return impl_->nccl ? "nccl" : "gloo";
 }
 at::Device Comm::device() const {
@@ -439,6 +452,12 @@ Work Comm::all_gather_flat(const at::Tensor& flat, const at::Tensor& shard) {
   DNPO_CHECK(flat.scalar_type() == shard.scalar_type(), "all_gather_flat: dtypes differ");
   impl_->bytes.all_gather += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.all_gather_ops;
+  if (!impl_->group) {  // one process: the shard is the whole buffer
+    if (!flat.is_same(shard)) {
+      flat.view({-1}).copy_(shard.view({-1}));
+    }
+    return impl_->make("all_gather_flat (local)", std::vector<c10::intrusive_ptr<c10d::Work>>{});
+  }
   if (impl_->nccl) {  // straight into the flat buffer
     auto out = flat.view({-1});
     auto in = shard.view({-1});
@@ -471,6 +490,13 @@ Work Comm::reduce_scatter_flat(const at::Tensor& shard, const at::Tensor& flat) 
   const auto rank = impl_->rank;
   impl_->bytes.reduce_scatter += static_cast<std::int64_t>(flat.nbytes());
   ++impl_->bytes.reduce_scatter_ops;
+  if (!impl_->group) {
+    if (!flat.is_same(shard)) {
+      shard.view({-1}).copy_(flat.view({-1}));
+    }
+    return impl_->make("reduce_scatter_flat (local)",
+                       std::vector<c10::intrusive_ptr<c10d::Work>>{});
+  }
   if (impl_->nccl) {  // native, in any dtype, straight into the shard
     DNPO_CHECK(shard.is_contiguous() && shard.scalar_type() == flat.scalar_type(),
                "reduce_scatter_flat (nccl): shard must be contiguous and of flat's dtype");
@@ -530,6 +556,9 @@ Work Comm::all_reduce_sum(const at::Tensor& t) {
   DNPO_CHECK(impl_->nccl || t.scalar_type() != at::kBFloat16,
              "all_reduce_sum: Gloo cannot reduce bf16");
   impl_->bytes.all_reduce += static_cast<std::int64_t>(t.nbytes());
+  if (!impl_->group) {  // the sum over one rank
+    return impl_->make("all_reduce_sum (local)", std::vector<c10::intrusive_ptr<c10d::Work>>{});
+  }
   return impl_->in_place("all_reduce_sum", t, [&](std::vector<at::Tensor>& tensors) {
     return impl_->group->allreduce(tensors, c10d::AllreduceOptions{});
   });
@@ -539,6 +568,9 @@ Work Comm::broadcast(const at::Tensor& t, int root) {
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
   impl_->bytes.broadcast += static_cast<std::int64_t>(t.nbytes());
+  if (!impl_->group) {
+    return impl_->make("broadcast (local)", std::vector<c10::intrusive_ptr<c10d::Work>>{});
+  }
   return impl_->in_place("broadcast", t, [&](std::vector<at::Tensor>& tensors) {
     return impl_->group->broadcast(tensors, opts);
   });
@@ -553,6 +585,9 @@ const std::string& Comm::reduce_scatter_method() const {
 }
 
 Work Comm::barrier() {
+  if (!impl_->group) {
+    return impl_->make("barrier (local)", std::vector<c10::intrusive_ptr<c10d::Work>>{});
+  }
   return impl_->make("barrier", impl_->group->barrier(c10d::BarrierOptions{}));
 }
 
@@ -581,23 +616,23 @@ at::Device rank_device(const std::string& run_device, int local_rank) {
 #endif
 }
 
-std::vector<std::string> all_gather_text(Comm* comm, const std::string& text) {
-  if (comm == nullptr || comm->world_size() == 1) {
+std::vector<std::string> all_gather_text(Comm& comm, const std::string& text) {
+  if (comm.world_size() == 1) {
     return {text};
   }
-  const int world = comm->world_size();
+  const int world = comm.world_size();
   auto lengths = at::zeros({world}, at::kLong);
-  lengths[comm->rank()] = static_cast<std::int64_t>(text.size());
-  comm->all_reduce_sum(lengths).wait();
+  lengths[comm.rank()] = static_cast<std::int64_t>(text.size());
+  comm.all_reduce_sum(lengths).wait();
   std::vector<std::string> out(static_cast<std::size_t>(world));
   for (int r = 0; r < world; ++r) {
     const auto n = lengths[r].item<std::int64_t>();
     auto bytes = at::empty({n}, at::kByte);
-    if (r == comm->rank()) {
+    if (r == comm.rank()) {
       std::memcpy(bytes.data_ptr(), text.data(), text.size());
     }
     if (n > 0) {
-      comm->broadcast(bytes, r).wait();
+      comm.broadcast(bytes, r).wait();
     }
     out[static_cast<std::size_t>(r)].assign(static_cast<const char*>(bytes.data_ptr()),
                                             static_cast<std::size_t>(n));

@@ -24,26 +24,24 @@ std::int64_t TensorSpec::numel() const {
 
 ShardedUnit::ShardedUnit(std::string name,
                          std::vector<TensorSpec> specs,
-                         Comm* comm,
+                         Comm& comm,
                          UnitPrecision precision,
                          bool trainable)
     : name_(std::move(name)),
       specs_(std::move(specs)),
       comm_(comm),
       precision_(precision),
-      trainable_(trainable) {
-  if (comm_ != nullptr) {
-    world_ = comm_->world_size();
-    rank_ = comm_->rank();
-    DNPO_CHECK(comm_->device().type() == precision_.device.type(),
-               "unit {}: its buffers are on {} but the process group moves {} tensors",
-               name_,
-               precision_.device.str(),
-               comm_->device().str());
-  }
+      trainable_(trainable),
+      world_(comm.world_size()),
+      rank_(comm.rank()) {
+  DNPO_CHECK(comm_.device().type() == precision_.device.type(),
+             "unit {}: its buffers are on {} but the process group moves {} tensors",
+             name_,
+             precision_.device.str(),
+             comm_.device().str());
   // NCCL's collectives run even for one rank (a device copy each), so that one GPU exercises the
   // same streams and events as many; Gloo's would only cost time on the host.
-  local_only_ = comm_ == nullptr || (world_ == 1 && comm_->backend() != "nccl");
+  local_only_ = world_ == 1 && comm_.backend() != "nccl";
   for (const auto& s : specs_) {
     offsets_.push_back(numel_);
     numel_ += s.numel();
@@ -120,7 +118,7 @@ std::vector<at::Tensor> ShardedUnit::gather_full(bool gradients) {
   at::Tensor flat = mine.clone();
   if (!local_only_) {
     flat = at::empty({shard_numel_ * world_}, shard_.options());
-    comm_->all_gather_flat(flat, mine).wait();
+    comm_.all_gather_flat(flat, mine).wait();
   }
   std::vector<at::Tensor> out;
   for (std::size_t i = 0; i < specs_.size(); ++i) {
@@ -140,7 +138,7 @@ void ShardedUnit::prefetch() {
     return;
   }
   full_ = at::empty({shard_numel_ * world_}, local.options());
-  in_flight_ = comm_->all_gather_flat(full_, local.contiguous());
+  in_flight_ = comm_.all_gather_flat(full_, local.contiguous());
   waiting_ = true;
 }
 
@@ -222,7 +220,7 @@ at::Tensor ShardedUnit::reduced_slice(at::Tensor flat) {
   at::Tensor slice = flat;
   if (!local_only_) {
     slice = at::empty({shard_numel_}, flat.options());
-    comm_->reduce_scatter_flat(slice, flat).wait();
+    comm_.reduce_scatter_flat(slice, flat).wait();
   }
   flat = at::Tensor();  // the full-size buffer goes before the fp32 copy is made
   slice = slice.to(at::kFloat);
@@ -404,7 +402,7 @@ std::vector<at::Tensor> gather_params(ShardedUnit& unit,
   return GatherParamsFunction::apply(unit.shard(), std::move(call));
 }
 
-at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) {
+at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm& comm) {
   // One fp32 norm per shard (a single pass, no fp64 copy of the gradients, as PyTorch's
   // clip_grad_norm_), their squares summed in fp64.
   std::vector<at::Tensor> norms;
@@ -414,19 +412,17 @@ at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm) 
       norms.push_back(g.norm().reshape({1}));
     }
   }
-  const auto device = !norms.empty()    ? norms.front().device()
-                      : comm != nullptr ? comm->device()
-                                        : at::Device(at::kCPU);
+  const auto device = norms.empty() ? comm.device() : norms.front().device();
   auto sum_sq = norms.empty()
                     ? at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(device))
                     : at::cat(norms).to(at::kDouble).pow(2).sum().reshape({1});
-  if (comm != nullptr && comm->world_size() > 1) {
-    comm->all_reduce_sum(sum_sq).wait();
+  if (comm.world_size() > 1) {
+    comm.all_reduce_sum(sum_sq).wait();
   }
   return sum_sq.sqrt().reshape({});
 }
 
-at::Tensor clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm) {
+at::Tensor clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm& comm, double max_norm) {
   const auto norm = global_grad_norm(units, comm);
   if (max_norm <= 0) {
     return norm;

@@ -13,7 +13,6 @@
 #include "loop.h"
 
 namespace dnpo::selfplay::detail {
-using train::detail::is_rank0;
 
 namespace {
 constexpr double kJudgeReportEveryS = 10;  // progress while waiting for the last verdicts
@@ -29,7 +28,7 @@ struct JudgeProgress {
 
   static JudgeProgress of_job(const judge::Judge& judge,
                               std::size_t unharvested,
-                              dist::Comm* comm,
+                              dist::Comm& comm,
                               int world) {
     const auto s = judge.stats();
     auto t = at::tensor({static_cast<double>(s.scored),
@@ -38,8 +37,8 @@ struct JudgeProgress {
                          static_cast<double>(s.attempts),
                          static_cast<double>(unharvested)},
                         at::kDouble);
-    if (comm != nullptr && world > 1) {
-      comm->all_reduce_sum(t).wait();
+    if (world > 1) {
+      comm.all_reduce_sum(t).wait();
     }
     const auto* v = t.data_ptr<double>();
     return {v[0], v[1], v[2], v[3], v[4]};
@@ -185,12 +184,12 @@ SelfplayLoop::WorkLeft SelfplayLoop::work_left() const {
 std::int64_t SelfplayLoop::count_rounds(std::size_t prompts) const {
   const auto batch = static_cast<std::size_t>(cfg_.sample.batch_size);
   const auto mine = static_cast<std::int64_t>((prompts + batch - 1) / batch);
-  if (comm_ == nullptr || world_ == 1) {
+  if (world_ == 1) {
     return mine;
   }
   auto all = at::zeros({world_}, at::kDouble);
   all[rank_] = static_cast<double>(mine);
-  comm_->all_reduce_sum(all).wait();
+  comm_.all_reduce_sum(all).wait();
   return static_cast<std::int64_t>(all.max().item<double>());
 }
 
@@ -282,7 +281,7 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
       cfg_.sample.batch_size,
       sampler.dtype());
   std::optional<train::Progress> progress;
-  if (is_rank0(comm_)) {
+  if (comm_.rank() == 0) {
     progress.emplace("generate", rounds, cfg_.run.log_every);
   }
   run.clock.reset();

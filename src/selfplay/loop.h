@@ -56,7 +56,7 @@ struct GenerationRun;
 
 class SelfplayLoop {
  public:
-  SelfplayLoop(const config::RunConfig& cfg, dist::Comm* comm);
+  SelfplayLoop(const config::RunConfig& cfg, dist::Comm& comm);
   ~SelfplayLoop();
 
   void run();
@@ -134,7 +134,7 @@ class SelfplayLoop {
   }
 
   const config::RunConfig& cfg_;
-  dist::Comm* comm_;
+  dist::Comm& comm_;
   int rank_;
   int world_;
   std::string dir_;

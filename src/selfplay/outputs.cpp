@@ -22,8 +22,6 @@
 
 namespace dnpo::selfplay::detail {
 namespace fs = std::filesystem;
-using train::detail::barrier;
-using train::detail::is_rank0;
 
 namespace {
 
@@ -122,9 +120,9 @@ std::optional<train::EvalReport> SelfplayLoop::evaluate_policy(const LabeledPair
     return std::nullopt;
   }
   Timer timer;
-  auto tensors = policy_->gather_parameters(is_rank0(comm_));  // collective
+  auto tensors = policy_->gather_parameters(comm_.rank() == 0);  // collective
   std::optional<train::EvalReport> report;
-  if (is_rank0(comm_)) {
+  if (comm_.rank() == 0) {
     const model::LlamaModel model(policy_->config(), tensors);
     if (!eval_records_.empty()) {
       auto eval_cfg = cfg_;
@@ -136,7 +134,7 @@ std::optional<train::EvalReport> SelfplayLoop::evaluate_policy(const LabeledPair
       logprob_means_ = write_logprobs(model, *labeled);
     }
   }
-  barrier(comm_);
+  comm_.barrier().wait();
   times_.eval_s = timer.seconds();
   return report;
 }
@@ -166,7 +164,7 @@ Json SelfplayLoop::write_logprobs(const model::LlamaModel& model,
 }
 
 void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
-  if (!is_rank0(comm_)) {
+  if (comm_.rank() != 0) {
     return;
   }
   const auto dir = fmt::format("{}/iter_{}", dir_, state_.iteration);
@@ -208,7 +206,7 @@ void SelfplayLoop::write_iteration_files(const LabeledPairs& labeled) const {
 Json SelfplayLoop::similarity_to_previous_positives() const {
   const auto t = state_.iteration;
   const auto path = fmt::format("{}/iter_{}/pairs.jsonl", dir_, t - 1);
-  if (t == 0 || !is_rank0(comm_) || !fs::exists(path)) {
+  if (t == 0 || comm_.rank() != 0 || !fs::exists(path)) {
     return nullptr;
   }
   std::map<std::string, std::string> chosen;
@@ -227,7 +225,7 @@ Json SelfplayLoop::similarity_to_previous_positives() const {
 }
 
 void SelfplayLoop::write_reports() const {
-  if (!is_rank0(comm_)) {
+  if (comm_.rank() != 0) {
     return;
   }
   const auto path = dir_ + "/selfplay.jsonl";

@@ -16,18 +16,17 @@
 namespace dnpo::selfplay {
 namespace detail {
 using Json = nlohmann::json;
-using train::detail::is_rank0;
 
-SelfplayLoop::SelfplayLoop(const config::RunConfig& cfg, dist::Comm* comm)
+SelfplayLoop::SelfplayLoop(const config::RunConfig& cfg, dist::Comm& comm)
     : cfg_(cfg),
       comm_(comm),
-      rank_(comm == nullptr ? 0 : comm->rank()),
-      world_(comm == nullptr ? 1 : comm->world_size()),
+      rank_(comm.rank()),
+      world_(comm.world_size()),
       dir_(train::prepare_run_dir(cfg, comm)),
       tokenizer_(data::make_tokenizer(cfg.tokenizer)),
       chat_(cfg.chat, *tokenizer_),
       checkpointer_(cfg.checkpoint, train::detail::checkpoint_dir(cfg), comm),
-      metrics_(is_rank0(comm) ? dir_ + "/metrics.jsonl" : "") {}
+      metrics_(comm.rank() == 0 ? dir_ + "/metrics.jsonl" : "") {}
 
 SelfplayLoop::~SelfplayLoop() = default;
 
@@ -140,7 +139,7 @@ void SelfplayLoop::run_iteration(std::uint64_t t,
   }
   report["vs_previous_positives"] = similarity_to_previous_positives();
   report["eval_s"] = times_.eval_s;
-  if (is_rank0(comm_)) {
+  if (comm_.rank() == 0) {
     report["logp_mean_after"] = logprob_means_;  // rank 0's report is the one written
   }
   record_report(report);
@@ -148,7 +147,7 @@ void SelfplayLoop::run_iteration(std::uint64_t t,
 
 void SelfplayLoop::finish() {
   train::detail::save_trained_model(cfg_, *policy_, nullptr, dir_ + "/final", comm_);
-  if (is_rank0(comm_)) {
+  if (comm_.rank() == 0) {
     log::info_rank0("self-play done:\n{}", selfplay_table({dir_}));
     log::info_rank0(
         "reports: {}/selfplay.jsonl | plots: {}/plots | final model: {}/final | "
@@ -175,8 +174,8 @@ void SelfplayLoop::train_model_0(const std::optional<std::string>& resume) {
 JudgeCounts SelfplayLoop::judge_counts() const {
   auto counts = at::tensor(
       {static_cast<double>(judge_requests_), static_cast<double>(judge_reused_)}, at::kDouble);
-  if (comm_ != nullptr && world_ > 1) {
-    comm_->all_reduce_sum(counts).wait();
+  if (world_ > 1) {
+    comm_.all_reduce_sum(counts).wait();
   }
   return {counts[0].item<double>(), counts[1].item<double>()};
 }
@@ -230,13 +229,13 @@ bool SelfplayLoop::trains_noise_head(std::uint64_t t) const {
 }
 
 void SelfplayLoop::make_carried_head() {
-  carried_head_ = std::make_unique<train::ShardedNoiseHead>(
-      cfg_.npo,
-      cfg_.model.hidden_size,
-      cfg_.model.vocab_size,
-      cfg_.run.seed,
-      comm_,
-      train::unit_precision(cfg_, train::compute_device(cfg_, comm_)));
+  carried_head_ =
+      std::make_unique<train::ShardedNoiseHead>(cfg_.npo,
+                                                cfg_.model.hidden_size,
+                                                cfg_.model.vocab_size,
+                                                cfg_.run.seed,
+                                                comm_,
+                                                train::unit_precision(cfg_, comm_.device()));
 }
 
 Json SelfplayLoop::iteration_report(const IterationPlan& plan,
@@ -279,12 +278,12 @@ Json SelfplayLoop::iteration_report(const IterationPlan& plan,
 
 }  // namespace detail
 
-void run_selfplay(const config::RunConfig& cfg, dist::Comm* comm) {
+void run_selfplay(const config::RunConfig& cfg, dist::Comm& comm) {
   detail::SelfplayLoop loop(cfg, comm);
   loop.run();
 }
 
-void run_job(const config::RunConfig& cfg, dist::Comm* comm) {
+void run_job(const config::RunConfig& cfg, dist::Comm& comm) {
   train::ensure_demo_data(cfg, comm);
   run_selfplay(cfg, comm);
 }

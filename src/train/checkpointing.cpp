@@ -212,21 +212,21 @@ void load_stage(const std::string& path, StageState& state) {
   }
 }
 
-Checkpointer::Checkpointer(const config::CheckpointConfig& cfg, std::string dir, dist::Comm* comm)
+Checkpointer::Checkpointer(const config::CheckpointConfig& cfg, std::string dir, dist::Comm& comm)
     : cfg_(cfg), dir_(std::move(dir)), comm_(comm) {}
 
 std::string Checkpointer::next_name() const {
   // Rank 0 reads the directory; everyone uses its answer (one sum: the others add 0).
   std::int64_t next = 0;
-  if (comm_ == nullptr || comm_->rank() == 0) {
+  if (comm_.rank() == 0) {
     const auto names = ckpt::list_checkpoints(dir_);
     for (const auto& name : names) {
       next = std::max(next, name_index(name) + 1);
     }
   }
-  if (comm_ != nullptr && comm_->world_size() > 1) {
+  if (comm_.world_size() > 1) {
     auto t = at::tensor({static_cast<double>(next)}, at::kDouble);
-    comm_->all_reduce_sum(t).wait();
+    comm_.all_reduce_sum(t).wait();
     next = static_cast<std::int64_t>(t.item<double>());
   }
   return ckpt::checkpoint_name(next);
@@ -237,9 +237,9 @@ std::pair<bool, bool> Checkpointer::poll() const {
   std::vector<double> flags{
       preemption::requested_signal() != 0 ? 1.0 : 0.0,
       cfg_.every_minutes > 0 && since_save_.seconds() >= cfg_.every_minutes * 60.0 ? 1.0 : 0.0};
-  if (comm_ != nullptr && comm_->world_size() > 1) {
+  if (comm_.world_size() > 1) {
     auto t = at::tensor(flags, at::kDouble);
-    comm_->all_reduce_sum(t).wait();
+    comm_.all_reduce_sum(t).wait();
     flags = {t[0].item<double>(), t[1].item<double>()};
   }
   return {flags[0] > 0, flags[1] > 0};

@@ -31,11 +31,11 @@ namespace dnpo::train {
 namespace fs = std::filesystem;
 namespace {
 // run.threads, or this node's cores shared by the ranks on it.
-void set_threads(const config::RunConfig& cfg, const dist::Comm* comm) {
+void set_threads(const config::RunConfig& cfg, const dist::Comm& comm) {
   int threads = cfg.run.threads;
   if (threads <= 0) {
     const int cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
-    threads = std::max(1, cores / (comm == nullptr ? 1 : comm->local_world_size()));
+    threads = std::max(1, cores / comm.local_world_size());
   }
   at::set_num_threads(threads);
 }
@@ -82,9 +82,9 @@ model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::st
 // of which each rank reads only its own pieces. No rank ever holds the whole model.
 std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
                                           const std::string& init,
-                                          dist::Comm* comm) {
+                                          dist::Comm& comm) {
   const std::string dir = init.empty() ? cfg.model.init_from : init;
-  const bool sharded = comm != nullptr && comm->world_size() > 1;
+  const bool sharded = comm.world_size() > 1;
   if (dir.empty()) {
     log::info_rank0("model: random init (seed {})", cfg.run.seed);
     const auto model_cfg = cfg.model;
@@ -93,7 +93,7 @@ std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
         model_cfg,
         [&](const std::string& name) { return model::initial_parameter(model_cfg, name, seed); },
         comm,
-        unit_precision(cfg, compute_device(cfg, comm)),
+        unit_precision(cfg, comm.device()),
         true,
         sharded);
   }
@@ -107,7 +107,7 @@ std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
         return at::zeros(model::parameter_shape(model_cfg, name), at::kFloat);
       },
       comm,
-      unit_precision(cfg, compute_device(cfg, comm)),
+      unit_precision(cfg, comm.device()),
       true,
       sharded);
   policy->load_hf(reader);
@@ -146,25 +146,15 @@ void save_trained_model(const config::RunConfig& cfg,
                         ShardedLlama& policy,
                         const TrainSummary* summary,
                         const std::string& dir,
-                        dist::Comm* comm) {
-  const auto tensors = policy.gather_parameters(is_rank0(comm));  // collective
-  if (is_rank0(comm)) {
+                        dist::Comm& comm) {
+  const auto tensors = policy.gather_parameters(comm.rank() == 0);  // collective
+  if (comm.rank() == 0) {
     save_model(cfg, policy.config(), tensors, dir);
     if (summary != nullptr) {
       write_summary(dir + "/summary.json", summary_json(*summary));
     }
   }
-  barrier(comm);  // the model is on disk before any rank goes on
-}
-
-bool is_rank0(const dist::Comm* comm) {
-  return comm == nullptr || comm->rank() == 0;
-}
-
-void barrier(dist::Comm* comm) {
-  if (comm != nullptr) {
-    comm->barrier().wait();
-  }
+  comm.barrier().wait();  // the model is on disk before any rank goes on
 }
 
 std::string output_dir(const config::RunConfig& cfg,
@@ -181,9 +171,9 @@ std::string checkpoint_dir(const config::RunConfig& cfg) {
 
 using namespace detail;  // NOLINT(google-build-using-namespace): this file defines them
 
-std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm) {
+std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm& comm) {
   auto dir = run_dir(cfg);
-  if (is_rank0(comm)) {
+  if (comm.rank() == 0) {
     fs::create_directories(dir);
     std::ofstream out(dir + "/resolved_config.toml");
     DNPO_CHECK(out.good(), "cannot write '{}/resolved_config.toml'", dir);
@@ -194,17 +184,17 @@ std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm* comm) {
   return dir;
 }
 
-void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm) {
+void ensure_demo_data(const config::RunConfig& cfg, dist::Comm& comm) {
   const auto& train_file = cfg.data.train_file;
   const auto& eval_file = cfg.data.eval_file;
-  if (!is_rank0(comm)) {
-    barrier(comm);  // rank 0 checks, and writes the files
+  if (comm.rank() != 0) {
+    comm.barrier().wait();  // rank 0 checks, and writes the files
     return;
   }
   const bool has_train = fs::exists(train_file);
   const bool has_eval = fs::exists(eval_file);
   if (has_train && has_eval) {
-    barrier(comm);
+    comm.barrier().wait();
     return;
   }
   // The demo world is written as <dir>/train.jsonl and <dir>/eval.jsonl, and only where neither
@@ -228,7 +218,7 @@ void ensure_demo_data(const config::RunConfig& cfg, dist::Comm* comm) {
                   cfg.demo.eval_size,
                   dir.empty() ? "." : dir.string());
   data::write_demo_data(cfg.demo, dir.empty() ? "." : dir.string());
-  barrier(comm);
+  comm.barrier().wait();
 }
 
 namespace {
@@ -240,9 +230,9 @@ TrainSummary run_trainer(const config::RunConfig& cfg,
                          ShardedLlama& policy,
                          const data::Tokenizer& tokenizer,
                          const std::string& dir,
-                         dist::Comm* comm,
+                         dist::Comm& comm,
                          Stage stage) {
-  MetricsWriter metrics(is_rank0(comm) ? dir + "/metrics.jsonl" : "");
+  MetricsWriter metrics(comm.rank() == 0 ? dir + "/metrics.jsonl" : "");
   Trainer trainer(cfg, policy, tokenizer, metrics, comm);
   Checkpointer checkpointer(cfg.checkpoint, checkpoint_dir(cfg), comm);
   trainer.set_checkpointing(&checkpointer, resume_checkpoint(cfg.checkpoint, checkpointer.dir()));
@@ -251,7 +241,7 @@ TrainSummary run_trainer(const config::RunConfig& cfg,
 
 }  // namespace
 
-void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
+void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
   const auto dir = prepare_run_dir(cfg, comm);
   DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
   const auto records = data::read_prompts_jsonl(cfg.data.train_file);
@@ -269,7 +259,7 @@ void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Co
   save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, "sft"), comm);
 }
 
-void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
+void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
   const auto dir = prepare_run_dir(cfg, comm);
   DNPO_CHECK_WITH(ConfigError, !cfg.data.pairs_file.empty(), "train needs data.pairs_file");
   const auto pairs = data::read_pairs_jsonl(cfg.data.pairs_file);
@@ -287,9 +277,9 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
   save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, "train"), comm);
 }
 
-double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm* comm) {
+double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
   const auto dir = prepare_run_dir(cfg, comm);
-  if (!is_rank0(comm)) {
+  if (comm.rank() != 0) {
     return 0;  // one rank evaluates for now
   }
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
@@ -385,15 +375,15 @@ void run_generate(const config::RunConfig& cfg,
                   const StageOptions& options,
                   const std::string& prompts_file,
                   const std::string& out,
-                  dist::Comm* comm) {
+                  dist::Comm& comm) {
   const auto dir = prepare_run_dir(cfg, comm);
   const auto records = data::read_prompts_jsonl(prompts_file);
   const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
   const data::ChatTemplate chat(cfg.chat, *tokenizer);
   auto model = load_or_init_model(cfg, options.init_model);
   model.prepare_for_decoding(model::decoding_dtype(cfg.sample.dtype));
-  const int rank = comm == nullptr ? 0 : comm->rank();
-  const int world = comm == nullptr ? 1 : comm->world_size();
+  const int rank = comm.rank();
+  const int world = comm.world_size();
   std::vector<model::GenerationRequest> requests;
   std::vector<std::size_t> mine;
   for (std::size_t i = static_cast<std::size_t>(rank); i < records.size();
@@ -414,7 +404,7 @@ void run_generate(const config::RunConfig& cfg,
     mine_json.push_back({mine[k], generations[k].tokens, generations[k].finished});
   }
   const auto all = dist::all_gather_text(comm, mine_json.dump());
-  if (!is_rank0(comm)) {
+  if (comm.rank() != 0) {
     return;
   }
   std::vector<std::pair<std::vector<std::int64_t>, bool>> answers(records.size());

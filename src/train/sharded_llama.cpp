@@ -19,7 +19,7 @@ dist::TensorSpec spec_of(const std::string& name, const at::Tensor& t) {
 std::unique_ptr<dist::ShardedUnit> make_unit(const std::string& unit_name,
                                              const std::vector<std::string>& names,
                                              const TensorSource& source,
-                                             dist::Comm* comm,
+                                             dist::Comm& comm,
                                              dist::UnitPrecision precision,
                                              bool trainable) {
   std::vector<dist::TensorSpec> specs;
@@ -48,7 +48,7 @@ const std::vector<std::string> kBlockTensors = {"input_layernorm.weight",
 }  // namespace
 
 ShardedLlama::ShardedLlama(const model::LlamaModel& model,
-                           dist::Comm* comm,
+                           dist::Comm& comm,
                            dist::UnitPrecision precision,
                            bool trainable,
                            bool recompute)
@@ -70,7 +70,7 @@ ShardedLlama::ShardedLlama(const model::LlamaModel& model,
 
 ShardedLlama::ShardedLlama(config::ModelConfig cfg,
                            const TensorSource& source,
-                           dist::Comm* comm,
+                           dist::Comm& comm,
                            dist::UnitPrecision precision,
                            bool trainable,
                            bool recompute)
@@ -378,12 +378,12 @@ ShardedNoiseHead::ShardedNoiseHead(const config::NpoConfig& npo,
                                    std::int64_t hidden,
                                    std::int64_t vocab,
                                    std::uint64_t seed,
-                                   dist::Comm* comm,
+                                   dist::Comm& comm,
                                    dist::UnitPrecision precision)
     : ShardedNoiseHead(model::NoiseHead(npo, hidden, vocab, seed), comm, precision) {}
 
 ShardedNoiseHead::ShardedNoiseHead(const model::NoiseHead& head,
-                                   dist::Comm* comm,
+                                   dist::Comm& comm,
                                    dist::UnitPrecision precision) {
   std::vector<dist::TensorSpec> specs;
   std::vector<at::Tensor> values;

@@ -26,7 +26,7 @@ std::array<StatSum*, 11> StepStats::all() {
           &tokens};
 }
 
-void StepStats::reduce(dist::Comm* comm) {
+void StepStats::reduce(dist::Comm& comm) {
   const auto sums = all();
   std::vector<at::Tensor> parts;
   std::vector<StatSum*> where;
@@ -44,7 +44,7 @@ void StepStats::reduce(dist::Comm* comm) {
       where[k]->device_ = at::Tensor();
     }
   }
-  if (comm == nullptr || comm->world_size() == 1) {
+  if (comm.world_size() == 1) {
     return;
   }
   std::vector<double> host;
@@ -53,7 +53,7 @@ void StepStats::reduce(dist::Comm* comm) {
     host.push_back(sum->host_);
   }
   auto t = at::tensor(host, at::kDouble);
-  comm->all_reduce_sum(t).wait();
+  comm.all_reduce_sum(t).wait();
   const auto* p = t.data_ptr<double>();
   for (std::size_t k = 0; k < sums.size(); ++k) {
     sums[k]->host_ = p[k];

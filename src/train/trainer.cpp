@@ -143,13 +143,6 @@ class InjectedFailure {
   std::int64_t target_step_ = -1;
 };
 
-int rank_of(const dist::Comm* comm) {
-  return comm == nullptr ? 0 : comm->rank();
-}
-int world_of(const dist::Comm* comm) {
-  return comm == nullptr ? 1 : comm->world_size();
-}
-
 }  // namespace
 
 /// A stage being run: its objective and models, the optimizer over the trained shards, what its
@@ -181,10 +174,6 @@ dist::UnitPrecision unit_precision(const config::RunConfig& cfg, at::Device devi
   return p;
 }
 
-at::Device compute_device(const config::RunConfig& cfg, const dist::Comm* comm) {
-  return comm != nullptr ? comm->device() : dist::rank_device(cfg.run.device, 0);
-}
-
 std::vector<std::int64_t> epoch_order(std::int64_t n,
                                       std::uint64_t seed,
                                       std::uint64_t iteration,
@@ -205,14 +194,14 @@ Trainer::Trainer(const config::RunConfig& cfg,
                  model::LlamaModel& policy,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
-                 dist::Comm* comm)
+                 dist::Comm& comm)
     : Trainer(cfg, &policy, nullptr, tokenizer, metrics, comm) {}
 
 Trainer::Trainer(const config::RunConfig& cfg,
                  ShardedLlama& policy,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
-                 dist::Comm* comm)
+                 dist::Comm& comm)
     : Trainer(cfg, nullptr, &policy, tokenizer, metrics, comm) {}
 
 Trainer::Trainer(const config::RunConfig& cfg,
@@ -220,7 +209,7 @@ Trainer::Trainer(const config::RunConfig& cfg,
                  ShardedLlama* sharded_policy,
                  const data::Tokenizer& tokenizer,
                  MetricsWriter& metrics,
-                 dist::Comm* comm)
+                 dist::Comm& comm)
     : cfg_(cfg),
       whole_policy_(whole_policy),
       sharded_policy_(sharded_policy),
@@ -228,7 +217,7 @@ Trainer::Trainer(const config::RunConfig& cfg,
       chat_(cfg.chat, tokenizer),
       metrics_(metrics),
       comm_(comm),
-      device_(compute_device(cfg, comm)) {
+      device_(comm.device()) {
   DNPO_CHECK_WITH(ConfigError,
                   tokenizer.vocab_size() <= cfg.model.vocab_size,
                   "tokenizer has {} ids but model.vocab_size is {}; hint: raise model.vocab_size "
@@ -243,7 +232,7 @@ ShardedLlama& Trainer::begin_policy() {
   if (whole_policy_ != nullptr) {
     // Sharded FSDP needs recompute; one process keeps units and activations instead.
     owned_policy_ = std::make_unique<ShardedLlama>(
-        *whole_policy_, comm_, unit_precision(cfg_, device_), true, world_of(comm_) > 1);
+        *whole_policy_, comm_, unit_precision(cfg_, device_), true, comm_.world_size() > 1);
     owned_policy_->set_prefetch(cfg_.dist.prefetch);
     owned_policy_->set_keep_gathered(!cfg_.dist.reshard_after_forward);
     return *owned_policy_;
@@ -304,7 +293,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
 }
 
 TrainSummary Trainer::run_stage(Objective& objective) {
-  const int rank = rank_of(comm_);
+  const int rank = comm_.rank();
   StageRun run(cfg_, objective, rank);
   std::vector<at::Tensor> trained_shards;
   for (auto* unit : run.units) {
@@ -328,7 +317,7 @@ TrainSummary Trainer::run_stage(Objective& objective) {
                   objective.describe_data(),
                   steps,
                   cfg_.train.batch_size,
-                  world_of(comm_));
+                  comm_.world_size());
   if (rank == 0) {
     run.progress.emplace(label.substr(0, label.find(' ')), steps, cfg_.run.log_every);
   }
@@ -397,7 +386,7 @@ void Trainer::forward_backward(StageRun& run,
                                std::size_t micro_batches,
                                StepStats& stats,
                                Phase& phase) {
-  const auto share = micro_share(micro_batches, rank_of(comm_), world_of(comm_));
+  const auto share = micro_share(micro_batches, comm_.rank(), comm_.world_size());
   for (std::size_t k = 0; k < share.index.size(); ++k) {
     const double weight = share.weight[k];
     const auto loss = run.objective.micro_batch_loss(share.index[k], weight, stats, phase);

@@ -73,7 +73,7 @@ struct Trace {
 };
 
 // observe_gradients: gather every step's full gradients (a collective of its own).
-inline Trace train(const config::RunConfig& cfg, dist::Comm* comm, bool observe_gradients = true) {
+inline Trace train(const config::RunConfig& cfg, dist::Comm& comm, bool observe_gradients = true) {
   model::LlamaModel policy(cfg.model, cfg.run.seed);
   const auto before = policy.clone();
   const data::ByteTokenizer tokenizer;

@@ -20,6 +20,7 @@
 #include "dnpo/dist/comm.h"
 #include "dnpo/dist/mpi_env.h"
 #include "dnpo/train/trainer.h"
+#include "one_process.h"
 #include "trainer_trace.h"
 
 namespace dnpo::train {
@@ -102,8 +103,8 @@ void expect_cuda_matches_cpu(const std::string& loss, const std::string& dtype) 
   cpu_cfg.train.dtype = "fp32";
   auto gpu_cfg = tiny_run(loss, "cuda");
   gpu_cfg.train.dtype = dtype;
-  const auto cpu = train(cpu_cfg, nullptr);
-  const auto gpu = train(gpu_cfg, &nccl());
+  const auto cpu = train(cpu_cfg, test::one_process());
+  const auto gpu = train(gpu_cfg, nccl());
   const bool fp32 = dtype == "fp32";
   ASSERT_EQ(gpu.losses.size(), cpu.losses.size());
   ASSERT_EQ(gpu.grads.size(), cpu.grads.size());

@@ -50,6 +50,10 @@ class Comm {
   /// process group: Gloo for device "cpu", NCCL for "cuda" (dist.backend may name either).
   /// Throws DistError naming the host/port on failure, ConfigError for a backend this build lacks.
   Comm(const MpiEnv& mpi, const config::DistConfig& cfg, const std::string& device = "cpu");
+  /// A world of one process computing on `device`, with no store, process group or MPI: every
+  /// collective is a local copy or nothing. What code written for any world size is handed when
+  /// there is one process.
+  static std::unique_ptr<Comm> one_process(at::Device device = at::kCPU);
   ~Comm();
   Comm(const Comm&) = delete;
   Comm& operator=(const Comm&) = delete;
@@ -60,6 +64,7 @@ class Comm {
   int world_size() const;
   /// Ranks on this node (to share its cores between them).
   int local_world_size() const;
+  /// "gloo", "nccl", or "local" for one_process().
   std::string backend() const;
   /// Where this rank's collectives run: CPU (Gloo) or this rank's GPU (NCCL). Tensors handed to
   /// the collectives must live there.
@@ -77,10 +82,12 @@ class Comm {
   Work barrier();
 
   const CommBytes& bytes() const;
-  /// How reduce-scatter runs: "ring" (the CPU default), "mpi", "allreduce", "reduce" or "nccl".
+  /// How reduce-scatter runs: "ring" (the CPU default), "mpi", "allreduce", "reduce", "nccl", or
+  /// "local" for one_process().
   const std::string& reduce_scatter_method() const;
 
  private:
+  explicit Comm(at::Device device);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
@@ -91,7 +98,7 @@ class Comm {
 at::Device rank_device(const std::string& run_device, int local_rank);
 
 /// collective: every rank's `text`, in rank order, on every rank (small payloads: answers, scores;
-/// one broadcast per rank). comm null = one process.
-std::vector<std::string> all_gather_text(Comm* comm, const std::string& text);
+/// one broadcast per rank).
+std::vector<std::string> all_gather_text(Comm& comm, const std::string& text);
 
 }  // namespace dnpo::dist

@@ -31,11 +31,11 @@ struct UnitPrecision {
 
 class ShardedUnit {
  public:
-  /// comm null = one process (the shard is the whole buffer; nothing is communicated).
+  /// With one rank the shard is the whole buffer and nothing is communicated.
   /// trainable: the shard is a leaf that requires grad; otherwise params only (a frozen model).
   ShardedUnit(std::string name,
               std::vector<TensorSpec> specs,
-              Comm* comm,
+              Comm& comm,
               UnitPrecision precision,
               bool trainable);
 
@@ -116,7 +116,7 @@ class ShardedUnit {
   std::string name_;
   std::vector<TensorSpec> specs_;
   std::vector<std::int64_t> offsets_;
-  Comm* comm_;
+  Comm& comm_;
   UnitPrecision precision_;
   bool trainable_;
   int world_ = 1;
@@ -167,11 +167,11 @@ std::vector<at::Tensor> gather_params(ShardedUnit& unit,
 /// collective: √(Σ over units and ranks of ‖shard gradient‖²) — the global gradient norm, a
 /// 0-dim fp64 tensor on the gradients' device. Read it with the step's other numbers: on a GPU,
 /// reading it at once would make the host wait for the backward.
-at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm);
+at::Tensor global_grad_norm(const std::vector<ShardedUnit*>& units, Comm& comm);
 
 /// collective: scales every shard gradient by max_norm / (norm + 1e-6) when the global norm
 /// exceeds max_norm (torch.nn.utils.clip_grad_norm_); returns the norm before clipping (as
 /// global_grad_norm). On a GPU the factor stays on the device, min(1, ·), without a host sync.
-at::Tensor clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm* comm, double max_norm);
+at::Tensor clip_grad_norm(const std::vector<ShardedUnit*>& units, Comm& comm, double max_norm);
 
 }  // namespace dnpo::dist

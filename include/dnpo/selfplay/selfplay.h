@@ -20,9 +20,9 @@ namespace dnpo::selfplay {
 /// a first line for model_0), iter_<t>/samples.jsonl and iter_<t>/pairs.jsonl (every prompt's
 /// answers, verdicts and label), metrics.jsonl, the SFT model (sft/) and the last one (final/).
 /// Resumes from checkpoint.resume. collective.
-void run_selfplay(const config::RunConfig& cfg, dist::Comm* comm);
+void run_selfplay(const config::RunConfig& cfg, dist::Comm& comm);
 
 /// The whole job (`dnpo_dist run`): demo data (when missing), then the self-play loop.
-void run_job(const config::RunConfig& cfg, dist::Comm* comm = nullptr);
+void run_job(const config::RunConfig& cfg, dist::Comm& comm);
 
 }  // namespace dnpo::selfplay

@@ -72,7 +72,7 @@ void load_stage(const std::string& path, StageState& state);
 /// When to save, and where; one per stage run, on every rank.
 class Checkpointer {
  public:
-  Checkpointer(const config::CheckpointConfig& cfg, std::string dir, dist::Comm* comm);
+  Checkpointer(const config::CheckpointConfig& cfg, std::string dir, dist::Comm& comm);
   const std::string& dir() const {
     return dir_;
   }
@@ -96,7 +96,7 @@ class Checkpointer {
   std::pair<bool, bool> poll() const;
   config::CheckpointConfig cfg_;
   std::string dir_;
-  dist::Comm* comm_;
+  dist::Comm& comm_;
   Timer since_save_;  // the stage's start, then the last save
 };
 

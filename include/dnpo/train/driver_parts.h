@@ -25,7 +25,7 @@ model::LlamaModel load_or_init_model(const config::RunConfig& cfg, const std::st
 /// The policy as FSDP units, built a unit at a time (no rank holds the whole model).
 std::unique_ptr<ShardedLlama> make_policy(const config::RunConfig& cfg,
                                           const std::string& init,
-                                          dist::Comm* comm);
+                                          dist::Comm& comm);
 /// Writes an HF model directory (and the SentencePiece model next to it).
 void save_model(const config::RunConfig& cfg,
                 const config::ModelConfig& model_cfg,
@@ -37,11 +37,9 @@ void save_trained_model(const config::RunConfig& cfg,
                         ShardedLlama& policy,
                         const TrainSummary* summary,
                         const std::string& dir,
-                        dist::Comm* comm);
+                        dist::Comm& comm);
 void write_summary(const std::string& path, const nlohmann::json& j);
 nlohmann::json summary_json(const TrainSummary& s);
-bool is_rank0(const dist::Comm* comm);
-void barrier(dist::Comm* comm);
 std::string output_dir(const config::RunConfig& cfg,
                        const StageOptions& options,
                        const std::string& stage);

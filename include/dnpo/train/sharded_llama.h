@@ -41,16 +41,16 @@ class ShardedLlama : public ShardedModule {
  public:
   ShardedLlama(config::ModelConfig cfg,
                const TensorSource& source,
-               dist::Comm* comm,
+               dist::Comm& comm,
                dist::UnitPrecision precision,
                bool trainable,
                bool recompute);
-  /// Shards the parameters of `model` (every rank passes the same values). comm null = one
-  /// process. trainable = false gives a frozen copy (params only, no gradients). recompute: each
-  /// block unit is released after forward and recomputed in backward (FSDP); false keeps units
-  /// and activations through backward (for one process, where it saves the recompute).
+  /// Shards the parameters of `model` (every rank passes the same values). trainable = false gives
+  /// a frozen copy (params only, no gradients). recompute: each block unit is released after
+  /// forward and recomputed in backward (FSDP); false keeps units and activations through backward
+  /// (for one process, where it saves the recompute).
   ShardedLlama(const model::LlamaModel& model,
-               dist::Comm* comm,
+               dist::Comm& comm,
                dist::UnitPrecision precision,
                bool trainable,
                bool recompute);
@@ -128,7 +128,7 @@ class ShardedLlama : public ShardedModule {
   bool prefetch_ = true;
   bool keep_gathered_ = false;
   std::vector<std::unique_ptr<dist::ShardedUnit>> units_;
-  dist::Comm* comm_;
+  dist::Comm& comm_;
   dist::UnitPrecision precision_;
   dist::ShardedUnit* embed_ = nullptr;
   std::vector<dist::ShardedUnit*> blocks_;
@@ -163,14 +163,14 @@ class ShardedDecoder : public model::Decoder {
 class ShardedNoiseHead : public ShardedModule {
  public:
   ShardedNoiseHead(const model::NoiseHead& head,
-                   dist::Comm* comm,
+                   dist::Comm& comm,
                    dist::UnitPrecision precision = {});
   /// A fresh head, NoiseHead(npo, hidden, vocab, seed), sharded.
   ShardedNoiseHead(const config::NpoConfig& npo,
                    std::int64_t hidden,
                    std::int64_t vocab,
                    std::uint64_t seed,
-                   dist::Comm* comm,
+                   dist::Comm& comm,
                    dist::UnitPrecision precision = {});
   /// The head's parameters gathered and differentiable (NoiseHead::named_parameters order).
   std::vector<at::Tensor> parameters();

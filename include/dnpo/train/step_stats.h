@@ -46,8 +46,8 @@ struct StepStats {
   StatSum tokens;         ///< tokens processed (attention mask), padding repeats excluded
 
   /// collective: reads every sum (one host transfer) and sums it over the ranks (one
-  /// all-reduce); comm null = one process.
-  void reduce(dist::Comm* comm);
+  /// all-reduce).
+  void reduce(dist::Comm& comm);
 
  private:
   std::array<StatSum*, 11> all();

@@ -51,19 +51,18 @@ class Trainer {
  public:
   /// policy is trained in place (every rank passes the same model and data; each trains on its
   /// share of every global batch); metrics may be a disabled writer (ranks other than 0).
-  /// comm null = one process.
   Trainer(const config::RunConfig& cfg,
           model::LlamaModel& policy,
           const data::Tokenizer& tokenizer,
           MetricsWriter& metrics,
-          dist::Comm* comm = nullptr);
+          dist::Comm& comm);
 
   /// Trains an already sharded policy in place (a model too large to hold whole on one rank).
   Trainer(const config::RunConfig& cfg,
           ShardedLlama& policy,
           const data::Tokenizer& tokenizer,
           MetricsWriter& metrics,
-          dist::Comm* comm = nullptr);
+          dist::Comm& comm);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -110,7 +109,7 @@ class Trainer {
           ShardedLlama* sharded_policy,
           const data::Tokenizer& tokenizer,
           MetricsWriter& metrics,
-          dist::Comm* comm);
+          dist::Comm& comm);
   /// The policy as units: the one given, or one made from the whole model (and copied back by
   /// finish_policy()).
   ShardedLlama& begin_policy();
@@ -137,7 +136,7 @@ class Trainer {
   const data::Tokenizer& tokenizer_;
   data::ChatTemplate chat_;
   MetricsWriter& metrics_;
-  dist::Comm* comm_;
+  dist::Comm& comm_;
   at::Device device_;  // where the units, batches and losses live
   std::unique_ptr<ShardedNoiseHead> noise_head_;
   GradientObserver gradient_observer_;
@@ -151,9 +150,6 @@ class Trainer {
 /// How FSDP units gather and reduce: train.dtype gathers (bf16 or fp32) over fp32 masters;
 /// gradients are summed over ranks in dist.reduce_dtype; everything lives on `device`.
 dist::UnitPrecision unit_precision(const config::RunConfig& cfg, at::Device device);
-
-/// This rank's compute device: the process group's, or for one process run.device's first GPU.
-at::Device compute_device(const config::RunConfig& cfg, const dist::Comm* comm);
 
 /// Order of the samples in an epoch: a counter-based permutation of 0..n-1 (same on every rank).
 std::vector<std::int64_t> epoch_order(std::int64_t n,

@@ -114,12 +114,37 @@ TEST(Comm, AllGatherTextGivesEveryRanksTextInOrder) {
   const auto text_of = [](int r) {
     return r == 1 ? std::string() : "rank " + std::to_string(r) + std::string(1, '\0') + "\xc3\xa9";
   };
-  const auto all = all_gather_text(&comm(), text_of(comm().rank()));
+  const auto all = all_gather_text(comm(), text_of(comm().rank()));
   ASSERT_EQ(all.size(), static_cast<std::size_t>(world));
   for (int r = 0; r < world; ++r) {
     EXPECT_EQ(all[static_cast<std::size_t>(r)], text_of(r)) << "rank " << r;
   }
-  EXPECT_EQ(all_gather_text(nullptr, "x"), std::vector<std::string>{"x"});
+  EXPECT_EQ(all_gather_text(*Comm::one_process(), "x"), std::vector<std::string>{"x"});
+}
+
+// A world of one: no process group, and each collective leaves what one rank would see.
+TEST(Comm, OneProcessIsAWorldOfOne) {
+  const auto one = Comm::one_process();
+  EXPECT_EQ(one->rank(), 0);
+  EXPECT_EQ(one->world_size(), 1);
+  EXPECT_EQ(one->local_world_size(), 1);
+  EXPECT_EQ(one->backend(), "local");
+  EXPECT_EQ(one->device(), at::Device(at::kCPU));
+  const auto shard = at::arange(5, at::kFloat);
+  auto flat = at::zeros({5});
+  one->all_gather_flat(flat, shard).wait();
+  EXPECT_TRUE(at::equal(flat, shard));
+  auto summed = at::full({5}, 3.0F);
+  auto own = at::zeros({5});
+  one->reduce_scatter_flat(own, summed).wait();
+  EXPECT_TRUE(at::equal(own, summed));
+  auto t = at::full({2}, 7.0F);
+  one->all_reduce_sum(t).wait();
+  one->broadcast(t, 0).wait();
+  one->barrier().wait();
+  EXPECT_TRUE(at::equal(t, at::full({2}, 7.0F)));
+  EXPECT_EQ(one->bytes().all_gather, 20);
+  EXPECT_EQ(one->bytes().reduce_scatter_ops, 1);
 }
 
 // Collectives are asynchronous: rank 0 issues two all-reduces, neither of which can complete

@@ -19,6 +19,7 @@
 #include "dnpo/model/noise_head.h"
 #include "dnpo/train/trainer.h"
 #include "mpi_test_main.h"
+#include "one_process.h"
 #include "trainer_trace.h"
 
 namespace dnpo::train {
@@ -51,8 +52,8 @@ Gap compare(const std::string& loss,
   cfg.model.tie_word_embeddings = tied;
   cfg.train.dtype = dtype;
   cfg.dist.reshard_after_forward = reshard_after_forward;
-  const auto single = train(cfg, nullptr);
-  const auto sharded = train(cfg, &comm());
+  const auto single = train(cfg, test::one_process());
+  const auto sharded = train(cfg, comm());
   EXPECT_EQ(sharded.losses.size(), single.losses.size());
   EXPECT_EQ(sharded.grads.size(), single.grads.size());
   EXPECT_EQ(single.losses.size(), 4U);
@@ -131,7 +132,7 @@ TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
     cfg.dist.reshard_after_forward = reshard;
     auto& c = comm();
     const auto before = c.bytes();
-    train(cfg, &c, false);
+    train(cfg, c, false);
     return std::pair<double, double>(
         static_cast<double>(c.bytes().all_gather - before.all_gather),
         static_cast<double>(c.bytes().reduce_scatter - before.reduce_scatter));
@@ -176,7 +177,7 @@ TEST(FsdpEquivalence, KeptGatheredReferenceOncePerStageNoiseHeadOncePerStep) {
     cfg.dist.reshard_after_forward = false;
     auto& c = comm();
     const auto before = c.bytes();
-    const auto trace = train(cfg, &c, false);
+    const auto trace = train(cfg, c, false);
     EXPECT_EQ(trace.losses.size(), 4U) << loss;
     return std::pair<double, double>(
         static_cast<double>(c.bytes().all_gather - before.all_gather),
@@ -234,9 +235,9 @@ TEST(FsdpEquivalence, Bf16NpoMatchesWithinBf16Tolerance) {
 TEST(FsdpEquivalence, MisScaledReduceScatterFailsTheComparison) {
   at::set_num_threads(1);
   const auto cfg = tiny_run("sft");
-  const auto single = train(cfg, nullptr);
+  const auto single = train(cfg, test::one_process());
   setenv(env::kTestGradScale, "0.5", 1);
-  const auto wrong = train(cfg, &comm());
+  const auto wrong = train(cfg, comm());
   unsetenv(env::kTestGradScale);
   const double gap = relative(wrong.grads.at(0), single.grads.at(0));
   EXPECT_GT(gap, 0.4) << "a mis-scaled reduce-scatter went unnoticed";

@@ -14,6 +14,7 @@
 #include "dnpo/train/sharded_llama.h"
 #include "expect_error.h"
 #include "mpi_test_main.h"
+#include "one_process.h"
 #include "tiny_model.h"
 
 namespace dnpo::train {
@@ -21,9 +22,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-dist::Comm* comm() {
+// np 1 runs the one-process Comm.
+dist::Comm& comm() {
+  if (test::mpi().world_size() == 1) {
+    return test::one_process();
+  }
   static dist::Comm instance(test::mpi(), config::DistConfig{});
-  return test::mpi().world_size() > 1 ? &instance : nullptr;
+  return instance;
 }
 
 // Rank 0 writes the directory; everyone waits for it.
@@ -38,9 +43,7 @@ std::string written_model(const std::string& name, const model::LlamaModel& mode
     options.max_shard_bytes = 30000;  // several shards: pieces come from different files
     model::save_hf_tensors(dir, model.config(), model.named_parameters(), options);
   }
-  if (comm() != nullptr) {
-    comm()->barrier().wait();
-  }
+  comm().barrier().wait();
   return dir;
 }
 

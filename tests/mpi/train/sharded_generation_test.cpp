@@ -11,14 +11,19 @@
 #include "dnpo/model/sampler.h"
 #include "dnpo/train/sharded_llama.h"
 #include "mpi_test_main.h"
+#include "one_process.h"
 #include "tiny_model.h"
 
 namespace dnpo::train {
 namespace {
 
-dist::Comm* comm() {
+// np 1 runs the one-process Comm.
+dist::Comm& comm() {
+  if (test::mpi().world_size() == 1) {
+    return test::one_process();
+  }
   static dist::Comm instance(test::mpi(), config::DistConfig{});
-  return test::mpi().world_size() > 1 ? &instance : nullptr;
+  return instance;
 }
 
 TEST(ShardedGeneration, LayerByLayerEqualsTheWholeModel) {

@@ -25,6 +25,7 @@
 #include "dnpo/dist/comm.h"
 #include "dnpo/train/trainer.h"
 #include "mpi_test_main.h"
+#include "one_process.h"
 
 namespace dnpo::train {
 namespace {
@@ -71,7 +72,8 @@ nlohmann::json run_case(const std::string& loss, bool reshard_after_forward) {
   auto cfg = fixture::tiny_run(loss);
   cfg.train.max_steps = 20;
   cfg.dist.reshard_after_forward = reshard_after_forward;
-  dist::Comm* c = test::mpi().world_size() > 1 ? &comm() : nullptr;
+  // np 1 runs the one-process Comm, which does no collective.
+  dist::Comm& c = test::mpi().world_size() > 1 ? comm() : test::one_process();
   model::LlamaModel policy(cfg.model, cfg.run.seed);
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;

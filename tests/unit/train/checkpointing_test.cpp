@@ -14,6 +14,7 @@
 #include "dnpo/model/llama.h"
 #include "dnpo/train/sharded_llama.h"
 #include "expect_error.h"
+#include "one_process.h"
 #include "tiny_model.h"
 
 namespace dnpo::train {
@@ -24,7 +25,8 @@ namespace fs = std::filesystem;
 // A policy, its optimizer after two updates, and the StageState over them.
 struct Stage {
   explicit Stage(const config::ModelConfig& cfg, std::uint64_t seed)
-      : policy(model::LlamaModel(cfg, seed), nullptr, dist::UnitPrecision{}, true, false),
+      : policy(
+            model::LlamaModel(cfg, seed), test::one_process(), dist::UnitPrecision{}, true, false),
         optimizer(config::TrainConfig{}, policy.shards()) {
     for (int k = 0; k < 2; ++k) {
       for (const auto& shard : policy.shards()) {

@@ -10,6 +10,7 @@
 
 #include "dnpo/model/noise_head.h"
 #include "dnpo/train/dnpo_loss.h"
+#include "one_process.h"
 #include "tiny_model.h"
 
 namespace dnpo::train {
@@ -48,7 +49,7 @@ TEST_P(ShardedLlamaTest, MatchesTheUnshardedModelInValuesAndGradients) {
   const auto [tied, recompute] = GetParam();
   const auto cfg = test::tiny_model_config(tied);
   model::LlamaModel plain(cfg, 7);
-  ShardedLlama sharded(plain, nullptr, dist::UnitPrecision{}, true, recompute);
+  ShardedLlama sharded(plain, test::one_process(), dist::UnitPrecision{}, true, recompute);
   const auto b = make_batch();
 
   plain.set_requires_grad(true);
@@ -83,7 +84,7 @@ TEST(ShardedLlama, CopyToRoundTripsTheParameters) {
   const auto cfg = test::tiny_model_config(false);
   model::LlamaModel source(cfg, 11);
   model::LlamaModel target(cfg, 12);
-  ShardedLlama sharded(source, nullptr, dist::UnitPrecision{}, false, true);
+  ShardedLlama sharded(source, test::one_process(), dist::UnitPrecision{}, false, true);
   sharded.copy_to(target);
   for (std::size_t i = 0; i < source.parameters().size(); ++i) {
     EXPECT_TRUE(at::equal(source.parameters()[i], target.parameters()[i]));
@@ -93,7 +94,7 @@ TEST(ShardedLlama, CopyToRoundTripsTheParameters) {
 TEST(ShardedLlama, FrozenCopyHasNoGradientsAndNeedsNone) {
   const auto cfg = test::tiny_model_config(true);
   model::LlamaModel plain(cfg, 5);
-  ShardedLlama frozen(plain, nullptr, dist::UnitPrecision{}, false, true);
+  ShardedLlama frozen(plain, test::one_process(), dist::UnitPrecision{}, false, true);
   const auto b = make_batch();
   at::NoGradGuard no_grad;
   const auto h = frozen.forward(b.ids, b.mask).hidden;
@@ -107,7 +108,7 @@ TEST(ShardedLlama, FrozenCopyHasNoGradientsAndNeedsNone) {
 TEST(ShardedNoiseHead, GatheredParametersCarryGradientsIntoTheShard) {
   config::NpoConfig npo;
   model::NoiseHead head(npo, 32, 50, 3);
-  ShardedNoiseHead sharded(head, nullptr);
+  ShardedNoiseHead sharded(head, test::one_process());
   const auto h = at::randn({4, 32});
   auto plain_params = head.parameters();
   for (auto& p : plain_params) {

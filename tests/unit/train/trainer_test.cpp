@@ -17,6 +17,7 @@
 
 #include "dnpo/common/error.h"
 #include "dnpo/train/metrics.h"
+#include "one_process.h"
 
 namespace dnpo::train {
 namespace {
@@ -76,7 +77,7 @@ TEST(Trainer, SftLowersTheLoss) {
   model::LlamaModel policy(cfg.model, cfg.run.seed);
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
-  Trainer trainer(cfg, policy, tokenizer, metrics);
+  Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
   const auto summary = trainer.train_sft(sft_records());
   EXPECT_EQ(summary.steps, 20);
   EXPECT_EQ(summary.truncated, 0);
@@ -97,7 +98,7 @@ TEST(Trainer, SftCountsTruncatedSamples) {
   model::LlamaModel policy(cfg.model, 1);
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
-  Trainer trainer(cfg, policy, tokenizer, metrics);
+  Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
   // Every prompt is "Q:" + text + "\nA:" after BOS: longer than 6 tokens.
   EXPECT_EQ(trainer.train_sft(sft_records()).truncated, 6);
 }
@@ -114,7 +115,7 @@ PreferenceRun run_preference(config::RunConfig cfg) {
   const auto before = policy.clone();
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
-  Trainer trainer(cfg, policy, tokenizer, metrics);
+  Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
   PreferenceRun run;
   run.summary = trainer.train_preference(pairs());
   run.change = max_param_change(policy, before);
@@ -138,7 +139,7 @@ TEST(Trainer, NpoCanStartFromAnotherRunsNoiseHead) {
   model::LlamaModel policy(cfg.model, cfg.run.seed);
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
-  Trainer first(cfg, policy, tokenizer, metrics);
+  Trainer first(cfg, policy, tokenizer, metrics, test::one_process());
   first.train_preference(pairs());
   const auto trained = first.noise_head()->unit()->gather_full()[0];
   // A later iteration (another fresh-head seed) at a learning rate too small to move anything:
@@ -148,7 +149,7 @@ TEST(Trainer, NpoCanStartFromAnotherRunsNoiseHead) {
   later.train.lr = 1e-12;
   later.train.max_steps = 1;
   const auto final_head = [&](const ShardedNoiseHead* initial) {
-    Trainer trainer(later, policy, tokenizer, metrics);
+    Trainer trainer(later, policy, tokenizer, metrics, test::one_process());
     trainer.set_initial_noise_head(initial);
     trainer.train_preference(pairs());
     return trainer.noise_head()->unit()->gather_full()[0];
@@ -173,7 +174,7 @@ TEST(Trainer, SpinStartsAtLog2AndLowersTheLoss) {
   const auto before = policy.clone();
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
-  Trainer trainer(cfg, policy, tokenizer, metrics);
+  Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
   const auto summary = trainer.train_preference(pairs());
   EXPECT_EQ(summary.steps, 10);
   EXPECT_EQ(summary.skipped_identical, 1);
@@ -197,7 +198,7 @@ TEST(Trainer, MicroBatchingDoesNotChangeTheResult) {
     model::LlamaModel policy(cfg.model, cfg.run.seed);
     const data::ByteTokenizer tokenizer;
     MetricsWriter metrics;
-    Trainer trainer(cfg, policy, tokenizer, metrics);
+    Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
     trainer.train_preference(pairs());
     return policy;
   };
@@ -218,7 +219,7 @@ std::vector<nlohmann::json> metrics_lines(const config::RunConfig& cfg) {
     model::LlamaModel policy(cfg.model, cfg.run.seed);
     const data::ByteTokenizer tokenizer;
     MetricsWriter metrics(path.string());
-    Trainer trainer(cfg, policy, tokenizer, metrics);
+    Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
     if (cfg.train.loss == "sft") {
       trainer.train_sft(sft_records());
     } else {
@@ -286,17 +287,17 @@ TEST(Trainer, PreferenceRejectsBadInput) {
   model::LlamaModel policy(cfg.model, 1);
   const data::ByteTokenizer tokenizer;
   MetricsWriter metrics;
-  Trainer sft_trainer(cfg, policy, tokenizer, metrics);
+  Trainer sft_trainer(cfg, policy, tokenizer, metrics, test::one_process());
   EXPECT_THROW(sft_trainer.train_preference(pairs()), ConfigError);
   auto spin_cfg = tiny_run("spin");
-  Trainer spin_trainer(spin_cfg, policy, tokenizer, metrics);
+  Trainer spin_trainer(spin_cfg, policy, tokenizer, metrics, test::one_process());
   EXPECT_THROW(spin_trainer.train_preference({{"1", "p", "same", "same", {}, {}}}), DataError);
   EXPECT_THROW(spin_trainer.train_sft({}), DataError);
   // A model smaller than the tokenizer is refused up front.
   auto small = tiny_run("sft");
   small.model.vocab_size = 100;
   model::LlamaModel small_policy(small.model, 1);
-  EXPECT_THROW(Trainer(small, small_policy, tokenizer, metrics), ConfigError);
+  EXPECT_THROW(Trainer(small, small_policy, tokenizer, metrics, test::one_process()), ConfigError);
 }
 
 }  // namespace
