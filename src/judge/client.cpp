@@ -482,7 +482,7 @@ struct JudgeClient::Impl {
               Json(text.substr(0, 80)).dump(-1, ' ', false, Json::error_handler_t::replace) + "\"");
       return;
     }
-    finish_scored(job, (*score - tmpl.score_min) / (tmpl.score_max - tmpl.score_min) * 100.0);
+    finish_scored(job, score_0_100(tmpl, *score));
   }
 
   void enqueue(JudgeRequest request, Callback done) {

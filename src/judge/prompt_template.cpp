@@ -259,6 +259,11 @@ std::optional<std::string> chat_reply_text(std::string_view body) {
   return content->get<std::string>();
 }
 
+double score_0_100(const PromptTemplate& tmpl, double judge_score) {
+  // Multiplied before dividing: 29 of 0..100 stays 29, not 28.999999999999996.
+  return (judge_score - tmpl.score_min) * 100.0 / (tmpl.score_max - tmpl.score_min);
+}
+
 std::string format_reply(const PromptTemplate& tmpl, double score_0_100) {
   const double v = tmpl.score_min + (tmpl.score_max - tmpl.score_min) * score_0_100 / 100.0;
   const long rounded = std::lround(v);

@@ -253,7 +253,26 @@ struct JudgeServer::Impl {
     }
     if (fault != Fault::kNone) {
       write_log(body_hash, attempt, fault_name(fault), arrival);
+      return send_fault(stream, socket, req, fault, body_hash);
     }
+    auto res = answer(req, body_hash);
+    write_log(body_hash, attempt, res.result() == http::status::ok ? "ok" : "400", arrival);
+    return send(res);
+  }
+
+  /// Answers `req` with the injected `fault` (--fault-* options); false when the connection must
+  /// close.
+  template <typename Stream>
+  bool send_fault(Stream& stream,
+                  tcp::socket& socket,
+                  const Request& req,
+                  Fault fault,
+                  std::uint64_t body_hash) {
+    boost::system::error_code ec;
+    const auto send = [&](const Response& res) {
+      http::write(stream, res, ec);
+      return !ec && res.keep_alive();
+    };
     switch (fault) {
       case Fault::kTooManyRequests: {
         auto res =
@@ -312,9 +331,7 @@ struct JudgeServer::Impl {
       case Fault::kNone:
         break;
     }
-    auto res = answer(req, body_hash);
-    write_log(body_hash, attempt, res.result() == http::status::ok ? "ok" : "400", arrival);
-    return send(res);
+    return send(answer(req, body_hash));
   }
 
   /// Shuts every open connection down (unblocking its thread) and waits for the threads, so no

@@ -52,6 +52,10 @@ std::optional<double> parse_score(const PromptTemplate& tmpl, std::string_view r
 /// string; nullopt for anything else (not JSON, another shape, a non-string content).
 std::optional<std::string> chat_reply_text(std::string_view body);
 
+/// A score on the template's range mapped onto 0..100; a whole number on a 0..100 template stays
+/// exactly that number.
+double score_0_100(const PromptTemplate& tmpl, double judge_score);
+
 /// Maps a 0..100 score onto the template's range and formats the reply a judge would give:
 /// kBare "73", kBrackets "Rating: [[7]]" (rounded to the nearest integer).
 std::string format_reply(const PromptTemplate& tmpl, double score_0_100);

@@ -141,6 +141,17 @@ TEST(ScoreParsing, FormatReplyParsesBack) {
   }
 }
 
+TEST(ScoreParsing, ScoresMapOntoZeroToHundredExactly) {
+  const auto t = shipped("default_0_100");
+  const auto mt = shipped("mt_bench_single_v1");
+  for (int s = 0; s <= 100; ++s) {
+    EXPECT_EQ(score_0_100(t, s), static_cast<double>(s)) << s;  // bit for bit: 29 is 29
+  }
+  EXPECT_EQ(score_0_100(mt, 1), 0.0);
+  EXPECT_EQ(score_0_100(mt, 10), 100.0);
+  EXPECT_DOUBLE_EQ(score_0_100(mt, 7), 600.0 / 9.0);
+}
+
 TEST(HashText, IsFnv1a64) {
   EXPECT_EQ(hash_text(""), 0xcbf29ce484222325ULL);
   EXPECT_EQ(hex64(hash_text("a")), "af63dc4c8601ec8c");
