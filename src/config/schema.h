@@ -197,6 +197,7 @@ inline auto training_tables() {
             key("fixed_noise", &NpoConfig::fixed_noise),
             key("fixed_sigma", &NpoConfig::fixed_sigma, positive()),
             key("fresh_head_each_iteration", &NpoConfig::fresh_head_each_iteration),
+            key("head_init", &NpoConfig::head_init, one_of({"torch_linear", "normal"})),
             key("head_init_std", &NpoConfig::head_init_std, non_negative()),
             key("chunk_positions", &NpoConfig::chunk_positions, at_least(1))),
       table("dsl", &RunConfig::dsl, key("threshold", &DslConfig::threshold)),

@@ -1,6 +1,7 @@
 // Noise head forward and init; see noise_head.h.
 #include "dnpo/model/noise_head.h"
 
+#include <cmath>
 #include <map>
 
 #include <ATen/ATen.h>
@@ -19,8 +20,17 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg,
                      std::int64_t vocab,
                      std::uint64_t seed)
     : cfg_(cfg) {
+  DNPO_CHECK_WITH(ConfigError,
+                  cfg.head_init == "torch_linear" || cfg.head_init == "normal",
+                  "npo.head_init '{}' is unknown; expected \"torch_linear\" or \"normal\"",
+                  cfg.head_init);
+  const bool torch_linear = cfg.head_init == "torch_linear";
+  // nn.Linear's reset_parameters: kaiming_uniform(a = √5) for the weight, which is uniform in
+  // ±1/√fan_in, and the bias uniform in the same bound.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(hidden));
   const auto key = draw_key(seed, 0, 0, 0, 0, RandomStream::kInit);
-  proj_weight_ = counter_normal({vocab, hidden}, cfg.head_init_std, key);
+  proj_weight_ = torch_linear ? counter_uniform({vocab, hidden}, bound, key)
+                              : counter_normal({vocab, hidden}, cfg.head_init_std, key);
   if (cfg.head == "ln_gelu_linear") {
     norm_weight_ = at::ones({hidden}, at::kFloat);
     norm_bias_ = at::zeros({hidden}, at::kFloat);
@@ -31,7 +41,8 @@ NoiseHead::NoiseHead(const config::NpoConfig& cfg,
                     cfg.head == "linear",
                     "npo.head '{}' is unknown; expected \"ln_gelu_linear\" or \"linear\"",
                     cfg.head);
-    proj_bias_ = at::zeros({vocab}, at::kFloat);
+    proj_bias_ = torch_linear ? counter_uniform({vocab}, bound, fold_key(key, 1))
+                              : at::zeros({vocab}, at::kFloat);
     named_ = {{"proj.weight", proj_weight_}, {"proj.bias", proj_bias_}};
   }
 }

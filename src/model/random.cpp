@@ -131,4 +131,15 @@ at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key) 
   return out;
 }
 
+at::Tensor counter_uniform(at::IntArrayRef shape, double bound, std::uint64_t key) {
+  auto out = at::empty(shape, at::kFloat);
+  auto* data = out.data_ptr<float>();
+  at::parallel_for(0, out.numel(), 4096, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      data[i] = static_cast<float>(bound * (2 * uniform01(key, static_cast<std::uint64_t>(i)) - 1));
+    }
+  });
+  return out;
+}
+
 }  // namespace dnpo::model

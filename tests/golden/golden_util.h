@@ -33,7 +33,7 @@ inline ::testing::AssertionResult golden_present(const std::string& dir) {
   return ::testing::AssertionFailure()
          << "golden data missing: '" << dir
          << "' does not exist; hint: run the golden_data fixture (`ctest -L golden` or `ctest -R "
-            "golden_data`), which runs tests/reference/{llama,loss}_reference.py with "
+            "golden_data`), which runs tests/reference/{llama,loss,noise_init}_reference.py with "
             "/usr/bin/python3";
 }
 

@@ -48,6 +48,7 @@ config::ModelConfig small_model() {
 
 config::NpoConfig npo_config() {
   config::NpoConfig npo;
+  npo.head_init = "normal";
   npo.head_init_std = 0.05;
   npo.chunk_positions = 40;  // several chunks per step
   return npo;

@@ -109,7 +109,11 @@ struct NpoConfig {
   bool fixed_noise = false;                    ///< ablation: s ≡ fixed_sigma, no head
   double fixed_sigma = 0.5;
   bool fresh_head_each_iteration = true;
-  double head_init_std = 0.02;
+  /// "torch_linear": the projection's weight and bias uniform in ±1/√hidden, as PyTorch's
+  /// nn.Linear (the authors' head; s starts near c at any width) | "normal": weight
+  /// normal(0, head_init_std), bias zero.
+  std::string head_init = "torch_linear";
+  double head_init_std = 0.02;  ///< head_init = "normal" only
   int chunk_positions =
       64;  ///< noisy log-softmax rows per chunk: transient memory ~5 × chunk × V floats
 };

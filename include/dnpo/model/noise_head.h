@@ -14,8 +14,9 @@ namespace dnpo::model {
 
 class NoiseHead {
  public:
-  /// Fresh random head (counter-based init from seed): weights normal(0, npo.head_init_std),
-  /// biases zero, LayerNorm weight one — so s starts near c.
+  /// Fresh random head (counter-based init from seed): the projection as npo.head_init says
+  /// (nn.Linear's uniform ±1/√hidden, or normal(0, npo.head_init_std) with a zero bias), the
+  /// LayerNorm weight one and bias zero.
   NoiseHead(const config::NpoConfig& cfg,
             std::int64_t hidden,
             std::int64_t vocab,

@@ -29,5 +29,7 @@ at::Tensor counter_normal_rows(const at::Tensor& row_keys, std::int64_t cols);
 
 /// A tensor of the given shape with normal(0, std) draws keyed on `key` (element index = draw).
 at::Tensor counter_normal(at::IntArrayRef shape, double std, std::uint64_t key);
+/// A tensor of the given shape with uniform draws in [−bound, bound) keyed on `key`.
+at::Tensor counter_uniform(at::IntArrayRef shape, double bound, std::uint64_t key);
 
 }  // namespace dnpo::model

@@ -70,6 +70,7 @@ std::string checksum(const std::vector<at::Tensor>& tensors) {
 
 nlohmann::json run_case(const std::string& loss, bool reshard_after_forward) {
   auto cfg = fixture::tiny_run(loss);
+  cfg.npo.head_init = "normal";  // the noise head's init when the trace was recorded
   cfg.train.max_steps = 20;
   cfg.dist.reshard_after_forward = reshard_after_forward;
   // np 1 runs the one-process Comm, which does no collective.

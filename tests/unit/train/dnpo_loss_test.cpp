@@ -229,6 +229,7 @@ void use_keys(NpoInputs& in, std::uint64_t step) {
 config::NpoConfig npo_config(int chunk) {
   config::NpoConfig cfg;
   cfg.chunk_positions = chunk;
+  cfg.head_init = "normal";
   cfg.head_init_std = 0.3;  // s varies across the vocabulary
   return cfg;
 }
@@ -540,6 +541,7 @@ TEST(NoiseHead, StartsAtTheScaleAndClampsAtMaxSigma) {
     config::NpoConfig cfg;
     cfg.head = kind;
     cfg.scale = 0.7;
+    cfg.head_init = "normal";
     cfg.head_init_std = 0.0;  // f ≡ 0 → s ≡ c
     const model::NoiseHead zero(cfg, kC, kV, 1);
     const auto s = zero.sigma(h);
