@@ -45,12 +45,13 @@ bool have_gnuplot() {
 }
 
 // One row per model: held-out accuracy, and generated vs human answers by judge score as shares
-// of the prompts both were scored on.
-void write_iterations_csv(const std::string& reports, const std::string& path) {
+// of the prompts both were scored on. Returns how many rows have judged answers.
+int write_iterations_csv(const std::string& reports, const std::string& path) {
   std::ofstream csv(path);
   csv << "model,sampled_exact,greedy_exact,sampled_score,win,tie,loss,mean_score_generated,"
          "mean_score_human\n";
   std::int64_t model = 0;
+  int judged_rows = 0;
   for (const auto& r : read_lines(reports)) {
     const auto eval = r.value("eval", Json::object());
     const double judged =
@@ -65,14 +66,16 @@ void write_iterations_csv(const std::string& reports, const std::string& path) {
         << "," << value(eval, "sampled_score") << "," << share("win") << "," << share("tie") << ","
         << share("loss_count") << "," << value(r, "mean_score_generated") << ","
         << value(r, "mean_score_human") << "\n";
+    judged_rows += judged > 0 ? 1 : 0;
   }
+  return judged_rows;
 }
 
 // One row per training step of the self-play iterations, numbered across them (SFT's steps left
-// out: they are another loss).
-void write_steps_csv(const std::string& metrics, const std::string& path) {
+// out: they are another loss). Returns how many rows it wrote.
+std::int64_t write_steps_csv(const std::string& metrics, const std::string& path) {
   std::ofstream csv(path);
-  csv << "step,iteration,kind,loss,model_loss,noise_loss,reward_accuracy,margin,mean_s\n";
+  csv << "step,iteration,kind,loss,model_loss,minus_noise_loss,reward_accuracy,margin,mean_s\n";
   std::int64_t step = 0;
   for (const auto& m : read_lines(metrics)) {
     const auto kind = m.value("kind", "");
@@ -84,9 +87,10 @@ void write_steps_csv(const std::string& metrics, const std::string& path) {
                                                       : std::string();
     };
     csv << ++step << "," << m.value("iteration", std::uint64_t{0}) << "," << kind << ","
-        << value("loss") << "," << value("model_loss") << "," << value("noise_loss") << ","
+        << value("loss") << "," << value("model_loss") << "," << value("minus_noise_loss") << ","
         << value("reward_accuracy") << "," << value("margin") << "," << value("mean_s") << "\n";
   }
+  return step;
 }
 
 // The log-prob histograms the loop wrote, one per iteration from 0 (logprobs_iter_<t>).
@@ -98,9 +102,14 @@ std::vector<std::string> logprob_histograms(const std::string& plots) {
   return names;
 }
 
-void write_gnuplot_script(const std::string& script,
-                          const std::string& plots,
-                          const std::vector<std::string>& histograms) {
+// The charts there is data for: gnuplot fails on a plot without points (before iteration 0 has
+// judged answers or trained a step). Returns the file names of the pictures the script draws.
+std::vector<std::string> write_gnuplot_script(const std::string& script,
+                                              const std::string& plots,
+                                              bool judged,
+                                              bool stepped,
+                                              const std::vector<std::string>& histograms) {
+  std::vector<std::string> drawn{"accuracy.png"};
   std::ofstream gp(script);
   gp << "set terminal pngcairo size 900,540 noenhanced\n"
         "set datafile separator ','\n"
@@ -113,26 +122,34 @@ void write_gnuplot_script(const std::string& script,
         "set title 'held-out exact accuracy per model (model_0 = SFT)'\n"
         "set xlabel 'model'; set ylabel 'exact'; set xtics 1\n"
         "plot 'iterations.csv' using 1:2 with linespoints lw 2, '' using 1:3 with linespoints "
-        "lw 2\n"
-        "set output 'win_tie_loss.png'\n"
-        "set title 'generated vs human answers by judge score (iteration = model - 1)'\n"
-        "set ylabel 'share of prompts'; set yrange [0:1]\n"
-        "plot 'iterations.csv' using ($1-1):5 with linespoints lw 2 title 'win', "
-        "'' using ($1-1):6 with linespoints lw 2 title 'tie', "
-        "'' using ($1-1):7 with linespoints lw 2 title 'loss'\n"
-        "set autoscale y; set xtics autofreq\n"
-        "set output 'losses.png'\n"
-        "set title 'training losses, all iterations in order'\n"
-        "set xlabel 'optimizer step'; set ylabel 'loss'\n"
-        "plot 'steps.csv' using 1:5 with lines lw 2 title 'model loss', "
-        "'' using 1:6 with lines lw 2 title 'noise loss'\n"
-        "set output 'reward.png'\n"
-        "set title 'reward accuracy, margin and mean noise scale s'\n"
-        "set ylabel 'value'\n"
-        "plot 'steps.csv' using 1:7 with lines lw 2 title 'reward accuracy', "
-        "'' using 1:8 with lines lw 2 title 'margin', "
-        "'' using 1:9 with lines lw 2 title 'mean s'\n";
+        "lw 2\n";
+  if (judged) {
+    drawn.emplace_back("win_tie_loss.png");
+    gp << "set output 'win_tie_loss.png'\n"
+          "set title 'generated vs human answers by judge score (iteration = model - 1)'\n"
+          "set ylabel 'share of prompts'; set yrange [0:1]\n"
+          "plot 'iterations.csv' using ($1-1):5 with linespoints lw 2 title 'win', "
+          "'' using ($1-1):6 with linespoints lw 2 title 'tie', "
+          "'' using ($1-1):7 with linespoints lw 2 title 'loss'\n";
+  }
+  gp << "set autoscale y; set xtics autofreq\n";
+  if (stepped) {
+    drawn.emplace_back("losses.png");
+    drawn.emplace_back("reward.png");
+    gp << "set output 'losses.png'\n"
+          "set title 'training losses, all iterations in order'\n"
+          "set xlabel 'optimizer step'; set ylabel 'loss'\n"
+          "plot 'steps.csv' using 1:5 with lines lw 2 title 'model loss', "
+          "'' using 1:6 with lines lw 2 title '-noise loss (as in the objective)'\n"
+          "set output 'reward.png'\n"
+          "set title 'reward accuracy, margin and mean noise scale s'\n"
+          "set ylabel 'value'\n"
+          "plot 'steps.csv' using 1:7 with lines lw 2 title 'reward accuracy', "
+          "'' using 1:8 with lines lw 2 title 'margin', "
+          "'' using 1:9 with lines lw 2 title 'mean s'\n";
+  }
   for (const auto& name : histograms) {
+    drawn.push_back(name + ".png");
     gp << "set output '" << name << ".png'\n"
        << "set title 'log p(y|x) of the answers of iteration " << name.substr(14)
        << " under the model it trained (first 1000 prompts)"
@@ -143,6 +160,7 @@ void write_gnuplot_script(const std::string& script,
        << "title 'negative', '' using 1:4 with steps lw 2 title 'generated'";
     gp << "\n";
   }
+  return drawn;
 }
 
 }  // namespace
@@ -246,26 +264,24 @@ std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
 std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {
   const auto plots = run_dir + "/plots";
   fs::create_directories(plots);
-  write_iterations_csv(run_dir + "/selfplay.jsonl", plots + "/iterations.csv");
-  write_steps_csv(run_dir + "/metrics.jsonl", plots + "/steps.csv");
+  const bool judged =
+      write_iterations_csv(run_dir + "/selfplay.jsonl", plots + "/iterations.csv") > 0;
+  const bool stepped = write_steps_csv(run_dir + "/metrics.jsonl", plots + "/steps.csv") > 0;
   if (!have_gnuplot()) {
     log::warn("plots: gnuplot not found; wrote the CSVs to {} only", plots);
     return {};
   }
   const auto histograms = logprob_histograms(plots);
   const auto script = plots + "/plots.gp";
-  write_gnuplot_script(script, plots, histograms);
+  const auto pictures = write_gnuplot_script(script, plots, judged, stepped, histograms);
   const auto command = fmt::format("gnuplot '{}' 2> '{}/gnuplot.log'", script, plots);
   if (std::system(command.c_str()) != 0) {
     log::warn("plots: gnuplot failed (see {}/gnuplot.log); the CSVs are in {}", plots, plots);
     return {};
   }
   std::vector<std::string> drawn;
-  for (const char* png : {"accuracy.png", "win_tie_loss.png", "losses.png", "reward.png"}) {
+  for (const auto& png : pictures) {
     drawn.push_back(plots + "/" + png);
-  }
-  for (const auto& name : histograms) {
-    drawn.push_back(plots + "/" + name + ".png");
   }
   return drawn;
 }

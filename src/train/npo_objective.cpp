@@ -13,7 +13,7 @@ NpoObjective::NpoObjective(PairData data,
                            ShardedLlama& policy,
                            const config::RunConfig& cfg,
                            std::int64_t pad_id,
-                           dist::Comm* comm,
+                           dist::Comm& comm,
                            dist::UnitPrecision precision,
                            const ShardedNoiseHead* initial_head)
     : PairObjective(std::move(data), pad_id, precision.device),
@@ -118,7 +118,7 @@ MetricValues NpoObjective::metrics(const StepStats& stats) const {
   auto values = pair_metrics(stats, global_pairs_);
   const double num_s = stats.num_s.value();
   values.insert(values.end(),
-                {{"noise_loss", stats.noise_loss.value()},
+                {{"minus_noise_loss", -stats.noise_loss.value()},
                  {"penalty", stats.penalty.value()},
                  {"mean_s", num_s > 0 ? stats.sum_s.value() / num_s : 0.0}});
   return values;

@@ -154,7 +154,7 @@ def same_run(work, name, ref_rows, ref_final):
     rows = metrics(work, name)
     check(len(rows) == STEPS, f"{name}: {len(rows)} steps logged, expected {STEPS}")
     for r, ref in zip(rows, ref_rows):
-        for key in ("loss", "model_loss", "noise_loss", "penalty", "grad_norm"):
+        for key in ("loss", "model_loss", "minus_noise_loss", "penalty", "grad_norm"):
             check(r[key] == ref[key], f"{name} step {r['step']} {key}: {r[key]!r} != {ref[key]!r}")
     tensors, attributes = final_checkpoint(work, name)
     ref_tensors, ref_attributes = ref_final
@@ -174,7 +174,7 @@ def close_run(work, name, ref_rows, ref_final, reference="the np 2 run"):
     check(len(rows) == STEPS, f"{name}: {len(rows)} steps logged, expected {STEPS}")
     worst_loss = 0.0
     for r, ref in zip(rows, ref_rows):
-        for key in ("loss", "model_loss", "noise_loss"):
+        for key in ("loss", "model_loss", "minus_noise_loss"):
             rel = abs(r[key] - ref[key]) / max(1e-12, abs(ref[key]))
             check(rel < LOSS_RTOL, f"{name} step {r['step']} {key}: {r[key]!r} vs {ref[key]!r} "
                   f"(relative {rel:.1e})")

@@ -67,8 +67,8 @@ work = sys.argv[1]
 s = json.load(open(f"{work}/runs/npo/train/summary.json"))
 rows = [json.loads(l) for l in open(f"{work}/runs/npo/metrics.jsonl") if '"npo"' in l]
 print(f"NPO model loss {s['first_loss']:.4f} -> {s['last_loss']:.4f} over {s['steps']} steps; "
-      f"last noise loss {rows[-1]['noise_loss']:.4f}, mean s {rows[-1]['mean_s']:.3f}")
+      f"last -noise loss {rows[-1]['minus_noise_loss']:.4f}, mean s {rows[-1]['mean_s']:.3f}")
 assert s["last_loss"] < s["first_loss"] - 0.01, "NPO model loss did not go down"
-assert all(k in rows[-1] for k in ("noise_loss", "penalty", "mean_s", "reward_accuracy", "margin"))
+assert all(k in rows[-1] for k in ("minus_noise_loss", "penalty", "mean_s", "reward_accuracy", "margin"))
 PY
 echo "sft_then_npo: OK"

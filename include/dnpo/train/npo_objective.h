@@ -23,7 +23,7 @@ class NpoObjective : public PairObjective {
                ShardedLlama& policy,
                const config::RunConfig& cfg,
                std::int64_t pad_id,
-               dist::Comm* comm,
+               dist::Comm& comm,
                dist::UnitPrecision precision,
                const ShardedNoiseHead* initial_head);
 
@@ -36,7 +36,8 @@ class NpoObjective : public PairObjective {
                               double weight,
                               StepStats& stats,
                               Phase& phase) override;
-  /// The pair metrics, then noise_loss (Σ ℓ(β m2) / pairs), penalty and mean_s.
+  /// The pair metrics, then minus_noise_loss (−Σ ℓ(β m2) / pairs, the objective's second term
+  /// with the sign it enters the loss with, as the paper plots it), penalty and mean_s.
   MetricValues metrics(const StepStats& stats) const override;
 
   /// The trained noise head (null under npo.fixed_noise); the objective no longer holds it.

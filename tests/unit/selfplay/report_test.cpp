@@ -1,10 +1,12 @@
 // The self-play report from a run directory's files: the plots' CSVs and the tables.
 #include "dnpo/selfplay/report.h"
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -48,7 +50,7 @@ std::string make_run(const std::string& name) {
       << R"({"kind":"spin","iteration":0,"step":1,"loss":0.69,"model_loss":0.69,)"
       << R"("reward_accuracy":0.5,"margin":0.01})"
       << "\n"
-      << R"({"kind":"npo","iteration":1,"step":1,"loss":0.9,"model_loss":0.68,"noise_loss":0.22,)"
+      << R"({"kind":"npo","iteration":1,"step":1,"loss":0.9,"model_loss":0.68,"minus_noise_loss":-0.22,)"
       << R"("reward_accuracy":0.6,"margin":0.1,"mean_s":0.5})"
       << "\n";
   return dir;
@@ -64,9 +66,32 @@ TEST(Report, PlotsDataHoldEveryModelAndEveryIterationStep) {
             "1,0.3,0.35,64,0.25,0.16666666666666666,0.5833333333333334,55.2,70.1\n"
             "2,0.4,,66,0.4166666666666667,0.16666666666666666,0.4166666666666667,60.2,70.1\n");
   EXPECT_EQ(read(dir + "/plots/steps.csv"),
-            "step,iteration,kind,loss,model_loss,noise_loss,reward_accuracy,margin,mean_s\n"
+            "step,iteration,kind,loss,model_loss,minus_noise_loss,reward_accuracy,margin,mean_s\n"
             "1,0,spin,0.69,0.69,,0.5,0.01,\n"
-            "2,1,npo,0.9,0.68,0.22,0.6,0.1,0.5\n");
+            "2,1,npo,0.9,0.68,-0.22,0.6,0.1,0.5\n");
+}
+
+// Before iteration 0 has judged or trained anything only the accuracy chart has points: the
+// others are left out rather than failing gnuplot (which would warn in every default run).
+TEST(Report, PlotsBeforeTheFirstIterationDrawOnlyWhatHasData) {
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "gnuplot is not installed (launch/install-deps installs gnuplot-nox)";
+  }
+  const auto dir = ::testing::TempDir() + "report_model_0";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/selfplay.jsonl")
+      << R"({"stage":"model_0","iteration":null,"eval":{"sampled_exact":0.25,"sampled_score":61.5}})"
+      << "\n";
+  std::ofstream(dir + "/metrics.jsonl") << R"({"kind":"sft","step":1,"loss":2.5})"
+                                        << "\n";
+  const auto drawn = write_selfplay_plots(dir);
+  EXPECT_EQ(drawn, std::vector<std::string>{dir + "/plots/accuracy.png"});
+  EXPECT_TRUE(std::filesystem::exists(dir + "/plots/accuracy.png"));
+  EXPECT_EQ(read(dir + "/plots/gnuplot.log").find("invalid"), std::string::npos)
+      << read(dir + "/plots/gnuplot.log");
+  const auto all = write_selfplay_plots(make_run("report_all_plots"));
+  EXPECT_EQ(all.size(), 4U);  // accuracy, win/tie/loss, losses, reward
 }
 
 TEST(Report, TablesNameEachModelsTrainingAndScores) {
