@@ -8,6 +8,7 @@
 #include <exception>
 #include <iostream>
 #include <memory>
+#include <stdexcept>
 
 #include <CLI/CLI.hpp>
 
@@ -65,6 +66,20 @@ dnpo::config::RunConfig resolve(const Options& o, int world) {
                   cfg.run.device);
 #endif
   return cfg;
+}
+
+/// An error every rank meets alike, before any collective: the config's file, the overrides and
+/// the world size are the same on every rank. Rank 0 reports it; the others end quietly.
+struct SameOnEveryRank : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+dnpo::config::RunConfig resolve_on_every_rank(const Options& o, int world) {
+  try {
+    return resolve(o, world);
+  } catch (const std::exception& e) {
+    throw SameOnEveryRank(e.what());
+  }
 }
 
 /// The subcommands, for telling which one the command line chose.
@@ -187,7 +202,7 @@ void run_command(Options& o,
   if (!o.resume.empty()) {
     o.overrides.push_back("checkpoint.resume=\"" + o.resume + "\"");
   }
-  const auto cfg = resolve(o, mpi.world_size());
+  const auto cfg = resolve_on_every_rank(o, mpi.world_size());
   dnpo::log::init(mpi.rank(), cfg.run.log_level);
   dnpo::log::info_rank0("{}", blas);
   dnpo::log::info_rank0("{}", heap);
@@ -243,7 +258,11 @@ int run_cli(int argc, char** argv) {
   Commands commands;
   add_stage_commands(app, o, commands);
   add_reading_commands(app, o, commands);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return mpi.rank() == 0 ? app.exit(e) : e.get_exit_code();  // --help or a usage error, once
+  }
   try {
     if (*commands.report) {
       run_report(o, mpi.rank());
@@ -257,6 +276,11 @@ int run_cli(int argc, char** argv) {
                           p.signal_number,
                           p.step,
                           p.path);
+  } catch (const SameOnEveryRank& e) {
+    if (mpi.rank() == 0) {
+      dnpo::log::error("fatal: {}", e.what());
+    }
+    return 1;
   } catch (const std::exception& e) {
     return fail(e, mpi.rank(), mpi.world_size());
   }

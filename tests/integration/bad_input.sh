@@ -35,6 +35,13 @@ expect_failure 'run.device = "cuda": this build has no CUDA' "$bin" sft --set ru
 expect_failure 'run.device = "cuda": this build has no CUDA' "$bin" --config "${DNPO_SOURCE_DIR:?}/configs/zephyr-7b.toml"
 
 expect_failure "no_such.toml" "$bin" sft --config no_such.toml
+# A config error is the same on every rank: at np 4 rank 0 prints it once and the job ends
+# without MPI_Abort; a usage error likewise.
+expect_failure "micro_batch_size" mpirun -np 4 --oversubscribe "$bin" sft --set train.micro_batch_size=64
+[ "$(grep -c "micro_batch_size" out.txt)" = 1 ] || { echo "FAIL: not printed once:"; cat out.txt; exit 1; }
+! grep -q "MPI_ABORT\|aborting" out.txt || { echo "FAIL: the job was aborted:"; cat out.txt; exit 1; }
+expect_failure "no_such_option" mpirun -np 4 --oversubscribe "$bin" sft --no_such_option
+[ "$(grep -c "no_such_option" out.txt)" = 1 ] || { echo "FAIL: not printed once:"; cat out.txt; exit 1; }
 expect_failure "train.lrr" "$bin" sft --set train.lrr=1
 [ ! -e checkpoints ] || { echo "FAIL: a config error left a run directory (checkpoints/)"; exit 1; }
 
