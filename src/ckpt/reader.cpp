@@ -172,23 +172,30 @@ std::string checksum_error(const Reader& reader,
                                 __LINE__);
 }
 
+/// Throws naming both sides where a tensor's `what` (its shape, its dtype) in the file is not
+/// the one the state expects; describe() writes a side for the message.
+template <typename Value, typename Describe>
+void check_same_as_stored(const std::string& at,
+                          const char* what,
+                          const Value& in_file,
+                          const Value& expected,
+                          Describe describe) {
+  DNPO_CHECK_WITH(CheckpointError,
+                  in_file == expected,
+                  "{}: {} mismatch: file has {}, expected {}",
+                  at,
+                  what,
+                  describe(in_file),
+                  describe(expected));
+}
+
 /// collective: fills slice t from the file and returns "" or the first checksum error of the
 /// chunks it touches. max_count: the largest slice of this tensor over the ranks.
 std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_count) {
   const std::string at = reader.where() + ", tensor " + t.name;
   const Reader::Tensor stored = reader.open_tensor(t.name);
-  DNPO_CHECK_WITH(CheckpointError,
-                  stored.shape == t.shape,
-                  "{}: shape mismatch: file has {}, expected {}",
-                  at,
-                  format::shape_str(stored.shape),
-                  format::shape_str(t.shape));
-  DNPO_CHECK_WITH(CheckpointError,
-                  stored.dtype == t.dtype,
-                  "{}: dtype mismatch: file has {}, expected {}",
-                  at,
-                  h5::dtype_name(stored.dtype),
-                  h5::dtype_name(t.dtype));
+  check_same_as_stored(at, "shape", stored.shape, t.shape, format::shape_str<std::int64_t>);
+  check_same_as_stored(at, "dtype", stored.dtype, t.dtype, h5::dtype_name);
   const std::int64_t numel = t.numel();
   const std::int64_t total = t.global_numel();
   const std::int64_t c = reader.chunk_elems();
@@ -201,24 +208,15 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
   const std::int64_t tail_end = numel > 0 ? std::min(total, (end + c - 1) / c * c) : end;
   // (every rank makes these two reads unless the tensor is empty: then it has no storage)
   const std::int64_t margin_max = total > 0 ? c : 0;
-  auto head = at::empty({t.offset - head_start}, at::dtype(t.dtype));
-  auto tail = at::empty({tail_end - end}, at::dtype(t.dtype));
-  h5::read_flat(stored.data.get(),
-                t.dtype,
-                head_start,
-                head.numel(),
-                head.numel() > 0 ? head.data_ptr() : nullptr,
-                margin_max,
-                reader.xfer(),
-                at);
-  h5::read_flat(stored.data.get(),
-                t.dtype,
-                end,
-                tail.numel(),
-                tail.numel() > 0 ? tail.data_ptr() : nullptr,
-                margin_max,
-                reader.xfer(),
-                at);
+  const auto read_margin = [&](std::int64_t from, std::int64_t to) {
+    auto margin = at::empty({to - from}, at::dtype(t.dtype));
+    void* into = margin.numel() > 0 ? margin.data_ptr() : nullptr;
+    h5::read_flat(
+        stored.data.get(), t.dtype, from, margin.numel(), into, margin_max, reader.xfer(), at);
+    return margin;
+  };
+  const at::Tensor head = read_margin(head_start, t.offset);
+  const at::Tensor tail = read_margin(end, tail_end);
 
   const auto elem = static_cast<std::int64_t>(c10::elementSize(t.dtype));
   for (const auto& p : format::chunk_pieces(data, t.offset, numel, elem, c)) {
