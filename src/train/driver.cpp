@@ -239,42 +239,60 @@ TrainSummary run_trainer(const config::RunConfig& cfg,
   return stage(trainer);
 }
 
+/// What tells the training stages apart in run_training_stage.
+struct TrainingStage {
+  std::string name;             ///< its output folder under the run dir: "sft", "train"
+  std::string log_name;         ///< how its closing log line names it: "sft", "train (npo)"
+  std::string loss_name;        ///< how that line names the summary's loss
+  bool log_model_size = false;  ///< whether it logs the policy's parameter count
+};
+
+/// The skeleton every training stage shares: the run dir; its data (read_data(), before the
+/// model is built, so bad data fails fast); tokenizer and policy; (trainer.*train)(data) through
+/// run_trainer; a closing log line; the trained model and its summary.json saved.
+template <typename Records, typename ReadData>
+void run_training_stage(const config::RunConfig& cfg,
+                        const StageOptions& options,
+                        dist::Comm& comm,
+                        const TrainingStage& stage,
+                        TrainSummary (Trainer::*train)(const std::vector<Records>&),
+                        ReadData read_data) {
+  const auto dir = prepare_run_dir(cfg, comm);
+  const std::vector<Records> records = read_data();
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  auto policy = make_policy(cfg, options.init_model, comm);
+  if (stage.log_model_size) {
+    log::info_rank0("model: {} parameters", policy->num_parameters());
+  }
+  const auto summary = run_trainer(cfg, *policy, *tokenizer, dir, comm, [&](Trainer& trainer) {
+    return (trainer.*train)(records);
+  });
+  log::info_rank0("{} done: {} steps, {} {:.4f} → {:.4f}, {:.0f} ms/step",
+                  stage.log_name,
+                  summary.steps,
+                  stage.loss_name,
+                  summary.first_loss,
+                  summary.last_loss,
+                  summary.mean_step_ms);
+  save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, stage.name), comm);
+}
+
 }  // namespace
 
 void run_sft(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
-  const auto dir = prepare_run_dir(cfg, comm);
-  DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
-  const auto records = data::read_prompts_jsonl(cfg.data.train_file);
-  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
-  auto policy = make_policy(cfg, options.init_model, comm);
-  log::info_rank0("model: {} parameters", policy->num_parameters());
-  const auto summary = run_trainer(cfg, *policy, *tokenizer, dir, comm, [&](Trainer& trainer) {
-    return trainer.train_sft(records);
+  const TrainingStage sft{"sft", "sft", "loss", true};
+  run_training_stage(cfg, options, comm, sft, &Trainer::train_sft, [&] {
+    DNPO_CHECK_WITH(ConfigError, !cfg.data.train_file.empty(), "sft needs data.train_file");
+    return data::read_prompts_jsonl(cfg.data.train_file);
   });
-  log::info_rank0("sft done: {} steps, loss {:.4f} → {:.4f}, {:.0f} ms/step",
-                  summary.steps,
-                  summary.first_loss,
-                  summary.last_loss,
-                  summary.mean_step_ms);
-  save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, "sft"), comm);
 }
 
 void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
-  const auto dir = prepare_run_dir(cfg, comm);
-  DNPO_CHECK_WITH(ConfigError, !cfg.data.pairs_file.empty(), "train needs data.pairs_file");
-  const auto pairs = data::read_pairs_jsonl(cfg.data.pairs_file);
-  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
-  auto policy = make_policy(cfg, options.init_model, comm);
-  const auto summary = run_trainer(cfg, *policy, *tokenizer, dir, comm, [&](Trainer& trainer) {
-    return trainer.train_preference(pairs);
+  const TrainingStage train{"train", "train (" + cfg.train.loss + ")", "model loss", false};
+  run_training_stage(cfg, options, comm, train, &Trainer::train_preference, [&] {
+    DNPO_CHECK_WITH(ConfigError, !cfg.data.pairs_file.empty(), "train needs data.pairs_file");
+    return data::read_pairs_jsonl(cfg.data.pairs_file);
   });
-  log::info_rank0("train ({}) done: {} steps, model loss {:.4f} → {:.4f}, {:.0f} ms/step",
-                  cfg.train.loss,
-                  summary.steps,
-                  summary.first_loss,
-                  summary.last_loss,
-                  summary.mean_step_ms);
-  save_trained_model(cfg, *policy, &summary, output_dir(cfg, options, "train"), comm);
 }
 
 double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
