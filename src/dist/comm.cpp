@@ -25,6 +25,7 @@
 #include "dnpo/common/error.h"
 #include "dnpo/common/log.h"
 #include "dnpo/common/mpi_check.h"
+#include "network.h"
 
 namespace dnpo::dist {
 namespace {
@@ -155,8 +156,9 @@ void ring_all_gather(const at::Tensor& flat,
 }
 
 // collective: the c10d TCPStore the process group meets at. Rank 0 serves it on host:port
-// (port 0 = any free port) and the port it got goes to the other ranks over MPI; they connect.
-// Returns the store and its port.
+// (port 0 = any free port) and the port it got goes to the other ranks over MPI; they connect,
+// trying for `timeout`. The errors name this host, the address and the interface it would use
+// (a node off rank 0's network fails here, not in a hang). Returns the store and its port.
 std::pair<c10::intrusive_ptr<c10d::Store>, std::string> make_store(
     const MpiEnv& mpi, const std::string& host, int port, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions opts;
@@ -172,10 +174,17 @@ std::pair<c10::intrusive_ptr<c10d::Store>, std::string> make_store(
       tcp = c10::make_intrusive<c10d::TCPStore>(host, opts);
     } catch (const std::exception& e) {
       DNPO_FAIL(DistError,
-                "cannot serve the c10d store on {}:{}: {}; hint: set dist.port to a free port or 0",
+                "cannot serve the c10d store on {}:{} on {} ({}): {}; hint: {}",
                 host,
                 port,
-                e.what());
+                this_hostname(),
+                describe_route(host),
+                first_line(e.what()),
+                is_local_address(host)
+                    ? std::string("set dist.port to a free port or 0")
+                    : "dist.host = \"" + host +
+                          "\" is not an address of rank 0's node; its interfaces: " +
+                          describe_interfaces());
     }
     served = std::to_string(tcp->getPort());
   }
@@ -186,11 +195,15 @@ std::pair<c10::intrusive_ptr<c10d::Store>, std::string> make_store(
       tcp = c10::make_intrusive<c10d::TCPStore>(host, opts);
     } catch (const std::exception& e) {
       DNPO_FAIL(DistError,
-                "cannot reach the c10d store of rank 0 at {}:{}: {}; hint: set dist.host to an "
-                "address every node can reach",
+                "cannot reach the c10d store of rank 0 at {}:{} from {} ({}): {}; hint: set "
+                "dist.host to an address of rank 0's node that every node reaches (\"\" = rank "
+                "0's hostname); this node's interfaces: {}",
                 host,
                 served,
-                e.what());
+                this_hostname(),
+                describe_route(host),
+                first_line(e.what()),
+                describe_interfaces());
     }
   }
   return {tcp, served};
@@ -301,6 +314,22 @@ struct Member {
   std::chrono::milliseconds timeout{0};
 };
 
+#if DNPO_HAS_GLOO
+// Where Gloo listens, and so the address it offers the other ranks, for errors: the interface
+// dist.interface names, or else the address of this host's name.
+std::string describe_gloo_binding(const std::string& interface, const std::string& bind_host) {
+  if (interface.empty()) {
+    return "the address of " + bind_host + " (" + describe_route(bind_host) +
+           "; dist.interface = \"\")";
+  }
+  auto addresses = interface_addresses(interface);
+  if (addresses.empty()) {
+    addresses = "no address here";
+  }
+  return "interface " + interface + " (" + addresses + "; dist.interface = \"" + interface + "\")";
+}
+#endif
+
 // collective: the process group over the store: NCCL on this rank's GPU, connected now so that
 // errors surface here, or Gloo bound to `interface` (dist.interface) or else to `bind_host`.
 c10::intrusive_ptr<Group> make_process_group(const c10::intrusive_ptr<c10d::Store>& store,
@@ -328,14 +357,35 @@ c10::intrusive_ptr<Group> make_process_group(const c10::intrusive_ptr<c10d::Stor
     return {};
   }
 #if DNPO_HAS_GLOO
+  const auto bound = describe_gloo_binding(interface, bind_host);
   auto gloo_opts = c10d::ProcessGroupGloo::Options::create(s.timeout);
-  gloo_opts->devices.push_back(interface.empty()
-                                   ? c10d::ProcessGroupGloo::createDeviceForHostname(bind_host)
-                                   : c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+  try {
+    gloo_opts->devices.push_back(interface.empty()
+                                     ? c10d::ProcessGroupGloo::createDeviceForHostname(bind_host)
+                                     : c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+  } catch (const std::exception& e) {
+    DNPO_FAIL(DistError,
+              "cannot bind Gloo on {} to {}: {}; hint: set dist.interface to the interface of the "
+              "network the nodes share (the same name on each); this node's interfaces: {}",
+              this_hostname(),
+              bound,
+              first_line(e.what()),
+              describe_interfaces());
+  }
   try {
     return c10::make_intrusive<c10d::ProcessGroupGloo>(store, s.rank, s.world, gloo_opts);
   } catch (const std::exception& e) {
-    DNPO_FAIL(DistError, "cannot form the Gloo process group of {} ranks: {}", s.world, e.what());
+    DNPO_FAIL(DistError,
+              "cannot form the Gloo process group of {} ranks on {}, Gloo bound to {}: {}; hint: "
+              "each rank offers the others the address it binds and waits for theirs in the "
+              "store, so a rank that never reached the store or an address the others cannot "
+              "reach (set dist.interface to the network the nodes share) ends here; this "
+              "node's interfaces: {}",
+              s.world,
+              this_hostname(),
+              bound,
+              first_line(e.what()),
+              describe_interfaces());
   }
 #endif
   return {};

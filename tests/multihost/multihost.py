@@ -11,9 +11,9 @@ others through hosts.sh's launch agent. The job is exact_resume.py's NPO run (32
   kill:        launch/run --retries 1 over 2 x 2; node1's ranks SIGKILLed mid-step -> the attempt
                ends within dist.timeout_s naming a lost rank; the retry resumes from the newest
                checkpoint and ends bit-identical to an uninterrupted 2 x 2 run
-  unreachable: ranks on node1 cannot reach rank 0 (dist.host = "127.0.0.1", dist.interface =
-               "lo", dist.interface = "nosuch0") -> the job fails within dist.timeout_s (plus
-               start-up) with a message naming the address and the interface
+  unreachable: ranks cannot reach rank 0 or each other (dist.host = "127.0.0.1" or
+               "10.77.0.99", dist.interface = "lo" or "nosuch0") -> the job fails within
+               dist.timeout_s (plus start-up) with a message naming the address and the interface
 
 Skips (exit 77, saying why) where network namespaces cannot be made (not root, no `ip`).
 Usage: multihost.py train|resume|kill|unreachable
@@ -145,6 +145,10 @@ def unreachable_case(work, hosts):
     cases = [
         # the one-node default, given by hand: node1's ranks look for the store on themselves
         ('dist.host="127.0.0.1"', [r"127\.0\.0\.1:\d+", r"\blo\b"]),
+        # an address on the hosts' network that rank 0 does not hold: it cannot serve there
+        ('dist.host="10.77.0.99"', [r"10\.77\.0\.99:\d+ on node0 \(via interface mh0",
+                                    r"not an address of rank 0's node; its interfaces: .*mh0 "
+                                    r"10\.77\.0\.1"]),
         # Gloo on the loopback: each rank offers 127.0.0.1 to the others
         ('dist.interface="lo"', [r"127\.0\.0\.1", r'dist\.interface = "lo"']),
         # an interface this host lacks
