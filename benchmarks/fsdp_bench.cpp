@@ -57,7 +57,7 @@ int run_bench(int argc, char** argv) {
   std::string loss = "npo", reduce_scatter = "ring";
   int vocab = 260, hidden = 128, layers = 4, intermediate = 0, heads = 0, batch = 16, micro = 0;
   int prompt_len = 24, response_len = 24, steps = 6, warmup = 2, threads = 1, prefetch = 1;
-  int reshard_after_forward = 1;
+  std::string reshard_after_forward = "1";
   bool tied = false;
   app.add_option("--loss", loss);
   app.add_option("--vocab", vocab);
@@ -75,9 +75,12 @@ int run_bench(int argc, char** argv) {
   std::string profile;
   app.add_option("--profile", profile, "rank 0 writes LibTorch's op trace of every step (JSON)");
   app.add_option("--prefetch", prefetch);
-  app.add_option("--reshard-after-forward",
-                 reshard_after_forward,
-                 "dist.reshard_after_forward: 0 keeps units gathered for the step");
+  app.add_option(
+         "--reshard-after-forward",
+         reshard_after_forward,
+         "dist.reshard_after_forward: 0 keeps units gathered for the step, 1 reshards, auto "
+         "keeps them where the memory fits")
+      ->check(CLI::IsMember({"0", "1", "auto"}));
   app.add_option("--reduce-scatter", reduce_scatter);
   std::string all_gather = dnpo::config::DistConfig{}.all_gather;
   app.add_option("--all-gather", all_gather);
@@ -108,7 +111,9 @@ int run_bench(int argc, char** argv) {
   cfg.train.lr = 1e-5;
   cfg.run.log_every = 1000000;
   cfg.dist.prefetch = prefetch != 0;
-  cfg.dist.reshard_after_forward = reshard_after_forward != 0;
+  cfg.dist.reshard_after_forward = reshard_after_forward == "auto" ? "auto"
+                                   : reshard_after_forward == "0"  ? "false"
+                                                                   : "true";
   cfg.dist.reduce_scatter = reduce_scatter;
   cfg.dist.all_gather = all_gather;
 
@@ -163,7 +168,7 @@ int run_bench(int argc, char** argv) {
   // (--reshard-after-forward 0): the policy and the noise head are gathered once per step and
   // their gradients reduce-scattered once per step; the frozen reference is gathered once per
   // stage, in the first (untimed) step.
-  const bool keep = reshard_after_forward == 0;
+  const bool keep = policy.keep_gathered();  // as the trainer chose for the stage
   double gather_theory = 0, scatter_theory = 0, gather_once = 0, scatter_once = 0;
   {
     const auto units = policy.units();
@@ -228,7 +233,8 @@ int run_bench(int argc, char** argv) {
                                  {"threads", threads},
                                  {"heap", dnpo::heap_name()},
                                  {"prefetch", prefetch != 0},
-                                 {"reshard_after_forward", reshard_after_forward != 0},
+                                 {"reshard_after_forward", cfg.dist.reshard_after_forward},
+                                 {"kept_gathered", policy.keep_gathered()},
                                  {"reduce_scatter", reduce_scatter},
                                  {"all_gather", all_gather},
                                  {"params", policy.num_parameters()},

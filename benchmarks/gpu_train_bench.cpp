@@ -124,7 +124,7 @@ RunConfig run_config(const Options& o, const std::string& loss) {
   cfg.train.lr = 1e-5;
   cfg.train.warmup_ratio = 0.0;
   cfg.npo.chunk_positions = 1024;
-  cfg.dist.reshard_after_forward = false;  // one rank: units stay gathered for the step
+  cfg.dist.reshard_after_forward = "false";  // one rank: units stay gathered for the step
   return cfg;
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """2 ranks against 1 on the same global batch, interleaved (`benchmarks/run scaling`): for each
 configs/scaling/*.toml (or the files given), `--reps` rounds of np 1, np 2 with
-dist.reshard_after_forward = true (ZeRO-3) and np 2 with it false (units kept gathered for the
-step), NPO steps through dnpo_fsdp_bench exactly as launch/scaling-study runs them. This VM's
+dist.reshard_after_forward = true (ZeRO-3), np 2 with it false (units kept gathered for the
+step) and np 2 with "auto" (the default: kept gathered where the memory fits), NPO steps through dnpo_fsdp_bench exactly as launch/scaling-study runs them. This VM's
 speed drifts by 20% and more between minutes, so only runs made side by side are compared: each
 result is the median of the per-round medians, with the speed-up np 1 time / np 2 time, and MFU
 against the best fp32 GEMM rate measured between the rounds. One JSON line per result.
@@ -28,7 +28,8 @@ sys.path.insert(0, HERE)
 from compare_steps import gemm_gflops  # noqa: E402
 from scaling_study import approx_params, flops_per_step, model_shape, run  # noqa: E402
 
-SETTINGS = (("np1", 1, 1), ("np2_zero3", 2, 1), ("np2_kept", 2, 0))  # name, world, reshard
+# name, world, dist.reshard_after_forward (1 ZeRO-3, 0 kept gathered, "auto" the default)
+SETTINGS = (("np1", 1, 1), ("np2_zero3", 2, 1), ("np2_kept", 2, 0), ("np2_auto", 2, "auto"))
 CEILING = ("two_independent_halves", 2, 1)
 
 
@@ -88,7 +89,9 @@ def main():
             print(json.dumps({
                 "name": f"scaling.{name}", "config": s["config"],
                 "params": runs[name][0]["config"]["params"], "world": world,
-                "reshard_after_forward": bool(reshard), "metric": "step_time_median",
+                "reshard_after_forward": reshard if reshard == "auto" else bool(reshard),
+                "kept_gathered": runs[name][0]["config"].get("kept_gathered"),
+                "metric": "step_time_median",
                 "value": value, "unit": "ms", "runs": [round(x) for x in ms],
                 "speedup_vs_np1": single / value,
                 "mfu": flops_per_step(s) / (value / 1e3) / (world * limit * 1e9),

@@ -180,6 +180,13 @@ void read_value(const std::string& path,
                 const toml::node& node,
                 const Rule& rule,
                 std::string& out) {
+  // A string key whose choices are "true" and "false" among others (e.g. "auto") also takes a
+  // TOML boolean, which it was before it had a third choice.
+  if (const auto* b = node.as_boolean(); b != nullptr && schema::admits(rule, "true") &&
+                                         schema::admits(rule, "false") && !rule.choices.empty()) {
+    out = b->get() ? "true" : "false";
+    return;
+  }
   std::string x = typed_value<std::string, std::string>(path, node, rule);
   check_admitted<std::string>(path, node, rule, x);
   out = std::move(x);

@@ -32,7 +32,7 @@ NpoObjective::NpoObjective(PairData data,
     if (initial_head != nullptr) {
       head_->unit()->load_shard_of(*initial_head->unit());
     }
-    head_->set_keep_gathered(!cfg.dist.reshard_after_forward);
+    head_->set_keep_gathered(policy.keep_gathered());  // the stage's choice, made for both
     models_.trained.push_back({"noise_head", {head_->unit()}});
     models_.modules.push_back(head_.get());
   }

@@ -19,6 +19,7 @@
 #include "dnpo/common/timer.h"
 #include "dnpo/config/loader.h"
 #include "dnpo/dist/shard_optimizer.h"
+#include "dnpo/train/keep_gathered.h"
 #include "dnpo/train/lr_schedule.h"
 #include "dnpo/train/npo_objective.h"
 #include "dnpo/train/sft_objective.h"
@@ -233,13 +234,15 @@ ShardedLlama& Trainer::begin_policy() {
     // Sharded FSDP needs recompute; one process keeps units and activations instead.
     owned_policy_ = std::make_unique<ShardedLlama>(
         *whole_policy_, comm_, unit_precision(cfg_, device_), true, comm_.world_size() > 1);
-    owned_policy_->set_prefetch(cfg_.dist.prefetch);
-    owned_policy_->set_keep_gathered(!cfg_.dist.reshard_after_forward);
-    return *owned_policy_;
   }
-  sharded_policy_->set_prefetch(cfg_.dist.prefetch);
-  sharded_policy_->set_keep_gathered(!cfg_.dist.reshard_after_forward);
-  return *sharded_policy_;
+  ShardedLlama& policy = whole_policy_ != nullptr ? *owned_policy_ : *sharded_policy_;
+  policy.set_prefetch(cfg_.dist.prefetch);
+  const auto plan = decide_keep_gathered(cfg_, comm_, policy.num_parameters());
+  if (comm_.world_size() > 1) {
+    log::info_rank0("{}", plan.why);
+  }
+  policy.set_keep_gathered(plan.keep);
+  return policy;
 }
 
 void Trainer::finish_policy() {

@@ -177,12 +177,18 @@ struct DistConfig {
   std::string all_gather = "ring";  // in place: no temporary, (w − 1)/w of the buffer per rank
   /// Start the next FSDP unit's all-gather while the current unit computes (forward and backward).
   bool prefetch = true;
-  /// true (ZeRO-3): a unit's gathered parameters go after its forward; backward gathers them
-  /// again and recomputes the unit's activations. false: each unit stays gathered, with its
+  /// "true" (ZeRO-3): a unit's gathered parameters go after its forward; backward gathers them
+  /// again and recomputes the unit's activations. "false": each unit stays gathered, with its
   /// activations, from the step's first forward to its last backward: one all-gather per unit
-  /// per step and no recompute, at the memory of the whole model in train.dtype plus every
-  /// micro-batch's activations per rank (gradients and optimizer state stay sharded).
-  bool reshard_after_forward = true;
+  /// per step and no recompute, at the memory of the whole model in train.dtype plus a
+  /// micro-batch's activations per rank (gradients and optimizer state stay sharded). "auto":
+  /// "false" when that memory (estimated, and logged at the start of each stage) fits
+  /// keep_gathered_budget_gb, else "true". A TOML boolean is taken as "true" / "false".
+  std::string reshard_after_forward = "auto";
+  /// GiB per rank that "auto" may spend on keeping units gathered; 0 = half of the memory
+  /// available when the stage starts (on the CPU the node's, shared by its ranks; on a GPU
+  /// "auto" reshards unless a budget is set).
+  double keep_gathered_budget_gb = 0.0;
   /// dtype gradients are summed over ranks in: "fp32" (accurate; the only one Gloo can sum) or
   /// "bf16" (half the bytes; NCCL, run.device = "cuda", only). Masters and optimizer stay fp32.
   std::string reduce_dtype = "fp32";

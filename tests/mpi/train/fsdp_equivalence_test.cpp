@@ -17,6 +17,7 @@
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/dist/comm.h"
 #include "dnpo/model/noise_head.h"
+#include "dnpo/train/keep_gathered.h"
 #include "dnpo/train/trainer.h"
 #include "mpi_test_main.h"
 #include "one_process.h"
@@ -61,7 +62,7 @@ Gap compare(const std::string& loss,
   auto cfg = tiny_run_at_world(loss);
   cfg.model.tie_word_embeddings = tied;
   cfg.train.dtype = dtype;
-  cfg.dist.reshard_after_forward = reshard_after_forward;
+  cfg.dist.reshard_after_forward = reshard_after_forward ? "true" : "false";
   const auto single = train(cfg, test::one_process());
   const auto sharded = train(cfg, comm());
   EXPECT_EQ(sharded.losses.size(), single.losses.size());
@@ -143,7 +144,7 @@ TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
   at::set_num_threads(1);
   auto cfg = tiny_run_at_world("sft");
   const auto moved = [&](bool reshard) {
-    cfg.dist.reshard_after_forward = reshard;
+    cfg.dist.reshard_after_forward = reshard ? "true" : "false";
     auto& c = comm();
     const auto before = c.bytes();
     train(cfg, c, false);
@@ -173,6 +174,18 @@ TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
   }
   EXPECT_LT(kept_gathered, gathered / 2.2);
   EXPECT_GT(kept_gathered, 0);
+  // "auto" keeps units gathered exactly when its estimate fits the budget.
+  cfg.dist.reshard_after_forward = "auto";
+  const auto auto_gathered = [&](double budget_gb) {
+    cfg.dist.keep_gathered_budget_gb = budget_gb;
+    auto& c = comm();
+    const auto before = c.bytes().all_gather;
+    train(cfg, c, false);
+    return static_cast<double>(c.bytes().all_gather - before);
+  };
+  const double need_gb = static_cast<double>(keep_gathered_bytes(cfg, 1)) / (1 << 30);
+  EXPECT_EQ(auto_gathered(100.0), kept_gathered);
+  EXPECT_EQ(auto_gathered(need_gb / 2), gathered);
   EXPECT_NEAR(scattered / kept_scattered, micro_per_rank / 4, 1e-9);
 }
 
@@ -188,7 +201,7 @@ TEST(FsdpEquivalence, KeptGatheredReferenceOncePerStageNoiseHeadOncePerStep) {
   at::set_num_threads(1);
   const auto moved = [](const std::string& loss) {
     auto cfg = tiny_run_at_world(loss);
-    cfg.dist.reshard_after_forward = false;
+    cfg.dist.reshard_after_forward = "false";
     auto& c = comm();
     const auto before = c.bytes();
     const auto trace = train(cfg, c, false);

@@ -72,7 +72,7 @@ nlohmann::json run_case(const std::string& loss, bool reshard_after_forward) {
   auto cfg = fixture::tiny_run(loss);
   cfg.npo.head_init = "normal";  // the noise head's init when the trace was recorded
   cfg.train.max_steps = 20;
-  cfg.dist.reshard_after_forward = reshard_after_forward;
+  cfg.dist.reshard_after_forward = reshard_after_forward ? "true" : "false";
   // np 1 runs the one-process Comm, which does no collective.
   dist::Comm& c = test::mpi().world_size() > 1 ? comm() : test::one_process();
   model::LlamaModel policy(cfg.model, cfg.run.seed);

@@ -61,7 +61,7 @@ RunConfig all_non_default() {
   c.selfplay = {"fixed_noise", 7, 100, false, 2e-5, 2, false, "per_layer"};
   c.sample = {0.7, 0.9, 40, 16, 8, "bf16"};
   c.eval = {100, false};
-  c.dist = {"gloo", "10.0.0.1", "eth0", 29500, 42.5, "mpi", "gloo", false, false, "bf16"};
+  c.dist = {"gloo", "10.0.0.1", "eth0", 29500, 42.5, "mpi", "gloo", false, "false", 3.5, "bf16"};
   c.checkpoint = {"ckpt dir", 100, 12.5, 5, "auto"};
   c.judge.backend = "http";
   c.judge.base_url = "https://judge.example:8443/api";
@@ -141,8 +141,8 @@ auto fields(const EvalConfig& x) {
   return std::tie(a, b);
 }
 auto fields(const DistConfig& x) {
-  const auto& [a, b, c, d, e, f, g, h, i, j] = x;
-  return std::tie(a, b, c, d, e, f, g, h, i, j);
+  const auto& [a, b, c, d, e, f, g, h, i, j, k] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k);
 }
 auto fields(const CheckpointConfig& x) {
   const auto& [a, b, c, d, e] = x;
@@ -215,7 +215,7 @@ void expect_each_field(const RunConfig& a, const RunConfig& b, Pred pred, const 
                               << ::testing::PrintToString(y);
     });
   });
-  EXPECT_EQ(count, 118U);  // the fields of config.h, all visited
+  EXPECT_EQ(count, 119U);  // the fields of config.h, all visited
 }
 
 void expect_equal(const RunConfig& a, const RunConfig& b) {
@@ -447,6 +447,24 @@ TEST(ConfigLoader, OverridesApplyToDefaults) {
   const RunConfig c = load_config("", {"train.epochs=4"});
   EXPECT_EQ(c.train.epochs, 4);
   EXPECT_EQ(c.train.lr, RunConfig{}.train.lr);
+}
+
+// dist.reshard_after_forward was a boolean before "auto": a boolean still reads as "true" /
+// "false", and a string outside the three choices, or a boolean for another string key, does not.
+TEST(ConfigLoader, ReshardAfterForwardTakesAutoOrABoolean) {
+  EXPECT_EQ(RunConfig{}.dist.reshard_after_forward, "auto");
+  EXPECT_EQ(load_config("", {"dist.reshard_after_forward=false"}).dist.reshard_after_forward,
+            "false");
+  EXPECT_EQ(load_config("", {"dist.reshard_after_forward=true"}).dist.reshard_after_forward,
+            "true");
+  EXPECT_EQ(load_config("", {"dist.reshard_after_forward=\"auto\""}).dist.reshard_after_forward,
+            "auto");
+  EXPECT_ERROR(
+      ConfigError,
+      [] { load_config("", {"dist.reshard_after_forward=\"sometimes\""}); },
+      "dist.reshard_after_forward");
+  EXPECT_ERROR(
+      ConfigError, [] { load_config("", {"train.loss=true"}); }, "train.loss");
 }
 
 TEST(ConfigLoader, BadOverrideNamesOverride) {
