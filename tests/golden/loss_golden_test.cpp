@@ -2,6 +2,7 @@
 // fp32 train::spin_pair_losses / train::npo_loss against tests/reference/loss_reference.py
 // (float64), plus NPO's gradient routing and chunking invariance. No DSL, no training loop.
 #include <array>
+#include <cstdio>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -366,7 +367,9 @@ TEST(NoiseHeadGolden, InitialScaleMatchesTorchLinear) {
     const auto hidden = c.at("hidden").get<std::int64_t>();
     const double expected = c.at("mean_s").get<double>();
     const std::string what = npo.head + " at width " + std::to_string(hidden);
-    EXPECT_NEAR(mean_s(npo, hidden), expected, 0.03 * expected) << what;
+    const double got = mean_s(npo, hidden);
+    std::printf("[noise head init] %s: mean s %.4f, nn.Linear %.4f\n", what.c_str(), got, expected);
+    EXPECT_NEAR(got, expected, 0.03 * expected) << what;
     if (npo.head == "ln_gelu_linear" && hidden == 4096) {
       npo.head_init = "normal";  // normal(0, 0.02): Var f ≈ 4096 · 0.02² · E[gelu²] ≈ 0.7
       EXPECT_GT(mean_s(npo, hidden), 1.2 * expected) << what << ", normal init";
