@@ -200,10 +200,12 @@ Id open_file(const std::string& path, const Group& group) {
   return Id(DNPO_H5_CHECK(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), where));
 }
 
-Id transfer_plist(const Group& group) {
+Id transfer_plist(const Group& group, bool collective) {
   Id xfer(DNPO_H5_CHECK(H5Pcreate(H5P_DATASET_XFER), "transfer property list"));
   if (group.parallel()) {
-    DNPO_H5_CHECK(H5Pset_dxpl_mpio(xfer.get(), H5FD_MPIO_COLLECTIVE), "transfer property list");
+    DNPO_H5_CHECK(
+        H5Pset_dxpl_mpio(xfer.get(), collective ? H5FD_MPIO_COLLECTIVE : H5FD_MPIO_INDEPENDENT),
+        "transfer property list");
   }
   return xfer;
 }

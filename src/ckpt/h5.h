@@ -55,8 +55,13 @@ class Id {
 Id create_file(const std::string& path, const Group& group);
 /// collective: opens `path` read-only; a missing, truncated or non-HDF5 file throws naming it.
 Id open_file(const std::string& path, const Group& group);
-/// Transfer property list: collective MPI-IO when the group is parallel.
-Id transfer_plist(const Group& group);
+/// Datasets of fewer bytes than this are read and written with independent MPI-IO: a collective
+/// transfer synchronises every rank once per dataset, and at many (or oversubscribed) ranks that
+/// costs far more than moving a small dataset's bytes. Larger ones keep collective buffering.
+constexpr std::int64_t kCollectiveMinBytes = std::int64_t{16} << 20;
+/// Transfer property list: collective MPI-IO when the group is parallel and `collective`, else
+/// independent (a call every rank need not make in step with the others).
+Id transfer_plist(const Group& group, bool collective = true);
 
 // --- types ---
 hid_t file_type(at::ScalarType dtype);

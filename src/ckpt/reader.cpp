@@ -54,7 +54,8 @@ class Reader {
       : group_(group),
         where_("checkpoint " + path),
         file_(h5::open_file(path, group)),
-        xfer_(h5::transfer_plist(group)) {
+        xfer_(h5::transfer_plist(group)),
+        xfer_independent_(h5::transfer_plist(group, false)) {
     const std::int64_t version = h5::read_int_attr(file_.get(), "format_version", where_);
     DNPO_CHECK_WITH(CheckpointError,
                     version == kFormatVersion,
@@ -79,8 +80,9 @@ class Reader {
   hid_t file() const {
     return file_.get();
   }
-  hid_t xfer() const {
-    return xfer_.get();
+  /// The transfer list for a dataset of `bytes`: collective only for large ones (h5.h).
+  hid_t xfer(std::int64_t bytes) const {
+    return bytes < h5::kCollectiveMinBytes ? xfer_independent_.get() : xfer_.get();
   }
   std::int64_t chunk_elems() const {
     return chunk_elems_;
@@ -126,7 +128,7 @@ class Reader {
     const auto crc_shape = h5::shape_of(crc.get(), sizeof(std::uint32_t), at);
     extent::check_checksums(t.shape, crc_shape, chunk_elems_, at);
     t.crcs.resize(static_cast<std::size_t>(crc_shape[0]));
-    h5::read_small(crc.get(), H5T_NATIVE_UINT32, t.crcs.data(), xfer(), at);
+    h5::read_small(crc.get(), H5T_NATIVE_UINT32, t.crcs.data(), xfer(crc_shape[0] * 4), at);
     return t;
   }
 
@@ -134,6 +136,7 @@ class Reader {
     checksums_ = h5::Id();
     tensors_ = h5::Id();
     xfer_ = h5::Id();
+    xfer_independent_ = h5::Id();
     file_.close(where_);
   }
 
@@ -142,6 +145,7 @@ class Reader {
   std::string where_;
   h5::Id file_;
   h5::Id xfer_;
+  h5::Id xfer_independent_;
   h5::Id tensors_;
   h5::Id checksums_;
   std::int64_t chunk_elems_ = kChecksumChunkElems;
@@ -200,7 +204,8 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
   const std::int64_t total = t.global_numel();
   const std::int64_t c = reader.chunk_elems();
   void* data = numel > 0 ? t.data.data_ptr() : nullptr;
-  h5::read_flat(stored.data.get(), t.dtype, t.offset, numel, data, max_count, reader.xfer(), at);
+  const hid_t xfer = reader.xfer(total * static_cast<std::int64_t>(c10::elementSize(t.dtype)));
+  h5::read_flat(stored.data.get(), t.dtype, t.offset, numel, data, max_count, xfer, at);
 
   // --- the rest of the first and last chunks touched, to check whole chunks ---
   const std::int64_t end = t.offset + numel;
@@ -211,8 +216,7 @@ std::string read_slice(const Reader& reader, TensorSlice& t, std::int64_t max_co
   const auto read_margin = [&](std::int64_t from, std::int64_t to) {
     auto margin = at::empty({to - from}, at::dtype(t.dtype));
     void* into = margin.numel() > 0 ? margin.data_ptr() : nullptr;
-    h5::read_flat(
-        stored.data.get(), t.dtype, from, margin.numel(), into, margin_max, reader.xfer(), at);
+    h5::read_flat(stored.data.get(), t.dtype, from, margin.numel(), into, margin_max, xfer, at);
     return margin;
   };
   const at::Tensor head = read_margin(head_start, t.offset);
@@ -267,7 +271,8 @@ std::string read_replicated(const Reader& reader, StateDict& state) {
     DNPO_CHECK_WITH(CheckpointError, shape.size() == 1, "{}: expected a 1-D byte dataset", at);
     const auto want = static_cast<std::uint32_t>(h5::read_int_attr(data.get(), "crc32", at));
     std::string bytes(static_cast<std::size_t>(shape[0]), '\0');
-    h5::read_flat(data.get(), at::kByte, 0, shape[0], bytes.data(), shape[0], reader.xfer(), at);
+    h5::read_flat(
+        data.get(), at::kByte, 0, shape[0], bytes.data(), shape[0], reader.xfer(shape[0]), at);
     const std::uint32_t crc = format::crc32_of(bytes.data(), shape[0]);
     if (crc != want && error.empty()) {
       error = detail::decorate_error(
@@ -361,7 +366,7 @@ void verify(const std::string& path) {
                     hi - lo,
                     buf.data_ptr(),
                     batch * c,
-                    reader.xfer(),
+                    reader.xfer(total * elem),
                     at);
       for (const auto& p : format::chunk_pieces(buf.data_ptr(), lo, hi - lo, elem, c)) {
         const std::uint32_t want = stored.crcs[static_cast<std::size_t>(p.chunk)];

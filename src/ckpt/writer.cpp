@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <iomanip>
 #include <map>
 #include <sstream>
@@ -309,7 +310,22 @@ void write_file(const std::string& file_path,
     h5::write_attr(f, "git_sha", std::string(DNPO_GIT_SHA), where);
     h5::write_attr(f, "world_size", std::int64_t{group.size()}, where);
     h5::write_attr(f, "chunk_elems", kChecksumChunkElems, where);
-    const h5::Id xfer = h5::transfer_plist(group);
+    const h5::Id collective = h5::transfer_plist(group);
+    const h5::Id independent = h5::transfer_plist(group, false);
+    // A write can fail on some ranks only (a full disk under MPI-IO fails the aggregators). The
+    // first error of an independent write waits in `pending`; the ranks agree on it before the
+    // next collective write and before the flush, so all of them leave together.
+    std::string pending;
+    const auto write_agreed = [&](std::int64_t bytes, const std::function<void(hid_t)>& write) {
+      if (bytes < h5::kCollectiveMinBytes) {
+        if (pending.empty()) {
+          pending = capture_error([&] { write(independent.get()); });
+        }
+        return;
+      }
+      group.agree(pending);
+      group.agree(capture_error([&] { write(collective.get()); }));
+    };
 
     // --- tensors and their checksums ---
     const h5::Id tensors = make_group(f, format::kTensors, true, where);
@@ -318,29 +334,28 @@ void write_file(const std::string& file_path,
       const auto& t = state.tensors[i];
       const std::string at = where + ", tensor " + t.name;
       const h5::Id data = make_dataset(tensors.get(), t.name, h5::file_type(t.dtype), t.shape, at);
-      // A write can fail on some ranks only (a full disk under MPI-IO fails the aggregators):
-      // the ranks agree after every collective write, so all of them leave together.
-      group.agree(capture_error([&] {
+      const auto bytes = t.global_numel() * static_cast<std::int64_t>(c10::elementSize(t.dtype));
+      write_agreed(bytes, [&](hid_t xfer) {
         h5::write_flat(data.get(),
                        t.dtype,
                        t.offset,
                        t.numel(),
                        t.numel() > 0 ? t.data.data_ptr() : nullptr,
                        max_counts[i],
-                       xfer.get(),
+                       xfer,
                        at);
-      }));
+      });
       const std::int64_t n_chunks = format::chunk_count(t.global_numel(), kChecksumChunkElems);
       const h5::Id crc = make_dataset(checksums.get(), t.name, H5T_STD_U32LE, {n_chunks}, at);
-      group.agree(capture_error([&] {
+      write_agreed(n_chunks * 4, [&](hid_t xfer) {
         h5::write_small_from_root(crc.get(),
                                   H5T_NATIVE_UINT32,
                                   root ? crcs[i].data() : nullptr,
                                   n_chunks,
                                   root,
-                                  xfer.get(),
+                                  xfer,
                                   at);
-      }));
+      });
     }
 
     // --- attributes and blobs (rank 0's) ---
@@ -359,17 +374,18 @@ void write_file(const std::string& file_path,
       const std::string at = where + ", blob " + b.name;
       const h5::Id data = make_dataset(blobs.get(), b.name, H5T_STD_U8LE, {b.size}, at);
       h5::write_attr(data.get(), "crc32", b.crc, at);
-      group.agree(capture_error([&] {
+      write_agreed(b.size, [&](hid_t xfer) {
         h5::write_flat(data.get(),
                        at::kByte,
                        0,
                        root ? b.size : 0,
                        root ? state.blobs.at(b.name).data() : nullptr,
                        b.size,
-                       xfer.get(),
+                       xfer,
                        at);
-      }));
+      });
     }
+    group.agree(pending);
     group.agree(capture_error([&] { DNPO_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), where); }));
   } catch (const CheckpointError&) {
     release_failed_file(file, file_path, group);
