@@ -25,7 +25,7 @@ constexpr std::array<ModeRow, 5> kModes{{
 }};
 // clang-format on
 
-// Iteration 0 of every mode: the SPIN warm-up.
+// Iteration 0 of every mode, the SPIN warm-up, and every iteration before selfplay.mode_from.
 constexpr IterationPlan kWarmUp{Labeling::kSpin, "spin", Noise::kNone};
 
 const IterationPlan& mode_plan(const std::string& mode) {
@@ -41,7 +41,7 @@ const IterationPlan& mode_plan(const std::string& mode) {
 
 const IterationPlan& iteration_plan(const config::SelfplayConfig& cfg, std::uint64_t t) {
   const auto& plan = mode_plan(cfg.mode);
-  return t == 0 ? kWarmUp : plan;
+  return t < static_cast<std::uint64_t>(cfg.mode_from) ? kWarmUp : plan;
 }
 
 const char* labeling_name(Labeling labeling) {

@@ -140,6 +140,10 @@ struct SelfplayConfig {
   /// fastest, needs the model to fit one rank) | "per_layer" (each layer gathered as it computes,
   /// the next prefetched, ranks decoding in lockstep; for models that do not fit one rank).
   std::string generation = "whole";
+  /// The first iteration that runs `mode`; the ones before it are SPIN iterations (1: only the
+  /// warm-up). The paper's ablations take one iteration t of an arm off SPIN's chain: resume
+  /// SPIN's checkpoint after iteration t-1 with mode_from = iterations = t.
+  int mode_from = 1;
 };
 /// [sample] — generation.
 struct SampleConfig {

@@ -58,7 +58,7 @@ RunConfig all_non_default() {
   c.loss.beta = 0.5;
   c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, "normal", 0.1, 32};
   c.dsl.threshold = -0.5;
-  c.selfplay = {"fixed_noise", 7, 100, false, 2e-5, 2, false, "per_layer"};
+  c.selfplay = {"fixed_noise", 7, 100, false, 2e-5, 2, false, "per_layer", 3};
   c.sample = {0.7, 0.9, 40, 16, 8, "bf16"};
   c.eval = {100, false};
   c.dist = {"gloo", "10.0.0.1", "eth0", 29500, 42.5, "mpi", "gloo", false, "false", 3.5, "bf16"};
@@ -129,8 +129,8 @@ auto fields(const DslConfig& x) {
   return std::tie(a);
 }
 auto fields(const SelfplayConfig& x) {
-  const auto& [a, b, c, d, e, f, g, h] = x;
-  return std::tie(a, b, c, d, e, f, g, h);
+  const auto& [a, b, c, d, e, f, g, h, i] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i);
 }
 auto fields(const SampleConfig& x) {
   const auto& [a, b, c, d, e, f] = x;
@@ -215,7 +215,7 @@ void expect_each_field(const RunConfig& a, const RunConfig& b, Pred pred, const 
                               << ::testing::PrintToString(y);
     });
   });
-  EXPECT_EQ(count, 119U);  // the fields of config.h, all visited
+  EXPECT_EQ(count, 120U);  // the fields of config.h, all visited
 }
 
 void expect_equal(const RunConfig& a, const RunConfig& b) {

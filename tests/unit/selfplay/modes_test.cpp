@@ -41,6 +41,17 @@ TEST(SelfplayModes, EveryModeHasItsRow) {
   EXPECT_THROW(iteration_plan(mode("ppo"), 1), ConfigError);
 }
 
+// An arm branched off SPIN's chain at iteration t (selfplay.mode_from = t): SPIN before t.
+TEST(SelfplayModes, IterationsBeforeModeFromAreSpin) {
+  auto cfg = mode("npo");
+  cfg.mode_from = 3;
+  for (std::uint64_t t = 0; t < 3; ++t) {
+    EXPECT_STREQ(iteration_plan(cfg, t).objective, "spin") << t;
+  }
+  EXPECT_STREQ(iteration_plan(cfg, 3).objective, "npo");
+  EXPECT_STREQ(iteration_plan(cfg, 4).objective, "npo");
+}
+
 TEST(SelfplayModes, IterationConfigFollowsThePlan) {
   config::RunConfig cfg;
   cfg.selfplay.mode = "fixed_noise";
