@@ -73,8 +73,12 @@ def main():
     gemm = [gemm_gflops(1)]
     for s in shapes:
         runs = {name: [] for name, _, _ in settings}
-        for _ in range(args.reps):
-            for name, world, reshard in settings:
+        for rep in range(args.reps):
+            # np 1 first, then the others in an order that rotates each round: on a shared VM a
+            # setting's place in the round shows in its time, so none may always run last.
+            others = settings[1:]
+            shift = rep % len(others)
+            for name, world, reshard in settings[:1] + others[shift:] + others[:shift]:
                 print(f"scaling: {s['config']} {name} ...", file=sys.stderr, flush=True)
                 if (name, world, reshard) == CEILING:
                     runs[name].append(run_two_halves(args.bin, s, args.steps, args.warmup))
