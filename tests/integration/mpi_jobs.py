@@ -50,6 +50,22 @@ def ranks_among(pids):
     return ranks
 
 
+def dnpo_dist_environments():
+    """(pid, environment as {bytes: bytes}) of every dnpo_dist process running on this machine."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "dnpo_dist":
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        yield int(entry), env
+
+
 def rank_pid(mpirun_pid, rank):
     """The pid of the process with that MPI rank among mpirun's children."""
     pid = ranks_among(rank_pids(mpirun_pid)).get(rank)

@@ -38,21 +38,9 @@ BOUND_S = 1500 * mpi_jobs.TIME_SCALE
 
 def tagged_rank_pids(tag):
     """The dnpo_dist processes started with DNPO_SOAK_TAG=tag, by MPI rank."""
-    ranks = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != "dnpo_dist":
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            continue
-        if env.get(b"DNPO_SOAK_TAG") == tag.encode() and b"OMPI_COMM_WORLD_RANK" in env:
-            ranks[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(entry)
-    return ranks
+    return {int(env[b"OMPI_COMM_WORLD_RANK"]): pid
+            for pid, env in mpi_jobs.dnpo_dist_environments()
+            if env.get(b"DNPO_SOAK_TAG") == tag.encode() and b"OMPI_COMM_WORLD_RANK" in env}
 
 
 def killer(tag, delays, rng, log):

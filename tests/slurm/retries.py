@@ -25,6 +25,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import (BIN, BOUND_S, SFT_STEPS, SRC, Cluster, check, demo_sets,  # noqa: E402
                      run_reference, skip_unless_runnable, wait_for_sft_steps)
+from mpi_jobs import dnpo_dist_environments  # noqa: E402  (tests/integration)
 from selfplay_e2e import final_model, reports, same_result  # noqa: E402  (tests/integration)
 
 EVERY = "checkpoint.every_steps=8"
@@ -33,19 +34,10 @@ KILL_AFTER = 10  # SFT steps logged before rank 1 is killed
 
 def tagged_task(tag, rank):
     """The pid of the dnpo_dist task started with DNPO_SLURM_TAG=tag and SLURM_PROCID=rank."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != "dnpo_dist":
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = set(f.read().split(b"\0"))
-        except OSError:
-            continue
-        if f"DNPO_SLURM_TAG={tag}".encode() in env and f"SLURM_PROCID={rank}".encode() in env:
-            return int(entry)
+    for pid, env in dnpo_dist_environments():
+        if (env.get(b"DNPO_SLURM_TAG") == tag.encode() and
+                env.get(b"SLURM_PROCID") == str(rank).encode()):
+            return pid
     return None
 
 
