@@ -295,79 +295,89 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
   });
 }
 
-double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
-  const auto dir = prepare_run_dir(cfg, comm);
-  if (comm.rank() != 0) {
-    return 0;  // one rank evaluates for now
-  }
-  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
-  if (options.compare.size() == 2) {
-    DNPO_CHECK_WITH(
-        ConfigError, !cfg.data.eval_file.empty(), "eval --compare needs data.eval_file");
-    const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
-    const auto a = load_or_init_model(cfg, options.compare[0]);
-    const auto b = load_or_init_model(cfg, options.compare[1]);
-    const auto r = compare_models(cfg, a, b, *tokenizer, records);
-    const auto share = [&](std::int64_t n) {
-      return r.judged > 0 ? static_cast<double>(n) / static_cast<double>(r.judged) : 0.0;
-    };
-    log::info_rank0(
-        "compare on {} prompts ({} judged): A wins {:.1f}%, ties {:.1f}%, loses {:.1f}% | mean "
-        "score A {:.1f}, B {:.1f} | A = {}, B = {}",
-        r.prompts,
-        r.judged,
-        100 * share(r.win),
-        100 * share(r.tie),
-        100 * share(r.loss),
-        r.mean_score_a,
-        r.mean_score_b,
-        options.compare[0],
-        options.compare[1]);
-    write_summary(dir + "/compare.json",
-                  {{"a", options.compare[0]},
-                   {"b", options.compare[1]},
-                   {"prompts", r.prompts},
-                   {"judged", r.judged},
-                   {"win", r.win},
-                   {"tie", r.tie},
-                   {"loss", r.loss},
-                   {"mean_score_a", r.mean_score_a},
-                   {"mean_score_b", r.mean_score_b}});
-    return share(r.win);
-  }
-  if (!options.choices_file.empty()) {
-    const auto questions = data::read_choices_jsonl(options.choices_file);
-    const auto model = load_or_init_model(cfg, options.init_model);
-    const auto r = score_choices(cfg, model, *tokenizer, questions);
-    log::info_rank0("multiple choice ({}): {} questions, acc {:.4f}, acc_norm {:.4f}",
-                    options.choices_file,
-                    r.questions,
-                    r.acc,
-                    r.acc_norm);
-    write_summary(dir + "/eval_choices.json",
-                  {{"file", options.choices_file},
-                   {"questions", r.questions},
-                   {"acc", r.acc},
-                   {"acc_norm", r.acc_norm}});
-    if (!options.choices_out.empty()) {
-      std::ofstream out(options.choices_out);
-      DNPO_CHECK_WITH(DataError, out.good(), "cannot write '{}'", options.choices_out);
-      for (std::size_t i = 0; i < questions.size(); ++i) {
-        out << nlohmann::json{{"id", questions[i].id},
-                              {"label", questions[i].label},
-                              {"loglik", r.loglik[i]},
-                              {"predicted", r.predicted[i]},
-                              {"predicted_norm", r.predicted_norm[i]}}
-                   .dump()
-            << "\n";
-      }
+namespace {
+
+/// eval --compare A B: the two models judged side by side on data.eval_file.
+double eval_compare(const config::RunConfig& cfg,
+                    const StageOptions& options,
+                    const data::Tokenizer& tokenizer,
+                    const std::string& dir) {
+  DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval --compare needs data.eval_file");
+  const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
+  const auto a = load_or_init_model(cfg, options.compare[0]);
+  const auto b = load_or_init_model(cfg, options.compare[1]);
+  const auto r = compare_models(cfg, a, b, tokenizer, records);
+  const auto share = [&](std::int64_t n) {
+    return r.judged > 0 ? static_cast<double>(n) / static_cast<double>(r.judged) : 0.0;
+  };
+  log::info_rank0(
+      "compare on {} prompts ({} judged): A wins {:.1f}%, ties {:.1f}%, loses {:.1f}% | mean "
+      "score A {:.1f}, B {:.1f} | A = {}, B = {}",
+      r.prompts,
+      r.judged,
+      100 * share(r.win),
+      100 * share(r.tie),
+      100 * share(r.loss),
+      r.mean_score_a,
+      r.mean_score_b,
+      options.compare[0],
+      options.compare[1]);
+  write_summary(dir + "/compare.json",
+                {{"a", options.compare[0]},
+                 {"b", options.compare[1]},
+                 {"prompts", r.prompts},
+                 {"judged", r.judged},
+                 {"win", r.win},
+                 {"tie", r.tie},
+                 {"loss", r.loss},
+                 {"mean_score_a", r.mean_score_a},
+                 {"mean_score_b", r.mean_score_b}});
+  return share(r.win);
+}
+
+/// eval --choices: multiple-choice questions scored by log-likelihood.
+double eval_choices(const config::RunConfig& cfg,
+                    const StageOptions& options,
+                    const data::Tokenizer& tokenizer,
+                    const std::string& dir) {
+  const auto questions = data::read_choices_jsonl(options.choices_file);
+  const auto model = load_or_init_model(cfg, options.init_model);
+  const auto r = score_choices(cfg, model, tokenizer, questions);
+  log::info_rank0("multiple choice ({}): {} questions, acc {:.4f}, acc_norm {:.4f}",
+                  options.choices_file,
+                  r.questions,
+                  r.acc,
+                  r.acc_norm);
+  write_summary(dir + "/eval_choices.json",
+                {{"file", options.choices_file},
+                 {"questions", r.questions},
+                 {"acc", r.acc},
+                 {"acc_norm", r.acc_norm}});
+  if (!options.choices_out.empty()) {
+    std::ofstream out(options.choices_out);
+    DNPO_CHECK_WITH(DataError, out.good(), "cannot write '{}'", options.choices_out);
+    for (std::size_t i = 0; i < questions.size(); ++i) {
+      out << nlohmann::json{{"id", questions[i].id},
+                            {"label", questions[i].label},
+                            {"loglik", r.loglik[i]},
+                            {"predicted", r.predicted[i]},
+                            {"predicted_norm", r.predicted_norm[i]}}
+                 .dump()
+          << "\n";
     }
-    return r.acc;
   }
+  return r.acc;
+}
+
+/// eval: held-out accuracy and verifier score on data.eval_file.
+double eval_held_out(const config::RunConfig& cfg,
+                     const StageOptions& options,
+                     const data::Tokenizer& tokenizer,
+                     const std::string& dir) {
   DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval needs data.eval_file");
   const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
   const auto model = load_or_init_model(cfg, options.init_model);
-  const auto report = evaluate(cfg, model, *tokenizer, records, options.samples_out);
+  const auto report = evaluate(cfg, model, tokenizer, records, options.samples_out);
   log::info_rank0("eval on {} prompts ({} scorable)", report.prompts, report.scorable);
   log::info_rank0("  sampled (T={}): {}", cfg.sample.temperature, format_scores(report.sampled));
   nlohmann::json j = {{"prompts", report.prompts},
@@ -387,6 +397,23 @@ double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist:
   }
   write_summary(dir + "/eval.json", j);
   return report.sampled.exact;
+}
+
+}  // namespace
+
+double run_eval(const config::RunConfig& cfg, const StageOptions& options, dist::Comm& comm) {
+  const auto dir = prepare_run_dir(cfg, comm);
+  if (comm.rank() != 0) {
+    return 0;  // one rank evaluates for now
+  }
+  const auto tokenizer = data::make_tokenizer(cfg.tokenizer);
+  if (options.compare.size() == 2) {
+    return eval_compare(cfg, options, *tokenizer, dir);
+  }
+  if (!options.choices_file.empty()) {
+    return eval_choices(cfg, options, *tokenizer, dir);
+  }
+  return eval_held_out(cfg, options, *tokenizer, dir);
 }
 
 void run_generate(const config::RunConfig& cfg,
