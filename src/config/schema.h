@@ -184,6 +184,7 @@ inline auto training_tables() {
             key("rmsprop_alpha", &TrainConfig::rmsprop_alpha, closed_open(0, 1)),
             key("grad_clip", &TrainConfig::grad_clip, non_negative()),
             key("dtype", &TrainConfig::dtype, one_of({"fp32", "bf16"})),
+            key("reuse_reference", &TrainConfig::reuse_reference),
             key("iteration", &TrainConfig::iteration)),
       table("loss", &RunConfig::loss, key("beta", &LossConfig::beta, positive())),
       table("npo",

@@ -69,6 +69,10 @@ std::string steps_key(const std::string& prefix, const dist::ShardedUnit& unit) 
   return "optimizer_steps." + prefix + "." + unit.name();
 }
 
+std::string carried_key(const CarriedState& carried) {
+  return "carried." + carried.name();
+}
+
 LoopPosition position_from(const ckpt::StateDict& sd, const std::string& path) {
   const auto it = sd.blobs.find("loop");
   DNPO_CHECK_WITH(
@@ -125,6 +129,9 @@ std::string save_stage(const std::string& dir,
   sd.ints["steps_done"] = state.position.steps_done;
   for (const auto& [key, bytes] : state.blobs) {
     sd.blobs["stage." + key] = bytes;
+  }
+  if (state.carried != nullptr) {
+    sd.blobs[carried_key(*state.carried)] = state.carried->encode();
   }
   sd.blobs["loop"] = loop_position_text(state.position);
   sd.blobs["config"] = state.resolved_config;
@@ -201,6 +208,12 @@ void load_stage(const std::string& path, StageState& state) {
                       prefix,
                       unit->name());
       state.optimizer->set_steps_taken(i, it->second);
+    }
+  }
+  if (state.carried != nullptr) {
+    const auto it = wanted.blobs.find(carried_key(*state.carried));
+    if (it != wanted.blobs.end()) {
+      state.carried->decode(it->second, path);
     }
   }
   state.position = position;

@@ -1,5 +1,6 @@
 // NPO, one micro-batch: policy forward on [chosen; rejected] → sequence log-probs; frozen
-// reference forward → clean log-prob of y+ and hidden states of y−; noise head on those hidden
+// reference forward → clean log-prob of y+ (once per pair under train.reuse_reference; later
+// epochs run the reference on y− alone) and hidden states of y−; noise head on those hidden
 // states → noisy log-probs with ε1 (s detached) and ε2 → total = ℓ(βm1) − ℓ(βm2) + αP.
 #include "dnpo/train/npo_objective.h"
 
@@ -16,7 +17,8 @@ NpoObjective::NpoObjective(PairData data,
                            dist::Comm& comm,
                            dist::UnitPrecision precision,
                            const ShardedNoiseHead* initial_head)
-    : PairObjective(std::move(data), pad_id, precision.device),
+    : PairObjective(
+          std::move(data), pad_id, comm, precision.device, cfg.train.reuse_reference ? 1 : 0),
       policy_(policy),
       reference_(policy.frozen_copy()),
       cfg_(cfg) {
@@ -59,25 +61,12 @@ at::Tensor NpoObjective::micro_batch_loss(std::size_t index,
   const auto& m = micro_[index];
   const auto rows = m.rows();
   const auto b = to_device(m, device_);
-  const auto host_rows = [&m](std::int64_t begin, std::int64_t count) {
-    return response_rows(m.batch.input_ids.narrow(0, begin, count),
-                         m.batch.loss_mask.narrow(0, begin, count));
-  };
-  const auto chosen_rows = to_device(host_rows(0, rows), device_);
-  const auto rejected_rows = host_rows(rows, rows);
+  const auto rejected_rows = response_rows(m.batch.input_ids.narrow(0, rows, rows),
+                                           m.batch.loss_mask.narrow(0, rows, rows));
   phase.begin("dnpo::policy_forward");
   const auto policy = pair_logprobs(policy_, b);
-  // Frozen reference: clean log-probs of the positives only (the negatives' are read only with
-  // noise, in npo_loss: one vocabulary product less) and the negatives' hidden states.
   phase.begin("dnpo::reference_forward");
-  NpoInputs in;
-  {
-    const at::NoGradGuard no_grad;
-    auto out = reference_->forward(b.batch.input_ids, b.batch.attention_mask, b.right_padded);
-    in.ref_chosen = sequence_logprobs(out.hidden.narrow(0, 0, rows), out.lm_head, chosen_rows);
-    in.ref_hidden = out.hidden.narrow(0, rows, rows);
-    in.ref_lm_head = std::move(out.lm_head);
-  }
+  NpoInputs in = reference_inputs(index, b, weight);
   phase.begin("dnpo::loss");
   in.policy_chosen = policy.chosen;
   in.policy_rejected = policy.rejected;
@@ -96,6 +85,34 @@ at::Tensor NpoObjective::micro_batch_loss(std::size_t index,
   stats.num_s.add(weight * static_cast<double>(terms.num_s));
   add_pair_stats(stats, terms.margins, policy.chosen, policy.rejected, m, weight);
   return terms.total;
+}
+
+NpoInputs NpoObjective::reference_inputs(std::size_t index,
+                                         const DevicePairBatch& b,
+                                         double weight) {
+  const auto& m = micro_[index];
+  const auto rows = m.rows();
+  const at::NoGradGuard no_grad;
+  NpoInputs in;
+  if (reference_known()) {
+    // the positives' log-probs from an earlier epoch: the reference runs the negatives alone
+    auto out = reference_->forward(b.batch.input_ids.narrow(0, rows, rows),
+                                   b.batch.attention_mask.narrow(0, rows, rows),
+                                   b.right_padded);
+    in.ref_chosen = known_reference(index)[0];
+    in.ref_hidden = std::move(out.hidden);
+    in.ref_lm_head = std::move(out.lm_head);
+    return in;
+  }
+  const auto chosen_rows = to_device(
+      response_rows(m.batch.input_ids.narrow(0, 0, rows), m.batch.loss_mask.narrow(0, 0, rows)),
+      device_);
+  auto out = reference_->forward(b.batch.input_ids, b.batch.attention_mask, b.right_padded);
+  in.ref_chosen = sequence_logprobs(out.hidden.narrow(0, 0, rows), out.lm_head, chosen_rows);
+  keep_reference(index, weight, in.ref_chosen.unsqueeze(0));
+  in.ref_hidden = out.hidden.narrow(0, rows, rows);
+  in.ref_lm_head = std::move(out.lm_head);
+  return in;
 }
 
 NoiseDraws NpoObjective::draws_of(const ResponseRows& rejected_rows, const PairBatch& micro) const {

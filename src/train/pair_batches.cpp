@@ -48,6 +48,7 @@ std::vector<PairBatch> make_pair_batches(const PairData& data,
     for (const auto i : ids) {
       seqs.push_back(data.pairs[i].chosen);
       m.pair_index.push_back(data.pairs[i].index);
+      m.sample.push_back(i);
     }
     for (const auto i : ids) {
       seqs.push_back(data.pairs[i].rejected);
@@ -95,12 +96,48 @@ MetricValues pair_metrics(const StepStats& stats, double global_pairs) {
           {"logp_rejected", stats.logp_rejected.value() / global_pairs}};
 }
 
+PairObjective::PairObjective(PairData data,
+                             std::int64_t pad_id,
+                             dist::Comm& comm,
+                             at::Device device,
+                             std::int64_t reference_columns)
+    : data_(std::move(data)), pad_id_(pad_id), comm_(comm), device_(device) {
+  if (reference_columns > 0) {
+    reference_logps_.emplace(static_cast<std::int64_t>(data_.pairs.size()), reference_columns);
+  }
+}
+
 void PairObjective::plan_step(std::int64_t /*step*/,
                               const std::vector<std::vector<std::int64_t>>& micro_samples) {
   micro_ = make_pair_batches(data_, micro_samples, pad_id_);
   global_pairs_ = 0;
+  step_samples_.clear();
+  micro_offset_.clear();
   for (const auto& m : micro_) {
     global_pairs_ += static_cast<double>(m.rows());
+    micro_offset_.push_back(static_cast<std::int64_t>(step_samples_.size()));
+    step_samples_.insert(step_samples_.end(), m.sample.begin(), m.sample.end());
+  }
+  step_reference_known_ = reference_logps_ && reference_logps_->has_all(step_samples_);
+  if (reference_logps_ && !step_reference_known_) {
+    reference_logps_->begin_step(static_cast<std::int64_t>(step_samples_.size()), device_);
+  }
+}
+
+void PairObjective::finish_step() {
+  if (reference_logps_ && !step_reference_known_) {
+    reference_logps_->end_step(step_samples_, comm_);
+  }
+}
+
+at::Tensor PairObjective::known_reference(std::size_t index) const {
+  DNPO_INTERNAL_ASSERT(step_reference_known_);
+  return reference_logps_->lookup(micro_[index].sample, device_);
+}
+
+void PairObjective::keep_reference(std::size_t index, double weight, const at::Tensor& values) {
+  if (reference_logps_ && !step_reference_known_ && weight > 0) {
+    reference_logps_->record(micro_offset_[index], values);
   }
 }
 

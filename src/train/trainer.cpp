@@ -276,7 +276,7 @@ TrainSummary Trainer::train_preference(const std::vector<data::PairRecord>& pair
   ShardedLlama& policy = begin_policy();
   TrainSummary summary;
   if (loss_kind == "spin") {
-    SpinObjective spin(std::move(data), policy, cfg_.loss.beta, tokenizer_.pad_id(), device_);
+    SpinObjective spin(std::move(data), policy, cfg_, tokenizer_.pad_id(), comm_);
     summary = run_stage(spin);
   } else {
     NpoObjective npo(std::move(data),
@@ -312,6 +312,7 @@ TrainSummary Trainer::run_stage(Objective& objective) {
   state.trained = run.models.trained;
   state.frozen = run.models.frozen;
   state.optimizer = run.optimizer.get();
+  state.carried = objective.carried_state();
   metrics_.set_iteration(cfg_.train.iteration);
   maybe_resume(state);
   const auto label = objective.label();
@@ -348,6 +349,7 @@ void Trainer::train_step(StageRun& run, std::int64_t step) {
   run.objective.plan_step(step, micro_samples);
   StepStats stats;
   forward_backward(run, micro_samples.size(), stats, phase);
+  run.objective.finish_step();
   // the models reduce what they deferred and drop what they hold (stale once the optimizer steps)
   phase.begin("dnpo::flush_grads");
   for (auto* module : run.models.modules) {

@@ -88,8 +88,11 @@ struct TrainConfig {
   double adam_beta2 = 0.999;
   double eps = 1e-8;
   double rmsprop_alpha = 0.99;
-  double grad_clip = 1.0;       ///< global grad-norm clip; 0 = off
-  std::string dtype = "fp32";   ///< compute dtype: "fp32" | "bf16"
+  double grad_clip = 1.0;      ///< global grad-norm clip; 0 = off
+  std::string dtype = "fp32";  ///< compute dtype: "fp32" | "bf16"
+  /// SPIN/NPO: the frozen reference's clean log-probs of each pair are computed once (the
+  /// pair's first step) and reused in later epochs; false recomputes them every epoch.
+  bool reuse_reference = true;
   std::uint64_t iteration = 0;  ///< self-play iteration (keys the random draws)
 };
 

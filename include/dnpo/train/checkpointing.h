@@ -31,6 +31,18 @@ struct UnitGroup {
   std::vector<dist::ShardedUnit*> units;
 };
 
+/// State an objective builds up over a stage and a checkpoint carries (the reference's
+/// log-probs of the pairs seen so far), identical on every rank: saved as one blob under its
+/// name, handed back when the stage resumes.
+class CarriedState {
+ public:
+  virtual ~CarriedState() = default;
+  virtual std::string name() const = 0;
+  virtual std::string encode() const = 0;
+  /// Throws CheckpointError naming `path` when the bytes do not fit this stage.
+  virtual void decode(const std::string& bytes, const std::string& path) = 0;
+};
+
 /// What a checkpoint of a stage holds. The optimizer's parameters are the shards of the trained
 /// groups' units, in order.
 struct StageState {
@@ -42,6 +54,9 @@ struct StageState {
   /// Whatever else the stage carries forward by name (the self-play loop: this iteration's
   /// prompts, answers with their status, judge scores and labels); saved and restored as is.
   std::map<std::string, std::string> blobs;
+  /// The objective's carried state (null: none). A checkpoint without it (written before it
+  /// existed) leaves it as it is.
+  CarriedState* carried = nullptr;
 };
 
 /// Thrown on every rank after the preemption checkpoint is committed; dnpo_dist exits 0.

@@ -46,6 +46,9 @@ class NpoObjective : public PairObjective {
   }
 
  private:
+  /// The frozen reference's part of micro-batch `index`: the positives' clean log-probs (kept,
+  /// or computed and kept) and the negatives' hidden states with the lm_head to read them.
+  NpoInputs reference_inputs(std::size_t index, const DevicePairBatch& b, double weight);
   /// ε keys of the negatives' response rows: (seed, iteration, step, pair, position, stream).
   NoiseDraws draws_of(const ResponseRows& rejected_rows, const PairBatch& micro) const;
 

@@ -61,8 +61,14 @@ class Objective {
                                       double weight,
                                       StepStats& stats,
                                       Phase& phase) = 0;
+  /// After the step's forwards and backwards, on every rank (may be collective).
+  virtual void finish_step() {}
   /// The objective's own metrics.jsonl fields after "loss", from the step's reduced stats.
   virtual MetricValues metrics(const StepStats& stats) const = 0;
+  /// What the stage's checkpoints carry for the objective (null: nothing).
+  virtual CarriedState* carried_state() {
+    return nullptr;
+  }
 
  protected:
   StageModels models_;  ///< filled by the objective's constructor

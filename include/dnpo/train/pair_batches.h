@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "dnpo/model/batch.h"
 #include "dnpo/train/dnpo_loss.h"
 #include "dnpo/train/objective.h"
+#include "dnpo/train/reference_logps.h"
 
 namespace dnpo::train {
 
@@ -40,6 +42,7 @@ struct PairData {
 struct PairBatch {
   model::TokenBatch batch;
   std::vector<std::int64_t> pair_index;  ///< PairData::TokenPair::index of each pair
+  std::vector<std::int64_t> sample;      ///< each pair's place in PairData::pairs
   std::int64_t rows() const {
     return static_cast<std::int64_t>(pair_index.size());
   }
@@ -76,11 +79,15 @@ void add_pair_stats(StepStats& stats,
 MetricValues pair_metrics(const StepStats& stats, double global_pairs);
 
 /// What SPIN and NPO share as objectives: the pairs, a step's pair micro-batches and its count
-/// of pairs, and the pair metrics.
+/// of pairs, the reference's log-probs kept for later epochs, and the pair metrics.
 class PairObjective : public Objective {
  public:
-  PairObjective(PairData data, std::int64_t pad_id, at::Device device)
-      : data_(std::move(data)), pad_id_(pad_id), device_(device) {}
+  /// reference_columns: the reference log-probs kept per pair (train.reuse_reference; 0: none).
+  PairObjective(PairData data,
+                std::int64_t pad_id,
+                dist::Comm& comm,
+                at::Device device,
+                std::int64_t reference_columns);
   std::string describe_data() const override {
     return data_.describe();
   }
@@ -89,16 +96,38 @@ class PairObjective : public Objective {
   }
   void plan_step(std::int64_t step,
                  const std::vector<std::vector<std::int64_t>>& micro_samples) override;
+  /// Shares the reference log-probs the step computed (collective) so later epochs reuse them.
+  void finish_step() override;
   MetricValues metrics(const StepStats& stats) const override {
     return pair_metrics(stats, global_pairs_);
   }
+  CarriedState* carried_state() override {
+    return reference_logps_ ? &*reference_logps_ : nullptr;
+  }
 
  protected:
+  /// Whether the planned step's reference log-probs are all known (the same on every rank).
+  bool reference_known() const {
+    return step_reference_known_;
+  }
+  /// The known reference log-probs of micro-batch `index`, (columns, m) on the device.
+  at::Tensor known_reference(std::size_t index) const;
+  /// Keeps micro-batch `index`'s reference log-probs (columns, m), unless it is a padding
+  /// repeat (weight 0: another rank runs the same pairs).
+  void keep_reference(std::size_t index, double weight, const at::Tensor& values);
+
   PairData data_;
   std::int64_t pad_id_;
+  dist::Comm& comm_;
   at::Device device_;
   std::vector<PairBatch> micro_;  ///< the planned step's micro-batches (host)
   double global_pairs_ = 0;       ///< pairs in the planned step
+
+ private:
+  std::optional<ReferenceLogps> reference_logps_;
+  std::vector<std::int64_t> step_samples_;  // the planned step's pairs, in micro-batch order
+  std::vector<std::int64_t> micro_offset_;  // each micro-batch's first place in step_samples_
+  bool step_reference_known_ = false;
 };
 
 }  // namespace dnpo::train

@@ -54,6 +54,7 @@ RunConfig all_non_default() {
   c.train.rmsprop_alpha = 0.9;
   c.train.grad_clip = 0.0;
   c.train.dtype = "bf16";
+  c.train.reuse_reference = false;
   c.train.iteration = 2;
   c.loss.beta = 0.5;
   c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, "normal", 0.1, 32};
@@ -113,8 +114,8 @@ auto fields(const DemoConfig& x) {
   return std::tie(a, b, c, d, e, f, g);
 }
 auto fields(const TrainConfig& x) {
-  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r] = x;
-  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r);
+  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s);
 }
 auto fields(const LossConfig& x) {
   const auto& [a] = x;
@@ -215,7 +216,7 @@ void expect_each_field(const RunConfig& a, const RunConfig& b, Pred pred, const 
                               << ::testing::PrintToString(y);
     });
   });
-  EXPECT_EQ(count, 120U);  // the fields of config.h, all visited
+  EXPECT_EQ(count, 121U);  // the fields of config.h, all visited
 }
 
 void expect_equal(const RunConfig& a, const RunConfig& b) {

@@ -12,6 +12,7 @@
 #include "dnpo/common/error.h"
 #include "dnpo/dist/shard_optimizer.h"
 #include "dnpo/model/llama.h"
+#include "dnpo/train/reference_logps.h"
 #include "dnpo/train/sharded_llama.h"
 #include "expect_error.h"
 #include "one_process.h"
@@ -81,6 +82,46 @@ TEST_F(CheckpointingTest, EveryPieceOfStateComesBack) {
   EXPECT_EQ(loaded.state.position.step_losses, (std::vector<double>{0.5, 0.25}));
   EXPECT_EQ(loaded.state.blobs.at("answers"), saved.state.blobs.at("answers"));
   EXPECT_EQ(read_position(path).total_steps, 20);
+}
+
+// The reference log-probs a stage kept come back with it; a checkpoint written without them
+// leaves a fresh store empty (its stage recomputes); one for other pairs is refused.
+TEST_F(CheckpointingTest, CarriedReferenceLogProbsComeBack) {
+  const auto cfg = test::tiny_model_config();
+  Stage saved(cfg, 1);
+  ReferenceLogps kept(5, 2);
+  kept.begin_step(2, at::kCPU);
+  kept.record(0, at::tensor({-1.5F, -2.25F}).reshape({2, 1}));
+  kept.record(1, at::tensor({-3.0F, -0.125F}).reshape({2, 1}));
+  kept.end_step({4, 1}, test::one_process());
+  saved.state.carried = &kept;
+  const auto path = save_stage(dir_.string(), "ckpt-000000000", saved.state, false, 3);
+
+  Stage loaded(cfg, 2);
+  ReferenceLogps restored(5, 2);
+  loaded.state.carried = &restored;
+  load_stage(path, loaded.state);
+  EXPECT_EQ(restored.known(), 2);
+  EXPECT_TRUE(restored.has_all({1, 4}));
+  EXPECT_FALSE(restored.has_all({0}));
+  EXPECT_TRUE(at::equal(restored.lookup({4, 1}, at::kCPU),
+                        at::tensor({-1.5F, -3.0F, -2.25F, -0.125F}).reshape({2, 2})));
+
+  saved.state.carried = nullptr;
+  const auto without = save_stage(dir_.string(), "ckpt-000000001", saved.state, false, 3);
+  ReferenceLogps fresh(5, 2);
+  loaded.state.carried = &fresh;
+  load_stage(without, loaded.state);
+  EXPECT_EQ(fresh.known(), 0);
+
+  ReferenceLogps other(6, 2);
+  loaded.state.carried = &other;
+  EXPECT_ERROR(
+      CheckpointError,
+      [&] { load_stage(path, loaded.state); },
+      path,
+      "reference log-probs",
+      "5 pairs");
 }
 
 TEST_F(CheckpointingTest, AnotherModelShapeIsRefusedNamingFileAndTensor) {

@@ -7,7 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -15,7 +17,9 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
+#include "dnpo/train/checkpointing.h"
 #include "dnpo/train/metrics.h"
 #include "one_process.h"
 
@@ -280,6 +284,96 @@ TEST(Trainer, PhaseTimesGoIntoTheMetricsWhenAsked) {
     }
     EXPECT_GT(best_share, 0.95) << "the most of a step's time its phases cover";
   }
+}
+
+// train.reuse_reference: the frozen reference scores each pair once per stage. Three epochs of
+// two steps each; phase times show where the reference ran.
+config::RunConfig three_epochs(const std::string& loss, bool reuse) {
+  auto cfg = tiny_run(loss);
+  cfg.train.batch_size = 2;
+  cfg.train.micro_batch_size = 1;
+  cfg.train.epochs = 3;
+  cfg.train.eps = 1e-3;  // smooth updates (see MicroBatchingDoesNotChangeTheResult)
+  cfg.train.reuse_reference = reuse;
+  cfg.run.phase_times = true;
+  return cfg;
+}
+
+TEST(Trainer, ReferenceLogProbsAreComputedOncePerPair) {
+  for (const std::string loss : {"spin", "npo"}) {
+    SCOPED_TRACE(loss);
+    const auto reused = metrics_lines(three_epochs(loss, true));
+    const auto recomputed = metrics_lines(three_epochs(loss, false));
+    ASSERT_EQ(reused.size(), 6U);
+    ASSERT_EQ(recomputed.size(), 6U);
+    for (std::size_t i = 0; i < reused.size(); ++i) {
+      SCOPED_TRACE("step " + std::to_string(i + 1));
+      // SPIN needs no reference forward once every pair was seen; NPO still runs it on the
+      // negatives (the noise head reads their hidden states).
+      const bool first_epoch = i < 2;
+      EXPECT_EQ(reused[i].contains("ms_reference_forward"), first_epoch || loss == "npo");
+      EXPECT_TRUE(recomputed[i].contains("ms_reference_forward"));
+      const double a = reused[i]["loss"].get<double>();
+      const double b = recomputed[i]["loss"].get<double>();
+      if (first_epoch) {
+        EXPECT_EQ(a, b);  // the same computation
+      } else {
+        // the kept values were computed in other micro-batches (other padding)
+        EXPECT_NEAR(a, b, 1e-6 * std::abs(b) + 1e-7);
+      }
+    }
+  }
+}
+
+// A stage stopped in its second epoch resumes with the reference log-probs its checkpoint
+// carries: the resumed steps run no reference forward, and the run ends where an uninterrupted
+// one does, bit for bit.
+TEST(Trainer, ResumedStageReusesTheCheckpointedReferenceLogProbs) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("dnpo_reuse_resume_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto cfg = three_epochs("spin", true);
+  cfg.checkpoint.every_steps = 3;
+  cfg.checkpoint.every_minutes = 0;
+  const data::ByteTokenizer tokenizer;
+  const auto run = [&](const std::string& name, std::optional<std::string> resume_from) {
+    model::LlamaModel policy(cfg.model, cfg.run.seed);
+    const auto path = dir / (name + ".jsonl");
+    {
+      MetricsWriter metrics(path.string());
+      Checkpointer checkpointer(cfg.checkpoint, (dir / name).string(), test::one_process());
+      Trainer trainer(cfg, policy, tokenizer, metrics, test::one_process());
+      trainer.set_checkpointing(&checkpointer, std::move(resume_from));
+      trainer.train_preference(pairs());
+    }
+    std::vector<nlohmann::json> rows;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      rows.push_back(nlohmann::json::parse(line));
+    }
+    return std::make_pair(std::move(policy), rows);
+  };
+  const auto [whole, whole_rows] = run("whole", std::nullopt);
+  ::setenv(env::kTestFail, "0:3", 1);  // stops as step 4 starts, after the checkpoint of step 3
+  EXPECT_THROW(run("stopped", std::nullopt), Error);
+  ::unsetenv(env::kTestFail);
+  auto resume = cfg.checkpoint;
+  resume.resume = "auto";
+  const auto checkpoint = resume_checkpoint(resume, (dir / "stopped").string());
+  ASSERT_TRUE(checkpoint.has_value());
+  EXPECT_EQ(read_position(*checkpoint).steps_done, 3);
+  // in the stopped run's directory and metrics file, as dnpo_dist --resume does
+  const auto [resumed, resumed_rows] = run("stopped", checkpoint);
+  ASSERT_EQ(resumed_rows.size(), 6U);
+  for (std::size_t i = 3; i < 6; ++i) {
+    EXPECT_FALSE(resumed_rows[i].contains("ms_reference_forward")) << "step " << i + 1;
+    EXPECT_EQ(resumed_rows[i]["loss"].get<double>(), whole_rows[i]["loss"].get<double>());
+  }
+  for (std::size_t i = 0; i < whole.parameters().size(); ++i) {
+    EXPECT_TRUE(at::equal(resumed.parameters()[i], whole.parameters()[i])) << "parameter " << i;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Trainer, PreferenceRejectsBadInput) {
