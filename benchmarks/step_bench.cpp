@@ -4,9 +4,12 @@
 // work (benchmarks/peers/step_peer.py): the initial policy (HF directory), the noise head, the
 // padded token batch of the first step, its NPO noise draws, and the settings.
 // With --alternate R it runs R rounds of SPIN then NPO steps in one process and prints their ratio.
+// With --epochs E it times a whole stage of E epochs (train.reuse_reference with
+// --reuse-reference).
 // Usage: dnpo_step_bench --loss spin|npo|sft [--vocab V --hidden C --layers L --batch B
 //                         --prompt-len P --response-len R --steps N --threads T
-//                         --dump DIR [--dump-only] --alternate R]
+//                         --dump DIR [--dump-only] --alternate R
+//                         --epochs E [--pairs P] [--reuse-reference]]
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -198,131 +201,203 @@ int run_alternating(dnpo::config::RunConfig cfg,
   return 0;
 }
 
-/// The benchmark; main() only adds a last-resort catch around it.
-int run_bench(int argc, char** argv) {
-  dnpo::configure_heap();  // as dnpo_dist does
-  CLI::App app{"dnpo step benchmark"};
+/// --epochs: one whole stage, timed step by step; prints its stage_time (the steps' sum) and
+/// each epoch's median step.
+int run_stage(dnpo::config::RunConfig& cfg,
+              const dnpo::data::Tokenizer& tokenizer,
+              dnpo::model::LlamaModel& policy,
+              const nlohmann::json& config,
+              int samples,
+              int prompt_len,
+              int response_len) {
+  dnpo::train::MetricsWriter metrics;
+  const auto comm = dnpo::dist::Comm::one_process();
+  dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, *comm);
+  const auto summary =
+      dnpo::bench::train_synthetic(trainer, cfg.train.loss, samples, prompt_len, response_len);
+  const auto name = "stage." + cfg.train.loss;
+  const auto print = [&](const std::string& metric, double value, const char* unit) {
+    std::cout << nlohmann::json{{"name", name},
+                                {"config", config},
+                                {"metric", metric},
+                                {"value", value},
+                                {"unit", unit}}
+                     .dump()
+              << "\n";
+  };
+  double total = 0;
+  for (const double ms : summary.step_ms) {
+    total += ms;
+  }
+  print("stage_time", total, "ms");
+  const auto per_epoch = summary.step_ms.size() / static_cast<std::size_t>(cfg.train.epochs);
+  for (int e = 0; e < cfg.train.epochs; ++e) {
+    const auto begin = summary.step_ms.begin() + static_cast<std::ptrdiff_t>(e * per_epoch);
+    print("epoch" + std::to_string(e + 1) + "_step_time_median",
+          dnpo::bench::median(
+              std::vector<double>(begin, begin + static_cast<std::ptrdiff_t>(per_epoch))),
+          "ms");
+  }
+  print("last_step_loss", summary.step_losses.back(), "");
+  return 0;
+}
+
+struct Options {
   std::string loss = "npo";
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 24, response_len = 24;
   int steps = 10, threads = 1, chunk = 64;
-  app.add_option("--loss", loss);
-  app.add_option("--vocab", vocab);
-  app.add_option("--hidden", hidden);
-  app.add_option("--layers", layers);
-  app.add_option("--batch", batch);
-  app.add_option("--prompt-len", prompt_len);
-  app.add_option("--response-len", response_len);
-  app.add_option("--steps", steps);
-  app.add_option("--threads", threads);
-  app.add_option("--chunk", chunk, "npo.chunk_positions");
-  std::string dump;
-  app.add_option("--dump", dump, "write the peer's inputs (weights, batch, draws) into DIR");
-  std::string profile;
-  app.add_option("--profile", profile, "write LibTorch's op trace of every step (chrome JSON)");
-  bool phases = false;
-  app.add_flag("--phases",
-               phases,
-               "also print each phase's median wall time (run.phase_times, no profiler)");
+  std::string dump, profile;
+  bool dump_only = false, phases = false;
   int alternate = 0;
+  int epochs = 0, pairs = 0;
+  bool reuse_reference = false;
+};
+
+void add_options(CLI::App& app, Options& o) {
+  app.add_option("--loss", o.loss);
+  app.add_option("--vocab", o.vocab);
+  app.add_option("--hidden", o.hidden);
+  app.add_option("--layers", o.layers);
+  app.add_option("--batch", o.batch);
+  app.add_option("--prompt-len", o.prompt_len);
+  app.add_option("--response-len", o.response_len);
+  app.add_option("--steps", o.steps);
+  app.add_option("--threads", o.threads);
+  app.add_option("--chunk", o.chunk, "npo.chunk_positions");
+  app.add_option("--dump", o.dump, "write the peer's inputs (weights, batch, draws) into DIR");
+  app.add_flag(
+      "--dump-only", o.dump_only, "exit after --dump (timed runs then measure memory alone)");
+  app.add_option("--profile", o.profile, "write LibTorch's op trace of every step (chrome JSON)");
+  app.add_flag("--phases",
+               o.phases,
+               "also print each phase's median wall time (run.phase_times, no profiler)");
   app.add_option("--alternate",
-                 alternate,
+                 o.alternate,
                  "R rounds of SPIN then NPO steps in this process (--loss ignored): their ratio "
                  "with the machine's drift on both alike");
-  bool dump_only = false;
-  app.add_flag(
-      "--dump-only", dump_only, "exit after --dump (timed runs then measure memory alone)");
-  CLI11_PARSE(app, argc, argv);
-  dnpo::log::init(0, "warn");  // stdout carries only the JSON results
-  at::set_num_threads(threads);
+  app.add_option("--epochs",
+                 o.epochs,
+                 "time a whole stage of E epochs over --pairs samples in steps of --batch "
+                 "(its stage_time) instead of --steps");
+  app.add_option("--pairs", o.pairs, "samples of the --epochs stage (default: --batch)");
+  app.add_flag("--reuse-reference",
+               o.reuse_reference,
+               "train.reuse_reference (off by default: a step does a first epoch's work, as the "
+               "peers do)");
+}
 
+dnpo::config::RunConfig make_config(const Options& o) {
   dnpo::config::RunConfig cfg;
-  cfg.model.vocab_size = vocab;
-  cfg.model.hidden_size = hidden;
-  cfg.model.intermediate_size = hidden * 11 / 4;
-  cfg.model.num_hidden_layers = layers;
-  cfg.model.num_attention_heads = std::max(1, hidden / 32);
+  cfg.model.vocab_size = o.vocab;
+  cfg.model.hidden_size = o.hidden;
+  cfg.model.intermediate_size = o.hidden * 11 / 4;
+  cfg.model.num_hidden_layers = o.layers;
+  cfg.model.num_attention_heads = std::max(1, o.hidden / 32);
   cfg.model.num_key_value_heads = cfg.model.num_attention_heads;
   cfg.chat.prompt_template = "{prompt}";
-  cfg.data.max_length = prompt_len + response_len + 8;
-  cfg.data.max_prompt_length = prompt_len + 4;
-  cfg.train.loss = loss;
-  cfg.train.batch_size = batch;
-  cfg.train.micro_batch_size = batch;
-  cfg.train.max_steps = steps + kWarmupSteps;
+  cfg.data.max_length = o.prompt_len + o.response_len + 8;
+  cfg.data.max_prompt_length = o.prompt_len + 4;
+  cfg.train.loss = o.loss;
+  cfg.train.batch_size = o.batch;
+  cfg.train.micro_batch_size = o.batch;
+  cfg.train.max_steps = o.epochs > 0 ? 0 : o.steps + kWarmupSteps;
+  cfg.train.epochs = std::max(o.epochs, 1);
+  cfg.train.reuse_reference = o.reuse_reference;
   cfg.train.lr = 1e-5;
   cfg.run.log_every = 1000000;
-  cfg.npo.chunk_positions = chunk;
+  cfg.npo.chunk_positions = o.chunk;
+  return cfg;
+}
 
-  dnpo::data::ByteTokenizer tokenizer;
-  dnpo::model::LlamaModel policy(cfg.model, 1);
-  if (!dump.empty()) {
-    dump_case(dump, cfg, tokenizer, policy, batch, prompt_len, response_len);
-    if (dump_only) {
-      return 0;
-    }
-  }
-  nlohmann::json config = {{"vocab", vocab},
-                           {"hidden", hidden},
-                           {"layers", layers},
-                           {"batch", batch},
-                           {"prompt_len", prompt_len},
-                           {"response_len", response_len},
-                           {"threads", threads},
-                           {"heap", dnpo::heap_name()},
-                           {"params", policy.num_parameters()}};
-  if (alternate > 0) {
-    config["steps"] = steps;
-    config["chunk"] = chunk;
-    return run_alternating(
-        cfg, tokenizer, policy, alternate, config, batch, prompt_len, response_len);
-  }
-  config["loss"] = loss;
+/// --steps N after the warm-up: the median step time, the peak memory training added, the
+/// first two steps' losses (what a peer must reproduce) and, with --phases, each phase's median.
+int run_steps(dnpo::config::RunConfig& cfg,
+              const dnpo::data::Tokenizer& tokenizer,
+              dnpo::model::LlamaModel& policy,
+              const nlohmann::json& config,
+              const Options& o) {
   // With --phases the step's phase times come back the way a user sees them: metrics.jsonl.
   const auto metrics_path = std::filesystem::temp_directory_path() /
                             ("dnpo_step_bench_" + std::to_string(::getpid()) + ".jsonl");
-  cfg.run.phase_times = phases;
-  dnpo::train::MetricsWriter metrics(phases ? metrics_path.string() : "");
+  cfg.run.phase_times = o.phases;
+  dnpo::train::MetricsWriter metrics(o.phases ? metrics_path.string() : "");
   const auto comm = dnpo::dist::Comm::one_process();
   dnpo::train::Trainer trainer(cfg, policy, tokenizer, metrics, *comm);
   const double rss_before = dnpo::bench::peak_rss_mib();
   std::optional<torch::autograd::profiler::RecordProfile> tracing;
-  if (!profile.empty()) {
-    tracing.emplace(profile);
+  if (!o.profile.empty()) {
+    tracing.emplace(o.profile);
   }
-  const auto summary = dnpo::bench::train_synthetic(trainer, loss, batch, prompt_len, response_len);
+  const auto summary =
+      dnpo::bench::train_synthetic(trainer, o.loss, o.batch, o.prompt_len, o.response_len);
   tracing.reset();
-  const double median = dnpo::bench::median(
-      std::vector<double>(summary.step_ms.begin() + kWarmupSteps, summary.step_ms.end()));
-  std::cout << nlohmann::json{{"name", "step." + loss},
-                              {"config", config},
-                              {"metric", "step_time_median"},
-                              {"value", median},
-                              {"unit", "ms"}}
-                   .dump()
-            << "\n";
-  std::cout << nlohmann::json{{"name", "step." + loss},
-                              {"config", config},
-                              {"metric", "peak_rss_added"},
-                              {"value", dnpo::bench::peak_rss_mib() - rss_before},
-                              {"unit", "MiB"}}
-                   .dump()
-            << "\n";
-  if (phases) {
-    dnpo::bench::print_phase_medians(metrics_path.string(), kWarmupSteps, config, "step." + loss);
-    std::filesystem::remove(metrics_path);
-  }
-  // The losses before any update and after the first: what a peer must reproduce.
-  for (const auto& [metric, step] : {std::pair<const char*, int>{"first_step_loss", 0},
-                                     std::pair<const char*, int>{"second_step_loss", 1}}) {
-    std::cout << nlohmann::json{{"name", "step." + loss},
+  const auto name = "step." + o.loss;
+  const auto print = [&](const char* metric, double value, const char* unit) {
+    std::cout << nlohmann::json{{"name", name},
                                 {"config", config},
                                 {"metric", metric},
-                                {"value", summary.step_losses.at(static_cast<std::size_t>(step))},
-                                {"unit", ""}}
+                                {"value", value},
+                                {"unit", unit}}
                      .dump()
               << "\n";
+  };
+  print("step_time_median",
+        dnpo::bench::median(
+            std::vector<double>(summary.step_ms.begin() + kWarmupSteps, summary.step_ms.end())),
+        "ms");
+  print("peak_rss_added", dnpo::bench::peak_rss_mib() - rss_before, "MiB");
+  if (o.phases) {
+    dnpo::bench::print_phase_medians(metrics_path.string(), kWarmupSteps, config, name);
+    std::filesystem::remove(metrics_path);
   }
+  print("first_step_loss", summary.step_losses.at(0), "");
+  print("second_step_loss", summary.step_losses.at(1), "");
   return 0;
+}
+
+/// The benchmark; main() only adds a last-resort catch around it.
+int run_bench(int argc, char** argv) {
+  dnpo::configure_heap();  // as dnpo_dist does
+  CLI::App app{"dnpo step benchmark"};
+  Options o;
+  add_options(app, o);
+  CLI11_PARSE(app, argc, argv);
+  dnpo::log::init(0, "warn");  // stdout carries only the JSON results
+  at::set_num_threads(o.threads);
+
+  auto cfg = make_config(o);
+  dnpo::data::ByteTokenizer tokenizer;
+  dnpo::model::LlamaModel policy(cfg.model, 1);
+  if (!o.dump.empty()) {
+    dump_case(o.dump, cfg, tokenizer, policy, o.batch, o.prompt_len, o.response_len);
+    if (o.dump_only) {
+      return 0;
+    }
+  }
+  nlohmann::json config = {{"vocab", o.vocab},
+                           {"hidden", o.hidden},
+                           {"layers", o.layers},
+                           {"batch", o.batch},
+                           {"prompt_len", o.prompt_len},
+                           {"response_len", o.response_len},
+                           {"threads", o.threads},
+                           {"heap", dnpo::heap_name()},
+                           {"params", policy.num_parameters()}};
+  if (o.alternate > 0) {
+    config["steps"] = o.steps;
+    config["chunk"] = o.chunk;
+    return run_alternating(
+        cfg, tokenizer, policy, o.alternate, config, o.batch, o.prompt_len, o.response_len);
+  }
+  config["loss"] = o.loss;
+  if (o.epochs > 0) {
+    const int samples = o.pairs > 0 ? o.pairs : o.batch;
+    config["epochs"] = o.epochs;
+    config["pairs"] = samples;
+    config["reuse_reference"] = o.reuse_reference;
+    return run_stage(cfg, tokenizer, policy, config, samples, o.prompt_len, o.response_len);
+  }
+  return run_steps(cfg, tokenizer, policy, config, o);
 }
 
 }  // namespace
