@@ -21,8 +21,10 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "dnpo/common/main.h"
 #include "dnpo/config/config.h"
 #include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
@@ -50,26 +52,13 @@ struct Options {
   std::string dtype;  // bf16 | fp32; default bf16 on a GPU, fp32 on the CPU
 };
 
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string key = argv[i];
-    const std::string value = argv[i + 1];
-    if (key == "--device") {
-      o.device = value;
-    } else if (key == "--model") {
-      o.model = value;
-    } else if (key == "--peak-tflops") {
-      o.peak_tflops = std::stod(value);
-    } else if (key == "--dtype") {
-      o.dtype = value;
-    } else if (key == "--sections") {
-      o.sections = value;
-    } else {
-      throw std::runtime_error("gpu_bench: unknown option " + key);
-    }
-  }
-  return o;
+void add_options(CLI::App& app, Options& o) {
+  app.add_option("--device", o.device, "cuda or cpu");
+  app.add_option("--model", o.model)->check(CLI::IsMember({"1b", "small"}));
+  app.add_option("--peak-tflops", o.peak_tflops, "dense peak (0: from the device name)");
+  app.add_option("--dtype", o.dtype, "default bf16 on a GPU, fp32 on the CPU")
+      ->check(CLI::IsMember({"bf16", "fp32"}));
+  app.add_option("--sections", o.sections, "comma-separated");
 }
 
 ModelConfig model_config(const std::string& name) {
@@ -353,10 +342,12 @@ void run_section(const std::string& name, const std::function<void()>& f) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const auto o = parse(argc, argv);
+/// The benchmark; main() only adds a last-resort catch around it.
+int run_bench(int argc, char** argv) {
+  CLI::App app{"dnpo GPU benchmark"};
+  Options o;
+  add_options(app, o);
+  CLI11_PARSE(app, argc, argv);
   const at::Device device(o.device);
   auto options = o;
   Json info{{"name", "device"}, {"device", o.device}, {"model", o.model}};
@@ -428,4 +419,9 @@ int main(int argc, char** argv) {
     });
   }
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  return dnpo::guarded_main("dnpo_gpu_bench", argc, argv, run_bench);
 }

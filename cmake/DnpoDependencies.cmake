@@ -1,6 +1,6 @@
 # Every third-party dependency, found once (all Debian packages; see launch/install-deps).
 # DNPO_CORE_ONLY (the GPU machine's build, launch/device-check) needs only LibTorch, spdlog,
-# nlohmann-json, toml++ and GoogleTest.
+# nlohmann-json, toml++, CLI11 and GoogleTest.
 find_package(Torch REQUIRED)
 # LibTorch 2.x bundles fmt 12 in its include folder, which would shadow the fmt 9 that Debian's
 # spdlog is built against; a folder named here (the GPU machine's unpacked Debian packages) is
@@ -13,9 +13,9 @@ find_package(Threads REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(tomlplusplus 3 REQUIRED)
+find_package(CLI11 REQUIRED)
 if(NOT DNPO_CORE_ONLY)
   find_package(PkgConfig REQUIRED)
-  find_package(CLI11 REQUIRED)
   pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
   find_package(MPI REQUIRED COMPONENTS C)
   # Parallel HDF5 (Open MPI build) for checkpoints; zlib (its dependency) for their CRC-32s.
