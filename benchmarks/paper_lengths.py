@@ -1,0 +1,117 @@
+#!/usr/bin/python3
+"""Preference pairs whose lengths are shaped like the paper's self-play data, and the padding
+that micro-batching them costs.
+
+The paper (SPIN's setting on UltraChat-200k, zephyr-7b) caps a sequence at 1024 tokens with at
+most 512 of prompt, and samples at most 256 new tokens. Its data is not available here, so the
+lengths are a stated assumption, in tokens, not a fit:
+  prompt     log-normal, median 70, sigma 1.0, clipped to [8, 512]  (a line to a page)
+  human      log-normal, median 260, sigma 0.6, clipped to [16, 1024 - prompt]  (the data's
+             answer: often several hundred tokens)
+  generated  log-normal, median 200, sigma 0.5, capped at 256 (max_new_tokens: about a third
+             of the answers run into the cap)
+In a SPIN iteration the human answer is chosen and the generated one rejected (with DSL either
+may be); the padding does not depend on which is which.
+
+  paper_lengths.py padding [--pairs N --batch B --micro 1,2,4,8 --seed S]
+      the share of the processed tokens that is padding, per micro-batch size, for: "today"
+      (a step's pairs in epoch order, chosen and rejected of a micro-batch padded to its longest
+      sequence), "grouped" (a step's pairs sorted by length before they are split into
+      micro-batches) and "packed" (each pair's chosen and rejected in one row, grouped).
+  paper_lengths.py jsonl --pairs N --out FILE [--seed S]
+      the pairs as JSONL ({id, prompt, chosen, rejected}) of words whose byte counts are those
+      lengths (dnpo's byte tokenizer: a token per byte), for dnpo_dist train / the benchmarks.
+"""
+import argparse
+import json
+import math
+import random
+import sys
+
+MAX_LENGTH = 1024
+MAX_PROMPT = 512
+MAX_NEW = 256
+
+
+def lognormal(rng, median, sigma):
+    return math.exp(math.log(median) + sigma * rng.gauss(0.0, 1.0))
+
+
+def draw_pairs(n, seed):
+    """[(prompt, human, generated)] token counts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = int(min(MAX_PROMPT, max(8, lognormal(rng, 70, 1.0))))
+        human = int(min(MAX_LENGTH - prompt, max(16, lognormal(rng, 260, 0.6))))
+        generated = int(min(MAX_NEW, max(1, lognormal(rng, 200, 0.5))))
+        out.append((prompt, human, generated))
+    return out
+
+
+def padding(pairs, batch, micro, scheme, seed):
+    """(padding tokens, processed tokens) over an epoch of `pairs` in steps of `batch`."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    pad = total = 0
+    for begin in range(0, len(order), batch):
+        step = order[begin:begin + batch]
+        if scheme != "today":
+            key = (lambda i: sum(pairs[i][:2]) + pairs[i][2]) if scheme == "packed" else \
+                (lambda i: pairs[i][0] + max(pairs[i][1], pairs[i][2]))
+            step = sorted(step, key=key)
+        for m in range(0, len(step), micro):
+            ids = step[m:m + micro]
+            if scheme == "packed":
+                rows = [2 * pairs[i][0] + pairs[i][1] + pairs[i][2] for i in ids]
+            else:
+                rows = [pairs[i][0] + pairs[i][1] for i in ids] + \
+                       [pairs[i][0] + pairs[i][2] for i in ids]
+            width = max(rows)
+            total += width * len(rows)
+            pad += width * len(rows) - sum(rows)
+    return pad, total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("padding")
+    p.add_argument("--pairs", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--micro", default="1,2,4,8,16")
+    p.add_argument("--seed", type=int, default=1)
+    j = sub.add_parser("jsonl")
+    j.add_argument("--pairs", type=int, required=True)
+    j.add_argument("--out", required=True)
+    j.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    pairs = draw_pairs(args.pairs, args.seed)
+    if args.command == "padding":
+        for micro in (int(m) for m in args.micro.split(",")):
+            row = {"pairs": args.pairs, "batch": args.batch, "micro": micro}
+            for scheme in ("today", "grouped", "packed"):
+                pad, total = padding(pairs, args.batch, micro, scheme, args.seed)
+                row[scheme] = round(pad / total, 4)
+            print(json.dumps(row))
+        return 0
+    rng = random.Random(args.seed + 1)
+
+    def text(n):
+        words = []
+        size = 0
+        while size < n:
+            w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+            words.append(w)
+            size += len(w) + 1
+        return " ".join(words)[:n]
+
+    with open(args.out, "w") as f:
+        for i, (prompt, human, generated) in enumerate(pairs):
+            f.write(json.dumps({"id": str(i), "prompt": text(prompt), "chosen": text(human),
+                                "rejected": text(generated)}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
