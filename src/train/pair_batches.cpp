@@ -85,7 +85,7 @@ void add_pair_stats(StepStats& stats,
   stats.correct.add(margins > 0, weight);
   stats.logp_chosen.add(policy_chosen, weight);
   stats.logp_rejected.add(policy_rejected, weight);
-  stats.tokens.add(weight * micro.batch.attention_mask.sum().item<double>());
+  stats.add_tokens(micro.batch.attention_mask, weight);
 }
 
 MetricValues pair_metrics(const StepStats& stats, double global_pairs) {

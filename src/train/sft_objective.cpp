@@ -61,7 +61,7 @@ at::Tensor SftObjective::micro_batch_loss(std::size_t index,
   phase.begin("dnpo::loss");
   auto loss = sft_loss(out.hidden, out.lm_head, rows, global_tokens_);
   stats.model_loss.add(loss, weight);
-  stats.tokens.add(weight * host_batch.attention_mask.sum().item<double>());
+  stats.add_tokens(host_batch.attention_mask, weight);
   return loss;
 }
 

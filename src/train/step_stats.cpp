@@ -12,7 +12,7 @@ void StatSum::add(const at::Tensor& value, double weight) {
   device_ = device_.defined() ? device_ + v : v;
 }
 
-std::array<StatSum*, 11> StepStats::all() {
+std::array<StatSum*, 12> StepStats::all() {
   return {&loss,
           &model_loss,
           &noise_loss,
@@ -23,7 +23,13 @@ std::array<StatSum*, 11> StepStats::all() {
           &logp_rejected,
           &sum_s,
           &num_s,
-          &tokens};
+          &tokens,
+          &slots};
+}
+
+void StepStats::add_tokens(const at::Tensor& attention_mask, double weight) {
+  tokens.add(weight * attention_mask.sum().item<double>());
+  slots.add(weight * static_cast<double>(attention_mask.numel()));
 }
 
 void StepStats::reduce(dist::Comm& comm) {

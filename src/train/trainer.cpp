@@ -377,7 +377,8 @@ void Trainer::train_step(StageRun& run, std::int64_t step) {
                 {{"lr", lr},
                  {"grad_norm", grad_norm.item<double>()},
                  {"step_ms", ms},
-                 {"tokens_per_s", tok_s}});
+                 {"tokens_per_s", tok_s},
+                 {"padding", 1.0 - stats.tokens.value() / std::max(1.0, stats.slots.value())}});
   phase.append_times(values);
   metrics_.write(run.objective.stage(), step + 1, values);
   if (run.progress) {

@@ -43,14 +43,18 @@ struct StepStats {
   StatSum logp_rejected;  ///< Σ log π_θ(y−)
   StatSum sum_s;          ///< NPO: Σ s over the noise's elements
   StatSum num_s;          ///< NPO: how many elements s has
-  StatSum tokens;         ///< tokens processed (attention mask), padding repeats excluded
+  StatSum tokens;         ///< real tokens processed (attention mask), padding repeats excluded
+  StatSum slots;          ///< token slots the forwards ran (rows × width): real tokens + padding
+
+  /// Counts a micro-batch's real tokens and its token slots, times `weight`.
+  void add_tokens(const at::Tensor& attention_mask, double weight);
 
   /// collective: reads every sum (one host transfer) and sums it over the ranks (one
   /// all-reduce).
   void reduce(dist::Comm& comm);
 
  private:
-  std::array<StatSum*, 11> all();
+  std::array<StatSum*, 12> all();
 };
 
 }  // namespace dnpo::train

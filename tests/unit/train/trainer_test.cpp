@@ -19,6 +19,7 @@
 
 #include "dnpo/common/env.h"
 #include "dnpo/common/error.h"
+#include "dnpo/data/chat_template.h"
 #include "dnpo/train/checkpointing.h"
 #include "dnpo/train/metrics.h"
 #include "one_process.h"
@@ -374,6 +375,40 @@ TEST(Trainer, ResumedStageReusesTheCheckpointedReferenceLogProbs) {
     EXPECT_TRUE(at::equal(resumed.parameters()[i], whole.parameters()[i])) << "parameter " << i;
   }
   std::filesystem::remove_all(dir);
+}
+
+// metrics.jsonl's padding: the share of token slots that were padding. One sample per
+// micro-batch pads nothing; one micro-batch of every pair pads each sequence to the longest.
+TEST(Trainer, PaddingIsTheShareOfSlotsWithoutATokenInThem) {
+  auto sft = tiny_run("sft");
+  sft.train.micro_batch_size = 1;
+  sft.train.max_steps = 2;
+  for (const auto& row : metrics_lines(sft)) {
+    EXPECT_EQ(row["padding"].get<double>(), 0.0) << row.dump();
+  }
+  auto spin = tiny_run("spin");
+  spin.train.micro_batch_size = 4;  // the whole step (4 pairs) in one micro-batch
+  spin.train.max_steps = 1;
+  const data::ByteTokenizer tokenizer;
+  const data::ChatTemplate chat(spin.chat, tokenizer);
+  std::vector<std::size_t> lengths;
+  for (const auto& p : pairs()) {
+    if (p.chosen != p.rejected) {
+      const auto prompt = chat.encode_prompt(p.prompt).size();
+      lengths.push_back(prompt + chat.encode_response(p.chosen).size());
+      lengths.push_back(prompt + chat.encode_response(p.rejected).size());
+    }
+  }
+  const auto longest = *std::max_element(lengths.begin(), lengths.end());
+  double real = 0;
+  for (const auto n : lengths) {
+    real += static_cast<double>(n);
+  }
+  const auto rows = metrics_lines(spin);
+  ASSERT_EQ(rows.size(), 1U);
+  const double expected = 1.0 - real / static_cast<double>(lengths.size() * longest);
+  EXPECT_GT(expected, 0.1);
+  EXPECT_NEAR(rows[0]["padding"].get<double>(), expected, 1e-12);
 }
 
 TEST(Trainer, PreferenceRejectsBadInput) {
