@@ -181,8 +181,14 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
              total,
              past_length);
   const auto device = attention_mask.device();
-  // positions: (B, T) — HF style, so left padding does not shift real tokens' positions.
-  auto positions = (attention_mask.cumsum(1) - 1).clamp_min(0).narrow(1, past_length, steps);
+  // positions: (B, T) — HF style, so left padding does not shift real tokens' positions; in a
+  // packed row each sequence's restart at 0 (the real tokens of the sequences before it, of
+  // lower number, are subtracted: sizes per number, summed exclusively, read back per token).
+  const auto real = attention_mask.gt(0).to(at::kLong);
+  const auto sizes = at::zeros({attention_mask.size(0), total + 1}, real.options())
+                         .scatter_add_(1, attention_mask.clamp(0, total), real);
+  const auto before = (sizes.cumsum(1) - sizes).gather(1, attention_mask.clamp(0, total));
+  auto positions = (real.cumsum(1) - 1 - before).clamp_min(0).narrow(1, past_length, steps);
   const auto hd = head_dim(cfg);
   // made on the device: a host-made tensor would cost a copy that waits for the GPU
   auto inv_freq =
@@ -202,6 +208,10 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
   auto key_pos = at::arange(0, total, at::TensorOptions().dtype(at::kLong).device(device));
   auto causal = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // (T, past+T)
   auto allowed = causal.unsqueeze(0) & attention_mask.unsqueeze(1).to(at::kBool);
+  // a packed row's sequences see only themselves (a padding query keeps every real key: its
+  // output is never read, and a row of masks only would be all -1e9)
+  const auto query_seq = attention_mask.narrow(1, past_length, steps).unsqueeze(2);
+  allowed &= query_seq.eq(attention_mask.unsqueeze(1)) | query_seq.eq(0);
   // A finite negative (not -inf) keeps fully masked rows (left pads) free of NaN.
   ctx.bias = at::zeros(allowed.sizes(), at::TensorOptions().dtype(dtype).device(device))
                  .masked_fill(allowed.logical_not(), -1e9)

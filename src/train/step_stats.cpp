@@ -28,7 +28,8 @@ std::array<StatSum*, 12> StepStats::all() {
 }
 
 void StepStats::add_tokens(const at::Tensor& attention_mask, double weight) {
-  tokens.add(weight * attention_mask.sum().item<double>());
+  tokens.add(weight *
+             attention_mask.gt(0).sum().item<double>());  // a packed row numbers its sequences
   slots.add(weight * static_cast<double>(attention_mask.numel()));
 }
 

@@ -62,6 +62,8 @@ bool fused_attention_available();
 
 /// Builds rotary tables and the causal + key-padding bias. attention_mask covers the whole
 /// sequence so far (past + new), (B, past+T) int64; positions = cumsum(mask) - 1 (HF style).
+/// A packed row numbers its sequences 1, 2, … in order (0 = padding): each attends only to
+/// itself and its positions start at 0, as if it were a row of its own.
 /// right_padded: whether every row is ones then zeros (is_right_padded of the host copy); when
 /// not given and fused attention could use it, it is read from the mask (a host sync on a GPU).
 AttentionContext make_attention_context(const config::ModelConfig& cfg,

@@ -100,6 +100,37 @@ TEST(Llama, LeftPaddingDoesNotChangeRealTokensLogits) {
   EXPECT_GT(max_abs_diff(unmasked[1].narrow(0, 3, 7), alone[0]), 1e-3);
 }
 
+// A packed row numbers its sequences 1, 2, … (0 = padding): each attends only to itself with
+// positions from 0, so its logits are those of the sequence in a row of its own.
+TEST(Llama, PackedSequencesEqualTheirOwnRows) {
+  const LlamaModel model(tiny_config(), 14);
+  const std::vector<std::int64_t> a{3, 17, 5, 42, 8, 8};
+  const std::vector<std::int64_t> b{9, 23, 4, 47};
+  auto ids = at::zeros({1, 12}, at::kLong);
+  auto mask = at::zeros({1, 12}, at::kLong);
+  for (std::size_t t = 0; t < a.size(); ++t) {
+    ids[0][static_cast<std::int64_t>(t)] = a[t];
+    mask[0][static_cast<std::int64_t>(t)] = 1;
+  }
+  for (std::size_t t = 0; t < b.size(); ++t) {
+    ids[0][static_cast<std::int64_t>(6 + t)] = b[t];
+    mask[0][static_cast<std::int64_t>(6 + t)] = 2;
+  }
+  EXPECT_FALSE(model::is_right_padded(mask));
+  const auto packed = full_logits(model, ids, mask);
+  const auto alone = [&](const std::vector<std::int64_t>& seq) {
+    const auto n = static_cast<std::int64_t>(seq.size());
+    return full_logits(
+        model, at::tensor(seq, at::kLong).unsqueeze(0), at::ones({1, n}, at::kLong))[0];
+  };
+  EXPECT_LT(max_abs_diff(packed[0].narrow(0, 0, 6), alone(a)), 1e-5);
+  EXPECT_LT(max_abs_diff(packed[0].narrow(0, 6, 4), alone(b)), 1e-5);
+  // numbered as one sequence, the second sees the first: its logits change
+  auto one = mask.clone();
+  one.narrow(1, 6, 4).fill_(1);
+  EXPECT_GT(max_abs_diff(full_logits(model, ids, one)[0].narrow(0, 6, 4), alone(b)), 1e-3);
+}
+
 TEST(Llama, EarlierTokensChangeLaterLogits) {
   const LlamaModel model(tiny_config(), 13);
   const auto [ids, mask] = left_padded_batch();
