@@ -6,6 +6,7 @@
 // whole job (`run`).
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <stdexcept>
@@ -40,6 +41,7 @@ struct Options {
   std::string resume;
   std::vector<std::string> report_runs;
   std::string report_metrics;
+  std::string report_plot;
   std::string prompts_file;
   std::string generate_out;
 };
@@ -158,6 +160,29 @@ void add_reading_commands(CLI::App& app, Options& o, Commands& c) {
                        "instead: mean ± std over the runs of each mode, per model, of these "
                        "comma-separated metrics (sampled_exact, greedy_exact, sampled_score, "
                        "generated_at_least_human)");
+  c.report->add_option("--plot",
+                       o.report_plot,
+                       "the runs compared in one picture (PNG): sampled_exact per model, or the "
+                       "first --by-mode metric per mode (default: comparison.png beside the "
+                       "first run)");
+}
+
+/// Several runs (or modes) in one picture; its path printed.
+void plot_comparison(const Options& o) {
+  const bool by_mode = !o.report_metrics.empty();
+  if (o.report_runs.size() < 2 && !by_mode) {
+    return;
+  }
+  const auto metric =
+      by_mode ? o.report_metrics.substr(0, o.report_metrics.find(',')) : "sampled_exact";
+  const auto png =
+      o.report_plot.empty()
+          ? (std::filesystem::path(o.report_runs.front()).parent_path() / "comparison.png").string()
+          : o.report_plot;
+  const auto drawn = dnpo::selfplay::write_comparison_plot(o.report_runs, metric, by_mode, png);
+  if (!drawn.empty()) {
+    std::cout << "comparison: " << drawn << "\n";
+  }
 }
 
 /// `report`: reads files only (no config, no process group); rank 0 prints and plots.
@@ -172,6 +197,7 @@ void run_report(const Options& o, int rank) {
       }
     }
     std::cout << dnpo::selfplay::selfplay_table(o.report_runs);
+    plot_comparison(o);
     return;
   }
   for (std::size_t at = 0; at < o.report_metrics.size();) {
@@ -184,6 +210,7 @@ void run_report(const Options& o, int rank) {
                              : "the model after iteration k-1 (model_0 = SFT)\n")
               << dnpo::selfplay::selfplay_mode_table(o.report_runs, metric) << "\n";
   }
+  plot_comparison(o);
 }
 
 /// Resolves the config, opens the process group and runs the chosen command (the whole job when

@@ -1,6 +1,7 @@
 // The self-play table and plots; see report.h.
 #include "dnpo/selfplay/report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -38,6 +39,18 @@ std::string cell(const Json& j, const char* key, const char* format) {
     return "-";
   }
   return fmt::format(fmt::runtime(format), it->get<double>());
+}
+
+// Text inside a gnuplot single-quoted string, where a quote is written twice.
+std::string gnuplot_quoted(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    out += c;
+    if (c == '\'') {
+      out += c;
+    }
+  }
+  return out;
 }
 
 bool have_gnuplot() {
@@ -202,63 +215,130 @@ std::string selfplay_table(const std::vector<std::string>& run_dirs) {
   return out;
 }
 
-std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
-                                const std::string& metric) {
-  // mode → model index → values over the runs (seeds)
-  std::map<std::string, std::map<std::size_t, std::vector<double>>> values;
-  std::vector<std::string> order;  // modes in first-seen order
-  std::size_t models = 0;
+std::vector<Series> collect_series(const std::vector<std::string>& run_dirs,
+                                   const std::string& metric,
+                                   bool by_mode) {
+  std::vector<Series> out;
   for (const auto& dir : run_dirs) {
     const auto rows = read_lines(dir + "/selfplay.jsonl");
-    std::string mode = "?";
-    for (const auto& r : rows) {
-      mode = r.value("mode", mode);
+    std::string name = "?";
+    if (by_mode) {
+      for (const auto& r : rows) {
+        name = r.value("mode", name);
+      }
+    } else {
+      name = fs::path(dir).filename().string();
     }
-    if (values.find(mode) == values.end()) {
-      order.push_back(mode);
+    auto it =
+        std::find_if(out.begin(), out.end(), [&name](const Series& s) { return s.name == name; });
+    if (it == out.end()) {
+      out.push_back({name, {}});
+      it = out.end() - 1;
     }
-    auto& by_model = values[mode];
     for (std::size_t m = 0; m < rows.size(); ++m) {
       const auto eval = rows[m].value("eval", Json::object());
       const auto& source = eval.contains(metric) ? eval : rows[m];
       if (source.contains(metric) && source.at(metric).is_number()) {
-        by_model[m].push_back(source.at(metric).get<double>());
+        it->by_model[m].push_back(source.at(metric).get<double>());
       }
     }
-    models = std::max(models, rows.size());
+  }
+  return out;
+}
+
+Spread spread_of(const std::vector<double>& v) {
+  const double n = static_cast<double>(v.size());
+  double mean = 0;
+  for (const double x : v) {
+    mean += x / n;
+  }
+  double var = 0;
+  for (const double x : v) {
+    var += (x - mean) * (x - mean);
+  }
+  return {mean, v.size() > 1 ? std::sqrt(var / (n - 1)) : 0.0, v.size()};
+}
+
+std::string selfplay_mode_table(const std::vector<std::string>& run_dirs,
+                                const std::string& metric) {
+  const auto series = collect_series(run_dirs, metric, true);
+  std::size_t models = 0;
+  for (const auto& s : series) {
+    if (!s.by_model.empty()) {
+      models = std::max(models, s.by_model.rbegin()->first + 1);
+    }
   }
   std::string out = fmt::format("{:<12}", "mode");
   for (std::size_t m = 0; m < models; ++m) {
     out += fmt::format(" {:>17}", fmt::format("model_{}", m));
   }
   out += "\n";
-  for (const auto& mode : order) {
-    out += fmt::format("{:<12}", mode);
+  const bool percent_scale = metric != "sampled_score";
+  for (const auto& s : series) {
+    out += fmt::format("{:<12}", s.name);
     for (std::size_t m = 0; m < models; ++m) {
-      const auto it = values[mode].find(m);
-      if (it == values[mode].end() || it->second.empty()) {
+      const auto it = s.by_model.find(m);
+      if (it == s.by_model.end() || it->second.empty()) {
         out += fmt::format(" {:>17}", "-");
         continue;
       }
-      const auto& v = it->second;
-      const double n = static_cast<double>(v.size());
-      double mean = 0;
-      for (const double x : v) {
-        mean += x / n;
-      }
-      double var = 0;
-      for (const double x : v) {
-        var += (x - mean) * (x - mean);
-      }
-      const double sd = v.size() > 1 ? std::sqrt(var / (n - 1)) : 0.0;
-      const bool percent_scale = metric != "sampled_score";
+      const auto v = spread_of(it->second);
       out += fmt::format(" {:>17}",
-                         percent_scale ? fmt::format("{:.3f} ± {:.3f} ({})", mean, sd, v.size())
-                                       : fmt::format("{:.2f} ± {:.2f} ({})", mean, sd, v.size()));
+                         percent_scale ? fmt::format("{:.3f} ± {:.3f} ({})", v.mean, v.sd, v.n)
+                                       : fmt::format("{:.2f} ± {:.2f} ({})", v.mean, v.sd, v.n));
     }
     out += "\n";
   }
   return out;
+}
+
+std::string write_comparison_plot(const std::vector<std::string>& run_dirs,
+                                  const std::string& metric,
+                                  bool by_mode,
+                                  const std::string& png) {
+  const auto series = collect_series(run_dirs, metric, by_mode);
+  const auto base = fs::path(png).replace_extension().string();
+  if (const auto parent = fs::path(png).parent_path(); !parent.empty()) {
+    fs::create_directories(parent);
+  }
+  // one gnuplot data block per series: model, mean, sd, runs
+  std::ofstream csv(base + ".csv");
+  for (const auto& s : series) {
+    csv << "# " << s.name << "\n";
+    for (const auto& [model, values] : s.by_model) {
+      const auto v = spread_of(values);
+      csv << model << "," << v.mean << "," << v.sd << "," << v.n << "\n";
+    }
+    csv << "\n\n";
+  }
+  csv.close();
+  if (!have_gnuplot()) {
+    log::warn("plots: gnuplot not found; wrote {}.csv only", base);
+    return "";
+  }
+  std::ofstream gp(base + ".gp");
+  gp << "set terminal pngcairo size 900,540 noenhanced\n"
+        "set datafile separator ','\n"
+        "set key outside bottom center horizontal\n"
+        "set grid\n"
+        "set output '"
+     << png << "'\n"
+     << "set title 'held-out " << metric << " per model (model_0 = SFT"
+     << (by_mode ? "; mean and sample sd over the runs of each mode" : "") << ")'\n"
+     << "set xlabel 'model'; set ylabel '" << metric << "'; set xtics 1\n"
+     << "plot";
+  for (std::size_t i = 0; i < series.size(); ++i) {
+    gp << (i > 0 ? "," : "") << " '" << base << ".csv' index " << i
+       << " using 1:2:3 with yerrorlines lw 2 title '" << gnuplot_quoted(series[i].name) << "'";
+  }
+  gp << "\n";
+  gp.close();
+  const auto command = fmt::format("gnuplot '{}.gp' 2> '{}.log'", base, base);
+  if (std::system(command.c_str()) != 0) {
+    log::warn("plots: gnuplot failed (see {}.log); the data is in {}.csv", base, base);
+    return "";
+  }
+  return png;
 }
 
 std::vector<std::string> write_selfplay_plots(const std::string& run_dir) {

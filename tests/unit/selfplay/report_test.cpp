@@ -1,6 +1,7 @@
 // The self-play report from a run directory's files: the plots' CSVs and the tables.
 #include "dnpo/selfplay/report.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -103,6 +104,41 @@ TEST(Report, TablesNameEachModelsTrainingAndScores) {
   EXPECT_THAT(selfplay_mode_table({dir}, "sampled_exact"),
               HasSubstr("dnpo         0.250 ± 0.000 (1) 0.300 ± 0.000 (1) 0.400 ± 0.000 (1)"));
   EXPECT_THROW(selfplay_table({dir + "/missing"}), DataError);
+}
+
+// Runs side by side in one picture: a line per run, or per mode with the runs' spread.
+TEST(Report, ComparisonHoldsEveryRunOrEveryModesSpread) {
+  const auto a = make_run("report_compare_a's");  // a quote in a title
+  const auto b = make_run("report_compare_b");
+  {
+    // b's first iteration scored otherwise: 0.3 in a, 0.5 in b
+    const auto text = read(b + "/selfplay.jsonl");
+    const auto at = text.find(R"("sampled_exact":0.3)");
+    ASSERT_NE(at, std::string::npos);
+    std::ofstream(b + "/selfplay.jsonl")
+        << text.substr(0, at) << R"("sampled_exact":0.5)" << text.substr(at + 19);
+  }
+  const auto per_run = collect_series({a, b}, "sampled_exact", false);
+  ASSERT_EQ(per_run.size(), 2U);
+  EXPECT_EQ(per_run[0].name, "report_compare_a's");
+  EXPECT_EQ(per_run[1].by_model.at(1), (std::vector<double>{0.5}));
+  const auto per_mode = collect_series({a, b}, "sampled_exact", true);
+  ASSERT_EQ(per_mode.size(), 1U);  // both runs are mode dnpo
+  EXPECT_EQ(per_mode[0].name, "dnpo");
+  const auto spread = spread_of(per_mode[0].by_model.at(1));
+  EXPECT_DOUBLE_EQ(spread.mean, 0.4);
+  EXPECT_NEAR(spread.sd, std::sqrt(0.02), 1e-12);
+  EXPECT_EQ(spread.n, 2U);
+
+  const auto png = ::testing::TempDir() + "report_compare/comparison.png";
+  std::filesystem::remove_all(::testing::TempDir() + "report_compare");
+  const auto drawn = write_comparison_plot({a, b}, "sampled_exact", true, png);
+  EXPECT_THAT(read(::testing::TempDir() + "report_compare/comparison.csv"),
+              HasSubstr("# dnpo\n0,0.25,0,2\n1,0.4,"));
+  if (std::system("command -v gnuplot > /dev/null 2>&1") == 0) {
+    EXPECT_EQ(drawn, png);
+    EXPECT_GT(std::filesystem::file_size(png), 1000U);
+  }
 }
 
 }  // namespace
