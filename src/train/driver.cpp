@@ -184,6 +184,43 @@ std::string prepare_run_dir(const config::RunConfig& cfg, dist::Comm& comm) {
   return dir;
 }
 
+namespace {
+
+// Data files in the demo world's layout are used as they are: a demo.train_size or eval_size
+// that differs from them does not apply until they are deleted; say so rather than be ignored.
+void note_existing_demo_world(const config::RunConfig& cfg) {
+  const fs::path train_path(cfg.data.train_file);
+  const fs::path eval_path(cfg.data.eval_file);
+  if (train_path.filename() != "train.jsonl" || eval_path.filename() != "eval.jsonl" ||
+      train_path.parent_path() != eval_path.parent_path()) {
+    return;  // not the demo world's layout: a user's own data
+  }
+  const auto lines = [](const std::string& path) {
+    std::ifstream in(path);
+    std::int64_t n = 0;
+    for (std::string line; std::getline(in, line);) {
+      n += line.empty() ? 0 : 1;
+    }
+    return n;
+  };
+  const auto train = lines(cfg.data.train_file);
+  const auto eval = lines(cfg.data.eval_file);
+  if (train != cfg.demo.train_size || eval != cfg.demo.eval_size) {
+    log::info_rank0(
+        "data: using the existing {} ({} records) and {} ({}); demo.train_size = {} and "
+        "demo.eval_size = {} apply only where the demo world is written (delete both to "
+        "regenerate it)",
+        cfg.data.train_file,
+        train,
+        cfg.data.eval_file,
+        eval,
+        cfg.demo.train_size,
+        cfg.demo.eval_size);
+  }
+}
+
+}  // namespace
+
 void ensure_demo_data(const config::RunConfig& cfg, dist::Comm& comm) {
   const auto& train_file = cfg.data.train_file;
   const auto& eval_file = cfg.data.eval_file;
@@ -194,6 +231,7 @@ void ensure_demo_data(const config::RunConfig& cfg, dist::Comm& comm) {
   const bool has_train = fs::exists(train_file);
   const bool has_eval = fs::exists(eval_file);
   if (has_train && has_eval) {
+    note_existing_demo_world(cfg);
     comm.barrier().wait();
     return;
   }
