@@ -32,6 +32,27 @@ PairData::PairData(const std::vector<data::PairRecord>& records,
                   skipped_identical);
 }
 
+std::uint64_t PairData::fingerprint() const {
+  std::uint64_t hash = 14695981039346656037ULL;  // FNV-1a over every value, in order
+  const auto mix = [&hash](std::int64_t value) {
+    hash = (hash ^ static_cast<std::uint64_t>(value)) * 1099511628211ULL;
+  };
+  for (const auto& p : pairs) {
+    mix(p.index);
+    for (const auto* seq : {&p.chosen, &p.rejected}) {
+      mix(static_cast<std::int64_t>(seq->prompt.size()));
+      for (const auto t : seq->prompt) {
+        mix(t);
+      }
+      mix(static_cast<std::int64_t>(seq->response.size()));
+      for (const auto t : seq->response) {
+        mix(t);
+      }
+    }
+  }
+  return hash;
+}
+
 std::string PairData::describe() const {
   return fmt::format(
       "{} pairs ({} identical skipped, {} truncated)", pairs.size(), skipped_identical, truncated);
@@ -103,7 +124,8 @@ PairObjective::PairObjective(PairData data,
                              std::int64_t reference_columns)
     : data_(std::move(data)), pad_id_(pad_id), comm_(comm), device_(device) {
   if (reference_columns > 0) {
-    reference_logps_.emplace(static_cast<std::int64_t>(data_.pairs.size()), reference_columns);
+    reference_logps_.emplace(
+        static_cast<std::int64_t>(data_.pairs.size()), reference_columns, data_.fingerprint());
   }
 }
 

@@ -11,13 +11,16 @@ namespace dnpo::train {
 
 namespace {
 
-constexpr char kMagic[] = "dnpo.reference_logps.v1\n";
+constexpr char kMagic[] = "dnpo.reference_logps.v2\n";
+constexpr std::size_t kHeader =
+    sizeof(kMagic) - 1 + 2 * sizeof(std::int64_t) + sizeof(std::uint64_t);
 
 }  // namespace
 
-ReferenceLogps::ReferenceLogps(std::int64_t pairs, std::int64_t columns)
+ReferenceLogps::ReferenceLogps(std::int64_t pairs, std::int64_t columns, std::uint64_t fingerprint)
     : pairs_(pairs),
       columns_(columns),
+      fingerprint_(fingerprint),
       values_(at::zeros({columns, pairs}, at::kFloat)),
       known_(static_cast<std::size_t>(pairs), 0) {}
 
@@ -65,7 +68,8 @@ std::int64_t ReferenceLogps::known() const {
   return n;
 }
 
-// magic, pairs and columns (int64), a known byte per pair, then the values (fp32, row-major).
+// magic, pairs and columns (int64), the fingerprint (uint64), a known byte per pair, then the
+// values (fp32, row-major).
 std::string ReferenceLogps::encode() const {
   std::string out(kMagic);
   const auto put = [&out](const void* p, std::size_t n) {
@@ -73,6 +77,7 @@ std::string ReferenceLogps::encode() const {
   };
   put(&pairs_, sizeof pairs_);
   put(&columns_, sizeof columns_);
+  put(&fingerprint_, sizeof fingerprint_);
   put(known_.data(), known_.size());
   const auto values = values_.contiguous();
   put(values.data_ptr<float>(), static_cast<std::size_t>(values.numel()) * sizeof(float));
@@ -80,14 +85,16 @@ std::string ReferenceLogps::encode() const {
 }
 
 void ReferenceLogps::decode(const std::string& bytes, const std::string& path) {
-  const std::size_t header = sizeof(kMagic) - 1;
-  const auto expected = header + 2 * sizeof(std::int64_t) + static_cast<std::size_t>(pairs_) +
+  const std::size_t magic = sizeof(kMagic) - 1;
+  const auto expected = kHeader + static_cast<std::size_t>(pairs_) +
                         static_cast<std::size_t>(columns_ * pairs_) * sizeof(float);
   std::int64_t pairs = -1;
   std::int64_t columns = -1;
-  if (bytes.size() >= header + 2 * sizeof(std::int64_t) && bytes.compare(0, header, kMagic) == 0) {
-    std::memcpy(&pairs, bytes.data() + header, sizeof pairs);
-    std::memcpy(&columns, bytes.data() + header + sizeof pairs, sizeof columns);
+  std::uint64_t fingerprint = 0;
+  if (bytes.size() >= kHeader && bytes.compare(0, magic, kMagic) == 0) {
+    std::memcpy(&pairs, bytes.data() + magic, sizeof pairs);
+    std::memcpy(&columns, bytes.data() + magic + sizeof pairs, sizeof columns);
+    std::memcpy(&fingerprint, bytes.data() + magic + 2 * sizeof pairs, sizeof fingerprint);
   }
   DNPO_CHECK_WITH(CheckpointError,
                   pairs == pairs_ && columns == columns_ && bytes.size() == expected,
@@ -100,7 +107,14 @@ void ReferenceLogps::decode(const std::string& bytes, const std::string& path) {
                   pairs_,
                   columns_,
                   expected);
-  const char* p = bytes.data() + header + 2 * sizeof(std::int64_t);
+  DNPO_CHECK_WITH(CheckpointError,
+                  fingerprint == fingerprint_,
+                  "checkpoint {}: its reference log-probs are for other pairs (fingerprint "
+                  "{:016x}, this stage's {:016x}); the stage resumes with the data it started with",
+                  path,
+                  fingerprint,
+                  fingerprint_);
+  const char* p = bytes.data() + kHeader;
   std::memcpy(known_.data(), p, known_.size());
   std::memcpy(values_.data_ptr<float>(),
               p + known_.size(),

@@ -36,6 +36,8 @@ struct PairData {
 
   /// "20 pairs (1 identical skipped, 0 truncated)"
   std::string describe() const;
+  /// A hash of every pair's index and tokens (FNV-1a): which pairs a stage trains on.
+  std::uint64_t fingerprint() const;
 };
 
 /// One micro-batch of m pairs: rows [0, m) chosen, [m, 2m) rejected.

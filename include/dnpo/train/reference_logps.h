@@ -20,8 +20,9 @@ namespace dnpo::train {
 class ReferenceLogps : public CarriedState {
  public:
   /// `columns` values per pair: SPIN keeps log π_ref(y+) and log π_ref(y−), NPO only
-  /// log π_ref(y+) (it reads the negative's reference only with noise).
-  ReferenceLogps(std::int64_t pairs, std::int64_t columns);
+  /// log π_ref(y+) (it reads the negative's reference only with noise). `fingerprint` names the
+  /// pairs' tokens: a checkpoint's values are taken only for the same pairs.
+  ReferenceLogps(std::int64_t pairs, std::int64_t columns, std::uint64_t fingerprint);
 
   /// Whether every pair in `samples` (indices into the stage's pairs) has its values.
   bool has_all(const std::vector<std::int64_t>& samples) const;
@@ -46,6 +47,7 @@ class ReferenceLogps : public CarriedState {
  private:
   std::int64_t pairs_;
   std::int64_t columns_;
+  std::uint64_t fingerprint_;
   at::Tensor values_;                // (columns, pairs) fp32, host
   std::vector<std::uint8_t> known_;  // per pair
   at::Tensor step_;                  // (columns, step pairs) on the compute device

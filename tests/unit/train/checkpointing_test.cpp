@@ -85,11 +85,12 @@ TEST_F(CheckpointingTest, EveryPieceOfStateComesBack) {
 }
 
 // The reference log-probs a stage kept come back with it; a checkpoint written without them
-// leaves a fresh store empty (its stage recomputes); one for other pairs is refused.
+// leaves a fresh store empty (its stage recomputes); one for other pairs (count or tokens) is
+// refused.
 TEST_F(CheckpointingTest, CarriedReferenceLogProbsComeBack) {
   const auto cfg = test::tiny_model_config();
   Stage saved(cfg, 1);
-  ReferenceLogps kept(5, 2);
+  ReferenceLogps kept(5, 2, 0x5eed);
   kept.begin_step(2, at::kCPU);
   kept.record(0, at::tensor({-1.5F, -2.25F}).reshape({2, 1}));
   kept.record(1, at::tensor({-3.0F, -0.125F}).reshape({2, 1}));
@@ -98,7 +99,7 @@ TEST_F(CheckpointingTest, CarriedReferenceLogProbsComeBack) {
   const auto path = save_stage(dir_.string(), "ckpt-000000000", saved.state, false, 3);
 
   Stage loaded(cfg, 2);
-  ReferenceLogps restored(5, 2);
+  ReferenceLogps restored(5, 2, 0x5eed);
   loaded.state.carried = &restored;
   load_stage(path, loaded.state);
   EXPECT_EQ(restored.known(), 2);
@@ -109,12 +110,12 @@ TEST_F(CheckpointingTest, CarriedReferenceLogProbsComeBack) {
 
   saved.state.carried = nullptr;
   const auto without = save_stage(dir_.string(), "ckpt-000000001", saved.state, false, 3);
-  ReferenceLogps fresh(5, 2);
+  ReferenceLogps fresh(5, 2, 0x5eed);
   loaded.state.carried = &fresh;
   load_stage(without, loaded.state);
   EXPECT_EQ(fresh.known(), 0);
 
-  ReferenceLogps other(6, 2);
+  ReferenceLogps other(6, 2, 0x5eed);
   loaded.state.carried = &other;
   EXPECT_ERROR(
       CheckpointError,
