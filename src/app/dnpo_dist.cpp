@@ -213,6 +213,26 @@ void run_report(const Options& o, int rank) {
   plot_comparison(o);
 }
 
+/// The data key the chosen command reads, checked with the config (alike on every rank, before
+/// any collective, so rank 0 alone reports it) rather than where the command first reads it.
+/// eval runs on rank 0 only, and generate takes its prompts from the command line.
+void require_data_keys_on_every_rank(const dnpo::config::RunConfig& cfg, const Commands& c) {
+  const auto require = [](const std::string& value, const char* message) {
+    try {
+      DNPO_CHECK_WITH(dnpo::ConfigError, !value.empty(), "{}", message);
+    } catch (const dnpo::ConfigError& e) {
+      throw SameOnEveryRank(e.what());
+    }
+  };
+  if (*c.sft) {
+    require(cfg.data.train_file, "sft needs data.train_file");
+  } else if (*c.train) {
+    require(cfg.data.pairs_file, "train needs data.pairs_file");
+  } else if (!*c.generate && !*c.eval && !*c.demo) {
+    require(cfg.data.train_file, "selfplay needs data.train_file");
+  }
+}
+
 /// Resolves the config, opens the process group and runs the chosen command (the whole job when
 /// none was named).
 void run_command(Options& o,
@@ -230,6 +250,7 @@ void run_command(Options& o,
     o.overrides.push_back("checkpoint.resume=\"" + o.resume + "\"");
   }
   const auto cfg = resolve_on_every_rank(o, mpi.world_size());
+  require_data_keys_on_every_rank(cfg, c);
   dnpo::log::init(mpi.rank(), cfg.run.log_level);
   dnpo::log::info_rank0("{}", blas);
   dnpo::log::info_rank0("{}", heap);

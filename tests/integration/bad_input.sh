@@ -42,6 +42,11 @@ expect_failure "micro_batch_size" mpirun -np 4 --oversubscribe "$bin" sft --set 
 ! grep -q "MPI_ABORT\|aborting" out.txt || { echo "FAIL: the job was aborted:"; cat out.txt; exit 1; }
 expect_failure "no_such_option" mpirun -np 4 --oversubscribe "$bin" sft --no_such_option
 [ "$(grep -c "no_such_option" out.txt)" = 1 ] || { echo "FAIL: not printed once:"; cat out.txt; exit 1; }
+# A data key the command needs, missing: known from the config alone, so reported once too.
+expect_failure "train needs data.pairs_file" mpirun -np 4 --oversubscribe "$bin" train --loss spin \
+  --set train.micro_batch_size=16
+[ "$(grep -c "data.pairs_file" out.txt)" = 1 ] || { echo "FAIL: not printed once:"; cat out.txt; exit 1; }
+! grep -q "MPI_ABORT\|aborting" out.txt || { echo "FAIL: the job was aborted:"; cat out.txt; exit 1; }
 expect_failure "train.lrr" "$bin" sft --set train.lrr=1
 [ ! -e checkpoints ] || { echo "FAIL: a config error left a run directory (checkpoints/)"; exit 1; }
 
