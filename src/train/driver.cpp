@@ -335,13 +335,18 @@ void run_train(const config::RunConfig& cfg, const StageOptions& options, dist::
 
 namespace {
 
+/// data.eval_file's records, for `command` (which needs the key set).
+std::vector<data::PromptRecord> eval_records(const config::RunConfig& cfg, const char* command) {
+  DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "{} needs data.eval_file", command);
+  return data::read_prompts_jsonl(cfg.data.eval_file);
+}
+
 /// eval --compare A B: the two models judged side by side on data.eval_file.
 double eval_compare(const config::RunConfig& cfg,
                     const StageOptions& options,
                     const data::Tokenizer& tokenizer,
                     const std::string& dir) {
-  DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval --compare needs data.eval_file");
-  const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
+  const auto records = eval_records(cfg, "eval --compare");
   const auto a = load_or_init_model(cfg, options.compare[0]);
   const auto b = load_or_init_model(cfg, options.compare[1]);
   const auto r = compare_models(cfg, a, b, tokenizer, records);
@@ -412,8 +417,7 @@ double eval_held_out(const config::RunConfig& cfg,
                      const StageOptions& options,
                      const data::Tokenizer& tokenizer,
                      const std::string& dir) {
-  DNPO_CHECK_WITH(ConfigError, !cfg.data.eval_file.empty(), "eval needs data.eval_file");
-  const auto records = data::read_prompts_jsonl(cfg.data.eval_file);
+  const auto records = eval_records(cfg, "eval");
   const auto model = load_or_init_model(cfg, options.init_model);
   const auto report = evaluate(cfg, model, tokenizer, records, options.samples_out);
   log::info_rank0("eval on {} prompts ({} scorable)", report.prompts, report.scorable);
