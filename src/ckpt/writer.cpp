@@ -294,6 +294,111 @@ void release_failed_file(h5::Id& file, const std::string& path, const Group& gro
   }
 }
 
+// Writes of a checkpoint file that agree across ranks. A write can fail on some ranks only (a
+// full disk under MPI-IO fails the aggregators): small datasets go by independent MPI-IO, whose
+// first error waits in `pending`; the ranks agree on it before the next collective write and
+// before the flush, so all of them leave together.
+class AgreedWrites {
+ public:
+  explicit AgreedWrites(const Group& group)
+      : group_(group),
+        collective_(h5::transfer_plist(group)),
+        independent_(h5::transfer_plist(group, false)) {}
+
+  void write(std::int64_t bytes, const std::function<void(hid_t)>& op) {
+    if (bytes < h5::kCollectiveMinBytes) {
+      if (pending_.empty()) {
+        pending_ = capture_error([&] { op(independent_.get()); });
+      }
+      return;
+    }
+    group_.agree(pending_);
+    group_.agree(capture_error([&] { op(collective_.get()); }));
+  }
+
+  /// collective: the pending error, then the flush, agreed on.
+  void flush(hid_t file, const std::string& where) {
+    group_.agree(pending_);
+    group_.agree(capture_error([&] { DNPO_H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL), where); }));
+  }
+
+ private:
+  const Group& group_;
+  h5::Id collective_, independent_;
+  std::string pending_;
+};
+
+// Every tensor's slices, and rank 0's checksums of its chunks.
+void write_tensors(hid_t f,
+                   const Group& group,
+                   const StateDict& state,
+                   const std::vector<std::int64_t>& max_counts,
+                   const std::vector<std::vector<std::uint32_t>>& crcs,
+                   AgreedWrites& writes,
+                   const std::string& where) {
+  const bool root = group.rank() == 0;
+  const h5::Id tensors = make_group(f, format::kTensors, true, where);
+  const h5::Id checksums = make_group(f, format::kChecksums, true, where);
+  for (std::size_t i = 0; i < state.tensors.size(); ++i) {
+    const auto& t = state.tensors[i];
+    const std::string at = where + ", tensor " + t.name;
+    const h5::Id data = make_dataset(tensors.get(), t.name, h5::file_type(t.dtype), t.shape, at);
+    const auto bytes = t.global_numel() * static_cast<std::int64_t>(c10::elementSize(t.dtype));
+    writes.write(bytes, [&](hid_t xfer) {
+      h5::write_flat(data.get(),
+                     t.dtype,
+                     t.offset,
+                     t.numel(),
+                     t.numel() > 0 ? t.data.data_ptr() : nullptr,
+                     max_counts[i],
+                     xfer,
+                     at);
+    });
+    const std::int64_t n_chunks = format::chunk_count(t.global_numel(), kChecksumChunkElems);
+    const h5::Id crc = make_dataset(checksums.get(), t.name, H5T_STD_U32LE, {n_chunks}, at);
+    writes.write(n_chunks * 4, [&](hid_t xfer) {
+      h5::write_small_from_root(
+          crc.get(), H5T_NATIVE_UINT32, root ? crcs[i].data() : nullptr, n_chunks, root, xfer, at);
+    });
+  }
+}
+
+// Rank 0's attributes and blobs.
+void write_attributes_and_blobs(hid_t f,
+                                const Group& group,
+                                const StateDict& state,
+                                const Replicated& rep,
+                                AgreedWrites& writes,
+                                const std::string& where) {
+  const bool root = group.rank() == 0;
+  const h5::Id attrs = make_group(f, format::kAttributes, false, where);
+  for (const auto& [key, value] : rep.strings) {
+    h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
+  }
+  for (const auto& [key, value] : rep.ints) {
+    h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
+  }
+  for (const auto& [key, value] : rep.floats) {
+    h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
+  }
+  const h5::Id blobs = make_group(f, format::kBlobs, false, where);
+  for (const auto& b : rep.blobs) {
+    const std::string at = where + ", blob " + b.name;
+    const h5::Id data = make_dataset(blobs.get(), b.name, H5T_STD_U8LE, {b.size}, at);
+    h5::write_attr(data.get(), "crc32", b.crc, at);
+    writes.write(b.size, [&](hid_t xfer) {
+      h5::write_flat(data.get(),
+                     at::kByte,
+                     0,
+                     root ? b.size : 0,
+                     root ? state.blobs.at(b.name).data() : nullptr,
+                     b.size,
+                     xfer,
+                     at);
+    });
+  }
+}
+
 void write_file(const std::string& file_path,
                 const Group& group,
                 const StateDict& state,
@@ -301,7 +406,6 @@ void write_file(const std::string& file_path,
                 const std::vector<std::int64_t>& max_counts,
                 const std::vector<std::vector<std::uint32_t>>& crcs,
                 const std::string& where) {
-  const bool root = group.rank() == 0;
   h5::Id file = h5::create_file(file_path, group);
   try {
     const hid_t f = file.get();
@@ -310,83 +414,10 @@ void write_file(const std::string& file_path,
     h5::write_attr(f, "git_sha", std::string(DNPO_GIT_SHA), where);
     h5::write_attr(f, "world_size", std::int64_t{group.size()}, where);
     h5::write_attr(f, "chunk_elems", kChecksumChunkElems, where);
-    const h5::Id collective = h5::transfer_plist(group);
-    const h5::Id independent = h5::transfer_plist(group, false);
-    // A write can fail on some ranks only (a full disk under MPI-IO fails the aggregators). The
-    // first error of an independent write waits in `pending`; the ranks agree on it before the
-    // next collective write and before the flush, so all of them leave together.
-    std::string pending;
-    const auto write_agreed = [&](std::int64_t bytes, const std::function<void(hid_t)>& write) {
-      if (bytes < h5::kCollectiveMinBytes) {
-        if (pending.empty()) {
-          pending = capture_error([&] { write(independent.get()); });
-        }
-        return;
-      }
-      group.agree(pending);
-      group.agree(capture_error([&] { write(collective.get()); }));
-    };
-
-    // --- tensors and their checksums ---
-    const h5::Id tensors = make_group(f, format::kTensors, true, where);
-    const h5::Id checksums = make_group(f, format::kChecksums, true, where);
-    for (std::size_t i = 0; i < state.tensors.size(); ++i) {
-      const auto& t = state.tensors[i];
-      const std::string at = where + ", tensor " + t.name;
-      const h5::Id data = make_dataset(tensors.get(), t.name, h5::file_type(t.dtype), t.shape, at);
-      const auto bytes = t.global_numel() * static_cast<std::int64_t>(c10::elementSize(t.dtype));
-      write_agreed(bytes, [&](hid_t xfer) {
-        h5::write_flat(data.get(),
-                       t.dtype,
-                       t.offset,
-                       t.numel(),
-                       t.numel() > 0 ? t.data.data_ptr() : nullptr,
-                       max_counts[i],
-                       xfer,
-                       at);
-      });
-      const std::int64_t n_chunks = format::chunk_count(t.global_numel(), kChecksumChunkElems);
-      const h5::Id crc = make_dataset(checksums.get(), t.name, H5T_STD_U32LE, {n_chunks}, at);
-      write_agreed(n_chunks * 4, [&](hid_t xfer) {
-        h5::write_small_from_root(crc.get(),
-                                  H5T_NATIVE_UINT32,
-                                  root ? crcs[i].data() : nullptr,
-                                  n_chunks,
-                                  root,
-                                  xfer,
-                                  at);
-      });
-    }
-
-    // --- attributes and blobs (rank 0's) ---
-    const h5::Id attrs = make_group(f, format::kAttributes, false, where);
-    for (const auto& [key, value] : rep.strings) {
-      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
-    }
-    for (const auto& [key, value] : rep.ints) {
-      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
-    }
-    for (const auto& [key, value] : rep.floats) {
-      h5::write_attr(attrs.get(), key, value, detail::concat(where, ", attribute ", key));
-    }
-    const h5::Id blobs = make_group(f, format::kBlobs, false, where);
-    for (const auto& b : rep.blobs) {
-      const std::string at = where + ", blob " + b.name;
-      const h5::Id data = make_dataset(blobs.get(), b.name, H5T_STD_U8LE, {b.size}, at);
-      h5::write_attr(data.get(), "crc32", b.crc, at);
-      write_agreed(b.size, [&](hid_t xfer) {
-        h5::write_flat(data.get(),
-                       at::kByte,
-                       0,
-                       root ? b.size : 0,
-                       root ? state.blobs.at(b.name).data() : nullptr,
-                       b.size,
-                       xfer,
-                       at);
-      });
-    }
-    group.agree(pending);
-    group.agree(capture_error([&] { DNPO_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), where); }));
+    AgreedWrites writes(group);
+    write_tensors(f, group, state, max_counts, crcs, writes, where);
+    write_attributes_and_blobs(f, group, state, rep, writes, where);
+    writes.flush(f, where);
   } catch (const CheckpointError&) {
     release_failed_file(file, file_path, group);
     throw;
