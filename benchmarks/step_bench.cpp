@@ -201,6 +201,21 @@ int run_alternating(dnpo::config::RunConfig cfg,
   return 0;
 }
 
+/// One JSON result line on stdout.
+void print_result(const std::string& name,
+                  const nlohmann::json& config,
+                  const std::string& metric,
+                  double value,
+                  const char* unit) {
+  std::cout << nlohmann::json{{"name", name},
+                              {"config", config},
+                              {"metric", metric},
+                              {"value", value},
+                              {"unit", unit}}
+                   .dump()
+            << "\n";
+}
+
 /// --epochs: one whole stage, timed step by step; prints its stage_time (the steps' sum) and
 /// each epoch's median step.
 int run_stage(dnpo::config::RunConfig& cfg,
@@ -217,13 +232,7 @@ int run_stage(dnpo::config::RunConfig& cfg,
       dnpo::bench::train_synthetic(trainer, cfg.train.loss, samples, prompt_len, response_len);
   const auto name = "stage." + cfg.train.loss;
   const auto print = [&](const std::string& metric, double value, const char* unit) {
-    std::cout << nlohmann::json{{"name", name},
-                                {"config", config},
-                                {"metric", metric},
-                                {"value", value},
-                                {"unit", unit}}
-                     .dump()
-              << "\n";
+    print_result(name, config, metric, value, unit);
   };
   double total = 0;
   for (const double ms : summary.step_ms) {
@@ -332,14 +341,8 @@ int run_steps(dnpo::config::RunConfig& cfg,
       dnpo::bench::train_synthetic(trainer, o.loss, o.batch, o.prompt_len, o.response_len);
   tracing.reset();
   const auto name = "step." + o.loss;
-  const auto print = [&](const char* metric, double value, const char* unit) {
-    std::cout << nlohmann::json{{"name", name},
-                                {"config", config},
-                                {"metric", metric},
-                                {"value", value},
-                                {"unit", unit}}
-                     .dump()
-              << "\n";
+  const auto print = [&](const std::string& metric, double value, const char* unit) {
+    print_result(name, config, metric, value, unit);
   };
   print("step_time_median",
         dnpo::bench::median(
