@@ -93,6 +93,100 @@ std::vector<Generation> generate(const LlamaModel& model,
   return generate(decoder, requests, cfg, eos_id, pad_id, keys);
 }
 
+TokenPicker::TokenPicker(const at::Tensor& logits,
+                         const config::SampleConfig& cfg,
+                         const SamplingKeys& keys)
+    : cfg_(cfg),
+      keys_(keys),
+      picked_(cfg.temperature <= 0.0 ? logits.argmax(-1).to(at::kCPU).contiguous()
+                                     : logits.to(at::kCPU, at::kFloat).contiguous()) {}
+
+std::int64_t TokenPicker::pick(std::int64_t row, std::uint64_t sample_id, std::int64_t step) const {
+  if (cfg_.temperature <= 0.0) {
+    return picked_.data_ptr<std::int64_t>()[row];
+  }
+  const auto key = draw_key(keys_.seed,
+                            keys_.iteration,
+                            0,
+                            sample_id,
+                            static_cast<std::uint64_t>(step),
+                            RandomStream::kSampling);
+  return pick_token(picked_[row], cfg_, uniform01(key, 0));
+}
+
+int answer_limit(const GenerationRequest& request, const config::SampleConfig& cfg) {
+  DNPO_CHECK(request.max_new_tokens >= 0 && request.max_new_tokens <= cfg.max_new_tokens,
+             "generate: prompt {} asks for {} new tokens, outside [0, sample.max_new_tokens = {}]",
+             request.sample_id,
+             request.max_new_tokens,
+             cfg.max_new_tokens);
+  return request.max_new_tokens > 0 ? request.max_new_tokens : cfg.max_new_tokens;
+}
+
+namespace {
+
+/// One static batch: requests[begin, end) run until the last of their answers ends (or, with
+/// fixed_steps, for max_new_tokens steps).
+void generate_batch(Decoder& model,
+                    const std::vector<GenerationRequest>& requests,
+                    std::size_t begin,
+                    std::size_t end,
+                    const config::SampleConfig& cfg,
+                    std::int64_t eos_id,
+                    std::int64_t pad_id,
+                    const SamplingKeys& keys,
+                    bool fixed_steps,
+                    std::vector<Generation>& results) {
+  const auto device = model.device();
+  std::vector<TokenSequence> prompts;
+  std::vector<int> limits;
+  for (std::size_t i = begin; i < end; ++i) {
+    DNPO_CHECK(
+        !requests[i].prompt.empty(), "generate: prompt {} has no tokens", requests[i].sample_id);
+    prompts.push_back({requests[i].prompt, {}});
+    limits.push_back(answer_limit(requests[i], cfg));
+  }
+  const int steps =
+      fixed_steps ? cfg.max_new_tokens : *std::max_element(limits.begin(), limits.end());
+  auto batch = pad_batch(prompts, pad_id, PadSide::kLeft);
+  const auto rows = static_cast<std::int64_t>(end - begin);
+  const auto prompt_len = batch.input_ids.size(1);
+  auto cache = model.make_cache(rows, prompt_len + steps);
+  auto mask = batch.attention_mask.to(device);
+  auto hidden = model.forward_hidden(batch.input_ids.to(device), mask, &cache);
+  std::vector<bool> done(rows, false);
+  std::int64_t remaining = rows;
+  for (int step = 0; step < steps; ++step) {
+    const TokenPicker picker(model.logits(hidden.select(1, hidden.size(1) - 1)), cfg, keys);
+    std::vector<std::int64_t> next(static_cast<std::size_t>(rows), pad_id);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      if (done[r]) {
+        continue;
+      }
+      const auto token = picker.pick(r, requests[begin + r].sample_id, step);
+      auto& result = results[begin + r];
+      if (token == eos_id) {
+        result.finished = true;
+      } else {
+        result.tokens.push_back(token);
+      }
+      if (token == eos_id || step + 1 == limits[static_cast<std::size_t>(r)]) {
+        done[r] = true;
+        --remaining;
+      }
+      next[static_cast<std::size_t>(r)] = token;
+    }
+    if ((remaining == 0 && !fixed_steps) || step + 1 == steps) {
+      break;
+    }
+    mask = at::cat({mask, at::ones({rows, 1}, mask.options())}, 1);
+    const auto next_ids = at::tensor(next, at::kLong).view({rows, 1}).to(device);
+    hidden = model.forward_hidden(next_ids, mask, &cache);
+  }
+}
+
+}  // namespace
+
 std::vector<Generation> generate(Decoder& model,
                                  const std::vector<GenerationRequest>& requests,
                                  const config::SampleConfig& cfg,
@@ -100,68 +194,15 @@ std::vector<Generation> generate(Decoder& model,
                                  std::int64_t pad_id,
                                  const SamplingKeys& keys,
                                  bool fixed_steps) {
+  if (!fixed_steps && cfg.batching == "continuous") {
+    return generate_continuous(model, requests, cfg, eos_id, pad_id, keys);
+  }
   at::NoGradGuard no_grad;
-  const auto device = model.device();
   std::vector<Generation> results(requests.size());
   const auto batch_size = static_cast<std::size_t>(std::max(1, cfg.batch_size));
   for (std::size_t begin = 0; begin < requests.size(); begin += batch_size) {
     const std::size_t end = std::min(requests.size(), begin + batch_size);
-    std::vector<TokenSequence> prompts;
-    for (std::size_t i = begin; i < end; ++i) {
-      DNPO_CHECK(
-          !requests[i].prompt.empty(), "generate: prompt {} has no tokens", requests[i].sample_id);
-      prompts.push_back({requests[i].prompt, {}});
-    }
-    auto batch = pad_batch(prompts, pad_id, PadSide::kLeft);
-    const auto rows = static_cast<std::int64_t>(end - begin);
-    const auto prompt_len = batch.input_ids.size(1);
-    auto cache = model.make_cache(rows, prompt_len + cfg.max_new_tokens);
-    auto mask = batch.attention_mask.to(device);
-    auto hidden = model.forward_hidden(batch.input_ids.to(device), mask, &cache);
-    std::vector<bool> done(rows, false);
-    std::int64_t remaining = rows;
-    for (int step = 0; step < cfg.max_new_tokens && (remaining > 0 || fixed_steps); ++step) {
-      // logits of the last position: (rows, V) fp32; greedy takes every row's argmax at once,
-      // sampling picks on the host (one (rows, V) copy per step)
-      auto logits = model.logits(hidden.select(1, hidden.size(1) - 1));
-      const bool greedy = cfg.temperature <= 0.0;
-      const auto picked = greedy ? logits.argmax(-1).to(at::kCPU).contiguous()
-                                 : logits.to(at::kCPU, at::kFloat).contiguous();
-      std::vector<std::int64_t> next(static_cast<std::size_t>(rows), pad_id);
-      for (std::int64_t r = 0; r < rows; ++r) {
-        if (done[r]) {
-          continue;
-        }
-        const auto& request = requests[begin + r];
-        std::int64_t token = 0;
-        if (greedy) {
-          token = picked.data_ptr<std::int64_t>()[r];
-        } else {
-          const auto key = draw_key(keys.seed,
-                                    keys.iteration,
-                                    0,
-                                    request.sample_id,
-                                    static_cast<std::uint64_t>(step),
-                                    RandomStream::kSampling);
-          token = pick_token(picked[r], cfg, uniform01(key, 0));
-        }
-        auto& result = results[begin + r];
-        if (token == eos_id) {
-          result.finished = true;
-          done[r] = true;
-          --remaining;
-        } else {
-          result.tokens.push_back(token);
-        }
-        next[static_cast<std::size_t>(r)] = token;
-      }
-      if ((remaining == 0 && !fixed_steps) || step + 1 == cfg.max_new_tokens) {
-        break;
-      }
-      mask = at::cat({mask, at::ones({rows, 1}, mask.options())}, 1);
-      const auto next_ids = at::tensor(next, at::kLong).view({rows, 1}).to(device);
-      hidden = model.forward_hidden(next_ids, mask, &cache);
-    }
+    generate_batch(model, requests, begin, end, cfg, eos_id, pad_id, keys, fixed_steps, results);
   }
   return results;
 }

@@ -15,6 +15,21 @@
 namespace dnpo::selfplay::detail {
 
 namespace {
+
+/// Prompts per generation round on a rank (selfplay.round_prompts; see config.h). Layer by layer
+/// a round is one batch: every rank then runs the same forwards (a rank without prompts runs a
+/// stand-in batch).
+std::size_t round_prompts(const config::RunConfig& cfg) {
+  const auto batch = static_cast<std::size_t>(cfg.sample.batch_size);
+  if (cfg.selfplay.generation == "per_layer") {
+    return batch;
+  }
+  if (cfg.selfplay.round_prompts > 0) {
+    return static_cast<std::size_t>(cfg.selfplay.round_prompts);
+  }
+  return cfg.sample.batching == "continuous" ? 4 * batch : batch;
+}
+
 constexpr double kJudgeReportEveryS = 10;  // progress while waiting for the last verdicts
 }  // namespace
 
@@ -89,6 +104,11 @@ class SamplingPolicy {
     if (per_layer_) {
       generate({{{tokenizer_.bos_id()}, 0}});
     }
+  }
+
+  /// "continuous" or "static" (always static layer by layer), for the log.
+  std::string batching() const {
+    return per_layer_ ? "static" : cfg_.sample.batching;
   }
 
   /// The dtype its matrices decode in, for the log.
@@ -182,7 +202,7 @@ SelfplayLoop::WorkLeft SelfplayLoop::work_left() const {
 }
 
 std::int64_t SelfplayLoop::count_rounds(std::size_t prompts) const {
-  const auto batch = static_cast<std::size_t>(cfg_.sample.batch_size);
+  const auto batch = round_prompts(cfg_);
   const auto mine = static_cast<std::int64_t>((prompts + batch - 1) / batch);
   if (world_ == 1) {
     return mine;
@@ -219,7 +239,7 @@ void SelfplayLoop::generate_round(SamplingPolicy& sampler,
                                   judge::Judge& judge,
                                   const std::vector<std::size_t>& todo,
                                   std::int64_t round) {
-  const auto batch = static_cast<std::size_t>(cfg_.sample.batch_size);
+  const auto batch = round_prompts(cfg_);
   const auto begin = static_cast<std::size_t>(round) * batch;
   if (begin >= todo.size()) {
     sampler.idle_round();
@@ -272,12 +292,14 @@ void SelfplayLoop::generate_and_judge(std::int64_t rounds_done_before) {
   // Every rank runs the same number of rounds, so the checkpoint boundaries (collective) line up.
   const auto rounds = count_rounds(left.generate.size());
   log::info_rank0(
-      "iteration {}: generating for {} prompts on {} rank(s) ({} rounds of {} per rank; "
-      "matrices in {})",
+      "iteration {}: generating for {} prompts on {} rank(s) ({} rounds of {} per rank, {} "
+      "batches of {}; matrices in {})",
       t,
       prompts_.size(),
       world_,
       rounds,
+      round_prompts(cfg_),
+      sampler.batching(),
       cfg_.sample.batch_size,
       sampler.dtype());
   std::optional<train::Progress> progress;

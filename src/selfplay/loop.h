@@ -98,11 +98,11 @@ class SelfplayLoop {
   void resume_generation(const std::string& checkpoint);
   void generate_and_judge(std::int64_t rounds_done_before);
   WorkLeft work_left() const;
-  /// collective: the most rounds of sample.batch_size prompts any rank has to generate.
+  /// collective: the most rounds (selfplay.round_prompts) any rank has to generate.
   std::int64_t count_rounds(std::size_t prompts) const;
   /// Asks for the verdicts on the human (or generated) answers of these prompts.
   void ask_judge(judge::Judge& judge, const std::vector<std::size_t>& prompts, bool human);
-  /// Generates round `round`'s batch of `todo` and hands it to the judge.
+  /// Generates round `round`'s prompts of `todo` and hands them to the judge.
   void generate_round(SamplingPolicy& sampler,
                       judge::Judge& judge,
                       const std::vector<std::size_t>& todo,

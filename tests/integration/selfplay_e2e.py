@@ -43,6 +43,7 @@ BIN = os.environ["DNPO_BIN"]
 SRC = os.environ["DNPO_SOURCE_DIR"]
 TEMPLATE = f"{SRC}/configs/judge/default_0_100.txt"
 PROMPTS = 160
+ROUND = 32  # prompts per generation round on a rank
 CONCURRENCY = 4
 BOUND_S = 300 * mpi_jobs.TIME_SCALE  # generous functional bound on one run
 
@@ -93,7 +94,9 @@ def command(work, name, port, *extra):
         "demo.train_size=1200", "demo.eval_size=40",
         "train.epochs=3", "train.batch_size=64", "train.micro_batch_size=16",
         f"selfplay.prompts={PROMPTS}", "selfplay.iterations=1", "selfplay.lr=1e-4",
-        "sample.batch_size=16", "npo.chunk_positions=16",
+        # rounds of 2 batches, so a row that ends takes the round's next prompt (continuous
+        # batching) and a rank has 3 rounds to be stopped between
+        "sample.batch_size=16", f"selfplay.round_prompts={ROUND}", "npo.chunk_positions=16",
         'judge.backend="http"', f'judge.base_url="http://127.0.0.1:{port}"',
         f'judge.template="{TEMPLATE}"', f"judge.concurrency={CONCURRENCY}",
         "judge.backoff_base_s=0.05", "judge.backoff_max_s=0.2",
@@ -354,7 +357,7 @@ def main():
             check(time.monotonic() < deadline, f"stop_judging: no verdicts in {BOUND_S} s")
             time.sleep(0.01)
         proc.send_signal(signal.SIGUSR1)
-    rounds = PROMPTS // 2 // 16
+    rounds = -(-PROMPTS // 2 // ROUND)
     code, out = interrupt(command(work, "stop_judging", server.port), "stop_judging",
                           ["iteration 1: generating", f"generate {rounds}/{rounds}"],
                           usr1_while_judging)

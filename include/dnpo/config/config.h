@@ -147,6 +147,11 @@ struct SelfplayConfig {
   /// warm-up). The paper's ablations take one iteration t of an arm off SPIN's chain: resume
   /// SPIN's checkpoint after iteration t-1 with mode_from = iterations = t.
   int mode_from = 1;
+  /// Prompts per generation round on a rank: a round's answers go to the judge together and a
+  /// checkpoint may follow it (a resumed run regenerates only the rounds not done). 0 = 4 ×
+  /// sample.batch_size with continuous batching (so a row that ends takes a waiting prompt), one
+  /// batch with static batching. Generation "per_layer" always uses one batch.
+  int round_prompts = 0;
 };
 /// [sample] — generation.
 struct SampleConfig {
@@ -159,6 +164,12 @@ struct SampleConfig {
   /// "fp32", or "bf16" (half the bytes a decode step reads; activations and the KV cache stay
   /// fp32). Evaluation always decodes in fp32, so its scores compare across runs.
   std::string dtype = "fp32";
+  /// "continuous": a row whose answer ends takes the next waiting prompt at once (its prompt
+  /// prefilled alone and written into the batch's KV cache), so a batch does not run until its
+  /// longest answer ends; "static": each batch of prompts runs until its last answer ends. The
+  /// answers are the same (draws keyed per prompt and token) up to float rounding.
+  /// selfplay.generation = "per_layer" (ranks decoding in lockstep) is always static.
+  std::string batching = "continuous";
 };
 
 /// [eval]

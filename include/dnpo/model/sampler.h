@@ -15,6 +15,7 @@ namespace dnpo::model {
 struct GenerationRequest {
   std::vector<std::int64_t> prompt;  ///< templated prompt tokens
   std::uint64_t sample_id = 0;       ///< global prompt index: keys the sampling draws
+  int max_new_tokens = 0;            ///< at most SampleConfig::max_new_tokens; 0 = that
 };
 
 struct Generation {
@@ -42,9 +43,11 @@ class Decoder {
   virtual at::Device device() const = 0;
 };
 
-/// Generates for every request, in batches of cfg.batch_size. temperature 0 = greedy.
-/// fixed_steps: every batch runs 1 + (max_new_tokens − 1) forwards even when all its rows have
-/// ended (ranks decoding in lockstep, where each forward is collective); the results are the same.
+/// Generates for every request, cfg.batch_size rows at a time, continuously or in static batches
+/// (cfg.batching). temperature 0 = greedy.
+/// fixed_steps: static batches, each running 1 + (max_new_tokens − 1) forwards even when all its
+/// rows have ended (ranks decoding in lockstep, where each forward is collective); the results are
+/// the same.
 std::vector<Generation> generate(Decoder& model,
                                  const std::vector<GenerationRequest>& requests,
                                  const config::SampleConfig& cfg,
@@ -53,7 +56,7 @@ std::vector<Generation> generate(Decoder& model,
                                  const SamplingKeys& keys,
                                  bool fixed_steps = false);
 
-/// Generates for every request, in batches of cfg.batch_size. temperature 0 = greedy.
+/// As above, on a whole model.
 std::vector<Generation> generate(const LlamaModel& model,
                                  const std::vector<GenerationRequest>& requests,
                                  const config::SampleConfig& cfg,
@@ -66,5 +69,32 @@ at::ScalarType decoding_dtype(const std::string& sample_dtype);
 
 /// Picks one token from logits (V) fp32 with draw u in [0,1): exposed for tests.
 std::int64_t pick_token(const at::Tensor& logits, const config::SampleConfig& cfg, double u);
+
+/// The next tokens of a decode step's rows, from their logits (rows, V): greedy takes every row's
+/// argmax at once; sampling copies the logits to the host once and draws each row's token with
+/// the key of its (prompt, answer position).
+class TokenPicker {
+ public:
+  TokenPicker(const at::Tensor& logits, const config::SampleConfig& cfg, const SamplingKeys& keys);
+  /// Row `row`'s token at answer position `step` of the prompt `sample_id`.
+  std::int64_t pick(std::int64_t row, std::uint64_t sample_id, std::int64_t step) const;
+
+ private:
+  const config::SampleConfig& cfg_;
+  SamplingKeys keys_;
+  at::Tensor picked_;  // greedy: (rows) int64 argmax; sampling: (rows, V) fp32 on the host
+};
+
+/// A request's answer length limit: its own, or the config's.
+int answer_limit(const GenerationRequest& request, const config::SampleConfig& cfg);
+
+/// Continuous batching (cfg.batching = "continuous"; generate() dispatches to it): cfg.batch_size
+/// rows decode together and a row whose answer ends takes the next waiting prompt at once.
+std::vector<Generation> generate_continuous(Decoder& model,
+                                            const std::vector<GenerationRequest>& requests,
+                                            const config::SampleConfig& cfg,
+                                            std::int64_t eos_id,
+                                            std::int64_t pad_id,
+                                            const SamplingKeys& keys);
 
 }  // namespace dnpo::model

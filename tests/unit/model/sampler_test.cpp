@@ -325,5 +325,91 @@ TEST(PickToken, TopKRenormalisesOverTheKept) {
   EXPECT_EQ(pick_token(logits, cfg, 0.999), 3);
 }
 
+// Prompts of 1 to 13 tokens (a long one often arrives when the batch's cache is still shorter than
+// it) and answer limits that differ per prompt (0 = the config's).
+std::vector<GenerationRequest> varied_requests(int count, int max_new) {
+  std::vector<GenerationRequest> out;
+  for (int i = 0; i < count; ++i) {
+    Ids prompt{1};
+    const int length = 1 + (i * 7) % 13;
+    for (int t = 1; t < length; ++t) {
+      prompt.push_back(3 + (i * 11 + t * 5) % 45);
+    }
+    const int limit = i % 3 == 0 ? 0 : 1 + (i * 5) % max_new;
+    out.push_back({prompt, static_cast<std::uint64_t>(500 + i), limit});
+  }
+  return out;
+}
+
+// The token the model's static greedy answers use most: as EOS it ends answers at many lengths.
+std::int64_t common_token(const std::vector<Generation>& answers) {
+  std::vector<int> counts(64, 0);
+  for (const auto& answer : answers) {
+    for (const auto token : answer.tokens) {
+      ++counts[static_cast<std::size_t>(token)];
+    }
+  }
+  return std::max_element(counts.begin(), counts.end()) - counts.begin();
+}
+
+TEST(ContinuousBatching, GivesTheAnswersOfStaticBatches) {
+  const LlamaModel model(tiny_config(), 11);
+  constexpr int kPrompts = 60, kRows = 3, kMaxNew = 16;
+  const auto requests = varied_requests(kPrompts, kMaxNew);
+  auto cfg = greedy_config(kRows, kMaxNew);
+  cfg.batching = "static";
+  const auto eos = common_token(generate(model, requests, cfg, kNoEos, kPad, {}));
+  for (const double temperature : {0.0, 1.0}) {
+    SCOPED_TRACE(temperature);
+    cfg.temperature = temperature;
+    cfg.batching = "static";
+    const auto batches = generate(model, requests, cfg, eos, kPad, {77, 1});
+    cfg.batching = "continuous";
+    const auto continuous = generate(model, requests, cfg, eos, kPad, {77, 1});
+    ASSERT_EQ(continuous.size(), batches.size());
+    int ended_by_eos = 0, ended_short_of_the_cap = 0, picks = 0;
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      EXPECT_EQ(continuous[i].tokens, batches[i].tokens) << "prompt " << i;
+      EXPECT_EQ(continuous[i].finished, batches[i].finished) << "prompt " << i;
+      const auto limit = answer_limit(requests[i], cfg);
+      EXPECT_LE(batches[i].tokens.size(), static_cast<std::size_t>(limit));
+      ended_by_eos += batches[i].finished ? 1 : 0;
+      ended_short_of_the_cap += batches[i].tokens.size() < kMaxNew ? 1 : 0;
+      picks += static_cast<int>(batches[i].tokens.size()) + (batches[i].finished ? 1 : 0);
+    }
+    // Rows must end at different times for any refill to happen, ...
+    EXPECT_GT(ended_by_eos, 5);
+    EXPECT_GT(ended_short_of_the_cap, kPrompts / 2);
+    // ... and the batch must decode more steps than its cache holds (2 × (13 + 16) columns), so
+    // the columns no row reads were dropped at least once: each step picks at most kRows tokens
+    // and each prefill one.
+    EXPECT_GT((picks - kPrompts) / kRows, 2 * (13 + kMaxNew));
+  }
+}
+
+TEST(ContinuousBatching, FollowsTheArgmaxPathWithMoreRowsThanPrompts) {
+  const LlamaModel model(tiny_config(), 3);
+  auto cfg = greedy_config(8, 6);
+  const auto requests = varied_requests(5, 6);
+  const auto results = generate(model, requests, cfg, kNoEos, kPad, {});
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(
+        results[i].tokens,
+        greedy_reference(model, requests[i].prompt, answer_limit(requests[i], cfg), kNoEos).tokens)
+        << "prompt " << i;
+  }
+}
+
+TEST(ContinuousBatching, RejectsAnAnswerLimitAboveTheConfigs) {
+  const LlamaModel model(tiny_config(), 3);
+  auto requests = requests_for({0, 1});
+  requests[1].max_new_tokens = 9;
+  for (const std::string batching : {"static", "continuous"}) {
+    auto cfg = greedy_config(2, 8);
+    cfg.batching = batching;
+    EXPECT_THROW(generate(model, requests, cfg, kNoEos, kPad, {}), Error) << batching;
+  }
+}
+
 }  // namespace
 }  // namespace dnpo::model

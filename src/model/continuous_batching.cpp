@@ -1,0 +1,260 @@
+// Continuous batching on the KV cache; see generate_continuous in sampler.h.
+//
+// The batch's cache is one (rows, KV, capacity, hd) tensor per layer with one length L for all
+// rows, as in a static batch. A row's sequence is right-aligned at L: a prompt that starts in a
+// row is prefilled on its own cache (with the other prompts starting in the same step) and its
+// keys and values are copied into columns [L − p, L) of that row, its mask set to those columns
+// alone. Positions come from the mask (cumsum − 1), so the copied keys carry the positions they
+// had in the prefill and the row continues as if it had been decoded alone. Columns no row reads
+// any more are dropped (moving the rest to the left) when they are a quarter of the cache.
+#include <algorithm>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "dnpo/common/error.h"
+#include "dnpo/model/batch.h"
+#include "dnpo/model/sampler.h"
+
+namespace dnpo::model {
+namespace {
+
+constexpr std::size_t kNoRequest = std::numeric_limits<std::size_t>::max();
+
+/// One row of the batch: the request it answers, where its sequence starts in the cache, and how
+/// many tokens it has picked.
+struct Row {
+  std::size_t request = kNoRequest;  ///< kNoRequest: its answer ended; free for the next prompt
+  std::int64_t start = 0;            ///< the cache column of its prompt's first token
+  std::int64_t picked = 0;           ///< answer tokens picked so far (an EOS included)
+  std::int64_t next_token = 0;       ///< the token the next decode step feeds
+};
+
+class ContinuousBatch {
+ public:
+  ContinuousBatch(Decoder& model,
+                  const std::vector<GenerationRequest>& requests,
+                  const config::SampleConfig& cfg,
+                  std::int64_t eos_id,
+                  std::int64_t pad_id,
+                  const SamplingKeys& keys)
+      : model_(model),
+        requests_(requests),
+        cfg_(cfg),
+        eos_id_(eos_id),
+        pad_id_(pad_id),
+        keys_(keys),
+        results_(requests.size()) {
+    std::int64_t longest = 0;
+    for (const auto& request : requests) {
+      DNPO_CHECK(!request.prompt.empty(), "generate: prompt {} has no tokens", request.sample_id);
+      longest = std::max<std::int64_t>(
+          longest, static_cast<std::int64_t>(request.prompt.size()) + answer_limit(request, cfg));
+    }
+    // No row's sequence is longer than `longest`, so after dropping the columns before the
+    // oldest row's start at least half the cache is free.
+    capacity_ = 2 * longest;
+    const auto rows = std::min<std::size_t>(requests.size(), std::max(1, cfg.batch_size));
+    rows_.resize(rows);
+    cache_ = model_.make_cache(static_cast<std::int64_t>(rows), capacity_);
+    mask_ = at::zeros({static_cast<std::int64_t>(rows), capacity_},
+                      at::TensorOptions().dtype(at::kLong).device(model_.device()));
+  }
+
+  std::vector<Generation> run() {
+    admit();
+    while (!rows_.empty()) {
+      decode_step();
+      admit();
+    }
+    return std::move(results_);
+  }
+
+ private:
+  /// Gives every free row the next waiting prompt; with none waiting, free rows leave the batch.
+  void admit() {
+    for (;;) {
+      std::vector<std::size_t> free;
+      for (std::size_t r = 0; r < rows_.size(); ++r) {
+        if (rows_[r].request == kNoRequest) {
+          free.push_back(r);
+        }
+      }
+      if (free.empty()) {
+        return;
+      }
+      if (next_request_ == requests_.size()) {
+        drop_free_rows();
+        return;
+      }
+      free.resize(std::min(free.size(), requests_.size() - next_request_));
+      for (const auto r : free) {
+        rows_[r] = Row{next_request_++};
+      }
+      start_rows(free);  // a first token may end an answer: loop until no row is free
+    }
+  }
+
+  /// Prefills the prompts of `slots` together, places them in the batch's cache, and picks
+  /// their first tokens.
+  void start_rows(const std::vector<std::size_t>& slots) {
+    std::vector<TokenSequence> prompts;
+    std::int64_t longest = 0;
+    for (const auto r : slots) {
+      const auto& prompt = requests_[rows_[r].request].prompt;
+      prompts.push_back({prompt, {}});
+      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(prompt.size()));
+    }
+    const auto batch = pad_batch(prompts, pad_id_, PadSide::kLeft);
+    const auto width = batch.input_ids.size(1);
+    auto prefill = model_.make_cache(static_cast<std::int64_t>(slots.size()), width);
+    const auto hidden = model_.forward_hidden(
+        batch.input_ids.to(model_.device()), batch.attention_mask.to(model_.device()), &prefill);
+    const auto length = cache_.length;
+    if (length < longest) {
+      relayout(0, longest - length);  // room on the left for the longest new prompt
+    }
+    const auto end = cache_.length;
+    for (std::size_t j = 0; j < slots.size(); ++j) {
+      const auto r = static_cast<std::int64_t>(slots[j]);
+      const auto p = static_cast<std::int64_t>(prompts[j].prompt.size());
+      for (std::size_t layer = 0; layer < cache_.keys.size(); ++layer) {
+        const auto j64 = static_cast<std::int64_t>(j);
+        cache_.keys[layer][r]
+            .narrow(1, end - p, p)
+            .copy_(prefill.keys[layer][j64].narrow(1, width - p, p));
+        cache_.values[layer][r]
+            .narrow(1, end - p, p)
+            .copy_(prefill.values[layer][j64].narrow(1, width - p, p));
+      }
+      mask_[r].zero_();
+      mask_[r].narrow(0, end - p, p).fill_(1);
+      rows_[slots[j]].start = end - p;
+    }
+    const TokenPicker picker(model_.logits(hidden.select(1, width - 1)), cfg_, keys_);
+    for (std::size_t j = 0; j < slots.size(); ++j) {
+      take(rows_[slots[j]], picker.pick(static_cast<std::int64_t>(j), sample_id(slots[j]), 0));
+    }
+  }
+
+  /// One forward of every row's next token, and the tokens after them.
+  void decode_step() {
+    // Every step's attention reads all L columns: drop those no row reads once they are a
+    // quarter of the cache (a copy of the rest, about one step's attention) or it is full.
+    std::int64_t oldest = cache_.length;
+    for (const auto& row : rows_) {
+      oldest = std::min(oldest, row.start);
+    }
+    if (oldest > 0 && (4 * oldest >= cache_.length || cache_.length == capacity_)) {
+      relayout(oldest, 0);
+    }
+    const auto rows = static_cast<std::int64_t>(rows_.size());
+    std::vector<std::int64_t> next;
+    for (const auto& row : rows_) {
+      next.push_back(row.next_token);
+    }
+    const auto length = cache_.length;
+    mask_.narrow(1, length, 1).fill_(1);
+    const auto ids = at::tensor(next, at::kLong).view({rows, 1}).to(model_.device());
+    const auto hidden = model_.forward_hidden(ids, mask_.narrow(1, 0, length + 1), &cache_);
+    const TokenPicker picker(model_.logits(hidden.select(1, 0)), cfg_, keys_);
+    for (std::size_t r = 0; r < rows_.size(); ++r) {
+      take(rows_[r], picker.pick(static_cast<std::int64_t>(r), sample_id(r), rows_[r].picked));
+    }
+  }
+
+  /// Records a row's picked token; an ended answer frees the row.
+  void take(Row& row, std::int64_t token) {
+    auto& result = results_[row.request];
+    ++row.picked;
+    if (token == eos_id_) {
+      result.finished = true;
+    } else {
+      result.tokens.push_back(token);
+      row.next_token = token;
+    }
+    if (token == eos_id_ || row.picked == answer_limit(requests_[row.request], cfg_)) {
+      row.request = kNoRequest;
+    }
+  }
+
+  /// Moves the cache's columns [keep_from, L) to start at column `offset` (dropping the ones
+  /// before keep_from, or making room on the left), in place. The columns left behind keep stale
+  /// (finite) values under a zero mask, which is all attention needs of them.
+  void relayout(std::int64_t keep_from, std::int64_t offset) {
+    const auto kept = cache_.length - keep_from;
+    DNPO_CHECK(offset + kept < capacity_, "continuous batching: the KV cache cannot fit {}", kept);
+    const auto move = [&](at::Tensor& t, std::int64_t dim) {
+      const auto columns = t.narrow(dim, keep_from, kept).clone();
+      t.narrow(dim, offset, kept).copy_(columns);
+    };
+    for (std::size_t layer = 0; layer < cache_.keys.size(); ++layer) {
+      move(cache_.keys[layer], 2);
+      move(cache_.values[layer], 2);
+    }
+    const auto mask = mask_.narrow(1, keep_from, kept).clone();
+    mask_.zero_();
+    mask_.narrow(1, offset, kept).copy_(mask);
+    cache_.length = offset + kept;
+    for (auto& row : rows_) {
+      row.start += offset - keep_from;
+    }
+  }
+
+  /// Removes the free rows from the batch (nothing waits for them).
+  void drop_free_rows() {
+    std::vector<std::int64_t> keep;
+    std::vector<Row> kept;
+    for (std::size_t r = 0; r < rows_.size(); ++r) {
+      if (rows_[r].request != kNoRequest) {
+        keep.push_back(static_cast<std::int64_t>(r));
+        kept.push_back(rows_[r]);
+      }
+    }
+    rows_ = std::move(kept);
+    if (rows_.empty()) {
+      return;
+    }
+    const auto index = at::tensor(keep, at::kLong).to(model_.device());
+    for (std::size_t layer = 0; layer < cache_.keys.size(); ++layer) {
+      cache_.keys[layer] = cache_.keys[layer].index_select(0, index);
+      cache_.values[layer] = cache_.values[layer].index_select(0, index);
+    }
+    mask_ = mask_.index_select(0, index);
+  }
+
+  std::uint64_t sample_id(std::size_t row) const {
+    return requests_[rows_[row].request].sample_id;
+  }
+
+  Decoder& model_;
+  const std::vector<GenerationRequest>& requests_;
+  const config::SampleConfig& cfg_;
+  std::int64_t eos_id_;
+  std::int64_t pad_id_;
+  SamplingKeys keys_;
+  std::vector<Generation> results_;
+  std::int64_t capacity_ = 0;
+  KVCache cache_;
+  at::Tensor mask_;  // (rows, capacity) int64: 1 on the columns of a row's current sequence
+  std::vector<Row> rows_;
+  std::size_t next_request_ = 0;
+};
+
+}  // namespace
+
+std::vector<Generation> generate_continuous(Decoder& model,
+                                            const std::vector<GenerationRequest>& requests,
+                                            const config::SampleConfig& cfg,
+                                            std::int64_t eos_id,
+                                            std::int64_t pad_id,
+                                            const SamplingKeys& keys) {
+  if (requests.empty()) {
+    return {};
+  }
+  at::NoGradGuard no_grad;
+  return ContinuousBatch(model, requests, cfg, eos_id, pad_id, keys).run();
+}
+
+}  // namespace dnpo::model
