@@ -18,6 +18,14 @@ may be); the padding does not depend on which is which.
       (a step's pairs in epoch order, chosen and rejected of a micro-batch padded to its longest
       sequence), "grouped" (a step's pairs sorted by length before they are split into
       micro-batches) and "packed" (each pair's chosen and rejected in one row, grouped).
+  paper_lengths.py generation --prompts N [--seed S]
+      one JSON line per prompt, {prompt, answer}: the prompt's length and the length its
+      generated answer will have (for dnpo_generate_bench --lengths, which makes each answer that
+      long: continuous against static batching on answers that end at the paper's lengths).
+  paper_lengths.py batching --prompts N --batch B [--seed S]
+      what static batches spend on those prompts against what continuous batching at least
+      needs: decode steps (static: each batch's longest answer; continuous: the answers' tokens
+      over the rows) and prefill tokens (static: every prompt padded to its batch's longest).
   paper_lengths.py jsonl --pairs N --out FILE [--seed S]
       the pairs as JSONL ({id, prompt, chosen, rejected}) of words whose byte counts are those
       lengths (dnpo's byte tokenizer: a token per byte), for dnpo_dist train / the benchmarks.
@@ -81,11 +89,35 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--micro", default="1,2,4,8,16")
     p.add_argument("--seed", type=int, default=1)
+    g = sub.add_parser("generation")
+    g.add_argument("--prompts", type=int, required=True)
+    g.add_argument("--seed", type=int, default=1)
+    b = sub.add_parser("batching")
+    b.add_argument("--prompts", type=int, required=True)
+    b.add_argument("--batch", type=int, required=True)
+    b.add_argument("--seed", type=int, default=1)
     j = sub.add_parser("jsonl")
     j.add_argument("--pairs", type=int, required=True)
     j.add_argument("--out", required=True)
     j.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    if args.command == "generation":
+        for prompt, _, generated in draw_pairs(args.prompts, args.seed):
+            print(json.dumps({"prompt": prompt, "answer": generated}))
+        return 0
+    if args.command == "batching":
+        lengths = [(p, g) for p, _, g in draw_pairs(args.prompts, args.seed)]
+        batches = [lengths[i:i + args.batch] for i in range(0, len(lengths), args.batch)]
+        static_steps = sum(max(g for _, g in batch) for batch in batches)
+        static_prefill = sum(len(batch) * max(p for p, _ in batch) for batch in batches)
+        answers = sum(g for _, g in lengths)
+        prompts = sum(p for p, _ in lengths)
+        print(json.dumps({"prompts": args.prompts, "batch": args.batch,
+                          "static_decode_steps": static_steps,
+                          "continuous_decode_steps_at_least": math.ceil(answers / args.batch),
+                          "static_row_steps": static_steps * args.batch, "answer_tokens": answers,
+                          "static_prefill_tokens": static_prefill, "prompt_tokens": prompts}))
+        return 0
     pairs = draw_pairs(args.pairs, args.seed)
     if args.command == "padding":
         for micro in (int(m) for m in args.micro.split(",")):

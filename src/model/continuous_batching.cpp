@@ -52,9 +52,9 @@ class ContinuousBatch {
       longest = std::max<std::int64_t>(
           longest, static_cast<std::int64_t>(request.prompt.size()) + answer_limit(request, cfg));
     }
-    // No row's sequence is longer than `longest`, so after dropping the columns before the
-    // oldest row's start at least half the cache is free.
-    capacity_ = 2 * longest;
+    // No row's sequence is longer than `longest`, so dropping the columns before the oldest
+    // row's start frees at least the slack; a copy per slack steps is little.
+    capacity_ = longest + std::max<std::int64_t>(16, longest / 2);
     const auto rows = std::min<std::size_t>(requests.size(), std::max(1, cfg.batch_size));
     rows_.resize(rows);
     cache_ = model_.make_cache(static_cast<std::int64_t>(rows), capacity_);
@@ -72,7 +72,8 @@ class ContinuousBatch {
   }
 
  private:
-  /// Gives every free row the next waiting prompt; with none waiting, free rows leave the batch.
+  /// Gives every free row the next waiting prompt. With none waiting, free rows idle until they
+  /// are a quarter of the batch, then leave it (each removal copies the cache).
   void admit() {
     for (;;) {
       std::vector<std::size_t> free;
@@ -85,7 +86,9 @@ class ContinuousBatch {
         return;
       }
       if (next_request_ == requests_.size()) {
-        drop_free_rows();
+        if (4 * free.size() >= rows_.size()) {
+          drop_free_rows();
+        }
         return;
       }
       free.resize(std::min(free.size(), requests_.size() - next_request_));
@@ -144,15 +147,17 @@ class ContinuousBatch {
     // quarter of the cache (a copy of the rest, about one step's attention) or it is full.
     std::int64_t oldest = cache_.length;
     for (const auto& row : rows_) {
-      oldest = std::min(oldest, row.start);
+      if (row.request != kNoRequest) {
+        oldest = std::min(oldest, row.start);
+      }
     }
     if (oldest > 0 && (4 * oldest >= cache_.length || cache_.length == capacity_)) {
       relayout(oldest, 0);
     }
     const auto rows = static_cast<std::int64_t>(rows_.size());
-    std::vector<std::int64_t> next;
+    std::vector<std::int64_t> next;  // an idle row decodes padding, never read
     for (const auto& row : rows_) {
-      next.push_back(row.next_token);
+      next.push_back(row.request != kNoRequest ? row.next_token : pad_id_);
     }
     const auto length = cache_.length;
     mask_.narrow(1, length, 1).fill_(1);
@@ -160,7 +165,9 @@ class ContinuousBatch {
     const auto hidden = model_.forward_hidden(ids, mask_.narrow(1, 0, length + 1), &cache_);
     const TokenPicker picker(model_.logits(hidden.select(1, 0)), cfg_, keys_);
     for (std::size_t r = 0; r < rows_.size(); ++r) {
-      take(rows_[r], picker.pick(static_cast<std::int64_t>(r), sample_id(r), rows_[r].picked));
+      if (rows_[r].request != kNoRequest) {
+        take(rows_[r], picker.pick(static_cast<std::int64_t>(r), sample_id(r), rows_[r].picked));
+      }
     }
   }
 
@@ -216,10 +223,19 @@ class ContinuousBatch {
     if (rows_.empty()) {
       return;
     }
+    // Only the L columns in use are copied: the ones after them are written before they are read.
     const auto index = at::tensor(keep, at::kLong).to(model_.device());
+    const auto length = cache_.length;
+    const auto select = [&](const at::Tensor& t) {
+      auto sizes = t.sizes().vec();
+      sizes[0] = static_cast<std::int64_t>(keep.size());
+      auto out = at::empty(sizes, t.options());
+      out.narrow(2, 0, length).copy_(t.narrow(2, 0, length).index_select(0, index));
+      return out;
+    };
     for (std::size_t layer = 0; layer < cache_.keys.size(); ++layer) {
-      cache_.keys[layer] = cache_.keys[layer].index_select(0, index);
-      cache_.values[layer] = cache_.values[layer].index_select(0, index);
+      cache_.keys[layer] = select(cache_.keys[layer]);
+      cache_.values[layer] = select(cache_.values[layer]);
     }
     mask_ = mask_.index_select(0, index);
   }
