@@ -28,6 +28,7 @@ struct Row {
   std::size_t request = kNoRequest;  ///< kNoRequest: its answer ended; free for the next prompt
   std::int64_t start = 0;            ///< the cache column of its prompt's first token
   std::int64_t picked = 0;           ///< answer tokens picked so far (an EOS included)
+  int limit = 0;                     ///< answer_limit of its request
   std::int64_t next_token = 0;       ///< the token the next decode step feeds
 };
 
@@ -48,7 +49,6 @@ class ContinuousBatch {
         results_(requests.size()) {
     std::int64_t longest = 0;
     for (const auto& request : requests) {
-      DNPO_CHECK(!request.prompt.empty(), "generate: prompt {} has no tokens", request.sample_id);
       longest = std::max<std::int64_t>(
           longest, static_cast<std::int64_t>(request.prompt.size()) + answer_limit(request, cfg));
     }
@@ -93,7 +93,9 @@ class ContinuousBatch {
       }
       free.resize(std::min(free.size(), requests_.size() - next_request_));
       for (const auto r : free) {
-        rows_[r] = Row{next_request_++};
+        rows_[r] = Row{};
+        rows_[r].request = next_request_;
+        rows_[r].limit = answer_limit(requests_[next_request_++], cfg_);
       }
       start_rows(free);  // a first token may end an answer: loop until no row is free
     }
@@ -173,15 +175,8 @@ class ContinuousBatch {
 
   /// Records a row's picked token; an ended answer frees the row.
   void take(Row& row, std::int64_t token) {
-    auto& result = results_[row.request];
-    ++row.picked;
-    if (token == eos_id_) {
-      result.finished = true;
-    } else {
-      result.tokens.push_back(token);
-      row.next_token = token;
-    }
-    if (token == eos_id_ || row.picked == answer_limit(requests_[row.request], cfg_)) {
+    row.next_token = token;
+    if (append_token(results_[row.request], token, eos_id_, row.picked++, row.limit)) {
       row.request = kNoRequest;
     }
   }

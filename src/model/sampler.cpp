@@ -115,12 +115,23 @@ std::int64_t TokenPicker::pick(std::int64_t row, std::uint64_t sample_id, std::i
 }
 
 int answer_limit(const GenerationRequest& request, const config::SampleConfig& cfg) {
+  DNPO_CHECK(!request.prompt.empty(), "generate: prompt {} has no tokens", request.sample_id);
   DNPO_CHECK(request.max_new_tokens >= 0 && request.max_new_tokens <= cfg.max_new_tokens,
              "generate: prompt {} asks for {} new tokens, outside [0, sample.max_new_tokens = {}]",
              request.sample_id,
              request.max_new_tokens,
              cfg.max_new_tokens);
   return request.max_new_tokens > 0 ? request.max_new_tokens : cfg.max_new_tokens;
+}
+
+bool append_token(
+    Generation& answer, std::int64_t token, std::int64_t eos_id, std::int64_t step, int limit) {
+  if (token == eos_id) {
+    answer.finished = true;
+    return true;
+  }
+  answer.tokens.push_back(token);
+  return step + 1 == limit;
 }
 
 namespace {
@@ -141,8 +152,6 @@ void generate_batch(Decoder& model,
   std::vector<TokenSequence> prompts;
   std::vector<int> limits;
   for (std::size_t i = begin; i < end; ++i) {
-    DNPO_CHECK(
-        !requests[i].prompt.empty(), "generate: prompt {} has no tokens", requests[i].sample_id);
     prompts.push_back({requests[i].prompt, {}});
     limits.push_back(answer_limit(requests[i], cfg));
   }
@@ -164,13 +173,8 @@ void generate_batch(Decoder& model,
         continue;
       }
       const auto token = picker.pick(r, requests[begin + r].sample_id, step);
-      auto& result = results[begin + r];
-      if (token == eos_id) {
-        result.finished = true;
-      } else {
-        result.tokens.push_back(token);
-      }
-      if (token == eos_id || step + 1 == limits[static_cast<std::size_t>(r)]) {
+      if (append_token(
+              results[begin + r], token, eos_id, step, limits[static_cast<std::size_t>(r)])) {
         done[r] = true;
         --remaining;
       }

@@ -85,8 +85,14 @@ class TokenPicker {
   at::Tensor picked_;  // greedy: (rows) int64 argmax; sampling: (rows, V) fp32 on the host
 };
 
-/// A request's answer length limit: its own, or the config's.
+/// A request's answer length limit: its own, or the config's. Throws on a request without prompt
+/// tokens or with a limit above the config's.
 int answer_limit(const GenerationRequest& request, const config::SampleConfig& cfg);
+
+/// Records the token an answer picked at position `step` (EOS marks it finished and is not kept);
+/// returns whether the answer has ended: EOS, or `limit` tokens picked.
+bool append_token(
+    Generation& answer, std::int64_t token, std::int64_t eos_id, std::int64_t step, int limit);
 
 /// Continuous batching (cfg.batching = "continuous"; generate() dispatches to it): cfg.batch_size
 /// rows decode together and a row whose answer ends takes the next waiting prompt at once.
