@@ -185,6 +185,8 @@ inline auto training_tables() {
             key("grad_clip", &TrainConfig::grad_clip, non_negative()),
             key("dtype", &TrainConfig::dtype, one_of({"fp32", "bf16"})),
             key("reuse_reference", &TrainConfig::reuse_reference),
+            key("pack_pairs", &TrainConfig::pack_pairs),
+            key("pack_length", &TrainConfig::pack_length, non_negative()),
             key("iteration", &TrainConfig::iteration)),
       table("loss", &RunConfig::loss, key("beta", &LossConfig::beta, positive())),
       table("npo",

@@ -33,7 +33,11 @@ ResponseRows to_device(const ResponseRows& rows, at::Device device) {
     return rows;
   }
   const auto move = [device](const at::Tensor& t) { return model::to_device(t, device); };
-  return {move(rows.hidden_row), move(rows.target), move(rows.sample), move(rows.position)};
+  return {move(rows.hidden_row),
+          move(rows.target),
+          move(rows.sample),
+          move(rows.position),
+          rows.sequences};
 }
 
 namespace {
@@ -72,8 +76,11 @@ at::Tensor sequence_logprobs(const at::Tensor& hidden,
                              const ResponseRows& rows,
                              std::int64_t chunk_rows) {
   DNPO_CHECK(hidden.dim() == 3, "hidden must be (B,T,C), got {}", hidden.sizes());
-  return gather_logprobs(
-      hidden.reshape({-1, hidden.size(2)}), lm_head, rows, hidden.size(0), chunk_rows);
+  return gather_logprobs(hidden.reshape({-1, hidden.size(2)}),
+                         lm_head,
+                         rows,
+                         rows.sequences > 0 ? rows.sequences : hidden.size(0),
+                         chunk_rows);
 }
 
 at::Tensor sft_loss(const at::Tensor& hidden,
@@ -152,8 +159,9 @@ NpoTerms npo_loss(const NpoInputs& in,
   noisy_in.targets = rows.target;
   noisy_in.samples = rows.sample;
   noisy_in.ref_lm_head = in.ref_lm_head.detach();
-  if (npo.penalty_positions == "all") {
-    noisy_in.penalty_rows = h_flat;  // every row, prompt and padding included
+  if (npo.penalty_positions == "all") {  // every row (prompt and padding included) or those given
+    noisy_in.penalty_rows =
+        in.penalty_positions.defined() ? h_flat.index_select(0, in.penalty_positions) : h_flat;
   }
   noisy_in.batch = batch;
   noisy_in.draws = in.draws;

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "dnpo/common/counter_rng.h"
+#include "dnpo/model/llama.h"
 
 namespace dnpo::train {
 
@@ -17,8 +18,12 @@ NpoObjective::NpoObjective(PairData data,
                            dist::Comm& comm,
                            dist::UnitPrecision precision,
                            const ShardedNoiseHead* initial_head)
-    : PairObjective(
-          std::move(data), pad_id, comm, precision.device, cfg.train.reuse_reference ? 1 : 0),
+    : PairObjective(std::move(data),
+                    pad_id,
+                    comm,
+                    precision.device,
+                    cfg.train.reuse_reference ? 1 : 0,
+                    pair_packing(cfg)),
       policy_(policy),
       reference_(policy.frozen_copy()),
       cfg_(cfg) {
@@ -48,9 +53,8 @@ void NpoObjective::plan_step(std::int64_t step,
   step_ = step;
   global_penalty_elements_ = 0;
   for (const auto& m : micro_) {
-    const auto rows = m.rows();
     global_penalty_elements_ += static_cast<double>(
-        penalty_rows(cfg_.npo, m.batch.loss_mask.narrow(0, rows, rows)) * cfg_.model.vocab_size);
+        m.negatives.penalty_positions(cfg_.npo, m.batch.input_ids.size(1)) * cfg_.model.vocab_size);
   }
 }
 
@@ -59,10 +63,7 @@ at::Tensor NpoObjective::micro_batch_loss(std::size_t index,
                                           StepStats& stats,
                                           Phase& phase) {
   const auto& m = micro_[index];
-  const auto rows = m.rows();
   const auto b = to_device(m, device_);
-  const auto rejected_rows = response_rows(m.batch.input_ids.narrow(0, rows, rows),
-                                           m.batch.loss_mask.narrow(0, rows, rows));
   phase.begin("dnpo::policy_forward");
   const auto policy = pair_logprobs(policy_, b);
   phase.begin("dnpo::reference_forward");
@@ -70,10 +71,8 @@ at::Tensor NpoObjective::micro_batch_loss(std::size_t index,
   phase.begin("dnpo::loss");
   in.policy_chosen = policy.chosen;
   in.policy_rejected = policy.rejected;
-  in.rejected_ids = b.batch.input_ids.narrow(0, rows, rows);
-  in.rejected_loss_mask = b.batch.loss_mask.narrow(0, rows, rows);
-  in.rejected_rows = to_device(rejected_rows, device_);
-  in.draws = draws_of(rejected_rows, m);
+  // both layouts of the negatives list their response tokens in the same order
+  in.draws = draws_of(m.negatives.rows, m);
   in.global_pairs = global_pairs_;
   in.global_penalty_elements = global_penalty_elements_;
   const auto head_params = head_ ? head_->parameters() : std::vector<at::Tensor>{};
@@ -87,30 +86,43 @@ at::Tensor NpoObjective::micro_batch_loss(std::size_t index,
   return terms.total;
 }
 
+namespace {
+
+// The reference's hidden states of a forward whose rows hold `negatives`, as npo_loss reads them.
+void set_negatives(NpoInputs& in,
+                   const at::Tensor& hidden,
+                   const NegativeRows& negatives,
+                   at::Device device) {
+  in.ref_hidden = hidden.narrow(0, negatives.first_row, negatives.row_count);
+  in.rejected_rows = to_device(negatives.rows, device);
+  if (negatives.all_positions.defined()) {
+    in.penalty_positions = model::to_device(negatives.all_positions, device);
+  }
+}
+
+}  // namespace
+
 NpoInputs NpoObjective::reference_inputs(std::size_t index,
                                          const DevicePairBatch& b,
                                          double weight) {
   const auto& m = micro_[index];
-  const auto rows = m.rows();
   const at::NoGradGuard no_grad;
   NpoInputs in;
   if (reference_known()) {
     // the positives' log-probs from an earlier epoch: the reference runs the negatives alone
-    auto out = reference_->forward(b.batch.input_ids.narrow(0, rows, rows),
-                                   b.batch.attention_mask.narrow(0, rows, rows),
-                                   b.right_padded);
+    const auto alone = negatives_alone(data_, m, packing_, pad_id_);
+    const auto batch = model::to_device(alone.batch, device_);
+    auto out = reference_->forward(
+        batch.input_ids, batch.attention_mask, model::is_right_padded(alone.batch.attention_mask));
     in.ref_chosen = known_reference(index)[0];
-    in.ref_hidden = std::move(out.hidden);
+    set_negatives(in, out.hidden, alone.negatives, device_);
     in.ref_lm_head = std::move(out.lm_head);
     return in;
   }
-  const auto chosen_rows = to_device(
-      response_rows(m.batch.input_ids.narrow(0, 0, rows), m.batch.loss_mask.narrow(0, 0, rows)),
-      device_);
   auto out = reference_->forward(b.batch.input_ids, b.batch.attention_mask, b.right_padded);
-  in.ref_chosen = sequence_logprobs(out.hidden.narrow(0, 0, rows), out.lm_head, chosen_rows);
+  in.ref_chosen = sequence_logprobs(out.hidden, out.lm_head, to_device(m.chosen_rows(), device_));
   keep_reference(index, weight, in.ref_chosen.unsqueeze(0));
-  in.ref_hidden = out.hidden.narrow(0, rows, rows);
+  set_negatives(in, out.hidden, m.negatives, device_);
   in.ref_lm_head = std::move(out.lm_head);
   return in;
 }

@@ -13,8 +13,12 @@ SpinObjective::SpinObjective(PairData data,
                              const config::RunConfig& cfg,
                              std::int64_t pad_id,
                              dist::Comm& comm)
-    : PairObjective(
-          std::move(data), pad_id, comm, comm.device(), cfg.train.reuse_reference ? 2 : 0),
+    : PairObjective(std::move(data),
+                    pad_id,
+                    comm,
+                    comm.device(),
+                    cfg.train.reuse_reference ? 2 : 0,
+                    pair_packing(cfg)),
       policy_(policy),
       reference_(policy.frozen_copy()),
       beta_(cfg.loss.beta) {

@@ -14,12 +14,14 @@
 namespace dnpo::train {
 
 /// The (b, t) with loss_mask[b,t] = 1 in row-major order. The token at t is scored by the logits
-/// at t-1, so hidden_row = b·T + t − 1 indexes the flattened (B·T, C) hidden state.
+/// at t-1, so hidden_row = b·T + t − 1 indexes the flattened (B·T, C) hidden state. A packed
+/// batch makes its own (PairBatch): sample numbers the sequences, position is within one.
 struct ResponseRows {
-  at::Tensor hidden_row;  // (N,) int64
-  at::Tensor target;      // (N,) int64 token ids
-  at::Tensor sample;      // (N,) int64 row b within the batch
-  at::Tensor position;    // (N,) int64 t
+  at::Tensor hidden_row;       // (N,) int64
+  at::Tensor target;           // (N,) int64 token ids
+  at::Tensor sample;           // (N,) int64 row b within the batch (the sequence)
+  at::Tensor position;         // (N,) int64 t (within the sequence)
+  std::int64_t sequences = 0;  // how many sequences `sample` numbers; 0: the batch's rows
 };
 /// Where loss_mask is set, in row-major order. Made from the host copy of a batch, it costs the
 /// GPU no host sync (nonzero would); then to_device.
@@ -28,7 +30,8 @@ ResponseRows response_rows(const at::Tensor& input_ids, const at::Tensor& loss_m
 ResponseRows to_device(const ResponseRows& rows, at::Device device);
 
 /// log π(y|x) per sequence: Σ over response tokens of log_softmax(logits)[token], computed only
-/// at response rows (hidden (B,T,C), lm_head (V,C)) in chunks of chunk_rows. → (B,) fp32.
+/// at response rows (hidden (B,T,C), lm_head (V,C)) in chunks of chunk_rows. → (B,) fp32, or
+/// (rows.sequences,) when the rows number sequences rather than rows.
 at::Tensor sequence_logprobs(const at::Tensor& hidden,
                              const at::Tensor& lm_head,
                              const at::Tensor& input_ids,
@@ -84,6 +87,8 @@ struct NpoInputs {
   at::Tensor rejected_ids;     // (B, T) int64
   at::Tensor rejected_loss_mask;  // (B, T) int64
   ResponseRows rejected_rows;     // response_rows of the two above, if made already (else made)
+  at::Tensor penalty_positions;   // rows of ref_hidden's flat (B·T) rows that penalty "all"
+                                  // reads; undefined: every one
   NoiseDraws draws;
   double global_pairs = 0;             // pairs in the global batch (mean normaliser)
   double global_penalty_elements = 0;  // penalty rows in the global batch × V

@@ -1,6 +1,6 @@
 // What SPIN and NPO share: chosen/rejected pairs as token sequences, their micro-batches (chosen
-// and rejected padded together for one concatenated forward), and the pair statistics both
-// report.
+// and rejected in one forward: padded to the longest, or packed side by side several pairs to a
+// row), and the pair statistics both report.
 #pragma once
 
 #include <cstdint>
@@ -40,34 +40,80 @@ struct PairData {
   std::uint64_t fingerprint() const;
 };
 
-/// One micro-batch of m pairs: rows [0, m) chosen, [m, 2m) rejected.
+/// How a micro-batch lays out its pairs (train.pack_pairs, train.pack_length).
+struct PairPacking {
+  bool packed = false;
+  std::int64_t row_tokens = 0;  ///< packed: a row holds pairs up to this many tokens (> 0)
+};
+PairPacking pair_packing(const config::RunConfig& cfg);
+
+/// Where a micro-batch's negatives are in the rows of a forward: what NPO's noisy side reads.
+struct NegativeRows {
+  std::int64_t first_row = 0;  ///< the forward rows [first_row, first_row + row_count) hold them
+  std::int64_t row_count = 0;
+  ResponseRows rows;  ///< their response tokens; hidden_row within those rows, sample = pair k
+  /// Flattened rows (within those rows) that npo.penalty_positions = "all" reads: every token of
+  /// the negatives when packed; undefined when padded: every row, padding included.
+  at::Tensor all_positions;
+  /// Positions the penalty covers under `cfg` (its normaliser, divided by the vocabulary).
+  std::int64_t penalty_positions(const config::NpoConfig& cfg, std::int64_t width) const;
+};
+
+/// One micro-batch of m pairs. Padded: rows [0, m) chosen, [m, 2m) rejected, padded to the
+/// longest. Packed: a pair's chosen and rejected side by side in one row, several pairs to a row
+/// (numbered 1, 2, … in the attention mask, so each sees only itself), rows balanced in length.
 struct PairBatch {
   model::TokenBatch batch;
+  /// Every response token (host): the chosen ones first (sample k for pair k), then the rejected
+  /// (sample m + k); position = place within its own sequence, whatever the layout.
+  ResponseRows rows;
+  std::int64_t chosen_entries = 0;       ///< rows' first entries that are the chosen's
+  NegativeRows negatives;                ///< the negatives within `batch`
   std::vector<std::int64_t> pair_index;  ///< PairData::TokenPair::index of each pair
   std::vector<std::int64_t> sample;      ///< each pair's place in PairData::pairs
-  std::int64_t rows() const {
+  std::int64_t pairs() const {
     return static_cast<std::int64_t>(pair_index.size());
   }
+  /// The chosen's entries of `rows` (sample k for pair k).
+  ResponseRows chosen_rows() const;
 };
+
+/// A micro-batch's negatives alone (the reference's rows once the positives' log-probs are
+/// known): padded, rows [m, 2m) of the pair batch; packed, the negatives packed on their own.
+struct NegativeBatch {
+  model::TokenBatch batch;
+  NegativeRows negatives;
+};
+NegativeBatch negatives_alone(const PairData& data,
+                              const PairBatch& micro,
+                              const PairPacking& packing,
+                              std::int64_t pad_id);
 
 /// A pair micro-batch on the compute device, with what the forwards and losses need to know of
 /// its masks read from the host copy (on a GPU, reading the device copy would make the host wait).
 struct DevicePairBatch {
   model::TokenBatch batch;
   bool right_padded = false;
-  ResponseRows rows;  ///< response rows of all 2m rows
+  ResponseRows rows;  ///< every response token (PairBatch::rows)
 };
 DevicePairBatch to_device(const PairBatch& micro, at::Device device);
 
-/// log π(y+) and log π(y−), (m,) each, from one forward of `model` over [chosen; rejected].
+/// log π(y+) and log π(y−), (m,) each, from one forward of `model` over the pair batch.
 struct PairLogprobs {
   at::Tensor chosen, rejected;
 };
 PairLogprobs pair_logprobs(ShardedLlama& model, const DevicePairBatch& micro);
 
+/// The step's pairs regrouped into as many micro-batches, balanced in tokens (packed layout):
+/// longest pair first, each to the micro-batch with the fewest tokens so far (ties: the first).
+/// Deterministic, and the same whatever the world size; the step's pairs do not change.
+std::vector<std::vector<std::int64_t>> balance_micro_batches(
+    const PairData& data, const std::vector<std::vector<std::int64_t>>& micro);
+
 std::vector<PairBatch> make_pair_batches(const PairData& data,
                                          const std::vector<std::vector<std::int64_t>>& micro,
-                                         std::int64_t pad_id);
+                                         std::int64_t pad_id,
+                                         const PairPacking& packing = {});
 
 /// The statistics SPIN and NPO both report of a micro-batch, times `weight`: margins (B,) m1,
 /// detached; the policy's log-probs of chosen and rejected (B,); tokens of the batch.
@@ -89,7 +135,8 @@ class PairObjective : public Objective {
                 std::int64_t pad_id,
                 dist::Comm& comm,
                 at::Device device,
-                std::int64_t reference_columns);
+                std::int64_t reference_columns,
+                PairPacking packing);
   std::string describe_data() const override {
     return data_.describe();
   }
@@ -119,6 +166,7 @@ class PairObjective : public Objective {
   void keep_reference(std::size_t index, double weight, const at::Tensor& values);
 
   PairData data_;
+  PairPacking packing_;
   std::int64_t pad_id_;
   dist::Comm& comm_;
   at::Device device_;

@@ -57,12 +57,14 @@ config::RunConfig tiny_run_at_world(const std::string& loss) {
 Gap compare(const std::string& loss,
             bool tied = false,
             const std::string& dtype = "fp32",
-            bool reshard_after_forward = true) {
+            bool reshard_after_forward = true,
+            bool packed = false) {
   at::set_num_threads(1);
   auto cfg = tiny_run_at_world(loss);
   cfg.model.tie_word_embeddings = tied;
   cfg.train.dtype = dtype;
   cfg.dist.reshard_after_forward = reshard_after_forward ? "true" : "false";
+  cfg.train.pack_pairs = packed;
   const auto single = train(cfg, test::one_process());
   const auto sharded = train(cfg, comm());
   EXPECT_EQ(sharded.losses.size(), single.losses.size());
@@ -77,15 +79,17 @@ Gap compare(const std::string& loss,
   }
   gap.change = relative(sharded.change, single.change);
   if (test::mpi().rank() == 0) {
-    std::printf("[np %d] %s%s%s %s: loss gap %.2e, gradient gap %.2e, parameter-change gap %.2e\n",
-                test::mpi().world_size(),
-                loss.c_str(),
-                tied ? " tied" : "",
-                reshard_after_forward ? "" : " kept gathered",
-                dtype.c_str(),
-                gap.loss,
-                gap.grad,
-                gap.change);
+    std::printf(
+        "[np %d] %s%s%s%s %s: loss gap %.2e, gradient gap %.2e, parameter-change gap %.2e\n",
+        test::mpi().world_size(),
+        loss.c_str(),
+        tied ? " tied" : "",
+        reshard_after_forward ? "" : " kept gathered",
+        packed ? " packed" : "",
+        dtype.c_str(),
+        gap.loss,
+        gap.grad,
+        gap.change);
   }
   return gap;
 }
@@ -106,6 +110,15 @@ TEST(FsdpEquivalence, NpoMatchesTheSingleProcessTrainer) {
 
 TEST(FsdpEquivalence, NpoWithTiedEmbeddingMatches) {
   const auto gap = compare("npo", true);
+  EXPECT_LT(gap.loss, 1e-5);
+  EXPECT_LT(gap.grad, 1e-4);
+  EXPECT_LT(gap.change, 1e-3);
+}
+
+// train.pack_pairs: a step's pairs regrouped into micro-batches balanced in tokens, packed into
+// rows: the grouping does not depend on the world size, so np ranks still equal one process.
+TEST(FsdpEquivalence, PackedNpoMatches) {
+  const auto gap = compare("npo", false, "fp32", true, true);
   EXPECT_LT(gap.loss, 1e-5);
   EXPECT_LT(gap.grad, 1e-4);
   EXPECT_LT(gap.change, 1e-3);

@@ -55,6 +55,8 @@ RunConfig all_non_default() {
   c.train.grad_clip = 0.0;
   c.train.dtype = "bf16";
   c.train.reuse_reference = false;
+  c.train.pack_pairs = true;
+  c.train.pack_length = 4096;
   c.train.iteration = 2;
   c.loss.beta = 0.5;
   c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, "normal", 0.1, 32};
@@ -114,8 +116,8 @@ auto fields(const DemoConfig& x) {
   return std::tie(a, b, c, d, e, f, g);
 }
 auto fields(const TrainConfig& x) {
-  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s] = x;
-  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s);
+  const auto& [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u] = x;
+  return std::tie(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u);
 }
 auto fields(const LossConfig& x) {
   const auto& [a] = x;
@@ -216,7 +218,7 @@ void expect_each_field(const RunConfig& a, const RunConfig& b, Pred pred, const 
                               << ::testing::PrintToString(y);
     });
   });
-  EXPECT_EQ(count, 123U);  // the fields of config.h, all visited
+  EXPECT_EQ(count, 125U);  // the fields of config.h, all visited
 }
 
 void expect_equal(const RunConfig& a, const RunConfig& b) {
