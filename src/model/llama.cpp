@@ -42,16 +42,62 @@ constexpr std::int64_t kFusedAttentionMaxSteps = 4;
 // Process-wide switch (set_fused_attention); read on every block.
 std::atomic<bool> fused_attention_enabled{fused_attention_available()};
 
+// Grouped-query softmax(q kᵀ / √hd + bias) v without copying K/V: q (…, H, T, hd) viewed as
+// (…, KV, group, T, hd) against k, v (…, KV, Tk, hd).
+at::Tensor grouped_attention(const at::Tensor& q,
+                             const at::Tensor& k,
+                             const at::Tensor& v,
+                             const at::Tensor& bias) {
+  const auto heads = q.size(-3);
+  const auto kv_heads = k.size(-3);
+  auto shape = q.sizes().vec();
+  shape.insert(shape.end() - 3, kv_heads);
+  shape[shape.size() - 3] = heads / kv_heads;
+  auto scores = batched_matmul(q.reshape(shape), k.unsqueeze(-3).transpose(-1, -2)) /
+                std::sqrt(static_cast<double>(q.size(-1)));
+  auto probs = at::softmax(scores + bias, -1, at::kFloat).to(q.scalar_type());
+  return batched_matmul(probs, v.unsqueeze(-3)).reshape(q.sizes());
+}
+
+// Packed rows, sequence by sequence (ctx.sequences): each attends causally to itself alone;
+// padding positions get zeros (nothing reads them).
+at::Tensor attention_by_sequence(const at::Tensor& q,
+                                 const at::Tensor& k,
+                                 const at::Tensor& v,
+                                 const AttentionContext& ctx) {
+  const auto steps = q.size(2);
+  std::vector<std::vector<at::Tensor>> rows(static_cast<std::size_t>(q.size(0)));
+  std::vector<std::int64_t> filled(rows.size(), 0);
+  std::map<std::int64_t, at::Tensor> causal;  // (L, L) bias per length
+  for (const auto& [row, start, length] : ctx.sequences) {
+    auto& bias = causal[length];
+    if (!bias.defined()) {
+      bias = at::full({length, length}, -1e9, q.options()).triu_(1);
+    }
+    const auto part = [&](const at::Tensor& t) {
+      return t.select(0, row).narrow(1, start, length);
+    };
+    rows[static_cast<std::size_t>(row)].push_back(
+        grouped_attention(part(q), part(k), part(v), bias));
+    filled[static_cast<std::size_t>(row)] = start + length;
+  }
+  std::vector<at::Tensor> out;
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    if (filled[r] < steps) {
+      rows[r].push_back(at::zeros({q.size(1), steps - filled[r], q.size(3)}, q.options()));
+    }
+    out.push_back(at::cat(rows[r], 1));
+  }
+  return at::stack(out);
+}
+
 // softmax(q kᵀ / √hd + bias) v for q (B, H, T, hd) and k, v (B, KV, Tk, hd) → (B, H, T, hd).
 at::Tensor attention(const at::Tensor& q,
                      const at::Tensor& k,
                      const at::Tensor& v,
                      const AttentionContext& ctx) {
-  const auto batch = q.size(0);
-  const auto heads = q.size(1);
   const auto steps = q.size(2);
   const auto hd = q.size(3);
-  const auto kv_heads = k.size(1);
 #if defined(DNPO_HAS_SDPA_GQA)
   if (fused_attention_enabled) {
     // Without a mask (causal) the flash kernel runs; with one, the memory-efficient kernel.
@@ -70,13 +116,10 @@ at::Tensor attention(const at::Tensor& q,
         (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
     return fused_query_attention(q, k, v, ctx.bias, 1.0 / std::sqrt(static_cast<double>(hd)));
   }
-  // Grouped-query attention without copying K/V: queries viewed as (B, KV, group, T, hd).
-  auto qg = q.reshape({batch, kv_heads, heads / kv_heads, steps, hd});
-  auto scores =
-      batched_matmul(qg, k.unsqueeze(2).transpose(-1, -2)) / std::sqrt(static_cast<double>(hd));
-  scores = scores + ctx.bias;  // (B, KV, group, T, Tk)
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  return batched_matmul(probs, v.unsqueeze(2)).reshape({batch, heads, steps, hd});
+  if (!ctx.sequences.empty() && k.size(2) == steps) {
+    return attention_by_sequence(q, k, v, ctx);
+  }
+  return grouped_attention(q, k, v, ctx.bias);  // bias (B, 1, 1, T, Tk)
 }
 
 struct ParamSpec {
@@ -169,6 +212,36 @@ std::vector<std::string> parameter_names(const config::ModelConfig& cfg) {
   return names;
 }
 
+namespace {
+
+// The sequences of packed rows as (row, start, length): runs of one number > 0 in a CPU mask;
+// none when no row numbers more than one sequence.
+std::vector<std::array<std::int64_t, 3>> packed_sequences(const at::Tensor& attention_mask) {
+  const auto mask = attention_mask.contiguous();
+  if (mask.numel() == 0 || mask.max().item<std::int64_t>() <= 1) {
+    return {};
+  }
+  const auto rows = mask.size(0);
+  const auto steps = mask.size(1);
+  const auto* m = mask.data_ptr<std::int64_t>();
+  std::vector<std::array<std::int64_t, 3>> out;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t t = 0; t < steps;) {
+      const auto number = m[r * steps + t];
+      const auto start = t;
+      while (t < steps && m[r * steps + t] == number) {
+        ++t;
+      }
+      if (number > 0) {
+        out.push_back({r, start, t - start});
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 AttentionContext make_attention_context(const config::ModelConfig& cfg,
                                         const at::Tensor& attention_mask,
                                         std::int64_t past_length,
@@ -217,6 +290,9 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
                  .masked_fill(allowed.logical_not(), -1e9)
                  .unsqueeze(1)
                  .unsqueeze(1);
+  if (past_length == 0 && device.is_cpu()) {
+    ctx.sequences = packed_sequences(attention_mask);
+  }
   if (fused_attention_enabled && past_length == 0) {
     // without the caller's answer: one host sync per forward (not per layer) on a GPU
     ctx.causal_only = right_padded.has_value() ? *right_padded : is_right_padded(attention_mask);

@@ -174,10 +174,10 @@ ShardedLlama::Output ShardedLlama::forward(const at::Tensor& input_ids,
       model::make_attention_context(cfg_, attention_mask, 0, compute_dtype_, right_padded);
   const auto cfg = cfg_;
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
-    const auto block_fn = [cfg, causal_only = ctx.causal_only](const std::vector<at::Tensor>& p,
-                                                               const std::vector<at::Tensor>& in) {
+    const auto block_fn = [cfg, causal_only = ctx.causal_only, sequences = ctx.sequences](
+                              const std::vector<at::Tensor>& p, const std::vector<at::Tensor>& in) {
       const model::BlockWeights w{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], {}, {}};
-      const model::AttentionContext c{in[1], in[2], in[3], causal_only};
+      const model::AttentionContext c{in[1], in[2], in[3], causal_only, sequences};
       return std::vector<at::Tensor>{model::block_forward(cfg, w, in[0], c, nullptr, 0)};
     };
     dist::Prefetch next{i + 1 < blocks_.size() ? blocks_[i + 1] : head_,

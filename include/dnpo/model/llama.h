@@ -3,6 +3,7 @@
 // shards per block (FSDP units) without the model knowing. Shapes: B batch, T time, C hidden.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -53,6 +54,9 @@ struct AttentionContext {
   /// No past and no left padding or holes: plain causal attention gives the same result for
   /// every real token (right padding only follows them), so fused kernels need no mask.
   bool causal_only = false;
+  /// Packed rows on the CPU: each sequence as (row, start, length). Attention then runs sequence
+  /// by sequence and costs Σ length² instead of rows × T² (empty: one masked pass per row).
+  std::vector<std::array<std::int64_t, 3>> sequences;
 };
 
 /// Whether block_forward may use LibTorch's fused scaled-dot-product attention (LibTorch >= 2.5;
