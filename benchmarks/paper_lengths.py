@@ -17,7 +17,9 @@ may be); the padding does not depend on which is which.
       the share of the processed tokens that is padding, per micro-batch size, for: "today"
       (a step's pairs in epoch order, chosen and rejected of a micro-batch padded to its longest
       sequence), "grouped" (a step's pairs sorted by length before they are split into
-      micro-batches) and "packed" (each pair's chosen and rejected in one row, grouped).
+      micro-batches), "packed" (each pair's chosen and rejected in one row, grouped) and
+      "pack_pairs" (dnpo's train.pack_pairs: micro-batches balanced in tokens, each packed into
+      the fewest rows of at most 2 x 1024 tokens).
   paper_lengths.py generation --prompts N [--seed S]
       one JSON line per prompt, {prompt, answer}: the prompt's length and the length its
       generated answer will have (for dnpo_generate_bench --lengths, which makes each answer that
@@ -55,6 +57,43 @@ def draw_pairs(n, seed):
         generated = int(min(MAX_NEW, max(1, lognormal(rng, 200, 0.5))))
         out.append((prompt, human, generated))
     return out
+
+
+def balance(lengths, count):
+    """dnpo's grouping (pair_batches.cpp): longest first (ties: lower index), each to the group
+    with the fewest tokens so far (ties: the first group). Returns lists of item indices."""
+    groups, load = [[] for _ in range(count)], [0] * count
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        g = min(range(count), key=lambda g: (load[g], g))
+        groups[g].append(i)
+        load[g] += lengths[i]
+    return groups
+
+
+def pack_rows(lengths, row_tokens):
+    """dnpo's rows: the fewest (from total / row_tokens up) whose balanced loads fit."""
+    count = max(1, math.ceil(sum(lengths) / row_tokens))
+    while True:
+        rows = balance(lengths, min(count, len(lengths)))
+        if all(sum(lengths[i] for i in r) <= row_tokens for r in rows) or count >= len(lengths):
+            return rows
+        count += 1
+
+
+def padding_dnpo(pairs, batch, micro, seed, row_tokens=2 * MAX_LENGTH):
+    """train.pack_pairs: a step's pairs balanced into micro-batches, each packed into rows."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    pad = total = 0
+    for begin in range(0, len(order), batch):
+        step = order[begin:begin + batch]
+        lengths = [2 * pairs[i][0] + pairs[i][1] + pairs[i][2] for i in step]
+        for group in balance(lengths, math.ceil(len(step) / micro)):
+            sizes = [sum(lengths[group[k]] for k in row)
+                     for row in pack_rows([lengths[i] for i in group], row_tokens)]
+            total += max(sizes) * len(sizes)
+            pad += max(sizes) * len(sizes) - sum(sizes)
+    return pad, total
 
 
 def padding(pairs, batch, micro, scheme, seed):
@@ -125,6 +164,8 @@ def main():
             for scheme in ("today", "grouped", "packed"):
                 pad, total = padding(pairs, args.batch, micro, scheme, args.seed)
                 row[scheme] = round(pad / total, 4)
+            pad, total = padding_dnpo(pairs, args.batch, micro, args.seed)
+            row["pack_pairs"] = round(pad / total, 4)
             print(json.dumps(row))
         return 0
     rng = random.Random(args.seed + 1)

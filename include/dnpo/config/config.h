@@ -96,7 +96,7 @@ struct TrainConfig {
   /// SPIN/NPO: a pair's chosen and rejected side by side in one row, several pairs to a row of
   /// at most pack_length tokens, and a step's micro-batches balanced in tokens; false pads every
   /// sequence of a micro-batch to its longest.
-  bool pack_pairs = false;
+  bool pack_pairs = true;
   int pack_length = 0;  ///< tokens of a packed row; 0 = 2 × data.max_length (any pair fits)
   std::uint64_t iteration = 0;  ///< self-play iteration (keys the random draws)
 };

@@ -74,6 +74,7 @@ nlohmann::json run_case(const std::string& loss, bool reshard_after_forward) {
   // and the reference recomputed every epoch: the kept log-probs differ from a recomputation in
   // the last bits (another micro-batch, other padding); trainer_test compares the two
   cfg.train.reuse_reference = false;
+  cfg.train.pack_pairs = false;  // pairs padded, as when the trace was recorded
   cfg.train.max_steps = 20;
   cfg.dist.reshard_after_forward = reshard_after_forward ? "true" : "false";
   // np 1 runs the one-process Comm, which does no collective.

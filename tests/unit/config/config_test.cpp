@@ -55,7 +55,7 @@ RunConfig all_non_default() {
   c.train.grad_clip = 0.0;
   c.train.dtype = "bf16";
   c.train.reuse_reference = false;
-  c.train.pack_pairs = true;
+  c.train.pack_pairs = false;
   c.train.pack_length = 4096;
   c.train.iteration = 2;
   c.loss.beta = 0.5;

@@ -414,6 +414,7 @@ TEST(Trainer, PaddingIsTheShareOfSlotsWithoutATokenInThem) {
   }
   auto spin = tiny_run("spin");
   spin.train.micro_batch_size = 4;  // the whole step (4 pairs) in one micro-batch
+  spin.train.pack_pairs = false;    // padded to the longest (packed: see pair_batches_test)
   spin.train.max_steps = 1;
   const data::ByteTokenizer tokenizer;
   const data::ChatTemplate chat(spin.chat, tokenizer);
