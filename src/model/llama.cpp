@@ -59,36 +59,46 @@ at::Tensor grouped_attention(const at::Tensor& q,
   return batched_matmul(probs, v.unsqueeze(-3)).reshape(q.sizes());
 }
 
-// Packed rows, sequence by sequence (ctx.sequences): each attends causally to itself alone;
-// padding positions get zeros (nothing reads them).
+// Packed rows (ctx.sequences): each sequence attends causally to itself alone, the sequences of
+// one length together. Padding positions get zeros (nothing reads them).
 at::Tensor attention_by_sequence(const at::Tensor& q,
                                  const at::Tensor& k,
                                  const at::Tensor& v,
                                  const AttentionContext& ctx) {
+  const auto batch = q.size(0);
+  const auto heads = q.size(1);
   const auto steps = q.size(2);
-  std::vector<std::vector<at::Tensor>> rows(static_cast<std::size_t>(q.size(0)));
-  std::vector<std::int64_t> filled(rows.size(), 0);
-  std::map<std::int64_t, at::Tensor> causal;  // (L, L) bias per length
+  const auto hd = q.size(3);
+  // (B, H, T, hd) → (B·T, H, hd): a sequence's tokens are consecutive rows
+  const auto flat = [](const at::Tensor& t) {
+    return t.transpose(1, 2).reshape({-1, t.size(1), t.size(3)});
+  };
+  const auto qf = flat(q);
+  const auto kf = flat(k);
+  const auto vf = flat(v);
+  std::map<std::int64_t, std::vector<std::int64_t>> starts_by_length;
   for (const auto& [row, start, length] : ctx.sequences) {
-    auto& bias = causal[length];
-    if (!bias.defined()) {
-      bias = at::full({length, length}, -1e9, q.options()).triu_(1);
-    }
-    const auto part = [&](const at::Tensor& t) {
-      return t.select(0, row).narrow(1, start, length);
+    starts_by_length[length].push_back(row * steps + start);
+  }
+  std::vector<at::Tensor> indices;
+  std::vector<at::Tensor> outputs;
+  for (const auto& [length, starts] : starts_by_length) {
+    const auto n = static_cast<std::int64_t>(starts.size());
+    const auto index = (at::tensor(starts, at::kLong).unsqueeze(1) + at::arange(length, at::kLong))
+                           .reshape({-1})
+                           .to(q.device());
+    const auto gather = [&](const at::Tensor& f) {  // (n, heads, L, hd)
+      return f.index_select(0, index).view({n, length, f.size(1), hd}).transpose(1, 2);
     };
-    rows[static_cast<std::size_t>(row)].push_back(
-        grouped_attention(part(q), part(k), part(v), bias));
-    filled[static_cast<std::size_t>(row)] = start + length;
+    const auto causal = at::full({length, length}, -1e9, q.options()).triu_(1);
+    const auto out = grouped_attention(gather(qf), gather(kf), gather(vf), causal);
+    outputs.push_back(out.transpose(1, 2).reshape({n * length, heads, hd}));
+    indices.push_back(index);
   }
-  std::vector<at::Tensor> out;
-  for (std::size_t r = 0; r < rows.size(); ++r) {
-    if (filled[r] < steps) {
-      rows[r].push_back(at::zeros({q.size(1), steps - filled[r], q.size(3)}, q.options()));
-    }
-    out.push_back(at::cat(rows[r], 1));
-  }
-  return at::stack(out);
+  return at::zeros({batch * steps, heads, hd}, q.options())
+      .index_copy(0, at::cat(indices), at::cat(outputs))
+      .view({batch, steps, heads, hd})
+      .transpose(1, 2);
 }
 
 // softmax(q kᵀ / √hd + bias) v for q (B, H, T, hd) and k, v (B, KV, Tk, hd) → (B, H, T, hd).
