@@ -425,6 +425,13 @@ PairObjective::PairObjective(PairData data,
   }
 }
 
+std::string PairObjective::describe_data() const {
+  return packing_.packed
+             ? fmt::format(
+                   "{}, packed in rows of up to {} tokens", data_.describe(), packing_.row_tokens)
+             : data_.describe() + ", padded";
+}
+
 void PairObjective::plan_step(std::int64_t /*step*/,
                               const std::vector<std::vector<std::int64_t>>& micro_samples) {
   micro_ = make_pair_batches(

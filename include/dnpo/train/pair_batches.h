@@ -137,9 +137,8 @@ class PairObjective : public Objective {
                 at::Device device,
                 std::int64_t reference_columns,
                 PairPacking packing);
-  std::string describe_data() const override {
-    return data_.describe();
-  }
+  /// "20 pairs (…), packed in rows of up to 128 tokens" (or ", padded")
+  std::string describe_data() const override;
   std::int64_t num_samples() const override {
     return static_cast<std::int64_t>(data_.pairs.size());
   }
