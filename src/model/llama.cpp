@@ -120,14 +120,14 @@ at::Tensor attention(const at::Tensor& q,
         q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/true);
   }
 #endif
+  if (!ctx.sequences.empty()) {  // packed rows, no past: ctx.bias is empty
+    return attention_by_sequence(q, k, v, ctx);
+  }
   // Decoding (a few query rows, no gradient): one pass per row instead of a GEMM per (row, head).
   if (steps <= kFusedAttentionMaxSteps && fused_ops_apply(q, k) && fused_ops_apply(v, ctx.bias) &&
       !(at::GradMode::is_enabled() &&
         (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
     return fused_query_attention(q, k, v, ctx.bias, 1.0 / std::sqrt(static_cast<double>(hd)));
-  }
-  if (!ctx.sequences.empty() && k.size(2) == steps) {
-    return attention_by_sequence(q, k, v, ctx);
   }
   return grouped_attention(q, k, v, ctx.bias);  // bias (B, 1, 1, T, Tk)
 }
@@ -285,6 +285,14 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
   AttentionContext ctx;
   ctx.cos = emb.cos().to(dtype);
   ctx.sin = emb.sin().to(dtype);
+  if (past_length == 0 && device.is_cpu() && !fused_attention_enabled) {
+    ctx.sequences = packed_sequences(attention_mask);
+    if (!ctx.sequences.empty()) {
+      // attention_by_sequence makes a causal bias per length: a (T, T) one per row goes unread
+      ctx.bias = at::empty({0}, at::TensorOptions().dtype(dtype).device(device));
+      return ctx;
+    }
+  }
   // allowed[b, q, k] = key k is real and k <= past + q
   auto query_pos =
       at::arange(past_length, total, at::TensorOptions().dtype(at::kLong).device(device));
@@ -300,9 +308,6 @@ AttentionContext make_attention_context(const config::ModelConfig& cfg,
                  .masked_fill(allowed.logical_not(), -1e9)
                  .unsqueeze(1)
                  .unsqueeze(1);
-  if (past_length == 0 && device.is_cpu()) {
-    ctx.sequences = packed_sequences(attention_mask);
-  }
   if (fused_attention_enabled && past_length == 0) {
     // without the caller's answer: one host sync per forward (not per layer) on a GPU
     ctx.causal_only = right_padded.has_value() ? *right_padded : is_right_padded(attention_mask);

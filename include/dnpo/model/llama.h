@@ -55,7 +55,8 @@ struct AttentionContext {
   /// every real token (right padding only follows them), so fused kernels need no mask.
   bool causal_only = false;
   /// Packed rows on the CPU: each sequence as (row, start, length). Attention then runs sequence
-  /// by sequence and costs Σ length² instead of rows × T² (empty: one masked pass per row).
+  /// by sequence and costs Σ length² instead of rows × T², and `bias` is left empty (empty:
+  /// one masked pass per row).
   std::vector<std::array<std::int64_t, 3>> sequences;
 };
 
