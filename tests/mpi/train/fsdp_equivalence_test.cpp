@@ -16,6 +16,7 @@
 #include "dnpo/common/env.h"
 #include "dnpo/data/tokenizer.h"
 #include "dnpo/dist/comm.h"
+#include "dnpo/model/llama.h"
 #include "dnpo/model/noise_head.h"
 #include "dnpo/train/keep_gathered.h"
 #include "dnpo/train/trainer.h"
@@ -187,8 +188,12 @@ TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
   }
   EXPECT_LT(kept_gathered, gathered / 2.2);
   EXPECT_GT(kept_gathered, 0);
-  // "auto" keeps units gathered exactly when its estimate fits the budget.
+  // "auto" keeps units gathered exactly when its estimate fits the budget and the whole copies
+  // stay within twice the rank's shard (SFT: 8 bytes a parameter against 16 / world).
   cfg.dist.reshard_after_forward = "auto";
+  const auto parameters = model::LlamaModel(cfg.model, 1).num_parameters();
+  const auto cost = keep_gathered_cost(cfg, parameters, world);
+  EXPECT_EQ(keeps_gathered(cost, 1e12), world <= 4);
   const auto auto_gathered = [&](double budget_gb) {
     cfg.dist.keep_gathered_budget_gb = budget_gb;
     auto& c = comm();
@@ -196,7 +201,7 @@ TEST(FsdpEquivalence, KeptGatheredUnitsAreGatheredOncePerStep) {
     train(cfg, c, false);
     return static_cast<double>(c.bytes().all_gather - before);
   };
-  const double need_gb = static_cast<double>(keep_gathered_bytes(cfg, 1)) / (1 << 30);
+  const double need_gb = static_cast<double>(cost.need()) / (1 << 30);
   EXPECT_EQ(auto_gathered(100.0), kept_gathered);
   EXPECT_EQ(auto_gathered(need_gb / 2), gathered);
   EXPECT_NEAR(scattered / kept_scattered, micro_per_rank / 4, 1e-9);
