@@ -694,15 +694,17 @@ TEST(ConfigDemo, DemoTomlValidatesAndMatchesDefaults) {
   expected.data.max_length = 64;
   expected.data.max_prompt_length = 48;
   expected.chat.prompt_template = "{prompt}\n";
-  expected.train.batch_size = 128;
-  expected.train.micro_batch_size = 64;
+  expected.train.batch_size = 64;
+  expected.train.micro_batch_size = 32;
   expected.train.epochs = 6;
   expected.train.lr = 2e-3;
   expected.train.optimizer = "adamw";
   expected.train.weight_decay = 0.0;
   expected.sample.max_new_tokens = 12;
   expected.sample.temperature = 1.0;
-  expected.selfplay.prompts = 3000;
+  expected.selfplay.prompts = 5000;
+  expected.selfplay.lr = 2e-5;
+  expected.selfplay.epochs = 2;
   expect_equal(c, expected);
   EXPECT_EQ(to_toml(c), to_toml(expected));
 }
