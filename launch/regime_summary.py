@@ -13,10 +13,12 @@ iteration, mean over the seeds of launch/paper-table's chain runs (paper_s<seed>
             (paper Fig. 10)
 
 Overlap = Σ_bins min(p, q) of the two normalised histograms (1 = identical, 0 = disjoint), on a
-common grid of 2-nat bins (the loop's 40-bin histograms re-binned by their centres).
+common grid of --grid nats (0.5: the loop's own lattice; runs from before 2026-12-07 evening
+wrote 40 bins over each file's range, re-binned by their centres: use --grid 2 for those).
 
-Usage: regime_summary.py RUN_DIR...
+Usage: regime_summary.py [--grid NATS] RUN_DIR...
 """
+import argparse
 import csv
 import json
 import math
@@ -27,7 +29,7 @@ import sys
 from collections import defaultdict
 
 CHAIN = re.compile(r"^paper_s(\d+)_([a-z_]+?)$")
-GRID = 2.0  # nats per common bin
+GRID = 0.5  # nats per common bin (--grid)
 
 
 def histogram(run_dir, t):
@@ -101,10 +103,12 @@ def mean(values):
 
 
 def main():
-    runs = sys.argv[1:]
-    if not runs:
-        print(__doc__)
-        return 2
+    global GRID
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", type=float, default=GRID, help="nats per common histogram bin")
+    ap.add_argument("runs", nargs="+")
+    args = ap.parse_args()
+    GRID, runs = args.grid, args.runs
     table = defaultdict(lambda: defaultdict(list))  # (mode, t) -> field -> per-seed values
     seeds = set()
     for run in runs:

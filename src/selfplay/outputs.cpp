@@ -2,6 +2,7 @@
 // iteration's files, the similarity to the previous positives and the reports; see loop.h.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -65,29 +66,41 @@ std::vector<double> logprobs_of(const model::LlamaModel& model,
 }
 
 // The CSV {logp (bin centre), positive, negative, generated} of `logp` (one per row, not empty)
-// in kBins bins; returns each kind's mean.
+// in bins of kBinWidth nats on a lattice shared by every iteration (so two iterations' histograms
+// compare bin by bin, paper Fig. 2), from the 1st percentile up; the first bin also counts the
+// tail below it, a few outliers that would otherwise squeeze the rest into a handful of bins.
+// Returns each kind's mean.
 Json write_histogram(const std::string& path,
                      const std::vector<AnswerRow>& rows,
                      const std::vector<double>& logp) {
-  constexpr int kBins = 40;
-  const auto [lo_it, hi_it] = std::minmax_element(logp.begin(), logp.end());
-  const double lo = *lo_it;
-  const double width = std::max(1e-6, (*hi_it - lo) / kBins);
-  std::vector<std::array<std::int64_t, 3>> counts(kBins, {0, 0, 0});
+  constexpr double kBinWidth = 0.5;
+  constexpr std::int64_t kMaxBins = 400;
+  std::vector<double> sorted(logp);
+  std::sort(sorted.begin(), sorted.end());
+  const double low =
+      sorted[static_cast<std::size_t>(0.01 * static_cast<double>(sorted.size() - 1))];
+  const double high = sorted.back();
+  const auto top = static_cast<std::int64_t>(std::floor(high / kBinWidth));
+  const std::int64_t first =
+      std::max(static_cast<std::int64_t>(std::floor(low / kBinWidth)), top - kMaxBins + 1);
+  const auto bins = static_cast<std::size_t>(top - first + 1);
+  std::vector<std::array<std::int64_t, 3>> counts(bins, {0, 0, 0});
   std::array<double, 3> sums{0, 0, 0};
   std::array<std::int64_t, 3> totals{0, 0, 0};
   for (std::size_t i = 0; i < rows.size(); ++i) {
-    const auto bin = std::min(kBins - 1, static_cast<int>((logp[i] - lo) / width));
-    counts[static_cast<std::size_t>(bin)][rows[i].kind] += 1;
+    const auto lattice = static_cast<std::int64_t>(std::floor(logp[i] / kBinWidth));
+    const auto bin = static_cast<std::size_t>(std::max(lattice, first) - first);
+    counts[bin][rows[i].kind] += 1;
     sums[rows[i].kind] += logp[i];
     totals[rows[i].kind] += 1;
   }
   std::ofstream out(path);
   DNPO_CHECK(out.good(), "cannot write '{}'", path);
   out << "logp,positive,negative,generated\n";
-  for (int b = 0; b < kBins; ++b) {
-    const auto& c = counts[static_cast<std::size_t>(b)];
-    out << lo + (b + 0.5) * width << "," << c[0] << "," << c[1] << "," << c[2] << "\n";
+  for (std::size_t b = 0; b < bins; ++b) {
+    const auto& c = counts[b];
+    out << (static_cast<double>(first) + static_cast<double>(b) + 0.5) * kBinWidth << "," << c[0]
+        << "," << c[1] << "," << c[2] << "\n";
   }
   Json means = Json::object();
   for (std::size_t k = 0; k < kAnswerKinds.size(); ++k) {

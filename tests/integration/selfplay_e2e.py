@@ -213,6 +213,16 @@ def check_reference(work, log):
         check(os.path.getsize(f"{plots}/{png}.png") > 1000, f"plot {png}.png missing or empty")
         if png.startswith("logprobs"):
             check(len(read_lines_csv(f"{plots}/{png}.csv")) > 1, f"{png}.csv is empty")
+    # The histograms share one lattice of half-nat bins (centres at k/2 + 1/4), so iterations
+    # compare bin by bin; their counts are the answers written (pairs' two and the generated).
+    for t in (0, 1):
+        rows = read_lines_csv(f"{plots}/logprobs_iter_{t}.csv")[1:]
+        centres = [float(r.split(",")[0]) for r in rows]
+        check(all(abs((c - 0.25) / 0.5 - round((c - 0.25) / 0.5)) < 1e-9 for c in centres),
+              f"logprobs_iter_{t}.csv: bin centres off the half-nat lattice: {centres[:5]}")
+        check(centres == sorted(centres) and len(set(centres)) == len(centres), centres[:5])
+        counts = [sum(int(x) for x in r.split(",")[1:]) for r in rows]
+        check(sum(counts) > 0 and counts[-1] > 0, f"logprobs_iter_{t}.csv: no answers in it")
     metrics = read_jsonl(f"{work}/runs/{name}/metrics.jsonl")
     kinds = {(m["kind"], m["iteration"]) for m in metrics}
     for expected in [("sft", 0), ("spin", 0), ("npo", 1), ("selfplay", 0), ("selfplay", 1)]:
