@@ -29,10 +29,10 @@ import sys
 from collections import defaultdict
 
 CHAIN = re.compile(r"^paper_s(\d+)_([a-z_]+?)$")
-GRID = 0.5  # nats per common bin (--grid)
+GRID = 0.5  # nats per common bin (--grid), the loop's own lattice
 
 
-def histogram(run_dir, t):
+def histogram(run_dir, t, grid):
     """{kind: {grid bin: count}} of the run's logprobs_iter_<t>.csv, or None."""
     path = os.path.join(run_dir, "plots", f"logprobs_iter_{t}.csv")
     if not os.path.exists(path):
@@ -41,7 +41,7 @@ def histogram(run_dir, t):
            "generated": defaultdict(float)}
     with open(path) as f:
         for row in csv.DictReader(f):
-            b = math.floor(float(row["logp"]) / GRID)
+            b = math.floor(float(row["logp"]) / grid)
             for kind, counts in out.items():
                 counts[b] += float(row[kind])
     return out
@@ -71,7 +71,7 @@ def quarter_mean(steps, key, last):
     return statistics.mean(s[key] for s in part)
 
 
-def iterations(run_dir):
+def iterations(run_dir, grid):
     """{t: {field: value}} for every self-play iteration the run trained."""
     evals = {}
     with open(os.path.join(run_dir, "selfplay.jsonl")) as f:
@@ -88,7 +88,7 @@ def iterations(run_dir):
             row["margin_first"] = quarter_mean(steps[t], "margin", False)
             row["margin_last"] = quarter_mean(steps[t], "margin", True)
         row["gen_logp"] = r.get("logp_mean_after", {}).get("generated", math.nan)
-        here, before = histogram(run_dir, t), histogram(run_dir, t - 1)
+        here, before = histogram(run_dir, t, grid), histogram(run_dir, t - 1, grid)
         if here:
             row["pos_neg"] = overlap(here["positive"], here["negative"])
             if before:
@@ -103,20 +103,18 @@ def mean(values):
 
 
 def main():
-    global GRID
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", type=float, default=GRID, help="nats per common histogram bin")
     ap.add_argument("runs", nargs="+")
     args = ap.parse_args()
-    GRID, runs = args.grid, args.runs
     table = defaultdict(lambda: defaultdict(list))  # (mode, t) -> field -> per-seed values
     seeds = set()
-    for run in runs:
+    for run in args.runs:
         m = CHAIN.match(os.path.basename(os.path.normpath(run)))
         if not m:
             continue
         seeds.add(int(m.group(1)))
-        for t, row in iterations(run).items():
+        for t, row in iterations(run, args.grid).items():
             for field, value in row.items():
                 table[(m.group(2), t)][field].append(value)
     print(f"seeds {sorted(seeds)}; means over them")
