@@ -215,6 +215,10 @@ struct RotaryFunction : public torch::autograd::Function<RotaryFunction> {
 
 // --- attention for a few query positions (decoding) ---
 
+// A bias at or below this masks its column (make_attention_context writes -1e9): added to any
+// score of an unmasked column's size, its exp is exactly 0 in fp32.
+constexpr float kMaskedBias = -1e8F;
+
 // ⟨a, b⟩ over n floats in 8 independent partial sums, so the compiler can vectorize it.
 float dot(const float* a, const float* b, std::int64_t n) {
   std::array<float, 8> lanes{};
@@ -298,8 +302,18 @@ at::Tensor fused_query_attention(const at::Tensor& q,
       const float* br = pb + b * bias_b + t * bias_t;
       // (q·k) · scale + bias, then a max-shifted softmax: the operator form's steps, though not
       // its rounding (8-lane sums, a multiply by scale), so results differ in the last bits.
+      // Masked columns are skipped when some column is not: their exp underflows to exactly 0,
+      // so they add nothing, and a row's padding and other rows' columns cost no reads.
+      const auto masked = [&](std::int64_t l) { return br[l * bias_l] <= kMaskedBias; };
+      bool skip = false;
+      for (std::int64_t l = 0; l < length && !skip; ++l) {
+        skip = !masked(l);
+      }
       float top = -std::numeric_limits<float>::infinity();
       for (std::int64_t l = 0; l < length; ++l) {
+        if (skip && masked(l)) {
+          continue;
+        }
         const float s =
             dot(qr, kb + l * kc.stride(2), hd) * static_cast<float>(scale) + br[l * bias_l];
         p[l] = s;
@@ -307,6 +321,9 @@ at::Tensor fused_query_attention(const at::Tensor& q,
       }
       float total = 0;
       for (std::int64_t l = 0; l < length; ++l) {
+        if (skip && masked(l)) {
+          continue;
+        }
         p[l] = std::exp(p[l] - top);
         total += p[l];
       }
@@ -314,6 +331,9 @@ at::Tensor fused_query_attention(const at::Tensor& q,
       float* orow = po + ((b * steps + t) * heads + h) * hd;
       std::fill(orow, orow + hd, 0.0F);
       for (std::int64_t l = 0; l < length; ++l) {
+        if (skip && masked(l)) {
+          continue;
+        }
         const float w = p[l] * inv;
         const float* vr = vb + l * vc.stride(2);
         for (std::int64_t i = 0; i < hd; ++i) {

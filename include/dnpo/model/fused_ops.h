@@ -20,7 +20,9 @@ at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Te
 /// softmax(q kᵀ · scale + bias) v in one pass per query row, for inference (no autograd): q (B, H,
 /// T, hd), k and v (B, KV, L, hd) (grouped-query heads share k, v), bias broadcastable to (B, 1, 1,
 /// T, L). Returns (B, H, T, hd) over (B, T, H, hd) memory. For decoding, where T is 1 and the
-/// operator form is a BLAS call per (row, head) with one query row each.
+/// operator form is a BLAS call per (row, head) with one query row each. A bias ≤ −1e8 masks its
+/// column: a query with an unmasked column reads none of its masked columns' keys and values (a
+/// row's padding costs nothing, and what those columns hold does not matter).
 at::Tensor fused_query_attention(const at::Tensor& q,
                                  const at::Tensor& k,
                                  const at::Tensor& v,

@@ -163,6 +163,43 @@ TEST_F(FusedOps, QueryAttentionOverACacheMatchesTheOperatorForm) {
             2e-6);
 }
 
+TEST_F(FusedOps, QueryAttentionReadsNoMaskedColumn) {
+  // Continuous batching and left-padded batches mask a row's leading columns (and a packed row
+  // can leave holes): a query reads none of them, so NaN there changes nothing, and skipping them
+  // is exact: row 0 equals, bit for bit, attention over its unmasked columns alone.
+  const std::int64_t batch = 2, heads = 4, kv_heads = 2, hd = 8, length = 9, masked = 4;
+  auto k = at::randn({batch, kv_heads, length, hd});
+  auto v = at::randn({batch, kv_heads, length, hd});
+  auto bias = at::zeros({batch, 1, 1, 1, length});
+  bias.select(0, 0).narrow(-1, 0, masked).fill_(-1e9);  // row 0: 4 columns of padding
+  bias.select(0, 1).narrow(-1, 6, 1).fill_(-1e9);       // row 1: a hole
+  const auto q = at::randn({batch, heads, 1, hd});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const auto finite = fused_query_attention(q, k, v, bias, scale);
+  EXPECT_LT(max_abs_diff(finite, reference_attention(q, k, v, bias)), 2e-6);
+  const auto alone = fused_query_attention(q.narrow(0, 0, 1),
+                                           k.narrow(0, 0, 1).narrow(2, masked, length - masked),
+                                           v.narrow(0, 0, 1).narrow(2, masked, length - masked),
+                                           bias.narrow(0, 0, 1).narrow(-1, masked, length - masked),
+                                           scale);
+  EXPECT_TRUE(at::equal(finite.narrow(0, 0, 1), alone)) << "skipping padding changed the bits";
+  const auto nan = std::nan("");
+  k.select(0, 0).narrow(1, 0, masked).fill_(nan);
+  v.select(0, 0).narrow(1, 0, masked).fill_(nan);
+  k.select(0, 1).narrow(1, 6, 1).fill_(nan);
+  v.select(0, 1).narrow(1, 6, 1).fill_(nan);
+  EXPECT_TRUE(at::equal(fused_query_attention(q, k, v, bias, scale), finite))
+      << "a masked column was read";
+  // A query whose every column is masked (a left pad's) reads them all, as the fp32 operator form
+  // does: −1e9 swallows every score, so its output is the values' mean.
+  const auto all_masked = at::full({batch, 1, 1, 1, length}, -1e9);
+  const auto kf = at::randn({batch, kv_heads, length, hd});
+  EXPECT_LT(
+      max_abs_diff(fused_query_attention(q, kf, kf, all_masked, scale),
+                   reference_attention(at::zeros_like(q), kf, kf, at::zeros_like(all_masked))),
+      2e-6);
+}
+
 TEST_F(FusedOps, QueryAttentionRefusesMismatchedShapes) {
   const auto q = at::randn({2, 3, 1, 8});  // 3 heads over 2 KV heads: no grouping
   const auto kv = at::randn({2, 2, 5, 8});
