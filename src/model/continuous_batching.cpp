@@ -2,11 +2,12 @@
 //
 // The batch's cache is one (rows, KV, capacity, hd) tensor per layer with one length L for all
 // rows, as in a static batch. A row's sequence is right-aligned at L: a prompt that starts in a
-// row is prefilled on its own cache (with the other prompts starting in the same step) and its
-// keys and values are copied into columns [L − p, L) of that row, its mask set to those columns
-// alone. Positions come from the mask (cumsum − 1), so the copied keys carry the positions they
-// had in the prefill and the row continues as if it had been decoded alone. Columns no row reads
-// any more are dropped (moving the rest to the left) when they are a quarter of the cache.
+// row is prefilled on its own cache (with the other prompts starting in the same step, packed
+// several to a row, each attending to itself alone, so no padding is computed) and its keys and
+// values are copied into columns [L − p, L) of that row, its mask set to those columns alone.
+// Positions come from the mask (cumsum − 1), so the copied keys carry the positions they had in the
+// prefill and the row continues as if it had been decoded alone. Columns no row reads any more are
+// dropped (moving the rest to the left) when they are a quarter of the cache.
 #include <algorithm>
 #include <limits>
 
@@ -14,7 +15,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include "dnpo/common/error.h"
-#include "dnpo/model/batch.h"
 #include "dnpo/model/sampler.h"
 
 namespace dnpo::model {
@@ -31,6 +31,50 @@ struct Row {
   int limit = 0;                     ///< answer_limit of its request
   std::int64_t next_token = 0;       ///< the token the next decode step feeds
 };
+
+/// Where a prompt sits in a packed prefill: its pack (a row of the prefill batch), its first
+/// column, and its number in the pack (the attention mask's value on its tokens).
+struct Place {
+  std::int64_t row = 0;
+  std::int64_t column = 0;
+  std::int64_t number = 0;
+};
+
+struct Packs {
+  std::size_t rows = 0;
+  std::vector<Place> places;  // per prompt, in the order given
+};
+
+/// First-fit decreasing into packs `width` tokens wide (the longest prompt's length): a padded
+/// batch would process every prompt at that width, packs only about the prompts' tokens, and
+/// a pack's attention bias is no larger than a padded row's.
+Packs pack_prompts(const std::vector<std::int64_t>& lengths, std::int64_t width) {
+  std::vector<std::size_t> order(lengths.size());
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return lengths[a] > lengths[b];
+  });
+  Packs packs;
+  packs.places.resize(lengths.size());
+  std::vector<std::int64_t> used;     // tokens per pack
+  std::vector<std::int64_t> prompts;  // prompts per pack
+  for (const auto i : order) {
+    std::size_t row = 0;
+    while (row < used.size() && used[row] + lengths[i] > width) {
+      ++row;
+    }
+    if (row == used.size()) {
+      used.push_back(0);
+      prompts.push_back(0);
+    }
+    packs.places[i] = {static_cast<std::int64_t>(row), used[row], ++prompts[row]};
+    used[row] += lengths[i];
+  }
+  packs.rows = used.size();
+  return packs;
+}
 
 class ContinuousBatch {
  public:
@@ -101,43 +145,52 @@ class ContinuousBatch {
     }
   }
 
-  /// Prefills the prompts of `slots` together, places them in the batch's cache, and picks
-  /// their first tokens.
+  /// Prefills the prompts of `slots` packed (pack_prompts), places each in its row of the batch's
+  /// cache, right-aligned, and picks their first tokens.
   void start_rows(const std::vector<std::size_t>& slots) {
-    std::vector<TokenSequence> prompts;
-    std::int64_t longest = 0;
+    std::vector<std::int64_t> lengths;
     for (const auto r : slots) {
-      const auto& prompt = requests_[rows_[r].request].prompt;
-      prompts.push_back({prompt, {}});
-      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(prompt.size()));
+      lengths.push_back(static_cast<std::int64_t>(requests_[rows_[r].request].prompt.size()));
     }
-    const auto batch = pad_batch(prompts, pad_id_, PadSide::kLeft);
-    const auto width = batch.input_ids.size(1);
-    auto prefill = model_.make_cache(static_cast<std::int64_t>(slots.size()), width);
-    const auto hidden = model_.forward_hidden(
-        batch.input_ids.to(model_.device()), batch.attention_mask.to(model_.device()), &prefill);
-    const auto length = cache_.length;
-    if (length < longest) {
-      relayout(0, longest - length);  // room on the left for the longest new prompt
+    const auto longest = *std::max_element(lengths.begin(), lengths.end());
+    const auto packs = pack_prompts(lengths, longest);
+    const auto pack_count = static_cast<std::int64_t>(packs.rows);
+    auto ids = at::full({pack_count, longest}, pad_id_, at::kLong);
+    auto numbers = at::zeros({pack_count, longest}, at::kLong);
+    std::vector<std::int64_t> last_tokens;  // flat (pack, column) of each prompt's last token
+    for (std::size_t j = 0; j < slots.size(); ++j) {
+      const auto& prompt = requests_[rows_[slots[j]].request].prompt;
+      const auto& place = packs.places[j];
+      ids[place.row].narrow(0, place.column, lengths[j]).copy_(at::tensor(prompt, at::kLong));
+      numbers[place.row].narrow(0, place.column, lengths[j]).fill_(place.number);
+      last_tokens.push_back(place.row * longest + place.column + lengths[j] - 1);
+    }
+    auto prefill = model_.make_cache(pack_count, longest);
+    const auto hidden =
+        model_.forward_hidden(ids.to(model_.device()), numbers.to(model_.device()), &prefill);
+    if (cache_.length < longest) {
+      relayout(0, longest - cache_.length);  // room on the left for the longest new prompt
     }
     const auto end = cache_.length;
     for (std::size_t j = 0; j < slots.size(); ++j) {
       const auto r = static_cast<std::int64_t>(slots[j]);
-      const auto p = static_cast<std::int64_t>(prompts[j].prompt.size());
+      const auto p = lengths[j];
+      const auto& place = packs.places[j];
       for (std::size_t layer = 0; layer < cache_.keys.size(); ++layer) {
-        const auto j64 = static_cast<std::int64_t>(j);
         cache_.keys[layer][r]
             .narrow(1, end - p, p)
-            .copy_(prefill.keys[layer][j64].narrow(1, width - p, p));
+            .copy_(prefill.keys[layer][place.row].narrow(1, place.column, p));
         cache_.values[layer][r]
             .narrow(1, end - p, p)
-            .copy_(prefill.values[layer][j64].narrow(1, width - p, p));
+            .copy_(prefill.values[layer][place.row].narrow(1, place.column, p));
       }
       mask_[r].zero_();
       mask_[r].narrow(0, end - p, p).fill_(1);
       rows_[slots[j]].start = end - p;
     }
-    const TokenPicker picker(model_.logits(hidden.select(1, width - 1)), cfg_, keys_);
+    const auto last = hidden.reshape({pack_count * longest, hidden.size(-1)})
+                          .index_select(0, at::tensor(last_tokens, at::kLong).to(model_.device()));
+    const TokenPicker picker(model_.logits(last), cfg_, keys_);
     for (std::size_t j = 0; j < slots.size(); ++j) {
       take(rows_[slots[j]], picker.pick(static_cast<std::int64_t>(j), sample_id(slots[j]), 0));
     }
