@@ -24,10 +24,14 @@ may be); the padding does not depend on which is which.
       one JSON line per prompt, {prompt, answer}: the prompt's length and the length its
       generated answer will have (for dnpo_generate_bench --lengths, which makes each answer that
       long: continuous against static batching on answers that end at the paper's lengths).
-  paper_lengths.py batching --prompts N --batch B [--seed S]
+  paper_lengths.py batching --prompts N --batch B [--round R --seed S]
       what static batches spend on those prompts against what continuous batching at least
       needs: decode steps (static: each batch's longest answer; continuous: the answers' tokens
-      over the rows) and prefill tokens (static: every prompt padded to its batch's longest).
+      over the rows) and prefill tokens (static: every prompt padded to its batch's longest);
+      and the steps continuous batching takes in rounds of R prompts (default 4 batches, as
+      self-play's), a free row taking the round's next prompt at once and the round's last
+      answers decoding in a shrinking batch. Where a step costs the same whatever its rows (a
+      GPU's decode), static steps over these are the speed-up's bound.
   paper_lengths.py jsonl --pairs N --out FILE [--seed S]
       the pairs as JSONL ({id, prompt, chosen, rejected}) of words whose byte counts are those
       lengths (dnpo's byte tokenizer: a token per byte), for dnpo_dist train / the benchmarks.
@@ -120,6 +124,25 @@ def padding(pairs, batch, micro, scheme, seed):
     return pad, total
 
 
+def continuous_steps(answers, batch):
+    """Decode steps of one continuous batch over `answers` (lengths, in order): each row holds an
+    answer for its length in steps, then takes the next one at once; the batch ends with its
+    last answer."""
+    queue = list(answers)
+    rows = sorted(queue[:batch])
+    queue = queue[batch:]
+    steps = 0
+    while rows:
+        step = rows[0]  # until the next row ends
+        steps += step
+        rows = [r - step for r in rows]
+        ended = sum(1 for r in rows if r == 0)
+        rows = [r for r in rows if r > 0] + queue[:ended]
+        queue = queue[ended:]
+        rows.sort()
+    return steps
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +157,7 @@ def main():
     b = sub.add_parser("batching")
     b.add_argument("--prompts", type=int, required=True)
     b.add_argument("--batch", type=int, required=True)
+    b.add_argument("--round", type=int, default=0, help="prompts per round (0: 4 batches)")
     b.add_argument("--seed", type=int, default=1)
     j = sub.add_parser("jsonl")
     j.add_argument("--pairs", type=int, required=True)
@@ -151,9 +175,13 @@ def main():
         static_prefill = sum(len(batch) * max(p for p, _ in batch) for batch in batches)
         answers = sum(g for _, g in lengths)
         prompts = sum(p for p, _ in lengths)
-        print(json.dumps({"prompts": args.prompts, "batch": args.batch,
+        round_prompts = args.round or 4 * args.batch
+        rounds = [lengths[i:i + round_prompts] for i in range(0, len(lengths), round_prompts)]
+        in_rounds = sum(continuous_steps([g for _, g in r], args.batch) for r in rounds)
+        print(json.dumps({"prompts": args.prompts, "batch": args.batch, "round": round_prompts,
                           "static_decode_steps": static_steps,
                           "continuous_decode_steps_at_least": math.ceil(answers / args.batch),
+                          "continuous_decode_steps": in_rounds,
                           "static_row_steps": static_steps * args.batch, "answer_tokens": answers,
                           "static_prefill_tokens": static_prefill, "prompt_tokens": prompts}))
         return 0
