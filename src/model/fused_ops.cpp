@@ -236,6 +236,65 @@ float dot(const float* a, const float* b, std::int64_t n) {
   return sum;
 }
 
+/// A run of columns: column l starts at data + l · stride.
+struct Columns {
+  const float* data;
+  std::int64_t stride;
+};
+
+struct QueryShape {
+  std::int64_t length;  // columns
+  std::int64_t hd;
+  float scale;
+};
+
+// softmax((q·k) · scale + bias) v for one query row into out (hd floats); scores has a float per
+// column. The operator form's steps (a max-shifted softmax), though not its rounding (8-lane sums,
+// a multiply by scale), so results differ in the last bits. Masked columns are skipped when some
+// column is not: their exp underflows to exactly 0, so they add nothing, and a row's padding and
+// other rows' columns cost no reads.
+void attend_query(const float* q,
+                  Columns keys,
+                  Columns values,
+                  Columns bias,
+                  QueryShape shape,
+                  float* scores,
+                  float* out) {
+  const auto masked = [&](std::int64_t l) { return bias.data[l * bias.stride] <= kMaskedBias; };
+  bool skip = false;
+  for (std::int64_t l = 0; l < shape.length && !skip; ++l) {
+    skip = !masked(l);
+  }
+  float top = -std::numeric_limits<float>::infinity();
+  for (std::int64_t l = 0; l < shape.length; ++l) {
+    if (skip && masked(l)) {
+      continue;
+    }
+    scores[l] =
+        dot(q, keys.data + l * keys.stride, shape.hd) * shape.scale + bias.data[l * bias.stride];
+    top = std::max(top, scores[l]);
+  }
+  float total = 0;
+  for (std::int64_t l = 0; l < shape.length; ++l) {
+    if (skip && masked(l)) {
+      continue;
+    }
+    scores[l] = std::exp(scores[l] - top);
+    total += scores[l];
+  }
+  const float inv = 1.0F / total;
+  std::fill(out, out + shape.hd, 0.0F);
+  for (std::int64_t l = 0; l < shape.length; ++l) {
+    if (skip && masked(l)) {
+      continue;
+    }
+    const float w = scores[l] * inv;
+    const float* v = values.data + l * values.stride;
+    for (std::int64_t i = 0; i < shape.hd; ++i) {
+      out[i] += w * v[i];
+    }
+  }
+}
 }  // namespace
 
 at::Tensor fused_query_attention(const at::Tensor& q,
@@ -291,55 +350,19 @@ at::Tensor fused_query_attention(const at::Tensor& q,
   float* po = out.data_ptr<float>();
   const auto rows = batch * heads * steps;
   at::parallel_for(0, rows, 16, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> p(static_cast<std::size_t>(length));
+    std::vector<float> scores(static_cast<std::size_t>(length));
     for (std::int64_t r = begin; r < end; ++r) {
       const auto b = r / (heads * steps);
       const auto h = (r / steps) % heads;
       const auto t = r % steps;
       const float* qr = pq + b * qc.stride(0) + h * qc.stride(1) + t * qc.stride(2);
-      const float* kb = pk + b * kc.stride(0) + (h / group) * kc.stride(1);
-      const float* vb = pv + b * vc.stride(0) + (h / group) * vc.stride(1);
-      const float* br = pb + b * bias_b + t * bias_t;
-      // (q·k) · scale + bias, then a max-shifted softmax: the operator form's steps, though not
-      // its rounding (8-lane sums, a multiply by scale), so results differ in the last bits.
-      // Masked columns are skipped when some column is not: their exp underflows to exactly 0,
-      // so they add nothing, and a row's padding and other rows' columns cost no reads.
-      const auto masked = [&](std::int64_t l) { return br[l * bias_l] <= kMaskedBias; };
-      bool skip = false;
-      for (std::int64_t l = 0; l < length && !skip; ++l) {
-        skip = !masked(l);
-      }
-      float top = -std::numeric_limits<float>::infinity();
-      for (std::int64_t l = 0; l < length; ++l) {
-        if (skip && masked(l)) {
-          continue;
-        }
-        const float s =
-            dot(qr, kb + l * kc.stride(2), hd) * static_cast<float>(scale) + br[l * bias_l];
-        p[l] = s;
-        top = std::max(top, s);
-      }
-      float total = 0;
-      for (std::int64_t l = 0; l < length; ++l) {
-        if (skip && masked(l)) {
-          continue;
-        }
-        p[l] = std::exp(p[l] - top);
-        total += p[l];
-      }
-      const float inv = 1.0F / total;
-      float* orow = po + ((b * steps + t) * heads + h) * hd;
-      std::fill(orow, orow + hd, 0.0F);
-      for (std::int64_t l = 0; l < length; ++l) {
-        if (skip && masked(l)) {
-          continue;
-        }
-        const float w = p[l] * inv;
-        const float* vr = vb + l * vc.stride(2);
-        for (std::int64_t i = 0; i < hd; ++i) {
-          orow[i] += w * vr[i];
-        }
-      }
+      attend_query(qr,
+                   {pk + b * kc.stride(0) + (h / group) * kc.stride(1), kc.stride(2)},
+                   {pv + b * vc.stride(0) + (h / group) * vc.stride(1), vc.stride(2)},
+                   {pb + b * bias_b + t * bias_t, bias_l},
+                   {length, hd, static_cast<float>(scale)},
+                   scores.data(),
+                   po + ((b * steps + t) * heads + h) * hd);
     }
   });
   return out.transpose(1, 2);
