@@ -24,19 +24,21 @@ may be); the padding does not depend on which is which.
       one JSON line per prompt, {prompt, answer}: the prompt's length and the length its
       generated answer will have (for dnpo_generate_bench --lengths, which makes each answer that
       long: continuous against static batching on answers that end at the paper's lengths).
-  paper_lengths.py batching --prompts N --batch B [--round R --seed S]
+  paper_lengths.py batching --prompts N --batch B [--round R --refill-rows K --seed S]
       what static batches spend on those prompts against what continuous batching at least
       needs: decode steps (static: each batch's longest answer; continuous: the answers' tokens
       over the rows) and prefill tokens (static: every prompt padded to its batch's longest);
-      and the steps continuous batching takes in rounds of R prompts (default 4 batches, as
-      self-play's), a free row taking the round's next prompt at once and the round's last
-      answers decoding in a shrinking batch. Where a step costs the same whatever its rows (a
-      GPU's decode), static steps over these are the speed-up's bound.
+      and, in rounds of R prompts (default 4 batches, as self-play's), the decode steps and
+      prefill forwards of static batches and of continuous batching (free rows taking the
+      round's next prompts once K are free, the round's last answers decoding in a shrinking
+      batch). Where
+      a forward costs about the same whatever its rows (a GPU's decode), forwards count cost.
   paper_lengths.py jsonl --pairs N --out FILE [--seed S]
       the pairs as JSONL ({id, prompt, chosen, rejected}) of words whose byte counts are those
       lengths (dnpo's byte tokenizer: a token per byte), for dnpo_dist train / the benchmarks.
 """
 import argparse
+import collections
 import json
 import math
 import random
@@ -124,23 +126,34 @@ def padding(pairs, batch, micro, scheme, seed):
     return pad, total
 
 
-def continuous_steps(answers, batch):
-    """Decode steps of one continuous batch over `answers` (lengths, in order): each row holds an
-    answer for its length in steps, then takes the next one at once; the batch ends with its
-    last answer."""
-    queue = list(answers)
-    rows = sorted(queue[:batch])
-    queue = queue[batch:]
-    steps = 0
-    while rows:
-        step = rows[0]  # until the next row ends
+def continuous_batch(answers, batch, refill_rows=1):
+    """(decode steps, prefill forwards) of one continuous batch over `answers` (lengths, in
+    order), as dnpo runs it: a prompt's prefill picks its first token, so an answer of g tokens
+    holds its row for g - 1 decode steps; once `refill_rows` rows are free (or as many as prompts
+    wait) they take the next prompts in one prefill (another if a first token ends an answer);
+    the batch ends with its last answer."""
+    queue = collections.deque(answers)
+    rows = []  # decode steps left per busy row
+    steps = prefills = 0
+    while True:
+        while queue and batch - len(rows) >= min(refill_rows, len(queue), batch):
+            prefills += 1
+            for _ in range(min(batch - len(rows), len(queue))):
+                g = queue.popleft()
+                if g > 1:
+                    rows.append(g - 1)
+        if not rows:
+            return steps, prefills
+        step = min(rows)  # until the next row ends
         steps += step
-        rows = [r - step for r in rows]
-        ended = sum(1 for r in rows if r == 0)
-        rows = [r for r in rows if r > 0] + queue[:ended]
-        queue = queue[ended:]
-        rows.sort()
-    return steps
+        rows = [r - step for r in rows if r > step]
+
+
+def static_batches(answers, batch):
+    """(decode steps, prefill forwards) of static batches over `answers`: each batch prefills
+    once and decodes until its longest answer ends."""
+    batches = [answers[i:i + batch] for i in range(0, len(answers), batch)]
+    return sum(max(b) - 1 for b in batches), len(batches)
 
 
 def main():
@@ -158,6 +171,7 @@ def main():
     b.add_argument("--prompts", type=int, required=True)
     b.add_argument("--batch", type=int, required=True)
     b.add_argument("--round", type=int, default=0, help="prompts per round (0: 4 batches)")
+    b.add_argument("--refill-rows", type=int, default=1, help="sample.refill_rows")
     b.add_argument("--seed", type=int, default=1)
     j = sub.add_parser("jsonl")
     j.add_argument("--pairs", type=int, required=True)
@@ -176,12 +190,19 @@ def main():
         answers = sum(g for _, g in lengths)
         prompts = sum(p for p, _ in lengths)
         round_prompts = args.round or 4 * args.batch
-        rounds = [lengths[i:i + round_prompts] for i in range(0, len(lengths), round_prompts)]
-        in_rounds = sum(continuous_steps([g for _, g in r], args.batch) for r in rounds)
+        rounds = [[g for _, g in lengths[i:i + round_prompts]]
+                  for i in range(0, len(lengths), round_prompts)]
+        cont = [continuous_batch(r, args.batch, args.refill_rows) for r in rounds]
+        stat = [static_batches(r, args.batch) for r in rounds]
         print(json.dumps({"prompts": args.prompts, "batch": args.batch, "round": round_prompts,
+                          "refill_rows": args.refill_rows,
                           "static_decode_steps": static_steps,
                           "continuous_decode_steps_at_least": math.ceil(answers / args.batch),
-                          "continuous_decode_steps": in_rounds,
+                          "in_rounds": {
+                              "static_decode_steps": sum(s for s, _ in stat),
+                              "static_prefills": sum(p for _, p in stat),
+                              "continuous_decode_steps": sum(s for s, _ in cont),
+                              "continuous_prefills": sum(p for _, p in cont)},
                           "static_row_steps": static_steps * args.batch, "answer_tokens": answers,
                           "static_prefill_tokens": static_prefill, "prompt_tokens": prompts}))
         return 0
