@@ -80,6 +80,7 @@ std::vector<GenerationRequest> requests_of_lengths(const std::string& path,
 int compare_batching(const std::string& lengths_path,
                      const dnpo::config::ModelConfig& mcfg,
                      int batch,
+                     int refill_rows,
                      int reps,
                      int threads) {
   const dnpo::model::LlamaModel model(mcfg, 1);
@@ -91,6 +92,7 @@ int compare_batching(const std::string& lengths_path,
   sample.temperature = 0;
   sample.max_new_tokens = longest;
   sample.batch_size = batch;
+  sample.refill_rows = refill_rows;
   constexpr std::int64_t kNoEos = -1;
   std::map<std::string, std::vector<double>> ms;
   std::map<std::string, std::vector<dnpo::model::Generation>> answers;
@@ -115,6 +117,7 @@ int compare_batching(const std::string& lengths_path,
                                  {"hidden", mcfg.hidden_size},
                                  {"layers", mcfg.num_hidden_layers},
                                  {"batch", batch},
+                                 {"refill_rows", refill_rows},
                                  {"prompts", requests.size()},
                                  {"prompt_tokens", prompt_tokens},
                                  {"answer_tokens", tokens},
@@ -145,7 +148,7 @@ int run_bench(int argc, char** argv) {
   dnpo::configure_heap();  // as dnpo_dist does
   CLI::App app{"dnpo generation benchmark"};
   int vocab = 260, hidden = 128, layers = 4, batch = 16, prompt_len = 16, new_tokens = 32;
-  int reps = 5, threads = 1;
+  int reps = 5, threads = 1, refill_rows = 1;
   std::string dtype = "fp32";
   std::string dump;
   std::string profile;
@@ -160,6 +163,8 @@ int run_bench(int argc, char** argv) {
   app.add_option("--dtype", dtype, "the dtype of the projection matrices while decoding")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--batching", batching)->check(CLI::IsMember({"continuous", "static"}));
+  app.add_option("--refill-rows", refill_rows, "sample.refill_rows for --lengths")
+      ->check(CLI::PositiveNumber);
   app.add_option("--lengths", lengths, "time static against continuous batching on these lengths");
   app.add_option("--reps", reps, "timed repetitions (after one warm-up)")
       ->check(CLI::PositiveNumber);
@@ -171,7 +176,7 @@ int run_bench(int argc, char** argv) {
   at::set_num_threads(threads);
   const auto mcfg = bench_model(vocab, hidden, layers);
   if (!lengths.empty()) {
-    return compare_batching(lengths, mcfg, batch, reps, threads);
+    return compare_batching(lengths, mcfg, batch, refill_rows, reps, threads);
   }
   const dnpo::model::LlamaModel model(mcfg, 1);
   auto decoding = model.clone();

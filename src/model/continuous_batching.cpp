@@ -116,8 +116,9 @@ class ContinuousBatch {
   }
 
  private:
-  /// Gives every free row the next waiting prompt. With none waiting, free rows idle until they
-  /// are a quarter of the batch, then leave it (each removal copies the cache).
+  /// Gives every free row the next waiting prompt once sample.refill_rows rows are free (or as
+  /// many as prompts wait). With none waiting, free rows idle until they are a quarter of the
+  /// batch, then leave it (each removal copies the cache).
   void admit() {
     for (;;) {
       std::vector<std::size_t> free;
@@ -135,7 +136,13 @@ class ContinuousBatch {
         }
         return;
       }
-      free.resize(std::min(free.size(), requests_.size() - next_request_));
+      const auto waiting = requests_.size() - next_request_;
+      const auto wanted =
+          std::min({static_cast<std::size_t>(cfg_.refill_rows), waiting, rows_.size()});
+      if (free.size() < wanted) {
+        return;  // the free rows decode padding until enough are free
+      }
+      free.resize(std::min(free.size(), waiting));
       for (const auto r : free) {
         rows_[r] = Row{};
         rows_[r].request = next_request_;

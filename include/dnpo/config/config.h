@@ -175,6 +175,11 @@ struct SampleConfig {
   /// answers are the same (draws keyed per prompt and token) up to float rounding.
   /// selfplay.generation = "per_layer" (ranks decoding in lockstep) is always static.
   std::string batching = "continuous";
+  /// Continuous batching: free rows wait until this many are free (or every waiting prompt has
+  /// one) before they take prompts, in one prefill. Each refill is a forward of its own: on a
+  /// CPU a step costs its rows, so 1 (refill at once) is fastest; on a GPU a forward costs about
+  /// the same with fewer rows, and fewer, larger refills can save more than the idle rows cost.
+  int refill_rows = 1;
 };
 
 /// [eval]

@@ -62,7 +62,7 @@ RunConfig all_non_default() {
   c.npo = {"linear", 2.0, "mean_sq", 0.5, "all", 3.0, true, 0.25, false, "normal", 0.1, 32};
   c.dsl.threshold = -0.5;
   c.selfplay = {"fixed_noise", 7, 100, false, 2e-5, 2, false, "per_layer", 3, 96};
-  c.sample = {0.7, 0.9, 40, 16, 8, "bf16", "static"};
+  c.sample = {0.7, 0.9, 40, 16, 8, "bf16", "static", 3};
   c.eval = {100, false};
   c.dist = {"gloo", "10.0.0.1", "eth0", 29500, 42.5, "mpi", "gloo", false, "false", 3.5, "bf16"};
   c.checkpoint = {"ckpt dir", 100, 12.5, 5, "auto"};
@@ -136,8 +136,8 @@ auto fields(const SelfplayConfig& x) {
   return std::tie(a, b, c, d, e, f, g, h, i, j);
 }
 auto fields(const SampleConfig& x) {
-  const auto& [a, b, c, d, e, f, g] = x;
-  return std::tie(a, b, c, d, e, f, g);
+  const auto& [a, b, c, d, e, f, g, h] = x;
+  return std::tie(a, b, c, d, e, f, g, h);
 }
 auto fields(const EvalConfig& x) {
   const auto& [a, b] = x;
@@ -218,7 +218,7 @@ void expect_each_field(const RunConfig& a, const RunConfig& b, Pred pred, const 
                               << ::testing::PrintToString(y);
     });
   });
-  EXPECT_EQ(count, 125U);  // the fields of config.h, all visited
+  EXPECT_EQ(count, 126U);  // the fields of config.h, all visited
 }
 
 void expect_equal(const RunConfig& a, const RunConfig& b) {

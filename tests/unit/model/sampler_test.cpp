@@ -394,6 +394,27 @@ TEST(ContinuousBatching, GivesTheAnswersOfStaticBatches) {
   }
 }
 
+TEST(ContinuousBatching, RefillsInGroupsWithTheSameAnswers) {
+  // sample.refill_rows: free rows wait for company before they take prompts; the answers stay
+  // static batches' (a group larger than the batch, or than the prompts left, still refills).
+  const LlamaModel model(tiny_config(), 11);
+  const auto requests = varied_requests(40, 12);
+  auto cfg = greedy_config(6, 12);
+  cfg.temperature = 1.0;
+  cfg.batching = "static";
+  const auto eos = common_token(generate(model, requests, cfg, kNoEos, kPad, {}));
+  const auto batches = generate(model, requests, cfg, eos, kPad, {5, 2});
+  cfg.batching = "continuous";
+  for (const int refill : {2, 4, 6, 50}) {
+    cfg.refill_rows = refill;
+    const auto continuous = generate(model, requests, cfg, eos, kPad, {5, 2});
+    ASSERT_EQ(continuous.size(), batches.size());
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      EXPECT_EQ(continuous[i].tokens, batches[i].tokens) << "refill " << refill << ", prompt " << i;
+    }
+  }
+}
+
 TEST(ContinuousBatching, FollowsTheArgmaxPathWithMoreRowsThanPrompts) {
   const LlamaModel model(tiny_config(), 3);
   auto cfg = greedy_config(8, 6);
