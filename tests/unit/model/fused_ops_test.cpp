@@ -200,6 +200,36 @@ TEST_F(FusedOps, QueryAttentionReadsNoMaskedColumn) {
       2e-6);
 }
 
+TEST_F(FusedOps, QueryAttentionReadsNoMaskedColumnAcrossQuerySteps) {
+  // Several query steps (up to kFusedAttentionMaxSteps decode together) each with a causal mask
+  // over a left-padded row, and a bias broadcast over the batch: each step skips its own masked
+  // columns, so NaN in them changes nothing.
+  const std::int64_t batch = 2, heads = 2, kv_heads = 1, hd = 8, length = 8, steps = 3, pad = 2;
+  auto k = at::randn({batch, kv_heads, length, hd});
+  auto v = at::randn({batch, kv_heads, length, hd});
+  auto bias = at::zeros({1, 1, 1, steps, length});  // one row for the batch
+  bias.narrow(-1, 0, pad).fill_(-1e9);
+  for (std::int64_t t = 0; t < steps; ++t) {  // step t sees up to column length − steps + t
+    bias.select(3, t).narrow(-1, length - steps + t + 1, steps - t - 1).fill_(-1e9);
+  }
+  const auto q = at::randn({batch, steps, heads, hd}).transpose(1, 2);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const auto finite = fused_query_attention(q, k, v, bias, scale);
+  EXPECT_LT(
+      max_abs_diff(finite, reference_attention(q, k, v, bias.expand({batch, 1, 1, steps, length}))),
+      2e-6);
+  const auto nan = std::nan("");
+  k.narrow(2, 0, pad).fill_(nan);
+  v.narrow(2, 0, pad).fill_(nan);
+  k.narrow(2, length - 1, 1).fill_(nan);  // seen only by the last step: the others skip it
+  v.narrow(2, length - 1, 1).fill_(nan);
+  const auto out = fused_query_attention(q, k, v, bias, scale);
+  EXPECT_TRUE(at::equal(out.narrow(2, 0, steps - 1), finite.narrow(2, 0, steps - 1)))
+      << "an earlier step read a column it does not see";
+  EXPECT_TRUE(at::isnan(out.narrow(2, steps - 1, 1)).all().item<bool>())
+      << "the last step sees the last column (the NaN must reach it)";
+}
+
 TEST_F(FusedOps, QueryAttentionRefusesMismatchedShapes) {
   const auto q = at::randn({2, 3, 1, 8});  // 3 heads over 2 KV heads: no grouping
   const auto kv = at::randn({2, 2, 5, 8});
