@@ -162,19 +162,23 @@ class ContinuousBatch {
     const auto longest = *std::max_element(lengths.begin(), lengths.end());
     const auto packs = pack_prompts(lengths, longest);
     const auto pack_count = static_cast<std::int64_t>(packs.rows);
-    auto ids = at::full({pack_count, longest}, pad_id_, at::kLong);
-    auto numbers = at::zeros({pack_count, longest}, at::kLong);
+    const auto cells = static_cast<std::size_t>(pack_count * longest);
+    std::vector<std::int64_t> ids(cells, pad_id_);
+    std::vector<std::int64_t> numbers(cells, 0);
     std::vector<std::int64_t> last_tokens;  // flat (pack, column) of each prompt's last token
     for (std::size_t j = 0; j < slots.size(); ++j) {
       const auto& prompt = requests_[rows_[slots[j]].request].prompt;
       const auto& place = packs.places[j];
-      ids[place.row].narrow(0, place.column, lengths[j]).copy_(at::tensor(prompt, at::kLong));
-      numbers[place.row].narrow(0, place.column, lengths[j]).fill_(place.number);
-      last_tokens.push_back(place.row * longest + place.column + lengths[j] - 1);
+      const auto first = place.row * longest + place.column;
+      std::copy(prompt.begin(), prompt.end(), ids.begin() + first);
+      std::fill_n(numbers.begin() + first, lengths[j], place.number);
+      last_tokens.push_back(first + lengths[j] - 1);
     }
+    const auto on_device = [&](const std::vector<std::int64_t>& v) {
+      return at::tensor(v, at::kLong).view({pack_count, longest}).to(model_.device());
+    };
     auto prefill = model_.make_cache(pack_count, longest);
-    const auto hidden =
-        model_.forward_hidden(ids.to(model_.device()), numbers.to(model_.device()), &prefill);
+    const auto hidden = model_.forward_hidden(on_device(ids), on_device(numbers), &prefill);
     if (cache_.length < longest) {
       relayout(0, longest - cache_.length);  // room on the left for the longest new prompt
     }
